@@ -1,0 +1,484 @@
+/* SPDX-License-Identifier: MIT */
+/* ballastctl vm start|stop|list|info|exec|ping|meminfo|fill|verify|release|agent — the launcher. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli-util.h"
+#include "cli/commands.h"
+#include "shared/strutil.h"
+#include "vm/agent.h"
+#include "vm/launcher.h"
+
+static const char vm_usage[] =
+        "Usage: ballastctl vm start NAME [--memory SIZE] [options]\n"
+        "       ballastctl vm stop NAME... [--grace DURATION] | --all\n"
+        "       ballastctl vm list [--json]\n"
+        "       ballastctl vm info NAME\n"
+        "       ballastctl vm exec NAME [--timeout DURATION] -- CMD [ARG...]\n"
+        "       ballastctl vm ping|meminfo|drop-caches NAME\n"
+        "       ballastctl vm fill NAME MIB [--seed N] [--no-hold] [--check-zero]\n"
+        "       ballastctl vm verify|release NAME HANDLE\n"
+        "       ballastctl vm agent NAME CMD [JSON-ARGS]\n"
+        "\n"
+        "start options:\n"
+        "  --memory SIZE              guest RAM (default 512M)\n"
+        "  --cpus N                   vCPUs (default 1)\n"
+        "  --deflate-on-oom on|off    balloon gives memory back when the guest is OOM (default on)\n"
+        "  --free-page-reporting on|off  guest returns freed pages to the host (default on)\n"
+        "  --stats-period SECONDS     guest statistics polling from boot (default 0 = off)\n"
+        "  --image DIR                guest image (vmlinuz + initramfs.cpio.gz)\n"
+        "  --boot-timeout DURATION    wait this long for the guest agent (default 60s)\n"
+        "  --no-wait                  return once QEMU runs, without waiting for the guest\n"
+        "  --append ARGS              extra guest kernel command line\n"
+        "\n"
+        "VMs live in $BALLAST_RUN_DIR (default /run/ballast/vms for root). Each VM's directory holds\n"
+        "qmp.sock (for ballastd), qmp-ctl.sock (for ballastctl), agent.sock and the logs.\n";
+
+static int agent_open(const char *name, AgentClient **ret) {
+        char path[512], err[256];
+        if (vm_socket_path(name, "agent", path, sizeof(path)) < 0)
+                return cli_usage_error("invalid VM name '%s'", name);
+        if (access(path, F_OK) < 0)
+                return cli_error(EXIT_FAIL, "no running VM named '%s'", name);
+        int r = agent_connect(path, geteuid(), 5 * USEC_PER_SEC, ret, err, sizeof(err));
+        if (r < 0)
+                return cli_error(EXIT_FAIL, "VM '%s': %s", name, err);
+        return 0;
+}
+
+/* Calls the agent; returns the reply (owned) or NULL after printing why. */
+static json_t *agent_do(const char *name, const char *cmd, json_t *args, usec_t timeout) {
+        AgentClient *a = NULL;
+        if (agent_open(name, &a) != 0) {
+                json_decref(args);
+                return NULL;
+        }
+        char err[256];
+        json_t *reply = NULL;
+        int r = agent_call(a, cmd, args, timeout, &reply, err, sizeof(err));
+        agent_close(a);
+        if (r < 0) {
+                cli_error(EXIT_FAIL, "VM '%s': %s", name, err);
+                return NULL;
+        }
+        return reply;
+}
+
+static const char *ready_summary(json_t *ping, char *buf, size_t len) {
+        json_t *z = json_object_get(ping, "zram"), *b = json_object_get(ping, "balloon");
+        char zs[FORMAT_SIZE_MAX];
+        json_t *ds = json_object_get(z, "disksize");
+        snprintf(buf, len, "agent %s, zram %s %s, balloon %s", json_string_value(json_object_get(ping, "version")) ?: "?",
+                 json_string_value(json_object_get(z, "algorithm")) ?: "-",
+                 json_is_integer(ds) ? format_size(zs, sizeof(zs), (uint64_t) json_integer_value(ds)) : "-",
+                 json_is_true(json_object_get(b, "present")) ? json_string_value(json_object_get(b, "device")) ?: "yes"
+                                                              : "absent");
+        return buf;
+}
+
+static int vm_start_cmd(int argc, char **argv) {
+        enum { OPT_MEM = 256, OPT_CPUS, OPT_DOO, OPT_FPR, OPT_STATS, OPT_IMAGE, OPT_BOOT, OPT_NOWAIT, OPT_APPEND };
+        static const struct option opts[] = {
+                { "memory", required_argument, NULL, OPT_MEM },
+                { "cpus", required_argument, NULL, OPT_CPUS },
+                { "deflate-on-oom", required_argument, NULL, OPT_DOO },
+                { "free-page-reporting", required_argument, NULL, OPT_FPR },
+                { "stats-period", required_argument, NULL, OPT_STATS },
+                { "image", required_argument, NULL, OPT_IMAGE },
+                { "boot-timeout", required_argument, NULL, OPT_BOOT },
+                { "no-wait", no_argument, NULL, OPT_NOWAIT },
+                { "append", required_argument, NULL, OPT_APPEND },
+                {},
+        };
+        VmSpec s;
+        vm_spec_init(&s);
+        usec_t boot_timeout = 60 * USEC_PER_SEC;
+        bool wait = true;
+        int c, r;
+        uint64_t v;
+
+        while ((c = getopt_long(argc, argv, "", opts, NULL)) >= 0) {
+                switch (c) {
+                case OPT_MEM:
+                        if ((r = cli_parse_size("--memory", optarg, &s.memory)) != 0)
+                                return r;
+                        break;
+                case OPT_CPUS:
+                        if (parse_u64(optarg, &v) < 0 || v < 1 || v > 64)
+                                return cli_usage_error("invalid --cpus '%s' (1-64)", optarg);
+                        s.cpus = (unsigned) v;
+                        break;
+                case OPT_DOO:
+                        if ((r = cli_parse_bool("--deflate-on-oom", optarg, &s.deflate_on_oom)) != 0)
+                                return r;
+                        break;
+                case OPT_FPR:
+                        if ((r = cli_parse_bool("--free-page-reporting", optarg, &s.free_page_reporting)) != 0)
+                                return r;
+                        break;
+                case OPT_STATS:
+                        if (parse_u64(optarg, &v) < 0 || v > 3600)
+                                return cli_usage_error("invalid --stats-period '%s' (seconds, 0-3600)", optarg);
+                        s.stats_period = (uint32_t) v;
+                        break;
+                case OPT_IMAGE:
+                        s.image_dir = optarg;
+                        break;
+                case OPT_BOOT:
+                        if ((r = cli_parse_duration("--boot-timeout", optarg, &boot_timeout)) != 0)
+                                return r;
+                        break;
+                case OPT_NOWAIT:
+                        wait = false;
+                        break;
+                case OPT_APPEND:
+                        s.extra_cmdline = optarg;
+                        break;
+                default:
+                        return EXIT_USAGE;
+                }
+        }
+        if (optind + 1 != argc)
+                return cli_usage_error("vm start needs exactly one NAME");
+        s.name = argv[optind];
+
+        char err[512];
+        VmInfo info;
+        usec_t t0 = now_mono();
+        r = vm_start(&s, &info, err, sizeof(err));
+        if (r < 0)
+                return cli_error(EXIT_FAIL, "cannot start VM '%s': %s", s.name, err);
+
+        json_t *ping = NULL;
+        if (wait) {
+                char path[512];
+                vm_socket_path(s.name, "agent", path, sizeof(path));
+                r = agent_wait_ready(path, geteuid(), boot_timeout, info.qemu_pid, &ping, err, sizeof(err));
+                if (r < 0) {
+                        /* Leave nothing half-started behind; point at the logs first. */
+                        char tail[1024] = "";
+                        char log[PATH_MAX + 64];
+                        snprintf(log, sizeof(log), "%s/qemu.log", info.dir);
+                        FILE *f = fopen(log, "re");
+                        if (f) {
+                                size_t n = fread(tail, 1, sizeof(tail) - 1, f);
+                                tail[n] = '\0';
+                                fclose(f);
+                        }
+                        char e2[256];
+                        vm_stop(s.name, 5 * USEC_PER_SEC, e2, sizeof(e2));
+                        return cli_error(EXIT_FAIL, "VM '%s' did not become ready: %s%s%s", s.name, err,
+                                         tail[0] ? "\nqemu.log: " : "", tail);
+                }
+        }
+        double secs = (double) (now_mono() - t0) / 1e6;
+        if (arg_json) {
+                json_t *j = json_pack("{s:s,s:i,s:I,s:s,s:s,s:f,s:b}", "name", s.name, "qemu_pid", (int) info.qemu_pid,
+                                      "memory", (json_int_t) s.memory, "dir", info.dir, "accel", info.accel,
+                                      "seconds", secs, "ready", ping != NULL);
+                if (ping)
+                        json_object_set(j, "agent", ping);
+                cli_print_json(j);
+        } else {
+                char m[FORMAT_SIZE_MAX], sum[256];
+                printf("VM %s started: QEMU pid %d, %s, %s", s.name, (int) info.qemu_pid,
+                       format_size(m, sizeof(m), s.memory), info.accel);
+                if (ping)
+                        printf("; guest ready in %.2f s (%s)\n", secs, ready_summary(ping, sum, sizeof(sum)));
+                else
+                        printf("\n");
+        }
+        json_decref(ping);
+        return EXIT_OK;
+}
+
+static int vm_stop_cmd(int argc, char **argv) {
+        enum { OPT_GRACE = 256, OPT_ALL };
+        static const struct option opts[] = {
+                { "grace", required_argument, NULL, OPT_GRACE },
+                { "all", no_argument, NULL, OPT_ALL },
+                {},
+        };
+        usec_t grace = 10 * USEC_PER_SEC;
+        bool all = false;
+        int c, r;
+        while ((c = getopt_long(argc, argv, "", opts, NULL)) >= 0) {
+                switch (c) {
+                case OPT_GRACE:
+                        if ((r = cli_parse_duration("--grace", optarg, &grace)) != 0)
+                                return r;
+                        break;
+                case OPT_ALL:
+                        all = true;
+                        break;
+                default:
+                        return EXIT_USAGE;
+                }
+        }
+        if (all == (optind < argc))
+                return cli_usage_error("vm stop needs VM names or --all");
+
+        VmInfo *list = NULL;
+        size_t n = 0;
+        if (all && vm_list(&list, &n) < 0)
+                return cli_error(EXIT_FAIL, "cannot list VMs");
+        int ret = EXIT_OK;
+        size_t count = all ? n : (size_t) (argc - optind);
+        for (size_t i = 0; i < count; i++) {
+                const char *name = all ? list[i].name : argv[optind + (int) i];
+                char err[512];
+                usec_t t0 = now_mono();
+                r = vm_stop(name, grace, err, sizeof(err));
+                if (r < 0) {
+                        cli_error(EXIT_FAIL, "%s", err);
+                        ret = EXIT_FAIL;
+                } else if (!arg_json)
+                        printf("VM %s stopped in %.2f s\n", name, (double) (now_mono() - t0) / 1e6);
+        }
+        free(list);
+        return ret;
+}
+
+static int vm_list_cmd(int argc, char **argv) {
+        (void) argv;
+        if (argc > 1)
+                return cli_usage_error("vm list takes no arguments");
+        VmInfo *list = NULL;
+        size_t n = 0;
+        int r = vm_list(&list, &n);
+        if (r < 0)
+                return cli_error(EXIT_FAIL, "cannot list VMs: %s", strerror(-r));
+        uint64_t now_rt = now_usec(CLOCK_REALTIME);
+        if (arg_json) {
+                json_t *arr = json_array();
+                for (size_t i = 0; i < n; i++) {
+                        uint64_t rss = 0;
+                        if (list[i].qemu_alive)
+                                proc_rss(list[i].qemu_pid, &rss);
+                        json_array_append_new(
+                                arr, json_pack("{s:s,s:s,s:i,s:i,s:I,s:I,s:s,s:b,s:b,s:s}", "name", list[i].name,
+                                               "state", list[i].state, "qemu_pid", (int) list[i].qemu_pid,
+                                               "supervisor_pid", (int) list[i].supervisor_pid, "memory",
+                                               (json_int_t) list[i].memory, "rss", (json_int_t) rss, "dir",
+                                               list[i].dir, "deflate_on_oom", list[i].deflate_on_oom,
+                                               "free_page_reporting", list[i].free_page_reporting, "exit_status",
+                                               list[i].exit_status));
+                }
+                cli_print_json(arr);
+                free(list);
+                return EXIT_OK;
+        }
+        if (n == 0) {
+                printf("no VMs\n");
+                return EXIT_OK;
+        }
+        printf("%-16s %-8s %8s %10s %10s %9s\n", "NAME", "STATE", "PID", "MEMORY", "QEMU RSS", "UPTIME");
+        for (size_t i = 0; i < n; i++) {
+                char m[FORMAT_SIZE_MAX], rs[FORMAT_SIZE_MAX] = "-", up[32] = "-";
+                uint64_t rss;
+                if (list[i].qemu_alive && proc_rss(list[i].qemu_pid, &rss) == 0)
+                        format_size(rs, sizeof(rs), rss);
+                if (list[i].qemu_alive && list[i].started_realtime_us && now_rt > list[i].started_realtime_us)
+                        snprintf(up, sizeof(up), "%" PRIu64 " s", (now_rt - list[i].started_realtime_us) / USEC_PER_SEC);
+                printf("%-16s %-8s %8d %10s %10s %9s\n", list[i].name, list[i].state, (int) list[i].qemu_pid,
+                       format_size(m, sizeof(m), list[i].memory), rs, up);
+        }
+        free(list);
+        return EXIT_OK;
+}
+
+static int vm_info_cmd(int argc, char **argv) {
+        if (argc != 2)
+                return cli_usage_error("vm info needs one NAME");
+        VmInfo v;
+        if (vm_info(argv[1], &v) < 0)
+                return cli_error(EXIT_FAIL, "no VM named '%s'", argv[1]);
+        uint64_t rss = 0;
+        if (v.qemu_alive)
+                proc_rss(v.qemu_pid, &rss);
+        if (arg_json) {
+                cli_print_json(json_pack("{s:s,s:s,s:i,s:i,s:I,s:I,s:s,s:s}", "name", v.name, "state", v.state,
+                                         "qemu_pid", (int) v.qemu_pid, "supervisor_pid", (int) v.supervisor_pid,
+                                         "memory", (json_int_t) v.memory, "rss", (json_int_t) rss, "dir", v.dir,
+                                         "exit_status", v.exit_status));
+                return EXIT_OK;
+        }
+        char m[FORMAT_SIZE_MAX], rs[FORMAT_SIZE_MAX];
+        printf("name        %s\nstate       %s%s%s\nqemu pid    %d\nsupervisor  %d%s\nmemory      %s\n"
+               "qemu rss    %s\ndirectory   %s\n",
+               v.name, v.state, v.exit_status[0] ? " " : "", v.exit_status, (int) v.qemu_pid, (int) v.supervisor_pid,
+               v.supervisor_alive ? "" : " (gone)", format_size(m, sizeof(m), v.memory),
+               v.qemu_alive ? format_size(rs, sizeof(rs), rss) : "-", v.dir);
+        return EXIT_OK;
+}
+
+static void write_out(FILE *f, json_t *s) {
+        if (json_is_string(s))
+                fwrite(json_string_value(s), 1, json_string_length(s), f);
+}
+
+static int vm_exec_cmd(int argc, char **argv) {
+        static const struct option opts[] = {
+                { "timeout", required_argument, NULL, 't' },
+                {},
+        };
+        usec_t timeout = 10 * USEC_PER_SEC;
+        int c, r;
+        while ((c = getopt_long(argc, argv, "+t:", opts, NULL)) >= 0) {
+                if (c != 't')
+                        return EXIT_USAGE;
+                if ((r = cli_parse_duration("--timeout", optarg, &timeout)) != 0)
+                        return r;
+        }
+        if (optind >= argc)
+                return cli_usage_error("vm exec needs NAME -- CMD [ARG...]");
+        const char *name = argv[optind++];
+        if (optind < argc && strcmp(argv[optind], "--") == 0)
+                optind++;
+        if (optind >= argc)
+                return cli_usage_error("vm exec needs a command after NAME --");
+        json_t *cmdv = json_array();
+        for (int i = optind; i < argc; i++)
+                json_array_append_new(cmdv, json_string(argv[i]));
+        json_t *args = json_pack("{s:o,s:I}", "argv", cmdv, "timeout_ms", (json_int_t) (timeout / USEC_PER_MSEC));
+        json_t *reply = agent_do(name, "exec", args, usec_add(timeout, 5 * USEC_PER_SEC));
+        if (!reply)
+                return EXIT_FAIL;
+        if (arg_json) {
+                json_t *code = json_object_get(reply, "exit_code");
+                int rc = json_is_true(json_object_get(reply, "ok")) && json_is_integer(code)
+                                 ? (int) json_integer_value(code)
+                                 : EXIT_FAIL;
+                cli_print_json(reply);
+                return rc;
+        }
+        if (!json_is_true(json_object_get(reply, "ok"))) {
+                r = cli_error(EXIT_FAIL, "VM '%s': exec failed: %s", name,
+                              json_string_value(json_object_get(reply, "error")) ?: "?");
+                json_decref(reply);
+                return r;
+        }
+        write_out(stdout, json_object_get(reply, "stdout"));
+        write_out(stderr, json_object_get(reply, "stderr"));
+        fflush(stdout);
+        if (json_is_true(json_object_get(reply, "timed_out")))
+                fprintf(stderr, "ballastctl: command timed out and was killed\n");
+        json_t *code = json_object_get(reply, "exit_code");
+        int rc = json_is_integer(code) ? (int) json_integer_value(code) : EXIT_FAIL;
+        json_decref(reply);
+        return rc;
+}
+
+/* Simple agent calls: prints the reply as JSON (the commands are for tests and scripts). */
+static int vm_agent_simple(const char *name, const char *cmd, json_t *args, usec_t timeout) {
+        json_t *reply = agent_do(name, cmd, args, timeout);
+        if (!reply)
+                return EXIT_FAIL;
+        bool ok = json_is_true(json_object_get(reply, "ok"));
+        if (!ok && !arg_json)
+                cli_error(EXIT_FAIL, "VM '%s': %s: %s", name, cmd,
+                          json_string_value(json_object_get(reply, "error")) ?: "failed");
+        cli_print_json(reply);
+        return ok ? EXIT_OK : EXIT_FAIL;
+}
+
+static int vm_fill_cmd(int argc, char **argv) {
+        enum { OPT_SEED = 256, OPT_NOHOLD, OPT_CHECKZERO, OPT_TIMEOUT };
+        static const struct option opts[] = {
+                { "seed", required_argument, NULL, OPT_SEED },
+                { "no-hold", no_argument, NULL, OPT_NOHOLD },
+                { "check-zero", no_argument, NULL, OPT_CHECKZERO },
+                { "timeout", required_argument, NULL, OPT_TIMEOUT },
+                {},
+        };
+        uint64_t seed = 1, mib;
+        bool hold = true, check_zero = false;
+        usec_t timeout = 120 * USEC_PER_SEC;
+        int c, r;
+        while ((c = getopt_long(argc, argv, "", opts, NULL)) >= 0) {
+                switch (c) {
+                case OPT_SEED:
+                        if (parse_u64(optarg, &seed) < 0 || seed > UINT32_MAX)
+                                return cli_usage_error("invalid --seed '%s'", optarg);
+                        break;
+                case OPT_NOHOLD:
+                        hold = false;
+                        break;
+                case OPT_CHECKZERO:
+                        check_zero = true;
+                        break;
+                case OPT_TIMEOUT:
+                        if ((r = cli_parse_duration("--timeout", optarg, &timeout)) != 0)
+                                return r;
+                        break;
+                default:
+                        return EXIT_USAGE;
+                }
+        }
+        if (optind + 2 != argc || parse_u64(argv[optind + 1], &mib) < 0 || mib < 1 || mib > (1u << 20))
+                return cli_usage_error("vm fill needs NAME MIB");
+        json_t *args = json_pack("{s:I,s:I,s:b,s:b}", "mib", (json_int_t) mib, "seed", (json_int_t) seed, "hold", hold,
+                                 "check_zero", check_zero);
+        return vm_agent_simple(argv[optind], "fill", args, timeout);
+}
+
+static int vm_handle_cmd(int argc, char **argv) {
+        uint64_t h;
+        if (argc != 3 || parse_u64(argv[2], &h) < 0)
+                return cli_usage_error("vm %s needs NAME HANDLE", argv[0]);
+        return vm_agent_simple(argv[1], argv[0], json_pack("{s:I}", "handle", (json_int_t) h), 120 * USEC_PER_SEC);
+}
+
+static int vm_raw_agent_cmd(int argc, char **argv) {
+        if (argc != 3 && argc != 4)
+                return cli_usage_error("vm agent needs NAME CMD [JSON-ARGS]");
+        json_t *args = NULL;
+        if (argc == 4) {
+                json_error_t je;
+                args = json_loads(argv[3], 0, &je);
+                if (!json_is_object(args)) {
+                        json_decref(args);
+                        return cli_usage_error("JSON-ARGS must be a JSON object: %s", je.text);
+                }
+        }
+        return vm_agent_simple(argv[1], argv[2], args, 120 * USEC_PER_SEC);
+}
+
+int cmd_vm(int argc, char **argv) {
+        if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+                fputs(vm_usage, argc < 2 ? stderr : stdout);
+                return argc < 2 ? EXIT_USAGE : EXIT_OK;
+        }
+        const char *verb = argv[1];
+        argc--;
+        argv++;
+        optind = 1;
+        if (strcmp(verb, "start") == 0)
+                return vm_start_cmd(argc, argv);
+        if (strcmp(verb, "stop") == 0)
+                return vm_stop_cmd(argc, argv);
+        if (strcmp(verb, "list") == 0)
+                return vm_list_cmd(argc, argv);
+        if (strcmp(verb, "info") == 0)
+                return vm_info_cmd(argc, argv);
+        if (strcmp(verb, "exec") == 0)
+                return vm_exec_cmd(argc, argv);
+        if (strcmp(verb, "fill") == 0)
+                return vm_fill_cmd(argc, argv);
+        if (strcmp(verb, "verify") == 0 || strcmp(verb, "release") == 0)
+                return vm_handle_cmd(argc, argv);
+        if (strcmp(verb, "agent") == 0)
+                return vm_raw_agent_cmd(argc, argv);
+        if (strcmp(verb, "ping") == 0 || strcmp(verb, "meminfo") == 0 || strcmp(verb, "drop-caches") == 0) {
+                if (argc != 2)
+                        return cli_usage_error("vm %s needs one NAME", verb);
+                return vm_agent_simple(argv[1], verb, NULL, 10 * USEC_PER_SEC);
+        }
+        return cli_usage_error("unknown vm command '%s'", verb);
+}

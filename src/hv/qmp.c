@@ -1,0 +1,707 @@
+/* SPDX-License-Identifier: MIT */
+/* The QEMU driver (B1.1): one QMP connection per VM, commands tagged with ids, replies matched by
+ * id, events dispatched apart, stale replies of timed-out commands dropped, a deadline on every
+ * operation. A driver operation is a short sequence of QMP commands ("steps"). */
+#include "hv/qmp.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hv/qmp-proto.h"
+#include "shared/conn.h"
+#include "shared/macro.h"
+#include "shared/strutil.h"
+#include "shared/unix-sock.h"
+
+typedef enum QmpState {
+        QMP_DISCONNECTED,
+        QMP_AWAIT_GREETING,
+        QMP_NEGOTIATING,
+        QMP_READY,
+} QmpState;
+
+typedef enum QmpStep {
+        STEP_END = 0,
+        STEP_QUERY_BALLOON,
+        STEP_BALLOON_SET,
+        STEP_MEM_SUMMARY,
+        STEP_DISCOVER_PERIPHERAL,
+        STEP_DISCOVER_ANON,
+        STEP_GET_STATS,
+        STEP_GET_PERIOD,
+        STEP_SET_PERIOD,
+        STEP_GET_DEFLATE_ON_OOM,
+        STEP_GET_FREE_PAGE_REPORTING,
+} QmpStep;
+
+static const QmpStep op_steps[_HV_OP_MAX][7] = {
+        [HV_OP_GET_ACTUAL] = { STEP_QUERY_BALLOON },
+        [HV_OP_SET_TARGET] = { STEP_BALLOON_SET },
+        [HV_OP_GET_STATS] = { STEP_DISCOVER_PERIPHERAL, STEP_DISCOVER_ANON, STEP_GET_STATS, STEP_GET_PERIOD },
+        [HV_OP_SET_STATS_PERIOD] = { STEP_DISCOVER_PERIPHERAL, STEP_DISCOVER_ANON, STEP_SET_PERIOD },
+        [HV_OP_GET_CAPS] = { STEP_QUERY_BALLOON, STEP_MEM_SUMMARY, STEP_DISCOVER_PERIPHERAL, STEP_DISCOVER_ANON,
+                             STEP_GET_DEFLATE_ON_OOM, STEP_GET_FREE_PAGE_REPORTING },
+};
+
+typedef struct Qmp Qmp;
+typedef struct QmpReq QmpReq;
+
+typedef struct QmpCmd {
+        uint64_t id;
+        char *line;
+        const char *name;
+        bool sent;
+        QmpReq *req; /* NULL for the internal qmp_capabilities */
+        struct QmpCmd *next;
+} QmpCmd;
+
+struct QmpReq {
+        Qmp *q;
+        HvOp op;
+        hv_reply_cb cb;
+        void *userdata;
+        HvReply reply;
+        uint64_t arg;
+        unsigned step;
+        usec_t timeout;
+        EvTimer *timer; /* first fires at once to start the request, then at its deadline */
+        bool started;
+        QmpCmd *cmd; /* the one command in flight */
+        QmpReq *next;
+};
+
+struct Qmp {
+        Hv hv; /* first: Hv* and Qmp* convert */
+        char *path;
+        uid_t expected_uid;
+        char *balloon_path;
+        bool balloon_path_fixed;
+
+        QmpState state;
+        Conn *conn;
+        uint64_t next_id;
+        QmpCmd *cmds; /* pending, in send order */
+        QmpReq *reqs;
+        char version[64];
+
+        unsigned busy;
+        bool dead;
+        QmpCounters counters;
+};
+
+static Qmp *qmp_of(Hv *hv) {
+        return (Qmp *) hv;
+}
+
+static void qmp_free_now(Qmp *q);
+
+static void qmp_enter(Qmp *q) {
+        q->busy++;
+}
+
+static void qmp_leave(Qmp *q) {
+        if (--q->busy == 0 && q->dead)
+                qmp_free_now(q);
+}
+
+static void cmd_free(QmpCmd *c) {
+        if (!c)
+                return;
+        free(c->line);
+        free(c);
+}
+
+static void cmd_unlink(Qmp *q, QmpCmd *c) {
+        for (QmpCmd **p = &q->cmds; *p; p = &(*p)->next)
+                if (*p == c) {
+                        *p = c->next;
+                        return;
+                }
+}
+
+static void req_unlink(Qmp *q, QmpReq *r) {
+        for (QmpReq **p = &q->reqs; *p; p = &(*p)->next)
+                if (*p == r) {
+                        *p = r->next;
+                        return;
+                }
+}
+
+/* Removes the request and its command (a later reply to it is then stale and dropped). */
+static void req_free(QmpReq *r) {
+        if (r->cmd) {
+                cmd_unlink(r->q, r->cmd);
+                cmd_free(r->cmd);
+        }
+        req_unlink(r->q, r);
+        ev_timer_free(r->timer);
+        free(r);
+}
+
+static void req_finish(QmpReq *r) {
+        Qmp *q = r->q;
+        hv_reply_cb cb = r->cb;
+        void *ud = r->userdata;
+        HvReply reply = r->reply;
+        if (reply.op == HV_OP_GET_CAPS && reply.error == 0)
+                strscpy(reply.caps.version, sizeof(reply.caps.version), q->version);
+        req_free(r);
+        if (cb && !q->dead)
+                cb(&q->hv, &reply, ud);
+}
+
+static void req_fail(QmpReq *r, int error, const char *fmt, ...) _printf_(3, 4);
+static void req_fail(QmpReq *r, int error, const char *fmt, ...) {
+        va_list ap;
+        r->reply.error = error < 0 ? error : -EIO;
+        va_start(ap, fmt);
+        vsnprintf(r->reply.message, sizeof(r->reply.message), fmt, ap);
+        va_end(ap);
+        req_finish(r);
+}
+
+static void qmp_disconnect(Qmp *q, int error, const char *why) {
+        q->conn = conn_free(q->conn);
+        q->state = QMP_DISCONNECTED;
+
+        /* Fail every request that has a command queued or in flight on this connection. */
+        while (q->cmds) {
+                QmpCmd *c = q->cmds;
+                q->cmds = c->next;
+                QmpReq *r = c->req;
+                cmd_free(c);
+                if (r) {
+                        r->cmd = NULL;
+                        req_fail(r, error ?: -ECONNRESET, "QMP connection to %s lost: %s", q->path, why);
+                        if (q->dead)
+                                return;
+                }
+        }
+}
+
+static int qmp_send_line(Qmp *q, QmpCmd *c) {
+        int r = conn_write(q->conn, c->line, strlen(c->line));
+        if (r < 0)
+                return r;
+        c->sent = true;
+        q->counters.commands++;
+        return 0;
+}
+
+static void qmp_flush_queue(Qmp *q) {
+        for (QmpCmd *c = q->cmds; c; c = c->next)
+                if (!c->sent && qmp_send_line(q, c) < 0) {
+                        qmp_disconnect(q, -EIO, "cannot write to the socket");
+                        return;
+                }
+}
+
+static QmpCmd *qmp_queue(Qmp *q, const char *name, json_t *args, QmpReq *req) {
+        QmpCmd *c = calloc(1, sizeof(QmpCmd));
+        if (!c) {
+                json_decref(args);
+                return NULL;
+        }
+        c->id = ++q->next_id;
+        c->name = name;
+        c->req = req;
+        c->line = qmp_format_command(name, args, c->id);
+        if (!c->line) {
+                free(c);
+                return NULL;
+        }
+        QmpCmd **p = &q->cmds;
+        while (*p)
+                p = &(*p)->next;
+        *p = c;
+        if (q->state == QMP_READY || (!req && q->state == QMP_NEGOTIATING))
+                if (qmp_send_line(q, c) < 0) {
+                        /* Leave it queued: the disconnect below fails its request. */
+                }
+        return c;
+}
+
+/* --- incoming messages --- */
+
+static void qmp_on_greeting(Qmp *q, const QmpMsg *m) {
+        if (m->version[0] >= 0)
+                snprintf(q->version, sizeof(q->version), "QEMU %d.%d.%d", m->version[0], MAX(m->version[1], 0),
+                         MAX(m->version[2], 0));
+        else
+                snprintf(q->version, sizeof(q->version), "QEMU (unknown version)");
+        q->state = QMP_NEGOTIATING;
+        if (!qmp_queue(q, "qmp_capabilities", NULL, NULL))
+                qmp_disconnect(q, -ENOMEM, "out of memory");
+}
+
+static void qmp_step(QmpReq *r);
+
+static void qmp_on_reply(Qmp *q, const QmpMsg *m) {
+        QmpCmd *c = NULL;
+
+        if (m->id_is_ours) {
+                for (QmpCmd *i = q->cmds; i; i = i->next)
+                        if (i->sent && i->id == m->id) {
+                                c = i;
+                                break;
+                        }
+        } else if (!m->id_present && m->type == QMP_MSG_ERROR) {
+                /* Parse errors come back without an id: they answer the oldest command sent. */
+                for (QmpCmd *i = q->cmds; i; i = i->next)
+                        if (i->sent) {
+                                c = i;
+                                break;
+                        }
+        }
+        if (!c) {
+                /* A reply to a command that already timed out (or garbage id): drop it. */
+                q->counters.stale_replies++;
+                return;
+        }
+        q->counters.replies++;
+        cmd_unlink(q, c);
+
+        QmpReq *r = c->req;
+        if (!r) { /* qmp_capabilities */
+                bool ok = m->type == QMP_MSG_RETURN;
+                cmd_free(c);
+                if (!ok) {
+                        qmp_disconnect(q, -EPROTO, "qmp_capabilities was refused");
+                        return;
+                }
+                q->state = QMP_READY;
+                qmp_flush_queue(q);
+                return;
+        }
+        r->cmd = NULL;
+        cmd_free(c);
+
+        QmpStep step = op_steps[r->op][r->step];
+        HvReply *rep = &r->reply;
+
+        if (m->type == QMP_MSG_ERROR) {
+                const char *cls = m->error_class;
+                if (step == STEP_QUERY_BALLOON && r->op == HV_OP_GET_CAPS && strcmp(cls, "DeviceNotActive") == 0) {
+                        rep->caps.balloon = false;
+                        r->step++; /* still read the memory size, then stop */
+                        if (op_steps[r->op][r->step] == STEP_MEM_SUMMARY) {
+                                qmp_step(r);
+                                return;
+                        }
+                        req_finish(r);
+                        return;
+                }
+                if (step == STEP_GET_PERIOD) { /* optional */
+                        r->step++;
+                        qmp_step(r);
+                        return;
+                }
+                if ((step == STEP_GET_DEFLATE_ON_OOM || step == STEP_GET_FREE_PAGE_REPORTING) &&
+                    strcmp(cls, "GenericError") == 0) {
+                        /* Older QEMU without the property: the feature is simply not there. */
+                        r->step++;
+                        qmp_step(r);
+                        return;
+                }
+                req_fail(r, strcmp(cls, "DeviceNotActive") == 0 ? -ENODEV : -EREMOTEIO, "QEMU refused %s: %s: %s",
+                         hv_op_to_string(r->op), cls, m->error_desc);
+                return;
+        }
+
+        json_t *v = m->value;
+        char err[256];
+        switch (step) {
+        case STEP_QUERY_BALLOON: {
+                json_t *a = json_object_get(v, "actual");
+                if (!json_is_integer(a) || json_integer_value(a) < 0) {
+                        req_fail(r, -EBADMSG, "query-balloon reply has no valid \"actual\"");
+                        return;
+                }
+                rep->actual = (uint64_t) json_integer_value(a);
+                rep->caps.balloon = true;
+                break;
+        }
+        case STEP_BALLOON_SET:
+                break;
+        case STEP_MEM_SUMMARY: {
+                json_t *b = json_object_get(v, "base-memory");
+                if (!json_is_integer(b) || json_integer_value(b) <= 0) {
+                        req_fail(r, -EBADMSG, "query-memory-size-summary reply has no valid \"base-memory\"");
+                        return;
+                }
+                rep->caps.ram_bytes = (uint64_t) json_integer_value(b);
+                if (!rep->caps.balloon) {
+                        req_finish(r);
+                        return;
+                }
+                break;
+        }
+        case STEP_DISCOVER_PERIPHERAL:
+        case STEP_DISCOVER_ANON: {
+                size_t i;
+                json_t *e;
+                const char *base = step == STEP_DISCOVER_PERIPHERAL ? "/machine/peripheral" : "/machine/peripheral-anon";
+                json_array_foreach(v, i, e) {
+                        const char *type = json_string_value(json_object_get(e, "type"));
+                        const char *name = json_string_value(json_object_get(e, "name"));
+                        if (type && name && strncmp(type, "child<virtio-balloon-", 21) == 0 && strlen(name) < 200) {
+                                char path[256];
+                                snprintf(path, sizeof(path), "%s/%s", base, name);
+                                free(q->balloon_path);
+                                q->balloon_path = strdup(path);
+                                if (!q->balloon_path) {
+                                        req_fail(r, -ENOMEM, "out of memory");
+                                        return;
+                                }
+                                break;
+                        }
+                }
+                if (step == STEP_DISCOVER_ANON && !q->balloon_path) {
+                        req_fail(r, -ENODEV, "no virtio-balloon device found under /machine/peripheral{,-anon}");
+                        return;
+                }
+                break;
+        }
+        case STEP_GET_STATS: {
+                int k = qmp_parse_guest_stats(v, &rep->stats, err, sizeof(err));
+                if (k < 0) {
+                        req_fail(r, k, "%s", err);
+                        return;
+                }
+                break;
+        }
+        case STEP_GET_PERIOD:
+                if (json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) <= UINT32_MAX)
+                        rep->stats.period = (uint32_t) json_integer_value(v);
+                break;
+        case STEP_SET_PERIOD:
+                break;
+        case STEP_GET_DEFLATE_ON_OOM:
+                rep->caps.deflate_on_oom = json_is_true(v);
+                break;
+        case STEP_GET_FREE_PAGE_REPORTING:
+                rep->caps.free_page_reporting = json_is_true(v);
+                break;
+        case STEP_END:
+                break;
+        }
+        r->step++;
+        qmp_step(r);
+}
+
+static void qmp_on_event(Qmp *q, const QmpMsg *m) {
+        q->counters.events++;
+        if (strcmp(m->event, "BALLOON_CHANGE") != 0)
+                return;
+        json_t *a = json_object_get(m->value, "actual");
+        if (json_is_integer(a) && json_integer_value(a) >= 0)
+                hv_notify_actual(&q->hv, (uint64_t) json_integer_value(a), m->event_time_us);
+}
+
+static ssize_t qmp_on_data(Conn *c, const char *buf, size_t len, void *userdata) {
+        Qmp *q = userdata;
+        size_t off = 0;
+        (void) c;
+
+        while (off < len && !q->dead && q->conn) {
+                size_t line_len, consumed;
+                int r = qmp_next_line(buf + off, len - off, QMP_MAX_MESSAGE, &line_len, &consumed);
+                if (r < 0) {
+                        q->counters.protocol_errors++;
+                        qmp_disconnect(q, -EMSGSIZE, "QMP message over 1 MiB");
+                        return 0;
+                }
+                if (r == 0)
+                        break;
+                const char *line = buf + off;
+                off += consumed;
+                if (line_len == 0)
+                        continue;
+
+                QmpMsg m;
+                char err[256];
+                r = qmp_msg_parse(line, line_len, &m, err, sizeof(err));
+                if (r < 0) {
+                        q->counters.protocol_errors++;
+                        qmp_disconnect(q, r, err);
+                        return 0;
+                }
+                if (m.type == QMP_MSG_GREETING) {
+                        if (q->state == QMP_AWAIT_GREETING)
+                                qmp_on_greeting(q, &m);
+                } else if (q->state == QMP_AWAIT_GREETING) {
+                        qmp_msg_done(&m);
+                        q->counters.protocol_errors++;
+                        qmp_disconnect(q, -EPROTO, "peer did not start with a QMP greeting");
+                        return 0;
+                } else if (m.type == QMP_MSG_EVENT)
+                        qmp_on_event(q, &m);
+                else
+                        qmp_on_reply(q, &m);
+                qmp_msg_done(&m);
+        }
+        return (ssize_t) off;
+}
+
+static void qmp_on_close(Conn *c, int error, const char *msg, void *userdata) {
+        Qmp *q = userdata;
+        (void) c;
+        qmp_enter(q);
+        qmp_disconnect(q, error ?: -ECONNRESET, msg);
+        qmp_leave(q);
+}
+
+static ssize_t qmp_on_data_guarded(Conn *c, const char *buf, size_t len, void *userdata) {
+        Qmp *q = userdata;
+        qmp_enter(q);
+        ssize_t n = qmp_on_data(c, buf, len, userdata);
+        /* If the connection was dropped while parsing, the Conn is gone: consume nothing more. */
+        qmp_leave(q);
+        return n;
+}
+
+static int qmp_connect(Qmp *q, char *err, size_t errlen) {
+        int fd = usock_connect(q->path, err, errlen);
+        if (fd < 0)
+                return fd;
+        int r = usock_check_peer(fd, q->expected_uid, NULL, NULL, err, errlen);
+        if (r < 0) {
+                safe_close(fd);
+                return r;
+        }
+        static const ConnCallbacks cbs = { .on_data = qmp_on_data_guarded, .on_close = qmp_on_close };
+        r = conn_new(q->hv.ev, fd, QMP_MAX_MESSAGE + 2, &cbs, q, &q->conn);
+        if (r < 0) {
+                snprintf(err, errlen, "cannot watch the QMP socket: %s", strerror(-r));
+                return r;
+        }
+        q->state = QMP_AWAIT_GREETING;
+        q->counters.connects++;
+        return 0;
+}
+
+/* --- requests --- */
+
+static void qmp_step(QmpReq *r) {
+        Qmp *q = r->q;
+
+        for (;;) {
+                QmpStep step = op_steps[r->op][r->step];
+                if (step == STEP_END) {
+                        req_finish(r);
+                        return;
+                }
+                if ((step == STEP_DISCOVER_PERIPHERAL || step == STEP_DISCOVER_ANON) && q->balloon_path) {
+                        r->step++;
+                        continue;
+                }
+                break;
+        }
+
+        QmpStep step = op_steps[r->op][r->step];
+        const char *name = NULL;
+        json_t *args = NULL;
+        switch (step) {
+        case STEP_QUERY_BALLOON:
+                name = "query-balloon";
+                break;
+        case STEP_BALLOON_SET:
+                name = "balloon";
+                args = json_pack("{s:I}", "value", (json_int_t) r->arg);
+                break;
+        case STEP_MEM_SUMMARY:
+                name = "query-memory-size-summary";
+                break;
+        case STEP_DISCOVER_PERIPHERAL:
+                name = "qom-list";
+                args = json_pack("{s:s}", "path", "/machine/peripheral");
+                break;
+        case STEP_DISCOVER_ANON:
+                name = "qom-list";
+                args = json_pack("{s:s}", "path", "/machine/peripheral-anon");
+                break;
+        case STEP_GET_STATS:
+                name = "qom-get";
+                args = json_pack("{s:s,s:s}", "path", q->balloon_path, "property", "guest-stats");
+                break;
+        case STEP_GET_PERIOD:
+                name = "qom-get";
+                args = json_pack("{s:s,s:s}", "path", q->balloon_path, "property", "guest-stats-polling-interval");
+                break;
+        case STEP_SET_PERIOD:
+                name = "qom-set";
+                args = json_pack("{s:s,s:s,s:I}", "path", q->balloon_path, "property",
+                                 "guest-stats-polling-interval", "value", (json_int_t) r->arg);
+                break;
+        case STEP_GET_DEFLATE_ON_OOM:
+                name = "qom-get";
+                args = json_pack("{s:s,s:s}", "path", q->balloon_path, "property", "deflate-on-oom");
+                break;
+        case STEP_GET_FREE_PAGE_REPORTING:
+                name = "qom-get";
+                args = json_pack("{s:s,s:s}", "path", q->balloon_path, "property", "free-page-reporting");
+                break;
+        case STEP_END:
+                return;
+        }
+
+        if (q->state == QMP_DISCONNECTED) {
+                char err[HV_MESSAGE_MAX - 64];
+                int k = qmp_connect(q, err, sizeof(err));
+                if (k < 0) {
+                        json_decref(args);
+                        req_fail(r, k, "%s", err);
+                        return;
+                }
+        }
+        r->cmd = qmp_queue(q, name, args, r);
+        if (!r->cmd)
+                req_fail(r, -ENOMEM, "out of memory");
+}
+
+static void qmp_on_req_timeout(EvTimer *t, void *userdata) {
+        QmpReq *r = userdata;
+        Qmp *q = r->q;
+        char d[32];
+        (void) t;
+
+        qmp_enter(q);
+        if (!r->started) {
+                r->started = true;
+                ev_timer_set(r->timer, usec_add(ev_now(q->hv.ev), r->timeout));
+                qmp_step(r);
+                qmp_leave(q);
+                return;
+        }
+        q->counters.timeouts++;
+        format_duration(d, sizeof(d), r->timeout);
+        if (q->state == QMP_AWAIT_GREETING || q->state == QMP_NEGOTIATING) {
+                /* Nothing useful will come on this connection; the next operation reconnects. */
+                req_fail(r, -ETIMEDOUT,
+                         "no QMP greeting from %s within %s (hung peer, or another client holds the socket: "
+                         "QEMU serves one QMP client at a time)",
+                         q->path, d);
+                if (!q->dead && q->state != QMP_READY)
+                        qmp_disconnect(q, -ETIMEDOUT, "greeting timeout");
+        } else
+                req_fail(r, -ETIMEDOUT, "QMP %s on %s got no reply within %s", hv_op_to_string(r->op), q->path, d);
+        qmp_leave(q);
+}
+
+static int qmp_submit(Hv *hv, HvOp op, uint64_t arg, usec_t timeout, hv_reply_cb cb, void *userdata) {
+        Qmp *q = qmp_of(hv);
+        QmpReq *r = calloc(1, sizeof(QmpReq));
+        if (!r)
+                return -ENOMEM;
+        *r = (QmpReq) { .q = q, .op = op, .cb = cb, .userdata = userdata, .arg = arg, .timeout = timeout };
+        r->reply.op = op;
+        hv_stats_init(&r->reply.stats);
+        /* The first step runs from the loop, never inside the caller: callbacks are always
+         * asynchronous, so callers need no re-entrancy care. */
+        int k = ev_timer_add(hv->ev, 0, qmp_on_req_timeout, r, &r->timer);
+        if (k < 0) {
+                free(r);
+                return k;
+        }
+        r->next = q->reqs;
+        q->reqs = r;
+        return 0;
+}
+
+static int qmp_get_actual(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
+        return qmp_submit(hv, HV_OP_GET_ACTUAL, 0, timeout, cb, ud);
+}
+
+static int qmp_set_target(Hv *hv, uint64_t bytes, usec_t timeout, hv_reply_cb cb, void *ud) {
+        /* QEMU takes int64 and refuses ≤ 0; more than RAM is clamped by QEMU itself (full deflate). */
+        if (bytes == 0 || bytes > (UINT64_C(1) << 62))
+                return -EINVAL;
+        return qmp_submit(hv, HV_OP_SET_TARGET, bytes, timeout, cb, ud);
+}
+
+static int qmp_get_stats(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
+        return qmp_submit(hv, HV_OP_GET_STATS, 0, timeout, cb, ud);
+}
+
+static int qmp_set_stats_period(Hv *hv, uint32_t seconds, usec_t timeout, hv_reply_cb cb, void *ud) {
+        return qmp_submit(hv, HV_OP_SET_STATS_PERIOD, seconds, timeout, cb, ud);
+}
+
+static int qmp_get_caps(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
+        return qmp_submit(hv, HV_OP_GET_CAPS, 0, timeout, cb, ud);
+}
+
+static void qmp_cancel(Hv *hv, void *userdata) {
+        Qmp *q = qmp_of(hv);
+        for (QmpReq *r = q->reqs, *n; r; r = n) {
+                n = r->next;
+                if (r->userdata == userdata)
+                        req_free(r);
+        }
+}
+
+static void qmp_free_now(Qmp *q) {
+        while (q->reqs)
+                req_free(q->reqs);
+        while (q->cmds) {
+                QmpCmd *c = q->cmds;
+                q->cmds = c->next;
+                cmd_free(c);
+        }
+        conn_free(q->conn);
+        free(q->path);
+        free(q->balloon_path);
+        free(q);
+}
+
+static void qmp_free(Hv *hv) {
+        Qmp *q = qmp_of(hv);
+        q->dead = true;
+        if (q->busy == 0)
+                qmp_free_now(q);
+}
+
+static const HvOps qmp_ops = {
+        .name = "qemu",
+        .get_actual = qmp_get_actual,
+        .set_target = qmp_set_target,
+        .get_stats = qmp_get_stats,
+        .set_stats_period = qmp_set_stats_period,
+        .get_caps = qmp_get_caps,
+        .cancel = qmp_cancel,
+        .free = qmp_free,
+};
+
+int qmp_hv_new(Ev *ev, const QmpConfig *cfg, Hv **ret) {
+        if (!cfg->socket_path)
+                return -EINVAL;
+        Qmp *q = calloc(1, sizeof(Qmp));
+        if (!q)
+                return -ENOMEM;
+        q->hv.ops = &qmp_ops;
+        q->hv.ev = ev;
+        q->expected_uid = cfg->expected_uid;
+        q->path = strdup(cfg->socket_path);
+        if (cfg->balloon_qom_path) {
+                q->balloon_path = strdup(cfg->balloon_qom_path);
+                q->balloon_path_fixed = true;
+        }
+        if (!q->path || (cfg->balloon_qom_path && !q->balloon_path)) {
+                qmp_free_now(q);
+                return -ENOMEM;
+        }
+        *ret = &q->hv;
+        return 0;
+}
+
+void qmp_hv_counters(Hv *hv, QmpCounters *ret) {
+        *ret = qmp_of(hv)->counters;
+}
+
+const char *qmp_hv_version(Hv *hv) {
+        return qmp_of(hv)->version;
+}

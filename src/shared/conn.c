@@ -1,0 +1,183 @@
+/* SPDX-License-Identifier: MIT */
+#include "shared/conn.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shared/macro.h"
+
+#define CONN_MAX_WRITE ((size_t) 4 << 20)
+
+struct Conn {
+        Ev *ev;
+        int fd;
+        EvIo *io;
+        ConnCallbacks cb;
+        void *userdata;
+
+        char *rbuf;
+        size_t rlen, rmax;
+        char *wbuf;
+        size_t wlen, woff, walloc;
+
+        bool busy; /* inside conn_on_io: conn_free() then only marks it dead */
+        bool dead;
+};
+
+static void conn_on_io(EvIo *io, int fd, uint32_t revents, void *userdata);
+
+int conn_new(Ev *ev, int fd, size_t max_read, const ConnCallbacks *cb, void *userdata, Conn **ret) {
+        Conn *c = calloc(1, sizeof(Conn));
+        if (!c) {
+                safe_close(fd);
+                return -ENOMEM;
+        }
+        *c = (Conn) { .ev = ev, .fd = fd, .cb = *cb, .userdata = userdata, .rmax = max_read };
+        c->rbuf = malloc(max_read + 1);
+        if (!c->rbuf) {
+                conn_free(c);
+                return -ENOMEM;
+        }
+        int r = ev_io_add(ev, fd, EPOLLIN | EPOLLRDHUP, conn_on_io, c, &c->io);
+        if (r < 0) {
+                conn_free(c);
+                return r;
+        }
+        *ret = c;
+        return 0;
+}
+
+Conn *conn_free(Conn *c) {
+        if (!c)
+                return NULL;
+        c->io = ev_io_free(c->io);
+        c->fd = safe_close(c->fd);
+        if (c->busy) {
+                c->dead = true; /* freed when conn_on_io unwinds */
+                return NULL;
+        }
+        free(c->rbuf);
+        free(c->wbuf);
+        free(c);
+        return NULL;
+}
+
+int conn_fd(const Conn *c) {
+        return c->fd;
+}
+
+size_t conn_pending_write(const Conn *c) {
+        return c->wlen - c->woff;
+}
+
+static void conn_fail(Conn *c, int error, const char *what) {
+        char msg[256];
+        if (error == 0)
+                snprintf(msg, sizeof(msg), "connection closed by peer");
+        else
+                snprintf(msg, sizeof(msg), "%s: %s", what, strerror(-error));
+        c->cb.on_close(c, error, msg, c->userdata);
+}
+
+static int conn_flush(Conn *c) {
+        while (c->woff < c->wlen) {
+                ssize_t n = write(c->fd, c->wbuf + c->woff, c->wlen - c->woff);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN)
+                                break;
+                        return negative_errno();
+                }
+                c->woff += (size_t) n;
+        }
+        if (c->woff == c->wlen)
+                c->woff = c->wlen = 0;
+        return ev_io_set_events(c->io, EPOLLIN | EPOLLRDHUP | (c->wlen > c->woff ? EPOLLOUT : 0));
+}
+
+int conn_write(Conn *c, const void *data, size_t len) {
+        if (c->wlen - c->woff + len > CONN_MAX_WRITE)
+                return -ENOBUFS;
+        if (c->woff > 0) { /* compact */
+                memmove(c->wbuf, c->wbuf + c->woff, c->wlen - c->woff);
+                c->wlen -= c->woff;
+                c->woff = 0;
+        }
+        if (c->wlen + len > c->walloc) {
+                size_t n = MAX(c->walloc * 2, c->wlen + len);
+                char *b = realloc(c->wbuf, n);
+                if (!b)
+                        return -ENOMEM;
+                c->wbuf = b;
+                c->walloc = n;
+        }
+        memcpy(c->wbuf + c->wlen, data, len);
+        c->wlen += len;
+        /* Try right away: the common case completes without waiting for EPOLLOUT. */
+        int r = conn_flush(c);
+        return r == -EPIPE || r == -ECONNRESET ? 0 : r; /* reported by the read side */
+}
+
+static void conn_on_io(EvIo *io, int fd, uint32_t revents, void *userdata) {
+        Conn *c = userdata;
+        (void) io;
+
+        c->busy = true;
+        if (revents & EPOLLOUT) {
+                int r = conn_flush(c);
+                if (r < 0 && r != -EPIPE && r != -ECONNRESET) {
+                        conn_fail(c, r, "write failed");
+                        goto out;
+                }
+        }
+        if (revents & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+                /* Read what is there; bounded by rmax so a flood cannot grow memory. */
+                for (;;) {
+                        if (c->rlen >= c->rmax) {
+                                conn_fail(c, -EMSGSIZE, "message exceeds the size limit");
+                                goto out;
+                        }
+                        ssize_t n = read(fd, c->rbuf + c->rlen, c->rmax - c->rlen);
+                        if (n < 0) {
+                                if (errno == EINTR)
+                                        continue;
+                                if (errno == EAGAIN)
+                                        break;
+                                conn_fail(c, negative_errno(), "read failed");
+                                goto out;
+                        }
+                        if (n == 0) {
+                                /* Deliver what is buffered first, then report EOF. */
+                                if (c->rlen > 0) {
+                                        ssize_t k = c->cb.on_data(c, c->rbuf, c->rlen, c->userdata);
+                                        if (c->dead || k < 0)
+                                                goto out;
+                                }
+                                conn_fail(c, 0, NULL);
+                                goto out;
+                        }
+                        c->rlen += (size_t) n;
+                        c->rbuf[c->rlen] = '\0';
+                        ssize_t k = c->cb.on_data(c, c->rbuf, c->rlen, c->userdata);
+                        if (c->dead)
+                                goto out;
+                        if (k < 0) {
+                                conn_fail(c, (int) k, "protocol error");
+                                goto out;
+                        }
+                        if ((size_t) k > 0) {
+                                memmove(c->rbuf, c->rbuf + k, c->rlen - (size_t) k);
+                                c->rlen -= (size_t) k;
+                        }
+                }
+        }
+out:
+        c->busy = false;
+        if (c->dead)
+                conn_free(c);
+}

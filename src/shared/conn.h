@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* A non-blocking stream connection on the event loop with bounded read and write buffers.
+ * Framing is the owner's business: on_data is handed everything read so far and says how much
+ * it consumed. */
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "shared/ev.h"
+
+typedef struct Conn Conn;
+
+typedef struct ConnCallbacks {
+        /* Returns bytes consumed (0..len), or a negative errno: the connection is then failed
+         * and on_close is called with that error. */
+        ssize_t (*on_data)(Conn *c, const char *buf, size_t len, void *userdata);
+        /* The peer closed (error 0 = EOF) or an I/O error happened; msg describes it. The owner
+         * typically frees the Conn from here. */
+        void (*on_close)(Conn *c, int error, const char *msg, void *userdata);
+} ConnCallbacks;
+
+/* Takes ownership of fd. max_read bounds the unconsumed read buffer: a peer that sends more
+ * without a frame boundary gets -EMSGSIZE through on_close. */
+int conn_new(Ev *ev, int fd, size_t max_read, const ConnCallbacks *cb, void *userdata, Conn **ret);
+/* Closes the fd, drops buffers. Accepts NULL, returns NULL. Safe from inside callbacks. */
+Conn *conn_free(Conn *c);
+/* Queues bytes; returns 0 or -ENOBUFS when the write buffer would exceed its bound (4 MiB). */
+int conn_write(Conn *c, const void *data, size_t len);
+int conn_fd(const Conn *c);
+size_t conn_pending_write(const Conn *c);

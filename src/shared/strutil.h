@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shared/time-util.h"
+
+/* "512M", "1G", "1.5G", "4096", "256MiB", "64k" → bytes (binary units). Rejects negatives,
+ * garbage and values above 2^62. Returns 0 or -EINVAL / -ERANGE; *ret written on success only. */
+int parse_size(const char *s, uint64_t *ret);
+
+/* "250ms", "5s", "5m", "1h", "1h30m", "0s", "1500us" → microseconds. A bare number is seconds. */
+int parse_duration(const char *s, usec_t *ret);
+
+/* "on"/"off"/"yes"/"no"/"true"/"false"/"1"/"0". */
+int parse_boolean(const char *s, bool *ret);
+
+/* Decimal uint64 with full-string match; -EINVAL or -ERANGE. */
+int parse_u64(const char *s, uint64_t *ret);
+
+/* Human size, e.g. "512.0 MiB", "1.50 GiB", "4096 B"; returns buf. */
+const char *format_size(char *buf, size_t len, uint64_t bytes);
+/* Signed variant for deltas: "+12.0 MiB", "-256.0 MiB". */
+const char *format_size_delta(char *buf, size_t len, int64_t bytes);
+/* "2.41 s", "180 ms", "950 us". */
+const char *format_duration(char *buf, size_t len, usec_t d);
+
+#define FORMAT_SIZE_MAX 32
+
+/* A VM or object name: [A-Za-z0-9_.-]{1,32}, not starting with '.' or '-'. */
+bool name_is_valid(const char *s);
+
+/* Bounded strlcpy-like copy; always NUL-terminates when len > 0. Returns strlen(src). */
+size_t strscpy(char *dst, size_t len, const char *src);

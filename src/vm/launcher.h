@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* The launcher (B3): starts QEMU microVMs under a small supervisor process that QEMU dies with
+ * (PR_SET_PDEATHSIG), and destroys them with SIGTERM → SIGKILL confirmed through pidfds before
+ * the working directory is removed.
+ *
+ * Layout of a VM's working directory (mode 0700) under the run root:
+ *   vm.json         what was asked for (name, memory, options, image, time)
+ *   supervisor.pid, qemu.pid
+ *   qmp.sock        QMP for the controller (ballastd)
+ *   qmp-ctl.sock    QMP for ballastctl and tools (QEMU serves one client per socket)
+ *   agent.sock      the guest agent's virtio-serial port
+ *   serial.log, qemu.log, supervisor.log, exit-status (when QEMU exited by itself) */
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "shared/time-util.h"
+
+typedef struct VmSpec {
+        const char *name;
+        uint64_t memory;            /* bytes, multiple of 1 MiB */
+        unsigned cpus;              /* default 1 */
+        bool deflate_on_oom;        /* default on */
+        bool free_page_reporting;   /* default on */
+        uint32_t stats_period;      /* seconds; 0 = off */
+        const char *image_dir;      /* holds vmlinuz and initramfs.cpio.gz; NULL = search */
+        const char *qemu_binary;    /* NULL = qemu-system-x86_64 */
+        const char *extra_cmdline;  /* appended to the guest kernel command line */
+} VmSpec;
+
+typedef struct VmInfo {
+        char name[64];
+        char dir[PATH_MAX];
+        uint64_t memory;
+        bool deflate_on_oom, free_page_reporting;
+        pid_t supervisor_pid, qemu_pid;
+        bool supervisor_alive, qemu_alive;
+        char state[16]; /* "running", "exited", "stale" */
+        char exit_status[64];
+        uint64_t started_realtime_us;
+        char accel[8];
+} VmInfo;
+
+void vm_spec_init(VmSpec *s);
+
+/* $BALLAST_RUN_DIR, else /run/ballast/vms for root, else $XDG_RUNTIME_DIR/ballast/vms, else
+ * /tmp/ballast-UID/vms. */
+int vm_run_root(char *buf, size_t len);
+int vm_dir(const char *name, char *buf, size_t len);
+/* Socket path of a VM by name: "qmp", "qmp-ctl" or "agent". */
+int vm_socket_path(const char *name, const char *which, char *buf, size_t len);
+
+/* Finds the guest image: image_dir, $BALLAST_IMAGE_DIR, the build tree, the installed data dir. */
+int vm_find_image(const char *image_dir, char *kernel, char *initrd, size_t len, char *err, size_t errlen);
+
+/* Starts the VM: returns once QEMU is running (not booted) with *ret filled. */
+int vm_start(const VmSpec *spec, VmInfo *ret, char *err, size_t errlen);
+
+/* Destroys the VM: SIGTERM, up to `grace` for it to go, SIGKILL, confirmation through pidfds,
+ * then the working directory is removed. A VM whose processes are already gone is just cleaned
+ * up. Returns 0, -ENOENT (no such VM) or another negative errno with err. */
+int vm_stop(const char *name, usec_t grace, char *err, size_t errlen);
+
+int vm_info(const char *name, VmInfo *ret);
+/* All VMs under the run root, sorted by name; *ret is malloc'ed. */
+int vm_list(VmInfo **ret, size_t *ret_n);
+
+/* Resident memory of a process from /proc/PID/status (VmRSS), bytes. */
+int proc_rss(pid_t pid, uint64_t *ret);
