@@ -4,6 +4,8 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -36,6 +38,8 @@ static const char vm_usage[] =
         "  --boot-timeout DURATION    wait this long for the guest agent (default 60s)\n"
         "  --no-wait                  return once QEMU runs, without waiting for the guest\n"
         "  --append ARGS              extra guest kernel command line\n"
+        "  --foreground               stay in the foreground until the VM ends; the VM dies with this\n"
+        "                             process (even on SIGKILL)\n"
         "\n"
         "VMs live in $BALLAST_RUN_DIR (default /run/ballast/vms for root). Each VM's directory holds\n"
         "qmp.sock (for ballastd), qmp-ctl.sock (for ballastctl), agent.sock and the logs.\n";
@@ -82,8 +86,33 @@ static const char *ready_summary(json_t *ping, char *buf, size_t len) {
         return buf;
 }
 
+/* --foreground: stay until the VM ends; SIGINT/SIGTERM stop it. If we are killed outright, the
+ * supervisor gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops QEMU itself. */
+static int supervise_foreground(pid_t sup) {
+        sigset_t mask;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGHUP);
+        sigaddset(&mask, SIGCHLD);
+        sigprocmask(SIG_BLOCK, &mask, NULL);
+        for (;;) {
+                int st;
+                pid_t p = waitpid(sup, &st, WNOHANG);
+                if (p == sup)
+                        return WIFEXITED(st) ? WEXITSTATUS(st) : EXIT_FAIL;
+                if (p < 0)
+                        return EXIT_FAIL;
+                siginfo_t si;
+                if (sigwaitinfo(&mask, &si) < 0)
+                        continue;
+                if (si.si_signo != SIGCHLD)
+                        kill(sup, SIGTERM);
+        }
+}
+
 static int vm_start_cmd(int argc, char **argv) {
-        enum { OPT_MEM = 256, OPT_CPUS, OPT_DOO, OPT_FPR, OPT_STATS, OPT_IMAGE, OPT_BOOT, OPT_NOWAIT, OPT_APPEND };
+        enum { OPT_MEM = 256, OPT_CPUS, OPT_DOO, OPT_FPR, OPT_STATS, OPT_IMAGE, OPT_BOOT, OPT_NOWAIT, OPT_APPEND, OPT_FG };
         static const struct option opts[] = {
                 { "memory", required_argument, NULL, OPT_MEM },
                 { "cpus", required_argument, NULL, OPT_CPUS },
@@ -94,6 +123,7 @@ static int vm_start_cmd(int argc, char **argv) {
                 { "boot-timeout", required_argument, NULL, OPT_BOOT },
                 { "no-wait", no_argument, NULL, OPT_NOWAIT },
                 { "append", required_argument, NULL, OPT_APPEND },
+                { "foreground", no_argument, NULL, OPT_FG },
                 {},
         };
         VmSpec s;
@@ -139,6 +169,9 @@ static int vm_start_cmd(int argc, char **argv) {
                         break;
                 case OPT_APPEND:
                         s.extra_cmdline = optarg;
+                        break;
+                case OPT_FG:
+                        s.foreground = true;
                         break;
                 default:
                         return EXIT_USAGE;
@@ -195,6 +228,9 @@ static int vm_start_cmd(int argc, char **argv) {
                         printf("\n");
         }
         json_decref(ping);
+        fflush(stdout);
+        if (s.foreground)
+                return supervise_foreground(info.supervisor_pid);
         return EXIT_OK;
 }
 

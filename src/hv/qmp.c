@@ -581,10 +581,14 @@ static void qmp_on_req_timeout(EvTimer *t, void *userdata) {
         format_duration(d, sizeof(d), r->timeout);
         if (q->state == QMP_AWAIT_GREETING || q->state == QMP_NEGOTIATING) {
                 /* Nothing useful will come on this connection; the next operation reconnects. */
-                req_fail(r, -ETIMEDOUT,
-                         "no QMP greeting from %s within %s (hung peer, or another client holds the socket: "
-                         "QEMU serves one QMP client at a time)",
-                         q->path, d);
+                if (q->state == QMP_AWAIT_GREETING)
+                        req_fail(r, -ETIMEDOUT,
+                                 "no QMP greeting from %s within %s (hung peer, or another client holds the socket: "
+                                 "QEMU serves one QMP client at a time)",
+                                 q->path, d);
+                else
+                        req_fail(r, -ETIMEDOUT, "QMP capabilities negotiation with %s did not complete within %s",
+                                 q->path, d);
                 if (!q->dead && q->state != QMP_READY)
                         qmp_disconnect(q, -ETIMEDOUT, "greeting timeout");
         } else

@@ -466,6 +466,7 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
                 return r;
         }
         fflush(NULL);
+        pid_t caller = getpid();
         pid_t mid = fork();
         if (mid < 0) {
                 r = negative_errno();
@@ -477,14 +478,22 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
                 return r;
         }
         if (mid == 0) {
-                /* Double fork: the supervisor is re-parented away from the caller, which may be a
-                 * short-lived CLI, and never becomes its zombie. */
                 close(status[0]);
-                if (setsid() < 0 || chdir(dir) < 0)
-                        _exit(1);
-                pid_t sup = fork();
-                if (sup != 0)
-                        _exit(sup < 0 ? 1 : 0);
+                if (s->foreground) {
+                        /* The caller stays the supervisor's parent: if it dies, even by SIGKILL, the
+                         * supervisor gets SIGTERM and stops QEMU and cleans up as for 'vm stop'. */
+                        prctl(PR_SET_PDEATHSIG, SIGTERM);
+                        if (getppid() != caller || chdir(dir) < 0)
+                                _exit(1);
+                } else {
+                        /* Double fork: the supervisor is re-parented away from the caller, which
+                         * may be a short-lived CLI, and never becomes its zombie. */
+                        if (setsid() < 0 || chdir(dir) < 0)
+                                _exit(1);
+                        pid_t sup = fork();
+                        if (sup != 0)
+                                _exit(sup < 0 ? 1 : 0);
+                }
                 int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
                 int log = open("supervisor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
                 if (devnull >= 0)
@@ -501,7 +510,8 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
         }
         argv_done(&a);
         close(status[1]);
-        waitpid(mid, NULL, 0);
+        if (!s->foreground)
+                waitpid(mid, NULL, 0);
 
         char line[512] = "";
         FILE *f = fdopen(status[0], "re");

@@ -30,6 +30,7 @@ typedef struct VmSpec {
         const char *image_dir;      /* holds vmlinuz and initramfs.cpio.gz; NULL = search */
         const char *qemu_binary;    /* NULL = qemu-system-x86_64 */
         const char *extra_cmdline;  /* appended to the guest kernel command line */
+        bool foreground;            /* the supervisor stays our child and dies with us */
 } VmSpec;
 
 typedef struct VmInfo {
@@ -57,7 +58,9 @@ int vm_socket_path(const char *name, const char *which, char *buf, size_t len);
 /* Finds the guest image: image_dir, $BALLAST_IMAGE_DIR, the build tree, the installed data dir. */
 int vm_find_image(const char *image_dir, char *kernel, char *initrd, size_t len, char *err, size_t errlen);
 
-/* Starts the VM: returns once QEMU is running (not booted) with *ret filled. */
+/* Starts the VM: returns once QEMU is running (not booted) with *ret filled. With
+ * spec->foreground the supervisor is the caller's child (reap it with waitpid on
+ * ret->supervisor_pid) and stops QEMU when the caller dies. */
 int vm_start(const VmSpec *spec, VmInfo *ret, char *err, size_t errlen);
 
 /* Destroys the VM: SIGTERM, up to `grace` for it to go, SIGKILL, confirmation through pidfds,
