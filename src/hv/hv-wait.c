@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Set and wait (B1.6). QEMU rate-limits BALLOON_CHANGE to one a second, so events alone would
  * notice completion up to a second late; instead we poll `actual` every 10 ms at first, backing off
- * to 40 ms while it moves, and treat events as a hint to poll at once. Completion is thus noticed
+ * to 20 ms while it moves, and treat events as a hint to poll at once. Completion is thus noticed
  * within one poll interval plus one QMP round trip of QEMU reaching it. */
 #include <errno.h>
 #include <stdio.h>
@@ -13,7 +13,7 @@
 #include "shared/strutil.h"
 
 #define POLL_MIN (10 * USEC_PER_MSEC)
-#define POLL_MAX (40 * USEC_PER_MSEC)
+#define POLL_MAX (20 * USEC_PER_MSEC)
 
 struct HvWait {
         Hv *hv;

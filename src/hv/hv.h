@@ -130,7 +130,7 @@ typedef struct HvWait HvWait;
 typedef void (*hv_wait_cb)(HvWait *w, const HvWaitOutcome *o, void *userdata);
 
 void hv_wait_options_init(HvWaitOptions *o);
-/* Sends the target, then watches actual through driver events and adaptive polling (10-40 ms)
+/* Sends the target, then watches actual through driver events and adaptive polling (10-20 ms)
  * until reached, stalled, failed or the deadline. The callback runs once. */
 int hv_wait_start(Hv *hv, uint64_t target, const HvWaitOptions *o, hv_wait_cb cb, void *userdata, HvWait **ret);
 HvWait *hv_wait_free(HvWait *w);
