@@ -365,16 +365,23 @@ static int vm_exec_cmd(int argc, char **argv) {
                 {},
         };
         usec_t timeout = 10 * USEC_PER_SEC;
+        const char *name = NULL;
         int c, r;
-        while ((c = getopt_long(argc, argv, "+t:", opts, NULL)) >= 0) {
-                if (c != 't')
-                        return EXIT_USAGE;
-                if ((r = cli_parse_duration("--timeout", optarg, &timeout)) != 0)
-                        return r;
+        /* Options may stand before or after NAME; everything after "--" (or after the first
+         * word following NAME) is the command. "+" stops getopt at NAME, then we go on past it. */
+        for (int pass = 0; pass < 2; pass++) {
+                while ((c = getopt_long(argc, argv, "+t:", opts, NULL)) >= 0) {
+                        if (c != 't')
+                                return EXIT_USAGE;
+                        if ((r = cli_parse_duration("--timeout", optarg, &timeout)) != 0)
+                                return r;
+                }
+                if (pass == 0) {
+                        if (optind >= argc || strcmp(argv[optind], "--") == 0)
+                                return cli_usage_error("vm exec needs NAME -- CMD [ARG...]");
+                        name = argv[optind++];
+                }
         }
-        if (optind >= argc)
-                return cli_usage_error("vm exec needs NAME -- CMD [ARG...]");
-        const char *name = argv[optind++];
         if (optind < argc && strcmp(argv[optind], "--") == 0)
                 optind++;
         if (optind >= argc)
