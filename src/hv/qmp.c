@@ -486,6 +486,21 @@ static int qmp_connect(Qmp *q, char *err, size_t errlen) {
 
 /* --- requests --- */
 
+static const char *qom_property(QmpStep step) {
+        switch (step) {
+        case STEP_GET_STATS:
+                return "guest-stats";
+        case STEP_GET_PERIOD:
+                return "guest-stats-polling-interval";
+        case STEP_GET_DEFLATE_ON_OOM:
+                return "deflate-on-oom";
+        case STEP_GET_FREE_PAGE_REPORTING:
+                return "free-page-reporting";
+        default:
+                return NULL;
+        }
+}
+
 static void qmp_step(QmpReq *r) {
         Qmp *q = r->q;
 
@@ -525,25 +540,16 @@ static void qmp_step(QmpReq *r) {
                 args = json_pack("{s:s}", "path", "/machine/peripheral-anon");
                 break;
         case STEP_GET_STATS:
-                name = "qom-get";
-                args = json_pack("{s:s,s:s}", "path", q->balloon_path, "property", "guest-stats");
-                break;
         case STEP_GET_PERIOD:
+        case STEP_GET_DEFLATE_ON_OOM:
+        case STEP_GET_FREE_PAGE_REPORTING:
                 name = "qom-get";
-                args = json_pack("{s:s,s:s}", "path", q->balloon_path, "property", "guest-stats-polling-interval");
+                args = json_pack("{s:s,s:s}", "path", q->balloon_path, "property", qom_property(step));
                 break;
         case STEP_SET_PERIOD:
                 name = "qom-set";
                 args = json_pack("{s:s,s:s,s:I}", "path", q->balloon_path, "property",
                                  "guest-stats-polling-interval", "value", (json_int_t) r->arg);
-                break;
-        case STEP_GET_DEFLATE_ON_OOM:
-                name = "qom-get";
-                args = json_pack("{s:s,s:s}", "path", q->balloon_path, "property", "deflate-on-oom");
-                break;
-        case STEP_GET_FREE_PAGE_REPORTING:
-                name = "qom-get";
-                args = json_pack("{s:s,s:s}", "path", q->balloon_path, "property", "free-page-reporting");
                 break;
         case STEP_END:
                 return;

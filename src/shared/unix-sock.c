@@ -24,19 +24,27 @@ static int fill_addr(const char *path, struct sockaddr_un *sa, socklen_t *ret_le
         return 0;
 }
 
-int usock_connect(const char *path, char *err, size_t errlen) {
-        struct sockaddr_un sa;
-        socklen_t salen;
-        int r = fill_addr(path, &sa, &salen, err, errlen);
+/* Validates path into *sa and creates a non-blocking stream socket; fd or negative errno. */
+static int usock_prepare(const char *path, struct sockaddr_un *sa, socklen_t *salen, char *err, size_t errlen) {
+        int r = fill_addr(path, sa, salen, err, errlen);
         if (r < 0)
                 return r;
-
-        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) {
                 r = negative_errno();
                 snprintf(err, errlen, "socket(): %s", strerror(-r));
                 return r;
         }
+        return fd;
+}
+
+int usock_connect(const char *path, char *err, size_t errlen) {
+        struct sockaddr_un sa;
+        socklen_t salen;
+        int r;
+        _cleanup_close_ int fd = usock_prepare(path, &sa, &salen, err, errlen);
+        if (fd < 0)
+                return fd;
         if (connect(fd, (struct sockaddr *) &sa, salen) < 0) {
                 r = negative_errno();
                 /* Unix sockets never return EINPROGRESS; EAGAIN means the backlog is full. */
@@ -77,13 +85,10 @@ int usock_check_peer(int fd, uid_t expected_uid, pid_t *ret_pid, uid_t *ret_uid,
 int usock_listen(const char *path, int mode, char *err, size_t errlen) {
         struct sockaddr_un sa;
         socklen_t salen;
-        int r = fill_addr(path, &sa, &salen, err, errlen);
-        if (r < 0)
-                return r;
-
-        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int r;
+        _cleanup_close_ int fd = usock_prepare(path, &sa, &salen, err, errlen);
         if (fd < 0)
-                return negative_errno();
+                return fd;
         (void) unlink(path);
         if (bind(fd, (struct sockaddr *) &sa, salen) < 0) {
                 r = negative_errno();
