@@ -18,7 +18,7 @@ static void check_line(const AgentBuf *b) {
         if (b->len == 0 || b->data[b->len - 1] != '\n' || b->data[0] != '{')
                 abort();
         for (size_t i = 0; i + 1 < b->len; i++) {
-                unsigned char c = (unsigned char)b->data[i];
+                unsigned char c = (unsigned char) b->data[i];
                 if (c < 0x20)
                         abort();
                 if (c >= 0x80) {
@@ -26,7 +26,7 @@ static void check_line(const AgentBuf *b) {
                         if (c < 0xc2 || c > 0xf4 || i + l > b->len - 1)
                                 abort();
                         for (size_t k = 1; k < l; k++)
-                                if (((unsigned char)b->data[i + k] & 0xc0) != 0x80)
+                                if (((unsigned char) b->data[i + k] & 0xc0) != 0x80)
                                         abort();
                         i += l - 1;
                 }
@@ -42,7 +42,7 @@ static void handle(const char *line, size_t len, AgentBuf *out) {
                         abort(); /* every failure must explain itself */
                 agent_reply_error(out, r.id_json, err);
         } else {
-                if ((int)r.cmd < 0 || r.cmd >= _AGENT_CMD_MAX)
+                if ((int) r.cmd < 0 || r.cmd >= _AGENT_CMD_MAX)
                         abort();
                 if (r.cmd == AGENT_CMD_EXEC && (!r.argv || !r.argv[0] || r.argv[r.argc]))
                         abort();
@@ -59,9 +59,9 @@ static void handle(const char *line, size_t len, AgentBuf *out) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-        AgentLineReader lr = {0};
-        AgentBuf out = {0};
-        const char *p = (const char *)data;
+        AgentLineReader lr = { 0 };
+        AgentBuf out = { 0 };
+        const char *p = (const char *) data;
         size_t n = size;
 
         /* The whole input as one request (what a host without framing bugs sends)... */

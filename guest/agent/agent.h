@@ -15,8 +15,8 @@
 #define AGENT_VERSION "0.1.0"
 #endif
 
-#define AGENT_PORT_NAME "org.ballast.agent"
-#define AGENT_OUTQ_MAX (64u * 1024u * 1024u) /* queued reply bytes before replies are replaced by errors */
+#define AGENT_PORT_NAME      "org.ballast.agent"
+#define AGENT_OUTQ_MAX       (64u * 1024u * 1024u) /* queued reply bytes before replies are replaced by errors */
 #define AGENT_BACKOFF_MIN_MS 4
 #define AGENT_BACKOFF_MAX_MS 1000
 
@@ -34,12 +34,12 @@ typedef struct Agent {
 
         /* the port */
         char port_path[64];
-        int port_fd;          /* -1 until found */
-        bool host_connected;  /* false while the host side is closed (POLLHUP / EOF) */
-        unsigned backoff_ms;  /* current back-off while the host is away */
-        usec_t next_probe;    /* when to look at the port again while away (or search for it) */
+        int port_fd;         /* -1 until found */
+        bool host_connected; /* false while the host side is closed (POLLHUP / EOF) */
+        unsigned backoff_ms; /* current back-off while the host is away */
+        usec_t next_probe;   /* when to look at the port again while away (or search for it) */
         AgentLineReader lines;
-        AgentBuf outq;        /* bytes waiting for the port to be writable */
+        AgentBuf outq; /* bytes waiting for the port to be writable */
         uint64_t dropped_replies;
 
         int sig_fd; /* signalfd: SIGCHLD, SIGIO */

@@ -19,8 +19,9 @@
 
 #include "agent.h"
 
-#define EXEC_EXIT_GRACE_US (200 * 1000) /* after the child exits, wait this long for pipe EOF
-                                         * (a backgrounded grandchild may hold the pipes forever) */
+#define EXEC_EXIT_GRACE_US                                                                                             \
+        (200 * 1000) /* after the child exits, wait this long for pipe EOF                                             \
+                      * (a backgrounded grandchild may hold the pipes forever) */
 
 struct ExecJob {
         ExecJob *next;
@@ -113,8 +114,8 @@ static void exec_child(AgentRequest *req, int in_fd, int out_fd, int err_fd) {
 }
 
 int agent_exec_start(Agent *a, AgentRequest *req) {
-        int outp[2] = {-1, -1}, errp[2] = {-1, -1}, inp[2] = {-1, -1};
-        AgentBuf b = {0};
+        int outp[2] = { -1, -1 }, errp[2] = { -1, -1 }, inp[2] = { -1, -1 };
+        AgentBuf b = { 0 };
         ExecJob *j = calloc(1, sizeof *j);
         if (!j)
                 goto fail;
@@ -185,10 +186,10 @@ static void exec_drain(ExecJob *j, int *fd, AgentBuf *buf, bool *trunc) {
                         close_fd(fd);
                         return;
                 }
-                size_t room = buf->len < j->max_output ? (size_t)(j->max_output - buf->len) : 0;
-                size_t take = (size_t)n < room ? (size_t)n : room;
+                size_t room = buf->len < j->max_output ? (size_t) (j->max_output - buf->len) : 0;
+                size_t take = (size_t) n < room ? (size_t) n : room;
                 agent_buf_put(buf, tmp, take);
-                if (take < (size_t)n)
+                if (take < (size_t) n)
                         *trunc = true; /* keep draining, or the child blocks on a full pipe */
         }
 }
@@ -204,13 +205,13 @@ static void exec_feed_stdin(ExecJob *j) {
                         close_fd(&j->in_fd); /* EPIPE: the child does not want it */
                         return;
                 }
-                j->stdin_off += (size_t)n;
+                j->stdin_off += (size_t) n;
         }
         close_fd(&j->in_fd); /* all written: EOF for the child */
 }
 
 static void exec_finish(Agent *a, ExecJob *j) {
-        AgentBuf b = {0};
+        AgentBuf b = { 0 };
         int code = 0, sig = 0;
         if (WIFEXITED(j->status))
                 code = WEXITSTATUS(j->status);
@@ -255,8 +256,8 @@ static void fill_send(int fd, const FillMsg *m) {
 }
 
 static uint64_t fill_verify(const uint64_t *mem, uint64_t bytes, uint32_t seed, long psz, uint64_t *ret_bad) {
-        uint64_t bad = 0, sum = 0, words_per_page = (uint64_t)psz / 8;
-        for (uint64_t pg = 0; pg < bytes / (uint64_t)psz; pg++) {
+        uint64_t bad = 0, sum = 0, words_per_page = (uint64_t) psz / 8;
+        for (uint64_t pg = 0; pg < bytes / (uint64_t) psz; pg++) {
                 const uint64_t *w = mem + pg * words_per_page;
                 bool ok = true;
                 for (uint64_t i = 0; i < words_per_page; i++) {
@@ -286,15 +287,15 @@ static void fill_child(const AgentRequest *req, int rd, int wr) {
         long psz = sysconf(_SC_PAGESIZE);
         uint64_t bytes = req->mib << 20;
         usec_t t0 = agent_now();
-        FillMsg m = {.kind = FILL_MSG_FAILED};
+        FillMsg m = { .kind = FILL_MSG_FAILED };
         uint64_t *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (mem == MAP_FAILED) {
                 m.err = errno;
                 fill_send(wr, &m);
                 _exit(1);
         }
-        uint64_t words_per_page = (uint64_t)psz / 8, nonzero = 0, sum = 0;
-        for (uint64_t pg = 0; pg < bytes / (uint64_t)psz; pg++) {
+        uint64_t words_per_page = (uint64_t) psz / 8, nonzero = 0, sum = 0;
+        for (uint64_t pg = 0; pg < bytes / (uint64_t) psz; pg++) {
                 uint64_t *w = mem + pg * words_per_page;
                 if (req->check_zero) {
                         for (uint64_t i = 0; i < words_per_page; i++)
@@ -314,7 +315,7 @@ static void fill_child(const AgentRequest *req, int rd, int wr) {
                 .mib_done = req->mib,
                 .checksum = sum,
                 .count = nonzero,
-                .seconds = (double)(agent_now() - t0) / 1e6,
+                .seconds = (double) (agent_now() - t0) / 1e6,
         };
         fill_send(wr, &m);
         if (!req->hold)
@@ -328,9 +329,9 @@ static void fill_child(const AgentRequest *req, int rd, int wr) {
                         _exit(0); /* the agent went away or asked: exiting frees everything */
                 if (c == 'v') {
                         t0 = agent_now();
-                        m = (FillMsg){.kind = FILL_MSG_VERIFIED, .mib_done = req->mib};
+                        m = (FillMsg){ .kind = FILL_MSG_VERIFIED, .mib_done = req->mib };
                         m.checksum = fill_verify(mem, bytes, req->seed, psz, &m.count);
-                        m.seconds = (double)(agent_now() - t0) / 1e6;
+                        m.seconds = (double) (agent_now() - t0) / 1e6;
                         fill_send(wr, &m);
                 }
         }
@@ -355,14 +356,14 @@ static void fill_unlink_free(Agent *a, FillJob *f) {
 }
 
 static void reply_simple_error(Agent *a, const char *id_json, const char *msg) {
-        AgentBuf b = {0};
+        AgentBuf b = { 0 };
         agent_reply_error(&b, id_json, msg);
         agent_send(a, &b);
         agent_buf_free(&b);
 }
 
 int agent_fill_start(Agent *a, AgentRequest *req) {
-        int to_child[2] = {-1, -1}, from_child[2] = {-1, -1};
+        int to_child[2] = { -1, -1 }, from_child[2] = { -1, -1 };
         FillJob *f = calloc(1, sizeof *f);
         if (!f || pipe2(to_child, O_CLOEXEC) < 0 || pipe2(from_child, O_CLOEXEC) < 0)
                 goto fail;
@@ -408,7 +409,7 @@ fail:;
 }
 
 static void fill_reply_dead(Agent *a, const char *id_json, const char *what, int sig, bool oom, int code) {
-        AgentBuf b = {0};
+        AgentBuf b = { 0 };
         char msg[160];
         if (sig)
                 snprintf(msg, sizeof msg, "%s: fill process killed by signal %d%s", what, sig,
@@ -449,7 +450,7 @@ void agent_fill_release(Agent *a, AgentRequest *req) {
                 return reply_simple_error(a, req->id_json, "release: unknown handle");
         if (f->dead) {
                 /* The memory is gone already, which is what release asks for. */
-                AgentBuf b = {0};
+                AgentBuf b = { 0 };
                 agent_reply_begin(&b, req->id_json, true);
                 agent_json_field_bool(&b, "already_dead", true);
                 agent_json_field_i64(&b, "signal", f->dead_signal);
@@ -478,12 +479,12 @@ void agent_fill_release(Agent *a, AgentRequest *req) {
 static void fill_handle_msg(Agent *a, FillJob *f, const FillMsg *m) {
         if (!f->pending || f->pending_cmd == AGENT_CMD_RELEASE)
                 return;
-        AgentBuf b = {0};
+        AgentBuf b = { 0 };
         char hex[20];
-        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)m->checksum);
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long) m->checksum);
         if (m->kind == FILL_MSG_FAILED) {
                 char msg[160];
-                snprintf(msg, sizeof msg, "fill: cannot allocate %llu MiB: %s", (unsigned long long)f->mib,
+                snprintf(msg, sizeof msg, "fill: cannot allocate %llu MiB: %s", (unsigned long long) f->mib,
                          strerror(m->err));
                 agent_reply_error(&b, f->pending_id, msg);
                 f->handle = 0; /* the child exits; nothing is held */
@@ -520,7 +521,7 @@ static void fill_drain(Agent *a, FillJob *f) {
                         continue;
                 if (n < 0 && errno == EAGAIN)
                         return;
-                if (n != (ssize_t)sizeof m) {
+                if (n != (ssize_t) sizeof m) {
                         close_fd(&f->rd_fd); /* EOF: the reap path reports the death */
                         return;
                 }
@@ -533,7 +534,7 @@ static void fill_reaped(Agent *a, FillJob *f, int status) {
         int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
         int code = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
         if (f->pending && f->pending_cmd == AGENT_CMD_RELEASE) {
-                AgentBuf b = {0};
+                AgentBuf b = { 0 };
                 agent_reply_begin(&b, f->pending_id, true);
                 agent_reply_end(&b);
                 agent_send(a, &b);
@@ -567,15 +568,15 @@ int agent_children_pollfds(Agent *a, struct pollfd *pfd, int max) {
         int n = 0;
         for (ExecJob *j = a->execs; j; j = j->next) {
                 if (j->out_fd >= 0 && n < max)
-                        pfd[n++] = (struct pollfd){.fd = j->out_fd, .events = POLLIN};
+                        pfd[n++] = (struct pollfd){ .fd = j->out_fd, .events = POLLIN };
                 if (j->err_fd >= 0 && n < max)
-                        pfd[n++] = (struct pollfd){.fd = j->err_fd, .events = POLLIN};
+                        pfd[n++] = (struct pollfd){ .fd = j->err_fd, .events = POLLIN };
                 if (j->in_fd >= 0 && n < max)
-                        pfd[n++] = (struct pollfd){.fd = j->in_fd, .events = POLLOUT};
+                        pfd[n++] = (struct pollfd){ .fd = j->in_fd, .events = POLLOUT };
         }
         for (FillJob *f = a->fills; f; f = f->next)
                 if (f->rd_fd >= 0 && n < max)
-                        pfd[n++] = (struct pollfd){.fd = f->rd_fd, .events = POLLIN};
+                        pfd[n++] = (struct pollfd){ .fd = f->rd_fd, .events = POLLIN };
         return n;
 }
 

@@ -18,7 +18,7 @@
 
 #include "agent.h"
 
-#define POLL_MAX 256
+#define POLL_MAX          256
 #define PORT_WAIT_BOOT_MS 5000
 
 /* ======================================================================== */
@@ -27,7 +27,7 @@
 usec_t agent_now(void) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (usec_t)ts.tv_sec * 1000000 + (usec_t)ts.tv_nsec / 1000;
+        return (usec_t) ts.tv_sec * 1000000 + (usec_t) ts.tv_nsec / 1000;
 }
 
 void agent_log(const char *fmt, ...) {
@@ -35,13 +35,13 @@ void agent_log(const char *fmt, ...) {
         int n = snprintf(line, sizeof line, "ballast-agent: ");
         va_list ap;
         va_start(ap, fmt);
-        n += vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+        n += vsnprintf(line + n, sizeof line - (size_t) n - 1, fmt, ap);
         va_end(ap);
-        if (n > (int)sizeof line - 2)
-                n = (int)sizeof line - 2;
+        if (n > (int) sizeof line - 2)
+                n = (int) sizeof line - 2;
         line[n++] = '\n';
         /* One write, so lines from the agent and its children do not interleave. */
-        if (write(2, line, (size_t)n) < 0) {
+        if (write(2, line, (size_t) n) < 0) {
                 /* nowhere left to report it */
         }
 }
@@ -80,12 +80,12 @@ ssize_t agent_read_file(const char *path, char **ret) {
                 }
                 if (n == 0)
                         break;
-                len += (size_t)n;
+                len += (size_t) n;
         }
         close(fd);
         buf[len] = 0;
         *ret = buf;
-        return (ssize_t)len;
+        return (ssize_t) len;
 }
 
 int agent_write_file(const char *path, const char *s) {
@@ -98,7 +98,7 @@ int agent_write_file(const char *path, const char *s) {
         close(fd);
         if (w < 0)
                 return -e;
-        return (size_t)w == n ? 0 : -EIO;
+        return (size_t) w == n ? 0 : -EIO;
 }
 
 /* ======================================================================== */
@@ -128,7 +128,7 @@ void agent_send(Agent *a, AgentBuf *line) {
                         idbuf[k] = 0;
                         id = idbuf;
                 }
-                AgentBuf e = {0};
+                AgentBuf e = { 0 };
                 agent_reply_error(&e, id, "reply dropped: output queue full");
                 agent_buf_put(&a->outq, e.data, e.len);
                 agent_buf_free(&e);
@@ -141,7 +141,7 @@ void agent_send(Agent *a, AgentBuf *line) {
 static void port_went_away(Agent *a) {
         a->host_connected = false;
         a->backoff_ms = AGENT_BACKOFF_MIN_MS;
-        a->next_probe = agent_now() + (usec_t)a->backoff_ms * 1000;
+        a->next_probe = agent_now() + (usec_t) a->backoff_ms * 1000;
         agent_line_reset(&a->lines);
         agent_buf_reset(&a->outq);
 }
@@ -157,7 +157,7 @@ static void port_flush(Agent *a) {
                         port_went_away(a);
                         return;
                 }
-                agent_buf_consume(&a->outq, (size_t)n);
+                agent_buf_consume(&a->outq, (size_t) n);
         }
 }
 
@@ -166,7 +166,7 @@ static void port_connected(Agent *a) {
         a->backoff_ms = AGENT_BACKOFF_MIN_MS;
         a->next_probe = 0;
         agent_line_reset(&a->lines);
-        AgentBuf b = {0};
+        AgentBuf b = { 0 };
         agent_ready_event(a, &b);
         agent_send(a, &b);
         agent_buf_free(&b);
@@ -176,8 +176,8 @@ static int port_open(Agent *a) {
         int fd = open(a->port_path, O_RDWR | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
         if (fd < 0)
                 return -errno;
-        /* virtio_console raises SIGIO when the host side opens or closes the
-         * port, so a reconnect is seen at once instead of at the next back-off probe. */
+                /* virtio_console raises SIGIO when the host side opens or closes the
+                 * port, so a reconnect is seen at once instead of at the next back-off probe. */
 #ifndef AGENT_NO_SIGIO /* test knob: -DAGENT_NO_SIGIO exercises the back-off path alone */
         if (fcntl(fd, F_SETOWN, getpid()) < 0 || fcntl(fd, F_SETFL, O_NONBLOCK | O_ASYNC) < 0)
                 agent_log("port: cannot enable SIGIO (%s), relying on back-off probes", strerror(errno));
@@ -200,11 +200,11 @@ static void port_probe(Agent *a) {
                         a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : AGENT_BACKOFF_MIN_MS;
                         if (a->backoff_ms > AGENT_BACKOFF_MAX_MS)
                                 a->backoff_ms = AGENT_BACKOFF_MAX_MS;
-                        a->next_probe = agent_now() + (usec_t)a->backoff_ms * 1000;
+                        a->next_probe = agent_now() + (usec_t) a->backoff_ms * 1000;
                         return;
                 }
         }
-        struct pollfd p = {.fd = a->port_fd, .events = POLLIN};
+        struct pollfd p = { .fd = a->port_fd, .events = POLLIN };
         int r = poll(&p, 1, 0);
         if (r >= 0 && !(p.revents & (POLLHUP | POLLERR | POLLNVAL))) {
                 port_connected(a);
@@ -213,7 +213,7 @@ static void port_probe(Agent *a) {
         a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : AGENT_BACKOFF_MIN_MS;
         if (a->backoff_ms > AGENT_BACKOFF_MAX_MS)
                 a->backoff_ms = AGENT_BACKOFF_MAX_MS;
-        a->next_probe = agent_now() + (usec_t)a->backoff_ms * 1000;
+        a->next_probe = agent_now() + (usec_t) a->backoff_ms * 1000;
 }
 
 /* ======================================================================== */
@@ -222,7 +222,7 @@ static void port_probe(Agent *a) {
 static void handle_line(Agent *a, const char *line, size_t len) {
         AgentRequest req;
         char err[256];
-        AgentBuf b = {0};
+        AgentBuf b = { 0 };
         int r = agent_request_parse(line, len, &req, err, sizeof err);
         if (r < 0) {
                 agent_reply_error(&b, req.id_json, err[0] ? err : "invalid request");
@@ -286,7 +286,7 @@ static void port_read(Agent *a, short revents) {
                         return;
                 }
                 const char *p = buf;
-                size_t left = (size_t)n;
+                size_t left = (size_t) n;
                 for (;;) {
                         const char *line;
                         size_t len;
@@ -297,7 +297,7 @@ static void port_read(Agent *a, short revents) {
                                 if (len > 0)
                                         handle_line(a, line, len);
                         } else {
-                                AgentBuf b = {0};
+                                AgentBuf b = { 0 };
                                 agent_reply_error(&b, NULL,
                                                   k == AGENT_LINE_TOO_LONG ? "request too long" : "out of memory");
                                 agent_send(a, &b);
@@ -337,11 +337,11 @@ static int signals_setup(void) {
 static void signals_read(Agent *a) {
         struct signalfd_siginfo si;
         bool io = false;
-        while (read(a->sig_fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        while (read(a->sig_fd, &si, sizeof si) == (ssize_t) sizeof si) {
                 if (si.ssi_signo == SIGIO)
                         io = true;
                 else if (si.ssi_signo == SIGUSR1 || si.ssi_signo == SIGUSR2 || si.ssi_signo == SIGTERM) {
-                        agent_log("signal %d from pid %d: %s", (int)si.ssi_signo, (int)si.ssi_pid,
+                        agent_log("signal %d from pid %d: %s", (int) si.ssi_signo, (int) si.ssi_pid,
                                   si.ssi_signo == SIGTERM ? "rebooting" : "powering off");
                         sync();
                         reboot(si.ssi_signo == SIGTERM ? RB_AUTOBOOT : RB_POWER_OFF);
@@ -359,7 +359,7 @@ static void signals_read(Agent *a) {
 static void print_ready_line(Agent *a) {
         struct timespec ts;
         clock_gettime(CLOCK_BOOTTIME, &ts);
-        unsigned long long up = (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000;
+        unsigned long long up = (unsigned long long) ts.tv_sec * 1000 + (unsigned long long) ts.tv_nsec / 1000000;
         char line[400];
         int n;
         if (a->ready)
@@ -368,9 +368,9 @@ static void print_ready_line(Agent *a) {
         else
                 n = snprintf(line, sizeof line, "BALLAST-AGENT READY version=%s ready=0 uptime_ms=%llu reason=%s\n",
                              AGENT_VERSION, up, a->reason);
-        if (n > (int)sizeof line - 1)
-                n = (int)sizeof line - 1;
-        if (write(1, line, (size_t)n) < 0) {
+        if (n > (int) sizeof line - 1)
+                n = (int) sizeof line - 1;
+        if (write(1, line, (size_t) n) < 0) {
                 /* no console: the host will learn it from ping */
         }
 }
@@ -385,21 +385,21 @@ static void wait_for_port(Agent *a) {
                 if (agent_now() >= deadline)
                         break;
                 agent_children_reap(a);
-                nanosleep(&(struct timespec){.tv_nsec = (long)ms * 1000000}, NULL);
+                nanosleep(&(struct timespec){ .tv_nsec = (long) ms * 1000000 }, NULL);
         }
         agent_log("no virtio-serial port named %s after %d ms; still looking", AGENT_PORT_NAME, PORT_WAIT_BOOT_MS);
         a->backoff_ms = AGENT_BACKOFF_MIN_MS;
-        a->next_probe = agent_now() + (usec_t)a->backoff_ms * 1000;
+        a->next_probe = agent_now() + (usec_t) a->backoff_ms * 1000;
 }
 
 int main(int argc, char **argv) {
-        (void)argc;
-        (void)argv;
-        static Agent agent = {.port_fd = -1, .sig_fd = -1, .next_handle = 1};
+        (void) argc;
+        (void) argv;
+        static Agent agent = { .port_fd = -1, .sig_fd = -1, .next_handle = 1 };
         Agent *a = &agent;
 
         if (getpid() != 1)
-                agent_log("warning: not PID 1 (pid %d); this program is meant to be a guest's init", (int)getpid());
+                agent_log("warning: not PID 1 (pid %d); this program is meant to be a guest's init", (int) getpid());
         a->sig_fd = signals_setup();
         if (a->sig_fd < 0)
                 agent_log("signalfd: %s; reaping on a timer instead", strerror(-a->sig_fd));
@@ -412,12 +412,12 @@ int main(int argc, char **argv) {
         for (;;) {
                 int n = 0;
                 if (a->sig_fd >= 0)
-                        pfd[n++] = (struct pollfd){.fd = a->sig_fd, .events = POLLIN};
+                        pfd[n++] = (struct pollfd){ .fd = a->sig_fd, .events = POLLIN };
                 int port_idx = -1;
                 if (a->port_fd >= 0 && a->host_connected) {
                         port_idx = n;
-                        pfd[n++] = (struct pollfd){.fd = a->port_fd,
-                                                   .events = (short)(POLLIN | (a->outq.len ? POLLOUT : 0))};
+                        pfd[n++] = (struct pollfd){ .fd = a->port_fd,
+                                                    .events = (short) (POLLIN | (a->outq.len ? POLLOUT : 0)) };
                 }
                 int child_base = n;
                 n += agent_children_pollfds(a, pfd + n, POLL_MAX - n);
@@ -434,10 +434,10 @@ int main(int argc, char **argv) {
                 if (next) {
                         usec_t now = agent_now();
                         /* round up, so we never wake a hair early and spin on a 0 ms timeout */
-                        timeout = next <= now ? 0 : (int)((next - now + 999) / 1000);
+                        timeout = next <= now ? 0 : (int) ((next - now + 999) / 1000);
                 }
 
-                int r = poll(pfd, (nfds_t)n, timeout);
+                int r = poll(pfd, (nfds_t) n, timeout);
                 if (r < 0 && errno != EINTR) {
                         agent_log("poll: %s", strerror(errno));
                         sleep(1); /* never spin, never exit */

@@ -15,7 +15,7 @@ void agent_buf_free(AgentBuf *b) {
         if (!b)
                 return;
         free(b->data);
-        *b = (AgentBuf){0};
+        *b = (AgentBuf){ 0 };
 }
 
 void agent_buf_reset(AgentBuf *b) {
@@ -68,16 +68,16 @@ int agent_buf_printf(AgentBuf *b, const char *fmt, ...) {
         va_end(ap);
         if (n < 0)
                 return -EINVAL;
-        if ((size_t)n < sizeof tmp)
-                return agent_buf_put(b, tmp, (size_t)n);
+        if ((size_t) n < sizeof tmp)
+                return agent_buf_put(b, tmp, (size_t) n);
         /* Rare long case: format straight into the buffer. */
-        int r = buf_reserve(b, (size_t)n + 1);
+        int r = buf_reserve(b, (size_t) n + 1);
         if (r < 0)
                 return r;
         va_start(ap, fmt);
-        vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+        vsnprintf(b->data + b->len, (size_t) n + 1, fmt, ap);
         va_end(ap);
-        b->len += (size_t)n;
+        b->len += (size_t) n;
         return 0;
 }
 
@@ -136,20 +136,34 @@ int agent_json_put_string(AgentBuf *b, const void *data, size_t n) {
         while (i < n) {
                 unsigned char c = p[i];
                 if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-                        *o++ = (char)c;
+                        *o++ = (char) c;
                         i++;
                         continue;
                 }
                 if (c < 0x80) {
                         *o++ = '\\';
                         switch (c) {
-                        case '"': *o++ = '"'; break;
-                        case '\\': *o++ = '\\'; break;
-                        case '\n': *o++ = 'n'; break;
-                        case '\t': *o++ = 't'; break;
-                        case '\r': *o++ = 'r'; break;
-                        case '\b': *o++ = 'b'; break;
-                        case '\f': *o++ = 'f'; break;
+                        case '"':
+                                *o++ = '"';
+                                break;
+                        case '\\':
+                                *o++ = '\\';
+                                break;
+                        case '\n':
+                                *o++ = 'n';
+                                break;
+                        case '\t':
+                                *o++ = 't';
+                                break;
+                        case '\r':
+                                *o++ = 'r';
+                                break;
+                        case '\b':
+                                *o++ = 'b';
+                                break;
+                        case '\f':
+                                *o++ = 'f';
+                                break;
                         default:
                                 o += sprintf(o, "u%04x", c);
                                 break;
@@ -170,7 +184,7 @@ int agent_json_put_string(AgentBuf *b, const void *data, size_t n) {
                 i += l;
         }
         *o++ = '"';
-        b->len = (size_t)(o - b->data);
+        b->len = (size_t) (o - b->data);
         return replaced;
 }
 
@@ -201,12 +215,12 @@ void agent_json_field_bytes(AgentBuf *b, const char *key, const void *p, size_t 
 
 void agent_json_field_u64(AgentBuf *b, const char *key, uint64_t v) {
         agent_json_field_key(b, key);
-        agent_buf_printf(b, "%llu", (unsigned long long)v);
+        agent_buf_printf(b, "%llu", (unsigned long long) v);
 }
 
 void agent_json_field_i64(AgentBuf *b, const char *key, int64_t v) {
         agent_json_field_key(b, key);
-        agent_buf_printf(b, "%lld", (long long)v);
+        agent_buf_printf(b, "%lld", (long long) v);
 }
 
 void agent_json_field_bool(AgentBuf *b, const char *key, bool v) {
@@ -234,7 +248,7 @@ void agent_reply_error(AgentBuf *b, const char *id_json, const char *msg) {
 int agent_line_feed(AgentLineReader *r, const char **data, size_t *n, const char **ret_line, size_t *ret_len) {
         while (*n > 0) {
                 const char *nl = memchr(*data, '\n', *n);
-                size_t chunk = nl ? (size_t)(nl - *data) : *n;
+                size_t chunk = nl ? (size_t) (nl - *data) : *n;
 
                 if (r->discarding) {
                         *data += chunk;
@@ -298,7 +312,7 @@ void agent_line_free(AgentLineReader *r) {
         if (!r)
                 return;
         free(r->buf);
-        *r = (AgentLineReader){0};
+        *r = (AgentLineReader){ 0 };
 }
 
 /* ======================================================================== */
@@ -343,7 +357,7 @@ static int json_expect(JsonIn *in, char c) {
         if (in->p >= in->end)
                 return json_fail(in, "invalid JSON: expected '%c', got end of line", c);
         if (*in->p != c)
-                return json_fail(in, "invalid JSON: expected '%c' at offset %zu", c, (size_t)(in->p - in->start));
+                return json_fail(in, "invalid JSON: expected '%c' at offset %zu", c, (size_t) (in->p - in->start));
         in->p++;
         return 0;
 }
@@ -366,7 +380,7 @@ static int json_hex4(JsonIn *in, unsigned *ret) {
                 int h = hexval(in->p[i]);
                 if (h < 0)
                         return json_fail(in, "invalid JSON: bad \\u escape");
-                v = v << 4 | (unsigned)h;
+                v = v << 4 | (unsigned) h;
         }
         in->p += 4;
         *ret = v;
@@ -377,22 +391,22 @@ static void put_utf8(AgentBuf *out, unsigned cp) {
         char u[4];
         size_t n;
         if (cp < 0x80) {
-                u[0] = (char)cp;
+                u[0] = (char) cp;
                 n = 1;
         } else if (cp < 0x800) {
-                u[0] = (char)(0xc0 | cp >> 6);
-                u[1] = (char)(0x80 | (cp & 0x3f));
+                u[0] = (char) (0xc0 | cp >> 6);
+                u[1] = (char) (0x80 | (cp & 0x3f));
                 n = 2;
         } else if (cp < 0x10000) {
-                u[0] = (char)(0xe0 | cp >> 12);
-                u[1] = (char)(0x80 | (cp >> 6 & 0x3f));
-                u[2] = (char)(0x80 | (cp & 0x3f));
+                u[0] = (char) (0xe0 | cp >> 12);
+                u[1] = (char) (0x80 | (cp >> 6 & 0x3f));
+                u[2] = (char) (0x80 | (cp & 0x3f));
                 n = 3;
         } else {
-                u[0] = (char)(0xf0 | cp >> 18);
-                u[1] = (char)(0x80 | (cp >> 12 & 0x3f));
-                u[2] = (char)(0x80 | (cp >> 6 & 0x3f));
-                u[3] = (char)(0x80 | (cp & 0x3f));
+                u[0] = (char) (0xf0 | cp >> 18);
+                u[1] = (char) (0x80 | (cp >> 12 & 0x3f));
+                u[2] = (char) (0x80 | (cp >> 6 & 0x3f));
+                u[3] = (char) (0x80 | (cp & 0x3f));
                 n = 4;
         }
         agent_buf_put(out, u, n);
@@ -408,14 +422,14 @@ static int json_string(JsonIn *in, AgentBuf *out) {
                         return json_fail(in, "invalid JSON: unterminated string");
                 const char *start = in->p;
                 /* Fast path over plain ASCII. */
-                while (in->p < in->end && (unsigned char)*in->p >= 0x20 && (unsigned char)*in->p < 0x80 &&
+                while (in->p < in->end && (unsigned char) *in->p >= 0x20 && (unsigned char) *in->p < 0x80 &&
                        *in->p != '"' && *in->p != '\\')
                         in->p++;
                 if (out && in->p > start)
-                        agent_buf_put(out, start, (size_t)(in->p - start));
+                        agent_buf_put(out, start, (size_t) (in->p - start));
                 if (in->p >= in->end)
                         return json_fail(in, "invalid JSON: unterminated string");
-                unsigned char c = (unsigned char)*in->p;
+                unsigned char c = (unsigned char) *in->p;
                 if (c == '"') {
                         in->p++;
                         return out && out->oom ? -ENOMEM : 0;
@@ -423,7 +437,7 @@ static int json_string(JsonIn *in, AgentBuf *out) {
                 if (c < 0x20)
                         return json_fail(in, "invalid JSON: control character in string");
                 if (c >= 0x80) {
-                        size_t l = utf8_valid_len((const unsigned char *)in->p, (size_t)(in->end - in->p));
+                        size_t l = utf8_valid_len((const unsigned char *) in->p, (size_t) (in->end - in->p));
                         if (l == 0)
                                 return json_fail(in, "invalid UTF-8 in string");
                         if (out)
@@ -438,14 +452,30 @@ static int json_string(JsonIn *in, AgentBuf *out) {
                 char e = *in->p++;
                 char ch;
                 switch (e) {
-                case '"': ch = '"'; break;
-                case '\\': ch = '\\'; break;
-                case '/': ch = '/'; break;
-                case 'b': ch = '\b'; break;
-                case 'f': ch = '\f'; break;
-                case 'n': ch = '\n'; break;
-                case 'r': ch = '\r'; break;
-                case 't': ch = '\t'; break;
+                case '"':
+                        ch = '"';
+                        break;
+                case '\\':
+                        ch = '\\';
+                        break;
+                case '/':
+                        ch = '/';
+                        break;
+                case 'b':
+                        ch = '\b';
+                        break;
+                case 'f':
+                        ch = '\f';
+                        break;
+                case 'n':
+                        ch = '\n';
+                        break;
+                case 'r':
+                        ch = '\r';
+                        break;
+                case 't':
+                        ch = '\t';
+                        break;
                 case 'u': {
                         unsigned cp;
                         if (json_hex4(in, &cp) < 0)
@@ -495,7 +525,7 @@ static int json_number(JsonIn *in, bool *ret_is_uint, uint64_t *ret) {
                         if (v > (AGENT_ID_INT_MAX - 9) / 10 + 1)
                                 big = true;
                         else
-                                v = v * 10 + (uint64_t)(*p - '0');
+                                v = v * 10 + (uint64_t) (*p - '0');
                         p++;
                 }
         }
@@ -526,7 +556,7 @@ static int json_number(JsonIn *in, bool *ret_is_uint, uint64_t *ret) {
 static int json_literal(JsonIn *in, const char *word) {
         json_ws(in);
         size_t n = strlen(word);
-        if ((size_t)(in->end - in->p) < n || memcmp(in->p, word, n) != 0)
+        if ((size_t) (in->end - in->p) < n || memcmp(in->p, word, n) != 0)
                 return json_fail(in, "invalid JSON: unexpected character");
         in->p += n;
         return 0;
@@ -565,19 +595,26 @@ static int json_skip_value(JsonIn *in, unsigned depth) {
         bool is_uint;
         uint64_t v;
         switch (*in->p) {
-        case '{': return json_skip_container(in, depth, true);
-        case '[': return json_skip_container(in, depth, false);
-        case '"': return json_string(in, NULL);
-        case 't': return json_literal(in, "true");
-        case 'f': return json_literal(in, "false");
-        case 'n': return json_literal(in, "null");
-        default: return json_number(in, &is_uint, &v);
+        case '{':
+                return json_skip_container(in, depth, true);
+        case '[':
+                return json_skip_container(in, depth, false);
+        case '"':
+                return json_string(in, NULL);
+        case 't':
+                return json_literal(in, "true");
+        case 'f':
+                return json_literal(in, "false");
+        case 'n':
+                return json_literal(in, "null");
+        default:
+                return json_number(in, &is_uint, &v);
         }
 }
 
 /* Decodes a string member into a fresh NUL-terminated heap string. */
 static int json_string_dup(JsonIn *in, char **ret, size_t *ret_len) {
-        AgentBuf b = {0};
+        AgentBuf b = { 0 };
         int r = json_string(in, &b);
         if (r == 0 && agent_buf_put(&b, "", 1) < 0)
                 r = -ENOMEM;
@@ -604,7 +641,7 @@ static int json_uint_member(JsonIn *in, const char *name, uint64_t max, uint64_t
         if (json_number(in, &is_uint, &v) < 0)
                 return -EINVAL;
         if (!is_uint || v > max)
-                return json_fail(in, "args.%s: expected an integer in 0..%llu", name, (unsigned long long)max);
+                return json_fail(in, "args.%s: expected an integer in 0..%llu", name, (unsigned long long) max);
         *ret = v;
         return 0;
 }
@@ -693,7 +730,7 @@ static int json_args(JsonIn *in, AgentRequest *r) {
                 in->p++;
                 return 0;
         }
-        AgentBuf key = {0};
+        AgentBuf key = { 0 };
         int ret = -EINVAL;
         for (;;) {
                 agent_buf_reset(&key);
@@ -714,7 +751,8 @@ static int json_args(JsonIn *in, AgentRequest *r) {
                         free(r->stdin_data);
                         r->stdin_data = NULL;
                         if (!json_peek(in, '"')) {
-                                r2 = json_skip_value(in, 1) < 0 ? -EINVAL : json_fail(in, "args.stdin: expected a string");
+                                r2 = json_skip_value(in, 1) < 0 ? -EINVAL
+                                                                : json_fail(in, "args.stdin: expected a string");
                         } else {
                                 r2 = json_string_dup(in, &r->stdin_data, &r->stdin_len);
                         }
@@ -724,7 +762,7 @@ static int json_args(JsonIn *in, AgentRequest *r) {
                 } else if (strcmp(k, "seed") == 0) {
                         r2 = json_uint_member(in, k, UINT32_MAX, &v);
                         if (r2 == 0)
-                                r->seed = (uint32_t)v;
+                                r->seed = (uint32_t) v;
                 } else if (strcmp(k, "hold") == 0) {
                         r2 = json_bool_member(in, k, &r->hold);
                 } else if (strcmp(k, "check_zero") == 0) {
@@ -763,7 +801,7 @@ static int json_id(JsonIn *in, AgentRequest *r) {
                 }
                 /* Re-encode rather than copy the raw text: the echo is then
                  * canonical and cannot carry anything but one JSON string. */
-                AgentBuf b = {0};
+                AgentBuf b = { 0 };
                 agent_json_put_string(&b, s, len);
                 free(s);
                 if (b.oom || b.len >= sizeof r->id_json) {
@@ -783,7 +821,7 @@ static int json_id(JsonIn *in, AgentRequest *r) {
                         return -EINVAL;
                 if (!is_uint)
                         return json_fail(in, "id: expected an integer in 0..2^53 or a string");
-                snprintf(r->id_json, sizeof r->id_json, "%llu", (unsigned long long)v);
+                snprintf(r->id_json, sizeof r->id_json, "%llu", (unsigned long long) v);
                 r->has_id = true;
                 return 0;
         }
@@ -803,7 +841,7 @@ static const char *const cmd_names[_AGENT_CMD_MAX] = {
 };
 
 const char *agent_cmd_to_string(AgentCmd c) {
-        if ((int)c < 0 || c >= _AGENT_CMD_MAX)
+        if ((int) c < 0 || c >= _AGENT_CMD_MAX)
                 return NULL;
         return cmd_names[c];
 }
@@ -813,7 +851,7 @@ AgentCmd agent_cmd_from_string(const char *s) {
                 return _AGENT_CMD_INVALID;
         for (int i = 0; i < _AGENT_CMD_MAX; i++)
                 if (strcmp(s, cmd_names[i]) == 0)
-                        return (AgentCmd)i;
+                        return (AgentCmd) i;
         return _AGENT_CMD_INVALID;
 }
 
@@ -875,7 +913,7 @@ int agent_request_parse(const char *line, size_t len, AgentRequest *r, char *err
                 snprintf(err, errlen, "request too long");
                 return -E2BIG;
         }
-        JsonIn in = {.start = line, .p = line, .end = line + len, .err = err, .errlen = errlen};
+        JsonIn in = { .start = line, .p = line, .end = line + len, .err = err, .errlen = errlen };
         char *cmd = NULL;
         bool have_cmd = false;
         int ret = -EINVAL;
@@ -888,7 +926,7 @@ int agent_request_parse(const char *line, size_t len, AgentRequest *r, char *err
         if (json_peek(&in, '}')) {
                 in.p++;
         } else {
-                AgentBuf key = {0};
+                AgentBuf key = { 0 };
                 for (;;) {
                         agent_buf_reset(&key);
                         if (json_string(&in, &key) < 0 || agent_buf_put(&key, "", 1) < 0 || json_expect(&in, ':') < 0)
@@ -903,7 +941,8 @@ int agent_request_parse(const char *line, size_t len, AgentRequest *r, char *err
                                 free(cmd);
                                 cmd = NULL;
                                 if (!json_peek(&in, '"')) {
-                                        r2 = json_skip_value(&in, 1) < 0 ? -EINVAL : json_fail(&in, "cmd: expected a string");
+                                        r2 = json_skip_value(&in, 1) < 0 ? -EINVAL
+                                                                         : json_fail(&in, "cmd: expected a string");
                                 } else {
                                         r2 = json_string_dup(&in, &cmd, &clen);
                                         have_cmd = r2 == 0;
@@ -965,7 +1004,7 @@ static int find_key_value(const char *text, const char *key, char sep, uint64_t 
                         while (*q >= '0' && *q <= '9') {
                                 if (v > (UINT64_MAX - 9) / 10)
                                         return -ERANGE;
-                                v = v * 10 + (uint64_t)(*q - '0');
+                                v = v * 10 + (uint64_t) (*q - '0');
                                 q++;
                         }
                         *ret = v;
@@ -1001,7 +1040,7 @@ uint64_t agent_min_free_kbytes(uint64_t mem_total_kb) {
 /* splitmix64 of (seed, line): position-derived so any page can be checked on
  * its own, without replaying a stream from the start. */
 uint64_t agent_fill_word(uint32_t seed, uint64_t line_index) {
-        uint64_t z = line_index ^ ((uint64_t)seed * UINT64_C(0xD1B54A32D192ED03));
+        uint64_t z = line_index ^ ((uint64_t) seed * UINT64_C(0xD1B54A32D192ED03));
         z += UINT64_C(0x9E3779B97F4A7C15);
         z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
         z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);

@@ -12,18 +12,18 @@
 #include <stdint.h>
 
 /* Protocol limits (docs/agent-protocol.md). */
-#define AGENT_LINE_MAX (1024u * 1024u)          /* longest request line, without '\n' */
-#define AGENT_ID_STR_MAX 64u                    /* longest string id, in bytes (decoded) */
-#define AGENT_ID_INT_MAX (UINT64_C(1) << 53)    /* largest integer id */
-#define AGENT_ID_JSON_MAX (AGENT_ID_STR_MAX * 6u + 3u) /* worst-case re-encoded id + NUL */
-#define AGENT_JSON_DEPTH_MAX 64u                /* nesting accepted in skipped values */
+#define AGENT_LINE_MAX                (1024u * 1024u)              /* longest request line, without '\n' */
+#define AGENT_ID_STR_MAX              64u                          /* longest string id, in bytes (decoded) */
+#define AGENT_ID_INT_MAX              (UINT64_C(1) << 53)          /* largest integer id */
+#define AGENT_ID_JSON_MAX             (AGENT_ID_STR_MAX * 6u + 3u) /* worst-case re-encoded id + NUL */
+#define AGENT_JSON_DEPTH_MAX          64u                          /* nesting accepted in skipped values */
 
 #define AGENT_EXEC_TIMEOUT_DEFAULT_MS 10000u
-#define AGENT_EXEC_TIMEOUT_MAX_MS 600000u
-#define AGENT_EXEC_OUTPUT_DEFAULT 65536u
-#define AGENT_EXEC_OUTPUT_MAX 1048576u
-#define AGENT_EXEC_ARGV_MAX 4096u
-#define AGENT_FILL_MIB_MAX (1024u * 1024u)      /* 1 TiB: keeps mib * 2^20 far from overflow */
+#define AGENT_EXEC_TIMEOUT_MAX_MS     600000u
+#define AGENT_EXEC_OUTPUT_DEFAULT     65536u
+#define AGENT_EXEC_OUTPUT_MAX         1048576u
+#define AGENT_EXEC_ARGV_MAX           4096u
+#define AGENT_FILL_MIB_MAX            (1024u * 1024u) /* 1 TiB: keeps mib * 2^20 far from overflow */
 
 /* ------------------------------------------------------------------------ */
 /* Growable output buffer. A failed allocation latches `oom` and makes every

@@ -18,8 +18,8 @@
 #include "agent.h"
 
 #define LOAD_ORDER "/lib/modules/load-order"
-#define ZRAM_DEV "/dev/zram0"
-#define ZRAM_SYS "/sys/block/zram0"
+#define ZRAM_DEV   "/dev/zram0"
+#define ZRAM_SYS   "/sys/block/zram0"
 
 static void set_reason(Agent *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_reason(Agent *a, const char *fmt, ...) {
@@ -84,9 +84,9 @@ static int load_module(const char *path) {
                 /* Very old kernels: hand the image over from memory instead. */
                 struct stat st;
                 if (fstat(fd, &st) == 0) {
-                        void *img = malloc((size_t)st.st_size);
-                        if (img && read(fd, img, (size_t)st.st_size) == st.st_size)
-                                r = syscall(SYS_init_module, img, (unsigned long)st.st_size, "");
+                        void *img = malloc((size_t) st.st_size);
+                        if (img && read(fd, img, (size_t) st.st_size) == st.st_size)
+                                r = syscall(SYS_init_module, img, (unsigned long) st.st_size, "");
                         else
                                 errno = EIO;
                         free(img);
@@ -121,7 +121,7 @@ static void setup_modules(Agent *a) {
                         loaded++;
         }
         free(list);
-        (void)loaded;
+        (void) loaded;
 }
 
 static int wait_for_path(const char *path, unsigned timeout_ms) {
@@ -131,7 +131,7 @@ static int wait_for_path(const char *path, unsigned timeout_ms) {
                         return 0;
                 if (waited >= timeout_ms)
                         return -ENOENT;
-                nanosleep(&(struct timespec){.tv_nsec = 5 * 1000 * 1000}, NULL);
+                nanosleep(&(struct timespec){ .tv_nsec = 5 * 1000 * 1000 }, NULL);
         }
 }
 
@@ -140,14 +140,14 @@ static int write_swap_header(const char *dev, uint64_t size) {
         long psz = sysconf(_SC_PAGESIZE);
         if (psz < 4096 || psz > 65536)
                 return -EINVAL;
-        uint64_t pages = size / (uint64_t)psz;
+        uint64_t pages = size / (uint64_t) psz;
         if (pages < 10 || pages - 1 > UINT32_MAX)
                 return -EINVAL;
-        unsigned char *page = calloc(1, (size_t)psz);
+        unsigned char *page = calloc(1, (size_t) psz);
         if (!page)
                 return -ENOMEM;
         /* struct swap_header_v1_2 lives at offset 1024: version, last_page, nr_badpages, uuid[16], label[16]. */
-        uint32_t hdr[3] = {1, (uint32_t)(pages - 1), 0};
+        uint32_t hdr[3] = { 1, (uint32_t) (pages - 1), 0 };
         memcpy(page + 1024, hdr, sizeof hdr);
         /* A fixed, non-zero UUID: nothing identifies swap by UUID in the guest. */
         memcpy(page + 1024 + 12, "ballast-zram-swp", 16);
@@ -157,7 +157,7 @@ static int write_swap_header(const char *dev, uint64_t size) {
         if (fd < 0)
                 ret = -errno;
         else {
-                if (pwrite(fd, page, (size_t)psz, 0) != psz)
+                if (pwrite(fd, page, (size_t) psz, 0) != psz)
                         ret = errno ? -errno : -EIO;
                 else if (fsync(fd) < 0)
                         ret = -errno;
@@ -180,7 +180,7 @@ static void setup_zram(Agent *a) {
         }
         uint64_t disksize = a->mem_total_kb * 1024 / 2;
         char v[32];
-        snprintf(v, sizeof v, "%llu", (unsigned long long)disksize);
+        snprintf(v, sizeof v, "%llu", (unsigned long long) disksize);
         if ((r = agent_write_file(ZRAM_SYS "/disksize", v)) < 0) {
                 set_reason(a, "zram: disksize %s: %s", v, strerror(-r));
                 return;
@@ -198,15 +198,15 @@ static void setup_zram(Agent *a) {
 
 static void setup_sysctls(Agent *a) {
         char mfk[32];
-        snprintf(mfk, sizeof mfk, "%llu", (unsigned long long)agent_min_free_kbytes(a->mem_total_kb));
+        snprintf(mfk, sizeof mfk, "%llu", (unsigned long long) agent_min_free_kbytes(a->mem_total_kb));
         const struct {
                 const char *path, *value;
         } s[] = {
-                {"/proc/sys/vm/page-cluster", "0"},   /* zram: no readahead, every swap-in is a page */
-                {"/proc/sys/vm/swappiness", "100"},   /* compressed RAM is cheap to swap to */
-                {"/proc/sys/vm/overcommit_memory", "0"},
-                {"/proc/sys/vm/min_free_kbytes", mfk}, /* headroom for balloon + zram allocations */
-                {"/proc/sys/vm/watermark_boost_factor", "0"},
+                { "/proc/sys/vm/page-cluster", "0" }, /* zram: no readahead, every swap-in is a page */
+                { "/proc/sys/vm/swappiness", "100" }, /* compressed RAM is cheap to swap to */
+                { "/proc/sys/vm/overcommit_memory", "0" },
+                { "/proc/sys/vm/min_free_kbytes", mfk }, /* headroom for balloon + zram allocations */
+                { "/proc/sys/vm/watermark_boost_factor", "0" },
         };
         for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
                 int r = agent_write_file(s[i].path, s[i].value);
@@ -275,7 +275,7 @@ typedef struct BalloonInfo {
 } BalloonInfo;
 
 static void balloon_info(BalloonInfo *ret) {
-        *ret = (BalloonInfo){0};
+        *ret = (BalloonInfo){ 0 };
         DIR *d = opendir("/sys/bus/virtio/devices");
         if (!d)
                 return;
@@ -315,7 +315,7 @@ typedef struct ZramInfo {
 } ZramInfo;
 
 static void zram_info(ZramInfo *ret) {
-        *ret = (ZramInfo){.priority = -1};
+        *ret = (ZramInfo){ .priority = -1 };
         char *s;
         if (agent_read_file(ZRAM_SYS "/comp_algorithm", &s) >= 0) {
                 /* "lzo lzo-rle [lz4]": the bracketed one is selected. */
@@ -348,7 +348,7 @@ static void zram_info(ZramInfo *ret) {
 static uint64_t uptime_ms(void) {
         struct timespec ts;
         clock_gettime(CLOCK_BOOTTIME, &ts);
-        return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+        return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
 }
 
 void agent_reply_ping(Agent *a, AgentBuf *b, const char *id_json) {
@@ -388,9 +388,9 @@ void agent_ready_event(Agent *a, AgentBuf *b) {
 }
 
 void agent_reply_meminfo(AgentBuf *b, const char *id_json) {
-        static const char *const mkeys[] = {"MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached",
-                                            "SwapTotal", "SwapFree", "AnonPages", "Shmem"};
-        static const char *const vkeys[] = {"pswpin", "pswpout", "pgmajfault", "pgfault", "oom_kill"};
+        static const char *const mkeys[] = { "MemTotal",  "MemFree",  "MemAvailable", "Buffers", "Cached",
+                                             "SwapTotal", "SwapFree", "AnonPages",    "Shmem" };
+        static const char *const vkeys[] = { "pswpin", "pswpout", "pgmajfault", "pgfault", "oom_kill" };
         char *mi = NULL, *vm = NULL;
         if (agent_read_file("/proc/meminfo", &mi) < 0 || agent_read_file("/proc/vmstat", &vm) < 0) {
                 agent_reply_error(b, id_json, "cannot read /proc/meminfo or /proc/vmstat");
@@ -403,7 +403,7 @@ void agent_reply_meminfo(AgentBuf *b, const char *id_json) {
                 agent_meminfo_get(mi, mkeys[i], &v);
                 agent_buf_puts(b, i ? "," : "{");
                 agent_json_put_string(b, mkeys[i], strlen(mkeys[i]));
-                agent_buf_printf(b, ":%llu", (unsigned long long)v);
+                agent_buf_printf(b, ":%llu", (unsigned long long) v);
         }
         agent_buf_puts(b, "}");
         agent_json_field_key(b, "vmstat");
@@ -412,7 +412,7 @@ void agent_reply_meminfo(AgentBuf *b, const char *id_json) {
                 agent_vmstat_get(vm, vkeys[i], &v);
                 agent_buf_puts(b, i ? "," : "{");
                 agent_json_put_string(b, vkeys[i], strlen(vkeys[i]));
-                agent_buf_printf(b, ":%llu", (unsigned long long)v);
+                agent_buf_printf(b, ":%llu", (unsigned long long) v);
         }
         agent_buf_puts(b, "}");
         agent_reply_end(b);

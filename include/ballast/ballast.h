@@ -17,7 +17,7 @@
 extern "C" {
 #endif
 
-#define BALLAST_UID_ANY ((uid_t) -1)
+#define BALLAST_UID_ANY    ((uid_t) -1)
 #define BALLAST_STAT_UNSET UINT64_MAX
 
 typedef struct BallastError {
@@ -88,8 +88,8 @@ int ballast_hv_get_caps(BallastHv *hv, uint64_t timeout_us, BallastCaps *ret, Ba
 void ballast_wait_options_init(BallastWaitOptions *o);
 /* Sets the target and waits (B1.6). Returns 0 when an outcome was reached (REACHED, DEADLINE or
  * STALLED: see ret->result), or a negative errno for an error (ret still filled, result ERROR). */
-int ballast_hv_set_and_wait(BallastHv *hv, uint64_t guest_bytes, const BallastWaitOptions *o,
-                            BallastWaitOutcome *ret, BallastError *err);
+int ballast_hv_set_and_wait(BallastHv *hv, uint64_t guest_bytes, const BallastWaitOptions *o, BallastWaitOutcome *ret,
+                            BallastError *err);
 
 const char *ballast_wait_result_to_string(BallastWaitResult r);
 const char *ballast_version(void);

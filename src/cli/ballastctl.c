@@ -7,24 +7,23 @@
 #include "cli/commands.h"
 #include "shared/log.h"
 
-static const char usage[] =
-        "Usage: ballastctl [--json] COMMAND ...\n"
-        "\n"
-        "Commands:\n"
-        "  balloon get|set|stats|caps   one VM's balloon, by QMP socket (--qmp) or VM name (--vm)\n"
-        "  vm start|stop|list|info|exec|ping|meminfo|fill|verify|release|agent\n"
-        "                               the QEMU launcher and the guest agent\n"
-        "\n"
-        "Examples:\n"
-        "  ballastctl vm start vm1 --memory 512M\n"
-        "  ballastctl balloon set --vm vm1 --wait 256M\n"
-        "  ballastctl balloon get --qmp /run/vm1/qmp.sock\n"
-        "  ballastctl balloon stats --vm vm1 --period 2\n"
-        "  ballastctl vm exec vm1 -- free -m\n"
-        "  ballastctl vm stop vm1\n"
-        "\n"
-        "Global options: --json (machine-readable output), -v (debug logging), --version, --help.\n"
-        "Run 'ballastctl COMMAND --help' for a command's options.\n";
+static const char usage[] = "Usage: ballastctl [--json] COMMAND ...\n"
+                            "\n"
+                            "Commands:\n"
+                            "  balloon get|set|stats|caps   one VM's balloon, by QMP socket (--qmp) or VM name (--vm)\n"
+                            "  vm start|stop|list|info|exec|ping|meminfo|fill|verify|release|agent\n"
+                            "                               the QEMU launcher and the guest agent\n"
+                            "\n"
+                            "Examples:\n"
+                            "  ballastctl vm start vm1 --memory 512M\n"
+                            "  ballastctl balloon set --vm vm1 --wait 256M\n"
+                            "  ballastctl balloon get --qmp /run/vm1/qmp.sock\n"
+                            "  ballastctl balloon stats --vm vm1 --period 2\n"
+                            "  ballastctl vm exec vm1 -- free -m\n"
+                            "  ballastctl vm stop vm1\n"
+                            "\n"
+                            "Global options: --json (machine-readable output), -v (debug logging), --version, --help.\n"
+                            "Run 'ballastctl COMMAND --help' for a command's options.\n";
 
 int main(int argc, char **argv) {
         /* --json, -v may stand anywhere before a "--"; take them out so subcommands need not know. */

@@ -160,14 +160,15 @@ static int do_set(const BalloonArgs *a, uint64_t target) {
                 cli_print_json(json_pack("{s:s,s:I,s:I,s:I,s:f,s:i,s:i,s:s}", "result",
                                          ballast_wait_result_to_string(out.result), "start", (json_int_t) out.start,
                                          "target", (json_int_t) out.target, "reached", (json_int_t) out.reached,
-                                         "seconds", (double) out.elapsed_us / 1e6, "polls", (int) out.polls,
-                                         "events", (int) out.events, "message", out.message));
+                                         "seconds", (double) out.elapsed_us / 1e6, "polls", (int) out.polls, "events",
+                                         (int) out.events, "message", out.message));
         else
                 printf("%s: %s -> %s in %.2f s (target %s)%s%s\n", ballast_wait_result_to_string(out.result),
                        format_size(x, sizeof(x), out.start), format_size(t, sizeof(t), out.reached),
-                       (double) out.elapsed_us / 1e6, format_size((char[FORMAT_SIZE_MAX]) { 0 }, FORMAT_SIZE_MAX, target),
-                       out.message[0] ? ": " : "", out.message);
-        return out.result == BALLAST_WAIT_REACHED ? EXIT_OK
+                       (double) out.elapsed_us / 1e6,
+                       format_size((char[FORMAT_SIZE_MAX]){ 0 }, FORMAT_SIZE_MAX, target), out.message[0] ? ": " : "",
+                       out.message);
+        return out.result == BALLAST_WAIT_REACHED   ? EXIT_OK
                : out.result == BALLAST_WAIT_STALLED ? EXIT_STALLED
                                                     : EXIT_DEADLINE;
 }
@@ -196,8 +197,8 @@ static int do_stats(const BalloonArgs *a) {
         if (arg_json) {
                 json_t *j = json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:I,s:i}", "swap_in", stat_json(s.swap_in),
                                       "swap_out", stat_json(s.swap_out), "major_faults", stat_json(s.major_faults),
-                                      "minor_faults", stat_json(s.minor_faults), "free", stat_json(s.free),
-                                      "total", stat_json(s.total), "available", stat_json(s.available), "caches",
+                                      "minor_faults", stat_json(s.minor_faults), "free", stat_json(s.free), "total",
+                                      stat_json(s.total), "available", stat_json(s.available), "caches",
                                       stat_json(s.caches), "oom_kills", stat_json(s.oom_kills), "last_update",
                                       (json_int_t) s.last_update, "period", (int) s.period);
                 cli_print_json(j);

@@ -78,11 +78,12 @@ static const char *ready_summary(json_t *ping, char *buf, size_t len) {
         json_t *z = json_object_get(ping, "zram"), *b = json_object_get(ping, "balloon");
         char zs[FORMAT_SIZE_MAX];
         json_t *ds = json_object_get(z, "disksize");
-        snprintf(buf, len, "agent %s, zram %s %s, balloon %s", json_string_value(json_object_get(ping, "version")) ?: "?",
+        snprintf(buf, len, "agent %s, zram %s %s, balloon %s",
+                 json_string_value(json_object_get(ping, "version")) ?: "?",
                  json_string_value(json_object_get(z, "algorithm")) ?: "-",
                  json_is_integer(ds) ? format_size(zs, sizeof(zs), (uint64_t) json_integer_value(ds)) : "-",
                  json_is_true(json_object_get(b, "present")) ? json_string_value(json_object_get(b, "device")) ?: "yes"
-                                                              : "absent");
+                                                             : "absent");
         return buf;
 }
 
@@ -112,7 +113,18 @@ static int supervise_foreground(pid_t sup) {
 }
 
 static int vm_start_cmd(int argc, char **argv) {
-        enum { OPT_MEM = 256, OPT_CPUS, OPT_DOO, OPT_FPR, OPT_STATS, OPT_IMAGE, OPT_BOOT, OPT_NOWAIT, OPT_APPEND, OPT_FG };
+        enum {
+                OPT_MEM = 256,
+                OPT_CPUS,
+                OPT_DOO,
+                OPT_FPR,
+                OPT_STATS,
+                OPT_IMAGE,
+                OPT_BOOT,
+                OPT_NOWAIT,
+                OPT_APPEND,
+                OPT_FG
+        };
         static const struct option opts[] = {
                 { "memory", required_argument, NULL, OPT_MEM },
                 { "cpus", required_argument, NULL, OPT_CPUS },
@@ -213,8 +225,8 @@ static int vm_start_cmd(int argc, char **argv) {
         double secs = (double) (now_mono() - t0) / 1e6;
         if (arg_json) {
                 json_t *j = json_pack("{s:s,s:i,s:I,s:s,s:s,s:f,s:b}", "name", s.name, "qemu_pid", (int) info.qemu_pid,
-                                      "memory", (json_int_t) s.memory, "dir", info.dir, "accel", info.accel,
-                                      "seconds", secs, "ready", ping != NULL);
+                                      "memory", (json_int_t) s.memory, "dir", info.dir, "accel", info.accel, "seconds",
+                                      secs, "ready", ping != NULL);
                 if (ping)
                         json_object_set(j, "agent", ping);
                 cli_print_json(j);
@@ -301,10 +313,9 @@ static int vm_list_cmd(int argc, char **argv) {
                                 arr, json_pack("{s:s,s:s,s:i,s:i,s:I,s:I,s:s,s:b,s:b,s:s}", "name", list[i].name,
                                                "state", list[i].state, "qemu_pid", (int) list[i].qemu_pid,
                                                "supervisor_pid", (int) list[i].supervisor_pid, "memory",
-                                               (json_int_t) list[i].memory, "rss", (json_int_t) rss, "dir",
-                                               list[i].dir, "deflate_on_oom", list[i].deflate_on_oom,
-                                               "free_page_reporting", list[i].free_page_reporting, "exit_status",
-                                               list[i].exit_status));
+                                               (json_int_t) list[i].memory, "rss", (json_int_t) rss, "dir", list[i].dir,
+                                               "deflate_on_oom", list[i].deflate_on_oom, "free_page_reporting",
+                                               list[i].free_page_reporting, "exit_status", list[i].exit_status));
                 }
                 cli_print_json(arr);
                 free(list);
@@ -321,7 +332,8 @@ static int vm_list_cmd(int argc, char **argv) {
                 if (list[i].qemu_alive && proc_rss(list[i].qemu_pid, &rss) == 0)
                         format_size(rs, sizeof(rs), rss);
                 if (list[i].qemu_alive && list[i].started_realtime_us && now_rt > list[i].started_realtime_us)
-                        snprintf(up, sizeof(up), "%" PRIu64 " s", (now_rt - list[i].started_realtime_us) / USEC_PER_SEC);
+                        snprintf(up, sizeof(up), "%" PRIu64 " s",
+                                 (now_rt - list[i].started_realtime_us) / USEC_PER_SEC);
                 printf("%-16s %-8s %8d %10s %10s %9s\n", list[i].name, list[i].state, (int) list[i].qemu_pid,
                        format_size(m, sizeof(m), list[i].memory), rs, up);
         }

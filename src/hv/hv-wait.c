@@ -35,7 +35,7 @@ struct HvWait {
 };
 
 void hv_wait_options_init(HvWaitOptions *o) {
-        *o = (HvWaitOptions) {
+        *o = (HvWaitOptions){
                 .tolerance = UINT64_C(16) << 20,
                 .timeout = 60 * USEC_PER_SEC,
                 .stall_window = 3 * USEC_PER_SEC,

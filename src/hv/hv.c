@@ -38,17 +38,15 @@ void hv_notify_actual(Hv *hv, uint64_t actual, uint64_t when_realtime) {
 
 const char *hv_op_to_string(HvOp op) {
         static const char *const table[_HV_OP_MAX] = {
-                [HV_OP_GET_ACTUAL] = "get-actual",
-                [HV_OP_SET_TARGET] = "set-target",
-                [HV_OP_GET_STATS] = "get-stats",
-                [HV_OP_SET_STATS_PERIOD] = "set-stats-period",
+                [HV_OP_GET_ACTUAL] = "get-actual", [HV_OP_SET_TARGET] = "set-target",
+                [HV_OP_GET_STATS] = "get-stats",   [HV_OP_SET_STATS_PERIOD] = "set-stats-period",
                 [HV_OP_GET_CAPS] = "get-caps",
         };
         return op >= 0 && op < _HV_OP_MAX ? table[op] : NULL;
 }
 
 void hv_stats_init(HvStats *s) {
-        *s = (HvStats) {
+        *s = (HvStats){
                 .swap_in = HV_STAT_UNSET,
                 .swap_out = HV_STAT_UNSET,
                 .major_faults = HV_STAT_UNSET,

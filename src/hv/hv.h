@@ -12,7 +12,7 @@
 #include "ballast/ballast.h"
 #include "shared/ev.h"
 
-#define HV_STAT_UNSET BALLAST_STAT_UNSET
+#define HV_STAT_UNSET  BALLAST_STAT_UNSET
 #define HV_MESSAGE_MAX 512
 
 /* The public types are the internal ones: one definition. */
@@ -31,11 +31,11 @@ typedef enum HvOp {
 
 typedef struct HvReply {
         HvOp op;
-        int error;                     /* 0 or a negative errno */
-        char message[HV_MESSAGE_MAX];  /* on error: what failed, with the peer's own words */
-        uint64_t actual;               /* GET_ACTUAL: current guest memory, bytes */
-        HvStats stats;                 /* GET_STATS */
-        HvCaps caps;                   /* GET_CAPS */
+        int error;                    /* 0 or a negative errno */
+        char message[HV_MESSAGE_MAX]; /* on error: what failed, with the peer's own words */
+        uint64_t actual;              /* GET_ACTUAL: current guest memory, bytes */
+        HvStats stats;                /* GET_STATS */
+        HvCaps caps;                  /* GET_CAPS */
 } HvReply;
 
 typedef struct Hv Hv;
@@ -97,10 +97,10 @@ void hv_stats_init(HvStats *s);
 /* --- set and wait (B1.6) --- */
 
 typedef BallastWaitResult HvWaitResult;
-#define HV_WAIT_REACHED BALLAST_WAIT_REACHED
-#define HV_WAIT_DEADLINE BALLAST_WAIT_DEADLINE
-#define HV_WAIT_STALLED BALLAST_WAIT_STALLED
-#define HV_WAIT_ERROR BALLAST_WAIT_ERROR
+#define HV_WAIT_REACHED     BALLAST_WAIT_REACHED
+#define HV_WAIT_DEADLINE    BALLAST_WAIT_DEADLINE
+#define HV_WAIT_STALLED     BALLAST_WAIT_STALLED
+#define HV_WAIT_ERROR       BALLAST_WAIT_ERROR
 #define _HV_WAIT_RESULT_MAX (BALLAST_WAIT_ERROR + 1)
 
 const char *hv_wait_result_to_string(HvWaitResult r);
@@ -118,8 +118,8 @@ typedef struct HvWaitOptions {
 typedef struct HvWaitOutcome {
         HvWaitResult result;
         uint64_t start, target, reached;
-        usec_t started;    /* monotonic, when the target was sent */
-        usec_t noticed;    /* monotonic, when the final value was seen */
+        usec_t started; /* monotonic, when the target was sent */
+        usec_t noticed; /* monotonic, when the final value was seen */
         usec_t noticed_realtime;
         unsigned polls, events;
         int error;

@@ -73,7 +73,7 @@ size_t qmp_clamp_big_ints(char *buf, size_t len) {
 void qmp_msg_done(QmpMsg *m) {
         if (m->root)
                 json_decref(m->root);
-        *m = (QmpMsg) { .type = _QMP_MSG_TYPE_INVALID };
+        *m = (QmpMsg){ .type = _QMP_MSG_TYPE_INVALID };
 }
 
 static int fail(char *err, size_t errlen, const char *fmt, ...) _printf_(3, 4);
@@ -157,8 +157,8 @@ int qmp_msg_parse(const char *line, size_t len, QmpMsg *ret, char *err, size_t e
                 if (json_is_integer(s) && json_is_integer(us) && json_integer_value(s) >= 0 &&
                     json_integer_value(s) < INT64_C(1) << 40 && json_integer_value(us) >= 0 &&
                     json_integer_value(us) < 1000000)
-                        m.event_time_us = (uint64_t) json_integer_value(s) * 1000000 +
-                                          (uint64_t) json_integer_value(us);
+                        m.event_time_us =
+                                (uint64_t) json_integer_value(s) * 1000000 + (uint64_t) json_integer_value(us);
         } else {
                 qmp_msg_done(&m);
                 return fail(err, errlen, "unrecognised QMP message (no %s member)", "QMP/return/error/event");

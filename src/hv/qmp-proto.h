@@ -26,8 +26,8 @@ typedef struct QmpMsg {
         QmpMsgType type;
         json_t *root; /* owned; everything below borrows from it */
 
-        bool id_present;  /* the message carries an "id" member */
-        bool id_is_ours;  /* ...and it is a non-negative integer, as we send them */
+        bool id_present; /* the message carries an "id" member */
+        bool id_is_ours; /* ...and it is a non-negative integer, as we send them */
         uint64_t id;
 
         json_t *value;           /* RETURN: the "return" value; EVENT: "data" (may be NULL) */

@@ -344,7 +344,8 @@ static void qmp_on_reply(Qmp *q, const QmpMsg *m) {
         case STEP_DISCOVER_ANON: {
                 size_t i;
                 json_t *e;
-                const char *base = step == STEP_DISCOVER_PERIPHERAL ? "/machine/peripheral" : "/machine/peripheral-anon";
+                const char *base =
+                        step == STEP_DISCOVER_PERIPHERAL ? "/machine/peripheral" : "/machine/peripheral-anon";
                 json_array_foreach(v, i, e) {
                         const char *type = json_string_value(json_object_get(e, "type"));
                         const char *name = json_string_value(json_object_get(e, "name"));
@@ -548,8 +549,8 @@ static void qmp_step(QmpReq *r) {
                 break;
         case STEP_SET_PERIOD:
                 name = "qom-set";
-                args = json_pack("{s:s,s:s,s:I}", "path", q->balloon_path, "property",
-                                 "guest-stats-polling-interval", "value", (json_int_t) r->arg);
+                args = json_pack("{s:s,s:s,s:I}", "path", q->balloon_path, "property", "guest-stats-polling-interval",
+                                 "value", (json_int_t) r->arg);
                 break;
         case STEP_END:
                 return;
@@ -607,7 +608,7 @@ static int qmp_submit(Hv *hv, HvOp op, uint64_t arg, usec_t timeout, hv_reply_cb
         QmpReq *r = calloc(1, sizeof(QmpReq));
         if (!r)
                 return -ENOMEM;
-        *r = (QmpReq) { .q = q, .op = op, .cb = cb, .userdata = userdata, .arg = arg, .timeout = timeout };
+        *r = (QmpReq){ .q = q, .op = op, .cb = cb, .userdata = userdata, .arg = arg, .timeout = timeout };
         r->reply.op = op;
         hv_stats_init(&r->reply.stats);
         /* The first step runs from the loop, never inside the caller: callbacks are always

@@ -7,7 +7,7 @@
 
 typedef struct QmpConfig {
         const char *socket_path;
-        uid_t expected_uid;          /* UID_ANY to skip the uid comparison (pid 0 is still refused) */
+        uid_t expected_uid;           /* UID_ANY to skip the uid comparison (pid 0 is still refused) */
         const char *balloon_qom_path; /* NULL: discover under /machine/peripheral{,-anon} */
 } QmpConfig;
 

@@ -125,7 +125,7 @@ int ballast_hv_get_caps(BallastHv *b, uint64_t timeout_us, BallastCaps *ret, Bal
 void ballast_wait_options_init(BallastWaitOptions *o) {
         HvWaitOptions h;
         hv_wait_options_init(&h);
-        *o = (BallastWaitOptions) {
+        *o = (BallastWaitOptions){
                 .tolerance = h.tolerance,
                 .timeout_us = h.timeout,
                 .stall_window_us = h.stall_window,
@@ -146,8 +146,8 @@ static void sync_wait_done(HvWait *w, const HvWaitOutcome *o, void *userdata) {
         s->done = true;
 }
 
-int ballast_hv_set_and_wait(BallastHv *b, uint64_t guest_bytes, const BallastWaitOptions *o,
-                            BallastWaitOutcome *ret, BallastError *err) {
+int ballast_hv_set_and_wait(BallastHv *b, uint64_t guest_bytes, const BallastWaitOptions *o, BallastWaitOutcome *ret,
+                            BallastError *err) {
         BallastWaitOptions def;
         if (!o) {
                 ballast_wait_options_init(&def);
@@ -178,7 +178,7 @@ int ballast_hv_set_and_wait(BallastHv *b, uint64_t guest_bytes, const BallastWai
         }
         hv_wait_free(w);
         if (ret)
-                *ret = (BallastWaitOutcome) {
+                *ret = (BallastWaitOutcome){
                         .result = s.out.result,
                         .start = s.out.start,
                         .target = s.out.target,

@@ -107,7 +107,11 @@ static int psi_parse_line(const char *p, const char *end, PsiLine *ret) {
                 if ((size_t) (end - p) < kl || memcmp(p, keys[i], kl) != 0)
                         return -EBADMSG;
                 p += kl;
-                int r = i < 3 ? parse_percent(p, end, i == 0 ? &l.avg10 : i == 1 ? &l.avg60 : &l.avg300, &p)
+                int r = i < 3 ? parse_percent(p, end,
+                                              i == 0   ? &l.avg10
+                                              : i == 1 ? &l.avg60
+                                                       : &l.avg300,
+                                              &p)
                               : parse_u64_at(p, end, &l.total_us, &p);
                 if (r < 0)
                         return r;

@@ -36,7 +36,7 @@ int conn_new(Ev *ev, int fd, size_t max_read, const ConnCallbacks *cb, void *use
                 safe_close(fd);
                 return -ENOMEM;
         }
-        *c = (Conn) { .ev = ev, .fd = fd, .cb = *cb, .userdata = userdata, .rmax = max_read };
+        *c = (Conn){ .ev = ev, .fd = fd, .cb = *cb, .userdata = userdata, .rmax = max_read };
         c->rbuf = malloc(max_read + 1);
         if (!c->rbuf) {
                 conn_free(c);

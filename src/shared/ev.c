@@ -95,7 +95,7 @@ int ev_io_add(Ev *ev, int fd, uint32_t events, ev_io_cb cb, void *userdata, EvIo
         EvIo *io = calloc(1, sizeof(EvIo));
         if (!io)
                 return -ENOMEM;
-        *io = (EvIo) { .ev = ev, .fd = fd, .events = events, .cb = cb, .userdata = userdata };
+        *io = (EvIo){ .ev = ev, .fd = fd, .events = events, .cb = cb, .userdata = userdata };
         struct epoll_event e = { .events = events, .data.ptr = io };
         if (epoll_ctl(ev->epfd, EPOLL_CTL_ADD, fd, &e) < 0) {
                 int r = negative_errno();
@@ -188,7 +188,7 @@ int ev_timer_add(Ev *ev, usec_t when, ev_timer_cb cb, void *userdata, EvTimer **
         EvTimer *t = calloc(1, sizeof(EvTimer));
         if (!t)
                 return -ENOMEM;
-        *t = (EvTimer) { .ev = ev, .when = USEC_INFINITY, .idx = SIZE_MAX, .cb = cb, .userdata = userdata };
+        *t = (EvTimer){ .ev = ev, .when = USEC_INFINITY, .idx = SIZE_MAX, .cb = cb, .userdata = userdata };
         /* Reserve heap space now so that ev_timer_set() can never fail later. */
         if (ev->n_timers == ev->heap_alloc) {
                 size_t n = ev->heap_alloc ? ev->heap_alloc * 2 : 16;

@@ -82,8 +82,7 @@ int log_internal(int level, int error, const char *file, int line, const char *f
         if (getenv("JOURNAL_STREAM"))
                 fprintf(stderr, "<%d>%s%s%s\n", level, log_prefix ?: "", log_prefix ? ": " : "", text);
         else if (level == LOG_LEVEL_DEBUG)
-                fprintf(stderr, "%s%sdebug: %s (%s:%d)\n", log_prefix ?: "", log_prefix ? ": " : "", text, file,
-                        line);
+                fprintf(stderr, "%s%sdebug: %s (%s:%d)\n", log_prefix ?: "", log_prefix ? ": " : "", text, file, line);
         else
                 fprintf(stderr, "%s%s%s\n", log_prefix ?: "", log_prefix ? ": " : "", text);
         return -e;

@@ -13,7 +13,7 @@
 
 static int fill_addr(const char *path, struct sockaddr_un *sa, socklen_t *ret_len, char *err, size_t errlen) {
         size_t n = strlen(path);
-        *sa = (struct sockaddr_un) { .sun_family = AF_UNIX };
+        *sa = (struct sockaddr_un){ .sun_family = AF_UNIX };
         if (n == 0 || n >= sizeof(sa->sun_path)) {
                 snprintf(err, errlen, "socket path '%s' is %s (Unix socket paths must be 1..%zu bytes)", path,
                          n == 0 ? "empty" : "too long", sizeof(sa->sun_path) - 1);

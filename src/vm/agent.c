@@ -23,8 +23,7 @@ struct AgentClient {
         size_t len;
 };
 
-int agent_connect(const char *path, uid_t expected_uid, usec_t timeout, AgentClient **ret, char *err,
-                  size_t errlen) {
+int agent_connect(const char *path, uid_t expected_uid, usec_t timeout, AgentClient **ret, char *err, size_t errlen) {
         usec_t deadline = usec_add(now_mono(), timeout);
         int fd;
         for (;;) {
@@ -105,8 +104,7 @@ static int read_message(AgentClient *a, usec_t deadline, json_t **ret, char *err
                                 continue;
                         if (!j || !json_is_object(j)) {
                                 json_decref(j);
-                                snprintf(err, errlen, "agent sent malformed JSON%s%s", j ? "" : ": ",
-                                         j ? "" : je.text);
+                                snprintf(err, errlen, "agent sent malformed JSON%s%s", j ? "" : ": ", j ? "" : je.text);
                                 return -EBADMSG;
                         }
                         *ret = j;

@@ -26,7 +26,7 @@
 #define SUPERVISOR_GRACE (10 * USEC_PER_SEC)
 
 void vm_spec_init(VmSpec *s) {
-        *s = (VmSpec) {
+        *s = (VmSpec){
                 .memory = UINT64_C(512) << 20,
                 .cpus = 1,
                 .deflate_on_oom = true,
@@ -372,7 +372,8 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
         }
         /* Clients connect by absolute path, and Unix socket paths are limited to 107 bytes. */
         if (strlen(dir) + strlen("/qmp-ctl.sock") >= sizeof(((struct sockaddr_un *) 0)->sun_path)) {
-                snprintf(err, errlen, "run directory '%s' is too long for Unix socket paths (set BALLAST_RUN_DIR to a shorter path)",
+                snprintf(err, errlen,
+                         "run directory '%s' is too long for Unix socket paths (set BALLAST_RUN_DIR to a shorter path)",
                          dir);
                 return -ENAMETOOLONG;
         }
@@ -434,13 +435,14 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
         argv_add(&a, "-append");
         /* init_on_alloc=0: the guest would otherwise zero every page it hands to the balloon,
          * in emulated code: inflation is 4-8x faster without it under TCG. */
-        argv_add(&a, "console=ttyS0 quiet init_on_alloc=0%s%s", s->extra_cmdline ? " " : "",
-                 s->extra_cmdline ?: "");
+        argv_add(&a, "console=ttyS0 quiet init_on_alloc=0%s%s", s->extra_cmdline ? " " : "", s->extra_cmdline ?: "");
         argv_add(&a, "-serial");
         argv_add(&a, "file:serial.log");
         argv_add(&a, "-device");
         if (s->stats_period)
-                argv_add(&a, "virtio-balloon-pci,id=balloon0,deflate-on-oom=%s,free-page-reporting=%s,guest-stats-polling-interval=%u",
+                argv_add(&a,
+                         "virtio-balloon-pci,id=balloon0,deflate-on-oom=%s,free-page-reporting=%s,guest-stats-polling-"
+                         "interval=%u",
                          s->deflate_on_oom ? "on" : "off", s->free_page_reporting ? "on" : "off", s->stats_period);
         else
                 argv_add(&a, "virtio-balloon-pci,id=balloon0,deflate-on-oom=%s,free-page-reporting=%s",

@@ -22,15 +22,15 @@
 
 typedef struct VmSpec {
         const char *name;
-        uint64_t memory;            /* bytes, multiple of 1 MiB */
-        unsigned cpus;              /* default 1 */
-        bool deflate_on_oom;        /* default on */
-        bool free_page_reporting;   /* default on */
-        uint32_t stats_period;      /* seconds; 0 = off */
-        const char *image_dir;      /* holds vmlinuz and initramfs.cpio.gz; NULL = search */
-        const char *qemu_binary;    /* NULL = qemu-system-x86_64 */
-        const char *extra_cmdline;  /* appended to the guest kernel command line */
-        bool foreground;            /* the supervisor stays our child and dies with us */
+        uint64_t memory;           /* bytes, multiple of 1 MiB */
+        unsigned cpus;             /* default 1 */
+        bool deflate_on_oom;       /* default on */
+        bool free_page_reporting;  /* default on */
+        uint32_t stats_period;     /* seconds; 0 = off */
+        const char *image_dir;     /* holds vmlinuz and initramfs.cpio.gz; NULL = search */
+        const char *qemu_binary;   /* NULL = qemu-system-x86_64 */
+        const char *extra_cmdline; /* appended to the guest kernel command line */
+        bool foreground;           /* the supervisor stays our child and dies with us */
 } VmSpec;
 
 typedef struct VmInfo {

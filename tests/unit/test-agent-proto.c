@@ -21,7 +21,7 @@ static int parse(const char *s, AgentRequest *r, char *err, size_t errlen) {
 
 /* Encodes bytes as a JSON string and returns a NUL-terminated copy. */
 static char *enc(const void *p, size_t n, int *ret_replaced) {
-        AgentBuf b = {0};
+        AgentBuf b = { 0 };
         int r = agent_json_put_string(&b, p, n);
         assert_true(r >= 0);
         if (ret_replaced)
@@ -38,7 +38,7 @@ static void assert_valid_json_string(const char *s) {
         assert_int_equal(s[0], '"');
         assert_int_equal(s[n - 1], '"');
         for (size_t i = 1; i + 1 < n; i++) {
-                unsigned char c = (unsigned char)s[i];
+                unsigned char c = (unsigned char) s[i];
                 assert_true(c >= 0x20);
                 if (c == '\\') {
                         i++;
@@ -50,14 +50,14 @@ static void assert_valid_json_string(const char *s) {
                         size_t l = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
                         assert_true(c >= 0xc2 && c <= 0xf4);
                         for (size_t k = 1; k < l; k++)
-                                assert_int_equal((unsigned char)s[i + k] & 0xc0, 0x80);
+                                assert_int_equal((unsigned char) s[i + k] & 0xc0, 0x80);
                         i += l - 1;
                 }
         }
 }
 
 static void test_ping_int_id(void **state) {
-        (void)state;
+        (void) state;
         AgentRequest r;
         char err[256];
         assert_int_equal(parse("{\"id\": 42, \"cmd\": \"ping\"}", &r, err, sizeof err), 0);
@@ -73,7 +73,7 @@ static void test_ping_int_id(void **state) {
 }
 
 static void test_id_rejects(void **state) {
-        (void)state;
+        (void) state;
         static const char *const bad[] = {
                 "{\"id\": 9007199254740993, \"cmd\": \"ping\"}", /* 2^53 + 1 */
                 "{\"id\": -1, \"cmd\": \"ping\"}",
@@ -82,7 +82,8 @@ static void test_id_rejects(void **state) {
                 "{\"id\": true, \"cmd\": \"ping\"}",
                 "{\"id\": [1], \"cmd\": \"ping\"}",
                 "{\"id\": 99999999999999999999999, \"cmd\": \"ping\"}",
-                "{\"id\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\", \"cmd\": \"ping\"}", /* 65 */
+                "{\"id\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\", \"cmd\": "
+                "\"ping\"}", /* 65 */
         };
         for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
                 AgentRequest r;
@@ -95,11 +96,12 @@ static void test_id_rejects(void **state) {
 }
 
 static void test_string_id_echo(void **state) {
-        (void)state;
+        (void) state;
         AgentRequest r;
         char err[256];
         /* escapes are decoded and re-encoded canonically */
-        assert_int_equal(parse("{\"id\": \"a\\/b\\u00e9\\ud83d\\ude00\\n\", \"cmd\": \"ping\"}", &r, err, sizeof err), 0);
+        assert_int_equal(parse("{\"id\": \"a\\/b\\u00e9\\ud83d\\ude00\\n\", \"cmd\": \"ping\"}", &r, err, sizeof err),
+                         0);
         assert_string_equal(r.id_json, "\"a/b\xc3\xa9\xf0\x9f\x98\x80\\n\"");
         agent_request_free(&r);
 
@@ -122,7 +124,7 @@ static void test_string_id_echo(void **state) {
 }
 
 static void test_id_kept_on_error(void **state) {
-        (void)state;
+        (void) state;
         AgentRequest r;
         char err[256];
         assert_int_equal(parse("{\"id\": 7, \"cmd\": \"nope\"}", &r, err, sizeof err), -EINVAL);
@@ -142,13 +144,14 @@ static void test_id_kept_on_error(void **state) {
 }
 
 static void test_exec_args(void **state) {
-        (void)state;
+        (void) state;
         AgentRequest r;
         char err[256];
-        assert_int_equal(parse("{\"id\":1,\"cmd\":\"exec\",\"args\":{\"argv\":[\"sh\",\"-c\",\"echo \\\"hi\\\"\"],"
-                               "\"timeout_ms\":500,\"max_output\":0,\"stdin\":\"a\\u0000b\",\"future\":{\"x\":[1,2,{}]}}}",
-                               &r, err, sizeof err),
-                         0);
+        assert_int_equal(
+                parse("{\"id\":1,\"cmd\":\"exec\",\"args\":{\"argv\":[\"sh\",\"-c\",\"echo \\\"hi\\\"\"],"
+                      "\"timeout_ms\":500,\"max_output\":0,\"stdin\":\"a\\u0000b\",\"future\":{\"x\":[1,2,{}]}}}",
+                      &r, err, sizeof err),
+                0);
         assert_int_equal(r.cmd, AGENT_CMD_EXEC);
         assert_int_equal(r.argc, 3);
         assert_string_equal(r.argv[0], "sh");
@@ -171,7 +174,7 @@ static void test_exec_args(void **state) {
 }
 
 static void test_exec_rejects(void **state) {
-        (void)state;
+        (void) state;
         static const char *const bad[] = {
                 "{\"id\":1,\"cmd\":\"exec\"}",
                 "{\"id\":1,\"cmd\":\"exec\",\"args\":{\"argv\":[]}}",
@@ -196,7 +199,7 @@ static void test_exec_rejects(void **state) {
 }
 
 static void test_fill_args(void **state) {
-        (void)state;
+        (void) state;
         AgentRequest r;
         char err[256];
         assert_int_equal(parse("{\"id\":1,\"cmd\":\"fill\",\"args\":{\"mib\":100}}", &r, err, sizeof err), 0);
@@ -234,7 +237,7 @@ static void test_fill_args(void **state) {
 }
 
 static void test_malformed(void **state) {
-        (void)state;
+        (void) state;
         static const char *const bad[] = {
                 "",
                 "garbage",
@@ -250,10 +253,10 @@ static void test_malformed(void **state) {
                 "{'id':1}",
                 "{\"cmd\":\"pi\x01ng\"}",
                 "{\"cmd\":\"\xff\"}",
-                "{\"cmd\":\"\xc0\xaf\"}",             /* overlong '/' */
-                "{\"cmd\":\"\xed\xa0\x80\"}",         /* encoded surrogate */
-                "{\"cmd\":\"\\ud800\"}",              /* lone high surrogate */
-                "{\"cmd\":\"\\udc00\"}",              /* lone low surrogate */
+                "{\"cmd\":\"\xc0\xaf\"}",     /* overlong '/' */
+                "{\"cmd\":\"\xed\xa0\x80\"}", /* encoded surrogate */
+                "{\"cmd\":\"\\ud800\"}",      /* lone high surrogate */
+                "{\"cmd\":\"\\udc00\"}",      /* lone low surrogate */
                 "{\"cmd\":\"\\u12\"}",
                 "{\"cmd\":\"\\x\"}",
                 "{\"cmd\":\"ping\",\"x\":01}",
@@ -277,12 +280,12 @@ static void test_malformed(void **state) {
 }
 
 static void test_deep_nesting(void **state) {
-        (void)state;
+        (void) state;
         /* Skipped values are depth-limited: hostile nesting fails cleanly. */
         size_t depth = 100000;
         char *s = malloc(depth * 2 + 64);
         assert_non_null(s);
-        size_t n = (size_t)sprintf(s, "{\"cmd\":\"ping\",\"x\":");
+        size_t n = (size_t) sprintf(s, "{\"cmd\":\"ping\",\"x\":");
         memset(s + n, '[', depth);
         n += depth;
         memset(s + n, ']', depth);
@@ -301,9 +304,9 @@ static void test_deep_nesting(void **state) {
 }
 
 static void test_cmd_strings(void **state) {
-        (void)state;
+        (void) state;
         for (int i = 0; i < _AGENT_CMD_MAX; i++)
-                assert_int_equal(agent_cmd_from_string(agent_cmd_to_string((AgentCmd)i)), i);
+                assert_int_equal(agent_cmd_from_string(agent_cmd_to_string((AgentCmd) i)), i);
         assert_int_equal(agent_cmd_from_string("drop-caches"), AGENT_CMD_DROP_CACHES);
         assert_int_equal(agent_cmd_from_string("PING"), _AGENT_CMD_INVALID);
         assert_null(agent_cmd_to_string(_AGENT_CMD_MAX));
@@ -311,7 +314,7 @@ static void test_cmd_strings(void **state) {
 }
 
 static void test_escape(void **state) {
-        (void)state;
+        (void) state;
         int rep;
         char *s = enc("a\"b\\c\n\t\r\b\f\x01\x1f\x7f/", 14, &rep);
         assert_string_equal(s, "\"a\\\"b\\\\c\\n\\t\\r\\b\\f\\u0001\\u001f\x7f/\"");
@@ -340,11 +343,11 @@ static void test_escape(void **state) {
 }
 
 static void test_escape_all_bytes(void **state) {
-        (void)state;
+        (void) state;
         /* every byte value, and a pseudo-random blob, encode to valid JSON */
         unsigned char all[256];
         for (int i = 0; i < 256; i++)
-                all[i] = (unsigned char)i;
+                all[i] = (unsigned char) i;
         char *s = enc(all, sizeof all, NULL);
         assert_valid_json_string(s);
         free(s);
@@ -356,7 +359,7 @@ static void test_escape_all_bytes(void **state) {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                blob[i] = (unsigned char)x;
+                blob[i] = (unsigned char) x;
         }
         s = enc(blob, 100000, NULL);
         assert_valid_json_string(s);
@@ -365,8 +368,8 @@ static void test_escape_all_bytes(void **state) {
 }
 
 static void test_reply(void **state) {
-        (void)state;
-        AgentBuf b = {0};
+        (void) state;
+        AgentBuf b = { 0 };
         agent_reply_begin(&b, "\"x\"", true);
         agent_json_field_i64(&b, "exit_code", -3);
         agent_json_field_u64(&b, "n", UINT64_MAX);
@@ -385,8 +388,8 @@ static void test_reply(void **state) {
 }
 
 static void test_buf(void **state) {
-        (void)state;
-        AgentBuf b = {0};
+        (void) state;
+        AgentBuf b = { 0 };
         for (int i = 0; i < 1000; i++)
                 agent_buf_printf(&b, "%04d", i);
         assert_int_equal(b.len, 4000);
@@ -395,7 +398,7 @@ static void test_buf(void **state) {
         assert_memory_equal(b.data, "0999", 4);
         char big[1000];
         memset(big, 'q', sizeof big);
-        agent_buf_printf(&b, "%.*s", (int)sizeof big, big); /* the long-format path */
+        agent_buf_printf(&b, "%.*s", (int) sizeof big, big); /* the long-format path */
         assert_int_equal(b.len, 1004);
         agent_buf_consume(&b, 5000);
         assert_int_equal(b.len, 0);
@@ -404,8 +407,8 @@ static void test_buf(void **state) {
 }
 
 static void test_lines(void **state) {
-        (void)state;
-        AgentLineReader lr = {0};
+        (void) state;
+        AgentLineReader lr = { 0 };
         const char *in = "{\"a\":1}\r\n\npartial";
         const char *p = in, *line;
         size_t n = strlen(in), len;
@@ -436,8 +439,8 @@ static void test_lines(void **state) {
 }
 
 static void test_lines_too_long(void **state) {
-        (void)state;
-        AgentLineReader lr = {0};
+        (void) state;
+        AgentLineReader lr = { 0 };
         const char *line;
         size_t len;
         size_t chunk = 65536;
@@ -488,7 +491,7 @@ static void test_lines_too_long(void **state) {
 }
 
 static void test_proc(void **state) {
-        (void)state;
+        (void) state;
         const char *mi = "MemTotal:         480284 kB\nMemFree:          449148 kB\nMemAvailable:     437000 kB\n"
                          "SwapTotal:        240140 kB\n";
         uint64_t v;
@@ -511,13 +514,13 @@ static void test_proc(void **state) {
 }
 
 static void test_fill_pattern(void **state) {
-        (void)state;
+        (void) state;
         /* deterministic, never zero, seed-dependent */
         assert_int_equal(agent_fill_word(1, 0), agent_fill_word(1, 0));
         assert_true(agent_fill_word(1, 0) != agent_fill_word(2, 0));
         assert_true(agent_fill_word(1, 0) != agent_fill_word(1, 1));
         for (uint64_t i = 0; i < 100000; i++)
-                assert_true(agent_fill_word((uint32_t)i, i) != 0);
+                assert_true(agent_fill_word((uint32_t) i, i) != 0);
         /* the fold is order-dependent */
         uint64_t a = agent_fill_fold(agent_fill_fold(0, 1), 2), b = agent_fill_fold(agent_fill_fold(0, 2), 1);
         assert_true(a != b);
@@ -525,24 +528,15 @@ static void test_fill_pattern(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_ping_int_id),
-                cmocka_unit_test(test_id_rejects),
-                cmocka_unit_test(test_string_id_echo),
-                cmocka_unit_test(test_id_kept_on_error),
-                cmocka_unit_test(test_exec_args),
-                cmocka_unit_test(test_exec_rejects),
-                cmocka_unit_test(test_fill_args),
-                cmocka_unit_test(test_malformed),
-                cmocka_unit_test(test_deep_nesting),
-                cmocka_unit_test(test_cmd_strings),
-                cmocka_unit_test(test_escape),
-                cmocka_unit_test(test_escape_all_bytes),
-                cmocka_unit_test(test_reply),
-                cmocka_unit_test(test_buf),
-                cmocka_unit_test(test_lines),
-                cmocka_unit_test(test_lines_too_long),
-                cmocka_unit_test(test_proc),
-                cmocka_unit_test(test_fill_pattern),
+                cmocka_unit_test(test_ping_int_id),    cmocka_unit_test(test_id_rejects),
+                cmocka_unit_test(test_string_id_echo), cmocka_unit_test(test_id_kept_on_error),
+                cmocka_unit_test(test_exec_args),      cmocka_unit_test(test_exec_rejects),
+                cmocka_unit_test(test_fill_args),      cmocka_unit_test(test_malformed),
+                cmocka_unit_test(test_deep_nesting),   cmocka_unit_test(test_cmd_strings),
+                cmocka_unit_test(test_escape),         cmocka_unit_test(test_escape_all_bytes),
+                cmocka_unit_test(test_reply),          cmocka_unit_test(test_buf),
+                cmocka_unit_test(test_lines),          cmocka_unit_test(test_lines_too_long),
+                cmocka_unit_test(test_proc),           cmocka_unit_test(test_fill_pattern),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

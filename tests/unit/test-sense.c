@@ -33,9 +33,9 @@ static void test_meminfo(void **state) {
 
         static const char *const bad[] = {
                 "",
-                "MemTotal: 5 kB\n",                         /* no MemAvailable */
-                "MemTotal: x kB\nMemAvailable: 5 kB\n",     /* garbage */
-                "MemTotal: 5\nMemAvailable: 5 kB\n",        /* no unit */
+                "MemTotal: 5 kB\n",                                        /* no MemAvailable */
+                "MemTotal: x kB\nMemAvailable: 5 kB\n",                    /* garbage */
+                "MemTotal: 5\nMemAvailable: 5 kB\n",                       /* no unit */
                 "MemTotal: 99999999999999999999 kB\nMemAvailable: 5 kB\n", /* overflow */
                 "MemTotal: 18014398509481984 kB\nMemAvailable: 5 kB\n",    /* ×1024 overflows */
                 "XMemTotal: 5 kB\nMemAvailable: 5 kB\n",
@@ -235,10 +235,10 @@ static int teardown(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_meminfo),      cmocka_unit_test(test_psi),
+                cmocka_unit_test(test_meminfo),        cmocka_unit_test(test_psi),
                 cmocka_unit_test(test_cgroup_parsers), cmocka_unit_test(test_host_tree),
-                cmocka_unit_test(test_cgroup_trees), cmocka_unit_test(test_oversized_file),
-                cmocka_unit_test(test_live_host),    cmocka_unit_test(test_live_cgroup_v1),
+                cmocka_unit_test(test_cgroup_trees),   cmocka_unit_test(test_oversized_file),
+                cmocka_unit_test(test_live_host),      cmocka_unit_test(test_live_cgroup_v1),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
