@@ -158,10 +158,3 @@ def vm(ctl):
         return out
 
     return start
-
-
-def pytest_sessionfinish(session, exitstatus):
-    # The suite as a whole must leave no VM directory behind either.
-    stray = [d for d in os.listdir("/tmp") if d.startswith("bt-")]
-    if stray:
-        print(f"\nWARNING: test run directories left in /tmp: {stray}")
