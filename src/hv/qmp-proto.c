@@ -26,6 +26,7 @@ int qmp_next_line(const char *buf, size_t len, size_t max, size_t *ret_line_len,
 
 size_t qmp_clamp_big_ints(char *buf, size_t len) {
         static const char int64_max[] = "9223372036854775807";
+        static const char int64_min_magnitude[] = "9223372036854775808";
         size_t rewritten = 0;
         bool in_string = false;
 
@@ -57,7 +58,9 @@ size_t qmp_clamp_big_ints(char *buf, size_t len) {
                         while (k + 1 < j && buf[k] == '0')
                                 k++;
                         size_t sig = j - k;
-                        bool too_big = sig > 19 || (sig == 19 && memcmp(buf + k, int64_max, 19) > 0);
+                        /* int64 holds magnitudes up to 2^63 - 1, and 2^63 when negative. */
+                        const char *limit = c == '-' ? int64_min_magnitude : int64_max;
+                        bool too_big = sig > 19 || (sig == 19 && memcmp(buf + k, limit, 19) > 0);
                         if (too_big) {
                                 buf[start] = '-';
                                 buf[start + 1] = '1';

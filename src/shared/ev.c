@@ -23,7 +23,8 @@ struct EvIo {
 struct EvTimer {
         Ev *ev;
         usec_t when;
-        size_t idx; /* position in the heap, SIZE_MAX when not queued */
+        size_t idx;           /* position in the heap, SIZE_MAX when not queued */
+        uint64_t armed_round; /* ev->round when last armed */
         ev_timer_cb cb;
         void *userdata;
 };
@@ -34,7 +35,8 @@ struct Ev {
         bool exiting;
         int exit_code;
         int dispatching;
-        EvIo *dead; /* freed after the current dispatch round */
+        uint64_t round; /* incremented by every ev_run_once() */
+        EvIo *dead;     /* freed after the current dispatch round */
 
         EvTimer **heap;
         size_t n_heap, heap_alloc, n_timers; /* heap_alloc >= n_timers always */
@@ -209,6 +211,7 @@ int ev_timer_add(Ev *ev, usec_t when, ev_timer_cb cb, void *userdata, EvTimer **
 void ev_timer_set(EvTimer *t, usec_t when) {
         Ev *ev = t->ev;
         t->when = when;
+        t->armed_round = ev->round;
         if (when == USEC_INFINITY) {
                 heap_remove(ev, t);
                 return;
@@ -261,7 +264,8 @@ int ev_signal_add(Ev *ev, int sig, ev_signal_cb cb, void *userdata) {
         sigaddset(&ev->sigmask, sig);
         if (sigprocmask(SIG_BLOCK, &ev->sigmask, NULL) < 0)
                 return negative_errno();
-        int fd = signalfd(ev->sigfd, &ev->sigmask, SFD_NONBLOCK | SFD_CLOEXEC);
+        /* signalfd() makes a new fd only for -1; our "no fd" is -EBADF. */
+        int fd = signalfd(ev->sigfd >= 0 ? ev->sigfd : -1, &ev->sigmask, SFD_NONBLOCK | SFD_CLOEXEC);
         if (fd < 0)
                 return negative_errno();
         if (ev->sigfd < 0) {
@@ -283,6 +287,7 @@ int ev_run_once(Ev *ev, usec_t max_wait) {
         if (ev->n_heap > 0 && ev->heap[0]->when < deadline)
                 deadline = ev->heap[0]->when;
 
+        ev->round++;
         ev->now = now_mono();
         int n = epoll_wait(ev->epfd, events, (int) ELEMENTSOF(events), usec_to_poll_timeout(deadline, ev->now));
         if (n < 0) {
@@ -301,10 +306,10 @@ int ev_run_once(Ev *ev, usec_t max_wait) {
                 io->cb(io, io->fd, events[i].events, io->userdata);
                 ran++;
         }
-        /* Timers due now; a callback re-arming its timer for "now" runs in the next round,
-         * never in this one, so a zero-delay re-arm cannot starve fds. */
+        /* Timers due now. One armed during this round (a callback re-arming itself for "now")
+         * waits for the next round, so a zero-delay re-arm cannot starve fds or spin here. */
         usec_t cutoff = ev->now;
-        while (ev->n_heap > 0 && ev->heap[0]->when <= cutoff) {
+        while (ev->n_heap > 0 && ev->heap[0]->when <= cutoff && ev->heap[0]->armed_round != ev->round) {
                 EvTimer *t = ev->heap[0];
                 heap_remove(ev, t);
                 t->when = USEC_INFINITY;
