@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "shared/macro.h"
+#include "shared/strutil.h"
+
+#define KiB (UINT64_C(1) << 10)
+#define MiB (UINT64_C(1) << 20)
+#define GiB (UINT64_C(1) << 30)
+#define TiB (UINT64_C(1) << 40)
+
+static void check_size(const char *s, int expect_r, uint64_t expect_v) {
+        uint64_t v = UINT64_C(0xdeadbeef);
+        int r = parse_size(s, &v);
+        if (r != expect_r || (r == 0 && v != expect_v))
+                fail_msg("parse_size(\"%s\") = %d, %llu; expected %d, %llu", s, r, (unsigned long long) v, expect_r,
+                         (unsigned long long) expect_v);
+        if (r < 0 && v != UINT64_C(0xdeadbeef))
+                fail_msg("parse_size(\"%s\") wrote *ret on failure", s);
+}
+
+static void test_parse_size(void **state) {
+        (void) state;
+        check_size("0", 0, 0);
+        check_size("4096", 0, 4096);
+        check_size("4096B", 0, 4096);
+        check_size("64k", 0, 64 * KiB);
+        check_size("64K", 0, 64 * KiB);
+        check_size("64KiB", 0, 64 * KiB);
+        check_size("512M", 0, 512 * MiB);
+        check_size("256MiB", 0, 256 * MiB);
+        check_size("256mb", 0, 256 * MiB);
+        check_size("1G", 0, GiB);
+        check_size("1GiB", 0, GiB);
+        check_size("2T", 0, 2 * TiB);
+        /* Fractions are exact in binary units. */
+        check_size("1.5G", 0, GiB + GiB / 2);
+        check_size("0.5K", 0, 512);
+        check_size("0.25M", 0, MiB / 4);
+        check_size("1.000000001G", 0, GiB + 1); /* 9 digits allowed, truncates */
+        check_size("1.0000000001G", -EINVAL, 0);
+        check_size("1.5", -EINVAL, 0);  /* fractional bytes */
+        check_size("1.5B", -EINVAL, 0); /* same */
+        check_size("1.G", -EINVAL, 0);
+        check_size(".5G", -EINVAL, 0);
+        /* The 2^62 limit, exact. */
+        check_size("4611686018427387904", 0, UINT64_C(1) << 62);
+        check_size("4611686018427387905", -ERANGE, 0);
+        check_size("4194304T", 0, UINT64_C(1) << 62);
+        check_size("4194305T", -ERANGE, 0);
+        check_size("4194304.5T", -ERANGE, 0);
+        check_size("4294967296G", 0, UINT64_C(1) << 62);
+        check_size("4294967297G", -ERANGE, 0);
+        check_size("18446744073709551615", -ERANGE, 0);
+        check_size("18446744073709551616", -ERANGE, 0);
+        check_size("99999999999999999999999999999999", -ERANGE, 0);
+        check_size("99999999999999999999999T", -ERANGE, 0);
+        /* Garbage and negatives. */
+        check_size("", -EINVAL, 0);
+        check_size("-1", -EINVAL, 0);
+        check_size("-1G", -EINVAL, 0);
+        check_size("+1G", -EINVAL, 0);
+        check_size(" 1G", -EINVAL, 0);
+        check_size("1 G", -EINVAL, 0);
+        check_size("1G ", -EINVAL, 0);
+        check_size("1X", -EINVAL, 0);
+        check_size("1GiBB", -EINVAL, 0);
+        check_size("G", -EINVAL, 0);
+        check_size("0x10", -EINVAL, 0);
+        check_size("1e9", -EINVAL, 0);
+        uint64_t v;
+        assert_int_equal(parse_size(NULL, &v), -EINVAL);
+}
+
+static void check_duration(const char *s, int expect_r, usec_t expect_v) {
+        usec_t v = 4242;
+        int r = parse_duration(s, &v);
+        if (r != expect_r || (r == 0 && v != expect_v))
+                fail_msg("parse_duration(\"%s\") = %d, %llu; expected %d, %llu", s, r, (unsigned long long) v, expect_r,
+                         (unsigned long long) expect_v);
+        if (r < 0 && v != 4242)
+                fail_msg("parse_duration(\"%s\") wrote *ret on failure", s);
+}
+
+static void test_parse_duration(void **state) {
+        (void) state;
+        check_duration("250ms", 0, 250 * USEC_PER_MSEC);
+        check_duration("1500us", 0, 1500);
+        check_duration("5s", 0, 5 * USEC_PER_SEC);
+        check_duration("5m", 0, 300 * USEC_PER_SEC);
+        check_duration("5min", 0, 300 * USEC_PER_SEC);
+        check_duration("1h", 0, 3600 * USEC_PER_SEC);
+        check_duration("1h30m", 0, 5400 * USEC_PER_SEC);
+        check_duration("1m30s500ms", 0, 90500 * USEC_PER_MSEC);
+        check_duration("0s", 0, 0);
+        check_duration("0", 0, 0);
+        check_duration("5", 0, 5 * USEC_PER_SEC); /* bare number = seconds */
+        check_duration("30", 0, 30 * USEC_PER_SEC);
+        /* Garbage. */
+        check_duration("", -EINVAL, 0);
+        check_duration("ms", -EINVAL, 0);
+        check_duration("s5", -EINVAL, 0);
+        check_duration("5x", -EINVAL, 0);
+        check_duration("5 s", -EINVAL, 0);
+        check_duration(" 5s", -EINVAL, 0);
+        check_duration("5s ", -EINVAL, 0);
+        check_duration("-5s", -EINVAL, 0);
+        check_duration("1.5s", -EINVAL, 0);
+        check_duration("1h5", -EINVAL, 0); /* a bare number only as the whole string */
+        check_duration("5S", -EINVAL, 0);
+        check_duration("5sec", -EINVAL, 0);
+        /* Overflow. */
+        check_duration("99999999999999999999s", -ERANGE, 0);
+        check_duration("9999999999999h", -ERANGE, 0);
+        usec_t v;
+        assert_int_equal(parse_duration(NULL, &v), -EINVAL);
+}
+
+static void test_parse_boolean(void **state) {
+        (void) state;
+        static const char *const yes[] = { "1", "yes", "YES", "y", "true", "True", "on", "ON" };
+        static const char *const no[] = { "0", "no", "n", "false", "FALSE", "off", "Off" };
+        static const char *const bad[] = { "", "2", "yess", "of", " on", "on ", "enable", "-1" };
+        bool b;
+        for (size_t i = 0; i < ELEMENTSOF(yes); i++) {
+                b = false;
+                assert_int_equal(parse_boolean(yes[i], &b), 0);
+                assert_true(b);
+        }
+        for (size_t i = 0; i < ELEMENTSOF(no); i++) {
+                b = true;
+                assert_int_equal(parse_boolean(no[i], &b), 0);
+                assert_false(b);
+        }
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                b = true;
+                if (parse_boolean(bad[i], &b) != -EINVAL)
+                        fail_msg("parse_boolean(\"%s\") accepted", bad[i]);
+                assert_true(b);
+        }
+        assert_int_equal(parse_boolean(NULL, &b), -EINVAL);
+}
+
+static void test_parse_u64(void **state) {
+        (void) state;
+        uint64_t v = 0;
+        assert_int_equal(parse_u64("18446744073709551615", &v), 0);
+        assert_true(v == UINT64_MAX);
+        assert_int_equal(parse_u64("18446744073709551616", &v), -ERANGE);
+        assert_int_equal(parse_u64("0", &v), 0);
+        assert_true(v == 0);
+        assert_int_equal(parse_u64("", &v), -EINVAL);
+        assert_int_equal(parse_u64("-1", &v), -EINVAL);
+        assert_int_equal(parse_u64("12a", &v), -EINVAL);
+}
+
+static void test_name_is_valid(void **state) {
+        (void) state;
+        assert_true(name_is_valid("vm0"));
+        assert_true(name_is_valid("a.b-c_d"));
+        assert_true(name_is_valid("0"));
+        assert_true(name_is_valid("abcdefghijklmnopqrstuvwxyz012345"));   /* 32 */
+        assert_false(name_is_valid("abcdefghijklmnopqrstuvwxyz0123456")); /* 33 */
+        assert_false(name_is_valid(""));
+        assert_false(name_is_valid(NULL));
+        assert_false(name_is_valid(".hidden"));
+        assert_false(name_is_valid("-opt"));
+        assert_false(name_is_valid("a b"));
+        assert_false(name_is_valid("a/b"));
+        assert_false(name_is_valid(".."));
+        assert_false(name_is_valid("vm\n"));
+        assert_false(name_is_valid("vm\xc3\xa9"));
+}
+
+static void check_format(uint64_t bytes, const char *expect) {
+        char buf[FORMAT_SIZE_MAX];
+        const char *s = format_size(buf, sizeof(buf), bytes);
+        assert_ptr_equal(s, buf);
+        if (strcmp(s, expect) != 0)
+                fail_msg("format_size(%llu) = \"%s\", expected \"%s\"", (unsigned long long) bytes, s, expect);
+}
+
+static void test_format_size(void **state) {
+        (void) state;
+        check_format(0, "0 B");
+        check_format(1023, "1023 B");
+        check_format(1024, "1.00 KiB");
+        check_format(1536, "1.50 KiB");
+        check_format(10 * MiB, "10.0 MiB");
+        check_format(512 * MiB, "512 MiB");
+        check_format(GiB + GiB / 2, "1.50 GiB");
+        check_format(UINT64_C(1) << 62, "4.00 EiB");
+        check_format(UINT64_MAX, "16.0 EiB");
+
+        char buf[FORMAT_SIZE_MAX];
+        assert_string_equal(format_size_delta(buf, sizeof(buf), -(int64_t) (256 * MiB)), "-256 MiB");
+        assert_string_equal(format_size_delta(buf, sizeof(buf), 12 * (int64_t) MiB), "+12.0 MiB");
+        assert_string_equal(format_size_delta(buf, sizeof(buf), INT64_MIN), "-8.00 EiB");
+        assert_string_equal(format_duration(buf, sizeof(buf), 950), "950 us");
+        assert_string_equal(format_duration(buf, sizeof(buf), 180 * USEC_PER_MSEC), "180.0 ms");
+        assert_string_equal(format_duration(buf, sizeof(buf), 2410 * USEC_PER_MSEC), "2.41 s");
+        assert_string_equal(format_duration(buf, sizeof(buf), USEC_INFINITY), "infinity");
+
+        /* Truncation is bounded and terminated. */
+        char tiny[4];
+        format_size(tiny, sizeof(tiny), 512 * MiB);
+        assert_int_equal(strlen(tiny), 3);
+}
+
+static void test_strscpy(void **state) {
+        (void) state;
+        char b[4];
+        assert_int_equal(strscpy(b, sizeof(b), "abcdef"), 6);
+        assert_string_equal(b, "abc");
+        assert_int_equal(strscpy(b, sizeof(b), "ab"), 2);
+        assert_string_equal(b, "ab");
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_parse_size),    cmocka_unit_test(test_parse_duration),
+                cmocka_unit_test(test_parse_boolean), cmocka_unit_test(test_parse_u64),
+                cmocka_unit_test(test_name_is_valid), cmocka_unit_test(test_format_size),
+                cmocka_unit_test(test_strscpy),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
