@@ -913,6 +913,10 @@ int agent_request_parse(const char *line, size_t len, AgentRequest *r, char *err
                 snprintf(err, errlen, "request too long");
                 return -E2BIG;
         }
+        if (!line || len == 0) { /* an empty line (the reader's buffer may still be NULL) */
+                snprintf(err, errlen, "invalid JSON: empty request");
+                return -EINVAL;
+        }
         JsonIn in = { .start = line, .p = line, .end = line + len, .err = err, .errlen = errlen };
         char *cmd = NULL;
         bool have_cmd = false;

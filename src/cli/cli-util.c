@@ -13,6 +13,7 @@
 
 bool arg_json = false;
 
+static int vreport(int code, const char *fmt, va_list ap) _printf_(2, 0);
 static int vreport(int code, const char *fmt, va_list ap) {
         fputs("ballastctl: ", stderr);
         vfprintf(stderr, fmt, ap);

@@ -218,10 +218,9 @@ static QmpCmd *qmp_queue(Qmp *q, const char *name, json_t *args, QmpReq *req) {
         while (*p)
                 p = &(*p)->next;
         *p = c;
+        /* A failed write leaves it unsent; the caller sees that and drops the connection. */
         if (q->state == QMP_READY || (!req && q->state == QMP_NEGOTIATING))
-                if (qmp_send_line(q, c) < 0) {
-                        /* Leave it queued: the disconnect below fails its request. */
-                }
+                (void) qmp_send_line(q, c);
         return c;
 }
 
@@ -568,6 +567,9 @@ static void qmp_step(QmpReq *r) {
         r->cmd = qmp_queue(q, name, args, r);
         if (!r->cmd)
                 req_fail(r, -ENOMEM, "out of memory");
+        else if (q->state == QMP_READY && !r->cmd->sent)
+                /* The write buffer is full or the socket broke: fail now, not at the deadline. */
+                qmp_disconnect(q, -EIO, "cannot write to the QMP socket");
 }
 
 static void qmp_on_req_timeout(EvTimer *t, void *userdata) {

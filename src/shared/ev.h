@@ -20,7 +20,8 @@ typedef void (*ev_signal_cb)(Ev *ev, int sig, void *userdata);
 
 /* Returns 0 and a new loop in *ret, or a negative errno. */
 int ev_new(Ev **ret);
-/* Frees the loop and every source still attached (their fds are not closed). Accepts NULL. */
+/* Frees the loop. Every EvIo and EvTimer must have been freed first (they are owned by their
+ * creators); the signalfd source is the loop's own. Accepts NULL. */
 Ev *ev_free(Ev *ev);
 
 /* Watches fd (not owned) for EPOLLIN/EPOLLOUT/...; the handle is owned by the loop until

@@ -20,7 +20,7 @@ int parse_boolean(const char *s, bool *ret);
 /* Decimal uint64 with full-string match; -EINVAL or -ERANGE. */
 int parse_u64(const char *s, uint64_t *ret);
 
-/* Human size, e.g. "512.0 MiB", "1.50 GiB", "4096 B"; returns buf. */
+/* Human size, e.g. "512 MiB", "1.50 GiB", "12.3 MiB", "1000 B"; returns buf. */
 const char *format_size(char *buf, size_t len, uint64_t bytes);
 /* Signed variant for deltas: "+12.0 MiB", "-256.0 MiB". */
 const char *format_size_delta(char *buf, size_t len, int64_t bytes);
