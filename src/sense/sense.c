@@ -3,10 +3,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "shared/macro.h"
@@ -261,4 +263,48 @@ int sense_read_cgroup(const char *dir, MemSample *ret, int *ret_version, char *e
         if (ret_version)
                 *ret_version = version;
         return 0;
+}
+
+int psi_trigger_open(const char *pressure_path, const char *kind, uint64_t stall_us, uint64_t window_us) {
+        if (strcmp(kind, "some") != 0 && strcmp(kind, "full") != 0)
+                return -EINVAL;
+        if (stall_us == 0 || stall_us > window_us)
+                return -EINVAL;
+        int fd = open(pressure_path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0)
+                return negative_errno();
+        char trig[64];
+        int n = snprintf(trig, sizeof(trig), "%s %" PRIu64 " %" PRIu64, kind, stall_us, window_us);
+        /* The kernel wants the trailing NUL included. */
+        if (write(fd, trig, (size_t) n + 1) < 0) {
+                int r = negative_errno();
+                close(fd);
+                return r;
+        }
+        return fd;
+}
+
+int cgroup1_pressure_open(const char *dir, const char *level) {
+        char path[PATH_MAX];
+        if (strcmp(level, "low") != 0 && strcmp(level, "medium") != 0 && strcmp(level, "critical") != 0)
+                return -EINVAL;
+        if ((size_t) snprintf(path, sizeof(path), "%s/memory.pressure_level", dir) >= sizeof(path))
+                return -ENAMETOOLONG;
+        _cleanup_close_ int pfd = open(path, O_RDONLY | O_CLOEXEC);
+        if (pfd < 0)
+                return negative_errno();
+        if ((size_t) snprintf(path, sizeof(path), "%s/cgroup.event_control", dir) >= sizeof(path))
+                return -ENAMETOOLONG;
+        _cleanup_close_ int cfd = open(path, O_WRONLY | O_CLOEXEC);
+        if (cfd < 0)
+                return negative_errno();
+        _cleanup_close_ int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (efd < 0)
+                return negative_errno();
+        char line[64];
+        int n = snprintf(line, sizeof(line), "%d %d %s", efd, pfd, level);
+        if (write(cfd, line, (size_t) n) < 0)
+                return negative_errno();
+        /* The registration holds its own references: pfd and cfd may close now. */
+        return TAKE_FD(efd);
 }

@@ -52,3 +52,14 @@ int sense_read_cgroup(const char *dir, MemSample *ret, int *ret_version, char *e
 /* Reads a whole small file into buf (NUL-terminated). Returns length or negative errno;
  * -EFBIG when it does not fit. */
 int sense_read_file(const char *path, char *buf, size_t size);
+
+/* Registers a PSI trigger (B5.1) on a pressure file (ROOT/proc/pressure/memory or a cgroup v2
+ * memory.pressure): the returned fd (owned by the caller) polls POLLPRI when `kind` ("some" or
+ * "full") stall time exceeds stall_us within window_us (kernel limits: window 0.5–10 s). Returns
+ * the fd or a negative errno (-ENOENT: no PSI on this system; the caller goes on without it). */
+int psi_trigger_open(const char *pressure_path, const char *kind, uint64_t stall_us, uint64_t window_us);
+
+/* cgroup v1: registers an eventfd on DIR/memory.pressure_level for `level` ("low", "medium",
+ * "critical") through cgroup.event_control. Returns the eventfd (readable on each event) or a
+ * negative errno. */
+int cgroup1_pressure_open(const char *dir, const char *level);
