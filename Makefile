@@ -23,6 +23,9 @@ unit:
 e2e:
 	BALLAST_IMAGE_DIR=$(CURDIR)/build/guest/image /usr/bin/python3 -m pytest -v tests/e2e
 
+fuzz:
+	bash scripts/fuzz
+
 bench:
 	bash bench/run
 
