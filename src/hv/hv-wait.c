@@ -147,14 +147,9 @@ static void wait_poll(HvWait *w) {
 static void wait_on_timer(EvTimer *t, void *userdata) {
         HvWait *w = userdata;
         (void) t;
-        if (!w->target_sent)
-                return;
-        if (now_mono() >= w->deadline && !w->in_flight) {
-                /* Last look before giving up. */
+        /* Also the last look at the deadline: wait_observe() ends the wait there. */
+        if (w->target_sent)
                 wait_poll(w);
-                return;
-        }
-        wait_poll(w);
 }
 
 static void wait_on_event(Hv *hv, uint64_t actual, uint64_t when_realtime, void *userdata) {
