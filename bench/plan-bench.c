@@ -2,8 +2,11 @@
 /* plan-bench: µs per plan_compute() for fleets of 100, 1,000 and 10,000 VMs under pressure (the
  * split and the shaping both do work), with a reused scratch object as the daemon uses it.
  *   build/src/policy/plan-bench [ROUNDS]
- * Prints one line per fleet size: VMs, rounds, median and best µs per plan. */
+ * Prints two lines per fleet size: VMs, fleet kind, rounds, median and best µs per plan.
+ *   mixed     8 sizes × 4 share values: many VMs share a breakpoint (a typical fleet)
+ *   distinct  every VM a different size and share value: every breakpoint differs, the sort's worst case */
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -23,7 +26,7 @@ static int cmp_double(const void *a, const void *b) {
         return (x > y) - (x < y);
 }
 
-static int bench(size_t n, int rounds) {
+static int bench(size_t n, bool distinct, int rounds) {
         PlanConfig cfg;
         plan_config_default(&cfg);
         PlanVm *vms = calloc(n, sizeof *vms);
@@ -36,24 +39,32 @@ static int bench(size_t n, int rounds) {
         }
         uint64_t total_assigned = 0;
         for (size_t i = 0; i < n; i++) {
-                uint64_t a = (256 + (i % 8) * 128) * MiB; /* 256 MiB … 1.1 GiB, mixed */
-                vms[i] = (PlanVm) {
+                /* mixed: 256 MiB … 1.1 GiB; distinct: 256 MiB … 16.25 GiB in KiB steps (Knuth's
+                 * multiplicative hash spreads the indices without repeats below 2^24). */
+                uint64_t a = distinct ? 256 * MiB + (uint64_t) ((i * UINT64_C(2654435761)) % (16384 * 1024)) * 1024
+                                      : (256 + (i % 8) * 128) * MiB;
+                uint32_t shares = distinct ? 1 + (uint32_t) ((i * UINT64_C(40503)) % 10000) : 1 + (uint32_t) (i % 4);
+                vms[i] = (PlanVm){
                         .id = i,
                         .assigned = a,
                         .floor = a / 4,
-                        .shares = 1 + (uint32_t) (i % 4),
+                        .shares = shares,
                         .target = a,
                         .actual = a,
                 };
                 total_assigned += a;
         }
-        /* A host where the VMs are most of memory and available sits at 5%: critical, a big gap. */
+        /* A host where the VMs are most of memory and available sits at exactly 5% (critical is
+         * below 5%) with PSI some at 12%: state pressure, a 10% gap, every VM rate-limited. */
         usec_t now = 100 * 1000000ULL;
         PlanInput in = {
                 .config = &cfg,
                 .host = { .total = total_assigned + total_assigned / 4,
                           .available = (total_assigned + total_assigned / 4) / 20,
-                          .has_psi = true, .psi_some_avg10 = 1200, .psi_full_avg10 = 300, .at = now },
+                          .has_psi = true,
+                          .psi_some_avg10 = 1200,
+                          .psi_full_avg10 = 300,
+                          .at = now },
                 .vms = vms,
                 .n_vms = n,
                 .now = now,
@@ -71,9 +82,9 @@ static int bench(size_t n, int rounds) {
                 in.ctl = res.ctl;
         }
         qsort(samples, (size_t) rounds, sizeof *samples, cmp_double);
-        printf("%6zu VMs  %5d rounds  median %9.1f µs  best %9.1f µs  (planned %llu MiB, state %s)\n", n,
-               rounds, samples[rounds / 2], samples[0], (unsigned long long) (res.planned / MiB),
-               plan_state_to_string(res.ctl.state));
+        printf("%6zu VMs %-8s  %5d rounds  median %9.1f µs  best %9.1f µs  (planned %llu MiB, state %s)\n", n,
+               distinct ? "distinct" : "mixed", rounds, samples[rounds / 2], samples[0],
+               (unsigned long long) (res.planned / MiB), plan_state_to_string(res.ctl.state));
         plan_scratch_free(s);
         free(samples);
         free(out);
@@ -89,7 +100,8 @@ int main(int argc, char **argv) {
         }
         const size_t sizes[] = { 100, 1000, 10000 };
         for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
-                if (bench(sizes[i], rounds))
-                        return 1;
+                for (int distinct = 0; distinct <= 1; distinct++)
+                        if (bench(sizes[i], distinct, rounds))
+                                return 1;
         return 0;
 }

@@ -19,7 +19,7 @@ struct PlanScratch {
 };
 
 void plan_config_default(PlanConfig *c) {
-        *c = (PlanConfig) {
+        *c = (PlanConfig){
                 .low_pmy = 1000,
                 .high_pmy = 1500,
                 .critical_pmy = 500,
@@ -133,10 +133,8 @@ static uint64_t sat_add(uint64_t a, uint64_t b) {
 
 static PlanState plan_next_state(const PlanConfig *c, const PlanHost *h, PlanState prev) {
         uint64_t avail = MIN(h->available, h->total);
-        bool crit = below_pmy(avail, h->total, c->critical_pmy) ||
-                    (h->has_psi && h->psi_full_avg10 >= c->psi_full_pmy);
-        bool enter = below_pmy(avail, h->total, c->low_pmy) ||
-                     (h->has_psi && h->psi_some_avg10 >= c->psi_some_pmy);
+        bool crit = below_pmy(avail, h->total, c->critical_pmy) || (h->has_psi && h->psi_full_avg10 >= c->psi_full_pmy);
+        bool enter = below_pmy(avail, h->total, c->low_pmy) || (h->has_psi && h->psi_some_avg10 >= c->psi_some_pmy);
         /* Leaving needs both signals well clear: available at the high watermark and PSI below half
          * its threshold (a missing PSI counts as clear). */
         bool leave = !below_pmy(avail, h->total, c->high_pmy) &&
@@ -390,9 +388,7 @@ static void plan_shape(const Shape *sh, const PlanVm *v, PlanDecision *d) {
                 if (step < c->dead_band || step == 0)
                         return;
         } else if (dir < 0)
-                d->reason = want == f ? PLAN_REASON_FLOOR
-                            : sh->hold_dominates ? PLAN_REASON_HOLD
-                                                 : PLAN_REASON_RECLAIM;
+                d->reason = want == f ? PLAN_REASON_FLOOR : sh->hold_dominates ? PLAN_REASON_HOLD : PLAN_REASON_RECLAIM;
         else
                 d->reason = floor_raise && want == f ? PLAN_REASON_FLOOR : PLAN_REASON_GIVE_BACK;
 
@@ -488,7 +484,7 @@ int plan_compute(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vm
                 if (v->guest_fresh)
                         f = MAX(f, MIN(critical ? v->guest_used : sat_add(v->guest_used, c->guest_margin), a));
 
-                *d = (PlanDecision) { .target = t, .desired = t, .floor = f, .reason = PLAN_REASON_UNCHANGED };
+                *d = (PlanDecision){ .target = t, .desired = t, .floor = f, .reason = PLAN_REASON_UNCHANGED };
 
                 if (v->parked) {
                         d->reason = PLAN_REASON_PARKED;
@@ -596,6 +592,7 @@ static const char *const plan_state_table[_PLAN_STATE_MAX] = {
 };
 
 static const char *const plan_reason_table[_PLAN_REASON_MAX] = {
+        /* Shaping outcomes. */
         [PLAN_REASON_UNCHANGED] = "unchanged",
         [PLAN_REASON_RECLAIM] = "reclaim",
         [PLAN_REASON_GIVE_BACK] = "give-back",
@@ -604,6 +601,7 @@ static const char *const plan_reason_table[_PLAN_REASON_MAX] = {
         [PLAN_REASON_RATE_LIMITED] = "rate-limited",
         [PLAN_REASON_DEAD_BAND] = "dead-band",
         [PLAN_REASON_DWELL] = "dwell",
+        /* VMs the split does not move. */
         [PLAN_REASON_PROTECTED] = "protected",
         [PLAN_REASON_STALLED] = "stalled",
         [PLAN_REASON_PARKED] = "parked",

@@ -15,9 +15,9 @@
 
 #include "shared/time-util.h"
 
-#define PLAN_PERMYRIAD  UINT32_C(10000)
-#define PLAN_BYTES_MAX  (UINT64_C(1) << 62) /* largest assigned size a VM may have */
-#define PLAN_VMS_MAX    ((size_t) UINT32_MAX)
+#define PLAN_PERMYRIAD UINT32_C(10000)
+#define PLAN_BYTES_MAX (UINT64_C(1) << 62) /* largest assigned size a VM may have */
+#define PLAN_VMS_MAX   ((size_t) UINT32_MAX)
 
 typedef enum PlanState {
         PLAN_STATE_HEALTHY,
@@ -54,12 +54,12 @@ typedef struct PlanConfig {
         uint32_t psi_some_pmy; /* some avg10 ≥ this enters pressure; leaving needs < half (500) */
         uint32_t psi_full_pmy; /* full avg10 ≥ this is critical; leaving needs < half (1000) */
         /* Shaping. */
-        uint64_t dead_band;      /* bytes: smaller target changes are not made (32 MiB) */
-        uint64_t rate_take;      /* bytes/s per VM, downward (512 MiB/s) */
-        uint64_t rate_give;      /* bytes/s per VM, upward; ≥ rate_take (1 GiB/s) */
-        usec_t rate_window_max;  /* rate allowance accumulates for at most this long (1 s) */
-        uint32_t step_gain_pmy;  /* step = this fraction of the error, before the rate cap (10000) */
-        usec_t dwell;            /* no reversal sooner than this after a move (5 s) */
+        uint64_t dead_band;     /* bytes: smaller target changes are not made (32 MiB) */
+        uint64_t rate_take;     /* bytes/s per VM, downward (512 MiB/s) */
+        uint64_t rate_give;     /* bytes/s per VM, upward; ≥ rate_take (1 GiB/s) */
+        usec_t rate_window_max; /* rate allowance accumulates for at most this long (1 s) */
+        uint32_t step_gain_pmy; /* step = this fraction of the error, before the rate cap (10000) */
+        usec_t dwell;           /* no reversal sooner than this after a move (5 s) */
         /* Floors. */
         uint32_t floor_pmy;      /* floor fraction of assigned (2500) */
         uint32_t hard_floor_pmy; /* floor fraction of assigned in critical (1000) */
@@ -70,11 +70,11 @@ typedef struct PlanConfig {
 
 /* One sample of the scope (host or cgroup), as produced by sense. */
 typedef struct PlanHost {
-        uint64_t total;     /* bytes in the scope; > 0 */
-        uint64_t available; /* bytes; values above total count as total */
-        bool has_psi;       /* false: the PSI terms are dropped, the controller still runs */
+        uint64_t total;                          /* bytes in the scope; > 0 */
+        uint64_t available;                      /* bytes; values above total count as total */
+        bool has_psi;                            /* false: the PSI terms are dropped, the controller still runs */
         uint32_t psi_some_avg10, psi_full_avg10; /* hundredths of a percent */
-        usec_t at;          /* when the sample was taken */
+        usec_t at;                               /* when the sample was taken */
 } PlanHost;
 
 /* The controller's own state, carried from plan to plan. A zeroed PlanCtl is a valid start. */
@@ -131,14 +131,14 @@ typedef struct PlanInput {
 
 /* Totals, in bytes of reclaim (assigned − target) summed over the non-parked VMs. */
 typedef struct PlanResult {
-        PlanCtl ctl;           /* the new controller state: store it for the next plan */
-        uint64_t automatic;    /* what host pressure alone asks for */
-        uint64_t hold;         /* the active hold (0 if none or expired) */
-        uint64_t requested;    /* max(automatic, hold): holds and pressure never add up */
-        uint64_t desired;      /* what the split could place above the floors (≤ requested + fixed VMs) */
-        uint64_t planned;      /* what the new targets amount to, after shaping */
-        uint64_t shortfall;    /* requested − desired when the floors do not allow more */
-        int64_t pending;       /* bytes the host will still gain from in-flight commands (may be < 0) */
+        PlanCtl ctl;        /* the new controller state: store it for the next plan */
+        uint64_t automatic; /* what host pressure alone asks for */
+        uint64_t hold;      /* the active hold (0 if none or expired) */
+        uint64_t requested; /* max(automatic, hold): holds and pressure never add up */
+        uint64_t desired;   /* what the split could place above the floors (≤ requested + fixed VMs) */
+        uint64_t planned;   /* what the new targets amount to, after shaping */
+        uint64_t shortfall; /* requested − desired when the floors do not allow more */
+        int64_t pending;    /* bytes the host will still gain from in-flight commands (may be < 0) */
 } PlanResult;
 
 /* Reusable working memory for up to `capacity` VMs, so plan_compute() does not allocate. */
