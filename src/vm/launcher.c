@@ -181,12 +181,63 @@ int vm_find_image(const char *image_dir, char *kernel, char *initrd, size_t len,
         return -ENOENT;
 }
 
-static bool kvm_usable(void) {
+/* Whether QEMU can really run a KVM vCPU here. An openable /dev/kvm is not enough: under some
+ * nested hypervisors QEMU aborts while setting up the vCPU ("failed to set MSR"). So QEMU itself is
+ * asked, once per process: start paused with KVM, negotiate QMP, quit; exit 0 means usable.
+ * BALLAST_ACCEL=kvm|tcg overrides the probe. */
+static bool kvm_probe(const char *qemu) {
+        int in[2];
+        if (pipe2(in, O_CLOEXEC) < 0)
+                return false;
+        pid_t pid = fork();
+        if (pid < 0) {
+                close(in[0]);
+                close(in[1]);
+                return false;
+        }
+        if (pid == 0) {
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+                if (dup2(in[0], 0) < 0 || null < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
+                        _exit(127);
+                execlp(qemu, qemu, "-M", "q35", "-accel", "kvm", "-cpu", "host", "-m", "64", "-nodefaults",
+                       "-display", "none", "-S", "-qmp", "stdio", (char *) NULL);
+                _exit(127);
+        }
+        close(in[0]);
+        static const char cmds[] = "{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n";
+        (void) !write(in[1], cmds, sizeof cmds - 1);
+        close(in[1]);
+        /* A healthy QEMU quits in well under a second; give it 10 s on a loaded machine. */
+        int status = -1;
+        for (int i = 0; i < 1000; i++) {
+                pid_t w = waitpid(pid, &status, WNOHANG);
+                if (w == pid)
+                        return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+                if (w < 0)
+                        return false;
+                usleep(10000);
+        }
+        (void) kill(pid, SIGKILL);
+        (void) waitpid(pid, NULL, 0);
+        return false;
+}
+
+static bool kvm_usable(const char *qemu) {
+        static int cached = -1;
+        const char *e = getenv("BALLAST_ACCEL");
+        if (e && strcmp(e, "tcg") == 0)
+                return false;
+        if (e && strcmp(e, "kvm") == 0)
+                return true;
+        if (cached >= 0)
+                return cached;
         int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
         if (fd < 0)
-                return false;
+                return (cached = 0);
         close(fd);
-        return true;
+        cached = kvm_probe(qemu);
+        return cached;
 }
 
 /* --- the supervisor (runs in the VM's directory, parent of QEMU) --- */
@@ -402,7 +453,7 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
                 }
         }
 
-        const char *accel = kvm_usable() ? "kvm" : "tcg";
+        const char *accel = kvm_usable(s->qemu_binary ?: "qemu-system-x86_64") ? "kvm" : "tcg";
         r = write_vm_json(dir, s, kernel, initrd, accel);
         if (r < 0) {
                 snprintf(err, errlen, "cannot write vm.json: %s", strerror(-r));
