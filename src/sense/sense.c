@@ -308,3 +308,25 @@ int cgroup1_pressure_open(const char *dir, const char *level) {
         /* The registration holds its own references: pfd and cfd may close now. */
         return TAKE_FD(efd);
 }
+
+int cgroup1_threshold_open(const char *dir, uint64_t usage_bytes) {
+        char path[PATH_MAX];
+        if ((size_t) snprintf(path, sizeof(path), "%s/memory.usage_in_bytes", dir) >= sizeof(path))
+                return -ENAMETOOLONG;
+        _cleanup_close_ int ufd = open(path, O_RDONLY | O_CLOEXEC);
+        if (ufd < 0)
+                return negative_errno();
+        if ((size_t) snprintf(path, sizeof(path), "%s/cgroup.event_control", dir) >= sizeof(path))
+                return -ENAMETOOLONG;
+        _cleanup_close_ int cfd = open(path, O_WRONLY | O_CLOEXEC);
+        if (cfd < 0)
+                return negative_errno();
+        _cleanup_close_ int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (efd < 0)
+                return negative_errno();
+        char line[96];
+        int n = snprintf(line, sizeof(line), "%d %d %" PRIu64, efd, ufd, usage_bytes);
+        if (write(cfd, line, (size_t) n) < 0)
+                return negative_errno();
+        return TAKE_FD(efd);
+}

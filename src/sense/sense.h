@@ -63,3 +63,8 @@ int psi_trigger_open(const char *pressure_path, const char *kind, uint64_t stall
  * "critical") through cgroup.event_control. Returns the eventfd (readable on each event) or a
  * negative errno. */
 int cgroup1_pressure_open(const char *dir, const char *level);
+
+/* cgroup v1: registers an eventfd that becomes readable whenever DIR/memory.usage_in_bytes
+ * crosses usage_bytes, in either direction (cgroup.event_control), so a watermark crossing wakes
+ * the controller at once instead of at the next sample. Returns the eventfd or a negative errno. */
+int cgroup1_threshold_open(const char *dir, uint64_t usage_bytes);
