@@ -1,0 +1,1317 @@
+/* SPDX-License-Identifier: MIT */
+#include "api/http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "shared/log.h"
+#include "shared/macro.h"
+
+/* MHD keeps the request line and headers in a per-connection pool (the body is handed to us in
+ * chunks and copied out). 32 KiB leaves room for HTTP_URI_MAX and the headers, so a long URI
+ * reaches us and gets our JSON 414; only a request line or headers past the pool get MHD's own
+ * (HTML) 414/431. */
+#define HTTP_CONNECTION_MEMORY ((size_t) 32 << 10)
+#define HTTP_MAX_CONNECTIONS   64U
+#define HTTP_TIMEOUT_DEFAULT   (30 * USEC_PER_SEC)
+#define HTTP_TOKENS_FILE_MAX   ((off_t) 1 << 20)
+#define HTTP_LISTEN_BACKLOG    128
+/* A body without Content-Length (chunked) that grows past HTTP_BODY_MAX: MHD 0.9.75 cannot queue
+ * a response in the middle of an upload, so we drop up to this much more and answer 413 at its
+ * end, or close the connection when the client keeps sending. */
+#define HTTP_DRAIN_MAX         ((size_t) 1 << 20)
+
+typedef struct HttpToken {
+        char *token;
+        size_t len;
+        bool write;
+} HttpToken;
+
+typedef struct HttpListener {
+        HttpServer *server;
+        bool tcp;
+        struct MHD_Daemon *daemon;
+        EvIo *io;
+        uint64_t n_closed; /* connections closed so far */
+} HttpListener;
+
+struct HttpServer {
+        Ev *ev;
+        http_handler handler;
+        void *userdata;
+
+        HttpListener listeners[2];
+        size_t n_listeners;
+        EvTimer *timer;
+        int running;    /* > 0 while inside MHD_run(), i.e. while the handler may be running */
+        bool run_again; /* MHD needs another MHD_run() soon, whatever its timeout says */
+        bool stopping;  /* in http_server_free(): new requests get 503, not the handler */
+
+        char *socket_path;
+        dev_t socket_dev;
+        ino_t socket_ino;
+        uint16_t tcp_port;
+
+        HttpToken *tokens;
+        size_t n_tokens;
+        gid_t write_gid;
+        uid_t euid;
+        bool unix_read_only;
+
+        HttpCall *calls; /* every call still tied to a connection */
+        HttpCounters counters;
+};
+
+typedef enum HttpCallState {
+        HTTP_CALL_READING,  /* headers checked (or not yet), body arriving */
+        HTTP_CALL_PENDING,  /* with the handler, unanswered */
+        HTTP_CALL_ANSWERED, /* answered; the response waits for the connection to be resumed */
+        HTTP_CALL_DONE,     /* the response is queued with MHD */
+} HttpCallState;
+
+typedef struct HttpHeader {
+        char *name, *value;
+} HttpHeader;
+
+struct HttpCall {
+        HttpServer *server;          /* NULL once orphaned */
+        struct MHD_Connection *conn; /* NULL once the connection is gone */
+        HttpListener *listener;
+        HttpCall *prev, *next;
+
+        HttpCallState state;
+        bool started;    /* the first access-handler call (headers only) was checked */
+        bool in_handler; /* replies are queued when the handler returns */
+        bool suspended;
+        bool aborted;   /* the server is going away: close without a reply */
+        bool too_large; /* the body passed HTTP_BODY_MAX: dropping the rest, 413 at the end */
+        size_t dropped;
+
+        char *uri; /* the request target as sent; split into path and query at '?' */
+        char *method;
+        char *body;
+        size_t body_len, body_alloc;
+        HttpRequest req;
+
+        HttpHeader *headers;
+        size_t n_headers;
+        unsigned status;
+        struct MHD_Response *response;
+};
+
+/* --- calls --- */
+
+static void *mfree(void *p) {
+        free(p);
+        return NULL;
+}
+
+static void http_call_link(HttpServer *s, HttpCall *call) {
+        call->server = s;
+        call->prev = NULL;
+        call->next = s->calls;
+        if (s->calls)
+                s->calls->prev = call;
+        s->calls = call;
+}
+
+/* Cuts the call loose from its connection and server; it lives on until answered. */
+static void http_call_unlink(HttpCall *call) {
+        HttpServer *s = call->server;
+        if (s) {
+                if (call->prev)
+                        call->prev->next = call->next;
+                else
+                        s->calls = call->next;
+                if (call->next)
+                        call->next->prev = call->prev;
+        }
+        call->prev = call->next = NULL;
+        call->server = NULL;
+        call->conn = NULL;
+        call->listener = NULL;
+        call->suspended = false;
+}
+
+static void http_call_free(HttpCall *call) {
+        if (!call)
+                return;
+        http_call_unlink(call);
+        if (call->response)
+                MHD_destroy_response(call->response);
+        for (size_t i = 0; i < call->n_headers; i++) {
+                free(call->headers[i].name);
+                free(call->headers[i].value);
+        }
+        free(call->headers);
+        free(call->uri);
+        free(call->method);
+        free(call->body);
+        free(call);
+}
+
+static void http_server_kick(HttpServer *s);
+
+static bool http_status_valid(unsigned status) {
+        return status >= 200 && status <= 599;
+}
+
+/* Takes resp (may be NULL when building it failed: the client then gets a bare 500). */
+static void http_call_answer(HttpCall *call, unsigned status, struct MHD_Response *resp) {
+        if (!call) {
+                if (resp)
+                        MHD_destroy_response(resp);
+                return;
+        }
+        if (call->state != HTTP_CALL_PENDING) {
+                /* Answering twice is a bug in the caller; keep the first answer. */
+                log_debug("http: call answered in state %d, ignoring", (int) call->state);
+                if (resp)
+                        MHD_destroy_response(resp);
+                return;
+        }
+        if (!call->conn) {
+                /* The connection (or the whole server) is gone: nobody to tell. */
+                if (resp)
+                        MHD_destroy_response(resp);
+                http_call_free(call);
+                return;
+        }
+        if (!resp) {
+                static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}\n";
+                status = 500;
+                resp = MHD_create_response_from_buffer(sizeof(oom) - 1, (void *) oom, MHD_RESPMEM_PERSISTENT);
+                if (resp)
+                        (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+        }
+        if (resp)
+                for (size_t i = 0; i < call->n_headers; i++)
+                        if (MHD_add_response_header(resp, call->headers[i].name, call->headers[i].value) != MHD_YES)
+                                log_debug("http: cannot add response header '%s', ignoring", call->headers[i].name);
+
+        HttpCounters *c = &call->server->counters;
+        if (status >= 400 && status < 500)
+                c->errors_4xx++;
+        else if (status >= 500)
+                c->errors_5xx++;
+        if (status == 401)
+                c->unauthorized++;
+        else if (status == 403)
+                c->forbidden++;
+
+        call->status = status;
+        call->response = resp;
+        call->state = HTTP_CALL_ANSWERED;
+        if (call->in_handler)
+                return; /* http_on_access() queues it when the handler returns */
+        if (call->suspended) {
+                call->suspended = false;
+                MHD_resume_connection(call->conn);
+        }
+        http_server_kick(call->server);
+}
+
+/* Hands an answered call's response to MHD (from inside the access handler). */
+static enum MHD_Result http_call_queue(HttpCall *call) {
+        struct MHD_Response *resp = call->response;
+        call->response = NULL;
+        call->state = HTTP_CALL_DONE;
+        if (!resp)
+                return MHD_NO; /* not even a 500 could be built: close the connection */
+        enum MHD_Result r = MHD_queue_response(call->conn, call->status, resp);
+        MHD_destroy_response(resp);
+        if (r != MHD_YES)
+                log_debug("http: cannot queue a %u response, closing the connection", call->status);
+        return r;
+}
+
+void http_call_add_header(HttpCall *call, const char *name, const char *value) {
+        if (!call || !name || !value || (call->state != HTTP_CALL_PENDING && call->state != HTTP_CALL_READING))
+                return;
+        HttpHeader *h = realloc(call->headers, (call->n_headers + 1) * sizeof(HttpHeader));
+        if (!h)
+                return;
+        call->headers = h;
+        char *n = strdup(name), *v = strdup(value);
+        if (!n || !v) {
+                free(n);
+                free(v);
+                return;
+        }
+        call->headers[call->n_headers++] = (HttpHeader){ .name = n, .value = v };
+}
+
+void http_call_reply_json(HttpCall *call, unsigned status, json_t *body) {
+        struct MHD_Response *resp = NULL;
+        const size_t flags = JSON_COMPACT | JSON_ENCODE_ANY;
+
+        if (!http_status_valid(status)) {
+                log_debug("http: reply with status %u, sending 500 instead", status);
+                status = 500;
+        }
+        size_t n = body ? json_dumpb(body, NULL, 0, flags) : 0;
+        char *buf = n > 0 ? malloc(n + 1) : NULL;
+        if (buf && json_dumpb(body, buf, n, flags) == n) {
+                buf[n] = '\n';
+                resp = MHD_create_response_from_buffer(n + 1, buf, MHD_RESPMEM_MUST_FREE);
+                if (resp)
+                        buf = NULL;
+        } else if (call && call->state == HTTP_CALL_PENDING && call->conn) {
+                log_debug("http: cannot serialise a %u reply, sending 500 instead", status);
+                static const char bad[] =
+                        "{\"error\":{\"code\":\"internal\",\"message\":\"cannot serialise the reply\"}}\n";
+                status = 500;
+                resp = MHD_create_response_from_buffer(sizeof(bad) - 1, (void *) bad, MHD_RESPMEM_PERSISTENT);
+        }
+        free(buf);
+        json_decref(body);
+        if (resp && MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json") != MHD_YES) {
+                MHD_destroy_response(resp);
+                resp = NULL;
+        }
+        http_call_answer(call, status, resp);
+}
+
+void http_call_reply_text(HttpCall *call, unsigned status, const char *content_type, const char *text, size_t len) {
+        if (!http_status_valid(status)) {
+                log_debug("http: reply with status %u, sending 500 instead", status);
+                status = 500;
+        }
+        struct MHD_Response *resp =
+                MHD_create_response_from_buffer(text ? len : 0, (void *) (text ? text : ""), MHD_RESPMEM_MUST_COPY);
+        if (resp && MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                            content_type ? content_type : "text/plain; charset=utf-8") != MHD_YES) {
+                MHD_destroy_response(resp);
+                resp = NULL;
+        }
+        http_call_answer(call, status, resp);
+}
+
+/* Length of the valid UTF-8 sequence at p (RFC 3629: no overlongs, surrogates or > U+10FFFF),
+ * 0 when invalid or cut short. */
+static size_t http_utf8_len(const unsigned char *p) {
+        unsigned char lo = 0x80, hi = 0xbf;
+        size_t n;
+        if (p[0] < 0x80)
+                return 1;
+        if (p[0] >= 0xc2 && p[0] <= 0xdf)
+                n = 2;
+        else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+                n = 3;
+                if (p[0] == 0xe0)
+                        lo = 0xa0;
+                else if (p[0] == 0xed)
+                        hi = 0x9f;
+        } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+                n = 4;
+                if (p[0] == 0xf0)
+                        lo = 0x90;
+                else if (p[0] == 0xf4)
+                        hi = 0x8f;
+        } else
+                return 0;
+        if (p[1] < lo || p[1] > hi)
+                return 0;
+        for (size_t i = 2; i < n; i++)
+                if (p[i] < 0x80 || p[i] > 0xbf)
+                        return 0;
+        return n;
+}
+
+/* Replaces every byte that is not part of valid UTF-8 with '?': messages often quote what a
+ * client sent, and jansson refuses invalid strings (the reply would turn into a 500). */
+static void http_utf8_sanitize(char *s) {
+        unsigned char *p = (unsigned char *) s;
+        while (*p) {
+                size_t n = http_utf8_len(p);
+                if (n == 0)
+                        *p++ = '?';
+                else
+                        p += n;
+        }
+}
+
+_printf_(4, 0) static void http_call_reply_errorv(HttpCall *call, unsigned status, const char *code, const char *fmt,
+                                                  va_list ap) {
+        char msg[512];
+        (void) vsnprintf(msg, sizeof(msg), fmt, ap);
+        http_utf8_sanitize(msg);
+        json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", code ? code : "internal", "message", msg);
+        http_call_reply_json(call, status, body);
+}
+
+void http_call_reply_error(HttpCall *call, unsigned status, const char *code, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        http_call_reply_errorv(call, status, code, fmt, ap);
+        va_end(ap);
+}
+
+/* Answers a call that has not reached the handler and queues the reply at once. */
+_printf_(4, 5) static enum MHD_Result
+        http_call_reject(HttpCall *call, unsigned status, const char *code, const char *fmt, ...) {
+        va_list ap;
+        call->state = HTTP_CALL_PENDING;
+        call->in_handler = true;
+        va_start(ap, fmt);
+        http_call_reply_errorv(call, status, code, fmt, ap);
+        va_end(ap);
+        call->in_handler = false;
+        return http_call_queue(call);
+}
+
+/* --- authentication --- */
+
+bool http_status_has_group(const char *status, gid_t gid) {
+        if (!status)
+                return false;
+        for (const char *p = status; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+                if (strncmp(p, "Groups:", 7) != 0)
+                        continue;
+                p += 7;
+                for (;;) {
+                        while (*p == ' ' || *p == '\t')
+                                p++;
+                        if (*p < '0' || *p > '9')
+                                return false;
+                        char *end;
+                        errno = 0;
+                        unsigned long g = strtoul(p, &end, 10);
+                        if (errno == 0 && g == (unsigned long) gid)
+                                return true;
+                        p = end;
+                }
+        }
+        return false;
+}
+
+static bool http_proc_has_group(pid_t pid, gid_t gid) {
+        char path[64], buf[4096];
+        snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return false;
+        size_t n = 0;
+        for (;;) {
+                ssize_t k = read(fd, buf + n, sizeof(buf) - 1 - n);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k <= 0)
+                        break;
+                n += (size_t) k;
+                if (n == sizeof(buf) - 1)
+                        break;
+        }
+        buf[n] = 0;
+        return http_status_has_group(buf, gid);
+}
+
+/* Whether the peer held gid (primary or supplementary) when it connected. SO_PEERGROUPS reads the
+ * groups recorded at connect() time, like SO_PEERCRED; /proc/PID/status is the fallback for old
+ * kernels. No NSS lookup (getgrouplist): it may block on a network directory. */
+static bool http_peer_in_group(int fd, const struct ucred *uc, gid_t gid) {
+        if (uc->gid == gid)
+                return true;
+        gid_t stack[64];
+        gid_t *groups = stack;
+        _cleanup_free_ gid_t *heap = NULL;
+        socklen_t len = sizeof(stack);
+        int r = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len);
+        if (r < 0 && errno == ERANGE && len > 0) {
+                heap = malloc(len);
+                if (!heap)
+                        return false;
+                groups = heap;
+                r = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len);
+        }
+        if (r < 0)
+                return uc->pid > 0 && http_proc_has_group(uc->pid, gid);
+        for (size_t i = 0; i < len / sizeof(gid_t); i++)
+                if (groups[i] == gid)
+                        return true;
+        return false;
+}
+
+static void http_auth_unix(HttpServer *s, struct MHD_Connection *conn, HttpRequest *req) {
+        req->can_write = false;
+        req->peer_uid = (uid_t) -1;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!ci)
+                return;
+        int fd = ci->connect_fd;
+        struct ucred uc;
+        socklen_t len = sizeof(uc);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) < 0) {
+                log_debug_errno(errno, "http: cannot read the peer's credentials, read-only: %m");
+                return;
+        }
+        req->peer_uid = uc.uid;
+        if (s->unix_read_only)
+                return;
+        req->can_write = uc.uid == 0 || uc.uid == s->euid ||
+                         (s->write_gid != (gid_t) -1 && http_peer_in_group(fd, &uc, s->write_gid));
+}
+
+/* Compares against every token without stopping early, so the time does not depend on where a
+ * guess goes wrong. */
+static const HttpToken *http_token_find(const HttpServer *s, const char *tok, size_t len) {
+        const HttpToken *found = NULL;
+        for (size_t i = 0; i < s->n_tokens; i++) {
+                const HttpToken *t = &s->tokens[i];
+                volatile unsigned char d = (unsigned char) (len != t->len);
+                for (size_t j = 0; j < t->len; j++)
+                        d |= (unsigned char) (t->token[j] ^ (j < len ? tok[j] : 0));
+                if (d == 0)
+                        found = t;
+        }
+        return found;
+}
+
+/* Returns true and sets can_write for a known bearer token. */
+static bool http_auth_tcp(HttpServer *s, struct MHD_Connection *conn, HttpRequest *req) {
+        req->can_write = false;
+        req->peer_uid = (uid_t) -1;
+        const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+        if (!v)
+                return false;
+        v += strspn(v, " \t");
+        if (strncasecmp(v, "Bearer", 6) != 0 || (v[6] != ' ' && v[6] != '\t'))
+                return false;
+        v += 6;
+        v += strspn(v, " \t");
+        size_t len = strcspn(v, " \t");
+        if (len == 0 || v[len + strspn(v + len, " \t")] != 0)
+                return false;
+        const HttpToken *t = http_token_find(s, v, len);
+        if (!t)
+                return false;
+        req->can_write = t->write;
+        return true;
+}
+
+/* --- request handling --- */
+
+/* Methods are case-sensitive, but a "post" must not slip past the write check either. */
+static bool http_method_mutates(const char *m) {
+        return strcasecmp(m, "POST") == 0 || strcasecmp(m, "PUT") == 0 || strcasecmp(m, "PATCH") == 0 ||
+               strcasecmp(m, "DELETE") == 0;
+}
+
+/* application/json, any case, optionally followed by parameters (charset=…). */
+static bool http_content_type_is_json(const char *ct) {
+        if (!ct)
+                return false;
+        ct += strspn(ct, " \t");
+        if (strncasecmp(ct, "application/json", 16) != 0)
+                return false;
+        ct += 16;
+        ct += strspn(ct, " \t");
+        return *ct == 0 || *ct == ';';
+}
+
+/* Content-Length as a number; -1 when absent, -2 when malformed. */
+static long long http_content_length(struct MHD_Connection *conn) {
+        const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (!v)
+                return -1;
+        v += strspn(v, " \t");
+        if (*v < '0' || *v > '9')
+                return -2;
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(v, &end, 10);
+        end += strspn(end, " \t");
+        if (errno != 0 || *end != 0 || n > LLONG_MAX)
+                return errno == ERANGE ? LLONG_MAX : -2;
+        return (long long) n;
+}
+
+/* The first access-handler call: headers are complete, the body has not been read. */
+static enum MHD_Result http_on_headers(HttpCall *call, struct MHD_Connection *conn, const char *method) {
+        HttpServer *s = call->server;
+        HttpRequest *req = &call->req;
+
+        call->method = strdup(method);
+        if (!call->method)
+                return MHD_NO;
+        req->method = call->method;
+        if (s->stopping)
+                return http_call_reject(call, 503, "unavailable", "the server is shutting down");
+
+        if (call->listener->tcp) {
+                if (!http_auth_tcp(s, conn, req)) {
+                        http_call_add_header(call, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"ballast\"");
+                        return http_call_reject(call, 401, "unauthorized",
+                                                "a valid token is required (Authorization: Bearer TOKEN)");
+                }
+        } else
+                http_auth_unix(s, conn, req);
+
+        size_t ulen = strlen(call->uri);
+        if (ulen > HTTP_URI_MAX)
+                return http_call_reject(call, 414, "uri_too_long", "request URI is %zu bytes, at most %zu allowed",
+                                        ulen, HTTP_URI_MAX);
+        if (call->uri[0] != '/')
+                return http_call_reject(call, 400, "bad_request", "request target must be an absolute path");
+        for (const char *p = call->uri; *p; p++)
+                if ((unsigned char) *p <= 0x20 || (unsigned char) *p >= 0x7f)
+                        return http_call_reject(call, 400, "bad_request",
+                                                "request URI contains a byte that is not printable ASCII");
+        char *q = strchr(call->uri, '?');
+        if (q)
+                *q++ = 0;
+        req->path = call->uri;
+        req->query = q ? q : "";
+
+        if (http_method_mutates(method) && !req->can_write)
+                return http_call_reject(call, 403, "forbidden", "%s needs write access", method);
+
+        long long cl = http_content_length(conn);
+        if (cl == -2)
+                return http_call_reject(call, 400, "bad_request", "malformed Content-Length");
+        if (cl > (long long) HTTP_BODY_MAX)
+                return http_call_reject(call, 413, "payload_too_large",
+                                        "request body is %lld bytes, at most %zu allowed", cl, HTTP_BODY_MAX);
+        bool chunked = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL;
+        if ((cl > 0 || chunked) && !http_content_type_is_json(MHD_lookup_connection_value(
+                                           conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE)))
+                return http_call_reject(call, 415, "unsupported_media_type", "request body must be application/json");
+        if (cl > 0) {
+                call->body = malloc((size_t) cl + 1);
+                if (!call->body)
+                        return http_call_reject(call, 500, "internal", "out of memory");
+                call->body_alloc = (size_t) cl + 1;
+        }
+        call->started = true;
+        return MHD_YES;
+}
+
+static enum MHD_Result http_on_upload(HttpCall *call, const char *data, size_t *size) {
+        size_t n = *size;
+        *size = 0;
+        if (!call->too_large && n > HTTP_BODY_MAX - call->body_len) {
+                call->too_large = true;
+                call->body = mfree(call->body);
+                call->body_alloc = 0;
+        }
+        if (call->too_large) {
+                call->dropped += n;
+                if (call->dropped > HTTP_DRAIN_MAX) {
+                        log_debug("http: %s %s: body keeps coming past %zu bytes, closing", call->method, call->uri,
+                                  HTTP_BODY_MAX);
+                        return MHD_NO;
+                }
+                return MHD_YES;
+        }
+        if (call->body_len + n + 1 > call->body_alloc) {
+                size_t want = MAX(call->body_alloc * 2, call->body_len + n + 1);
+                want = MIN(want, HTTP_BODY_MAX + 1);
+                char *b = realloc(call->body, want);
+                if (!b)
+                        return MHD_NO; /* MHD cannot send a reply in the middle of an upload */
+                call->body = b;
+                call->body_alloc = want;
+        }
+        memcpy(call->body + call->body_len, data, n);
+        call->body_len += n;
+        return MHD_YES;
+}
+
+/* The request is complete: check the body and hand the call to the handler. */
+static enum MHD_Result http_on_complete(HttpCall *call, struct MHD_Connection *conn) {
+        HttpServer *s = call->server;
+        HttpRequest *req = &call->req;
+
+        if (s->stopping)
+                return http_call_reject(call, 503, "unavailable", "the server is shutting down");
+        if (call->too_large)
+                return http_call_reject(call, 413, "payload_too_large", "request body is over %zu bytes",
+                                        HTTP_BODY_MAX);
+        if (call->body_len > 0) {
+                if (!http_content_type_is_json(
+                            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE)))
+                        return http_call_reject(call, 415, "unsupported_media_type",
+                                                "request body must be application/json");
+                if (memchr(call->body, 0, call->body_len))
+                        return http_call_reject(call, 400, "bad_request", "request body contains a NUL byte");
+                call->body[call->body_len] = 0;
+                req->body = call->body;
+        } else
+                req->body = NULL;
+        req->body_len = call->body_len;
+
+        call->state = HTTP_CALL_PENDING;
+        call->in_handler = true;
+        s->handler(call, req, s->userdata);
+        call->in_handler = false;
+        if (call->state == HTTP_CALL_ANSWERED)
+                return http_call_queue(call);
+        MHD_suspend_connection(conn);
+        call->suspended = true;
+        return MHD_YES;
+}
+
+static enum MHD_Result http_on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                      const char *version, const char *upload_data, size_t *upload_data_size,
+                                      void **con_cls) {
+        HttpCall *call = *con_cls;
+        (void) cls;
+        (void) url;
+        (void) version;
+
+        if (!call)
+                return MHD_NO; /* http_on_uri() could not allocate it */
+        switch (call->state) {
+        case HTTP_CALL_ANSWERED:
+                return http_call_queue(call);
+        case HTTP_CALL_DONE:
+                *upload_data_size = 0;
+                return MHD_YES;
+        case HTTP_CALL_PENDING:
+                if (call->aborted)
+                        return MHD_NO;
+                /* Resumed without an answer (should not happen): wait again. */
+                MHD_suspend_connection(conn);
+                call->suspended = true;
+                return MHD_YES;
+        case HTTP_CALL_READING:
+                break;
+        }
+        if (!call->started)
+                return http_on_headers(call, conn, method);
+        if (*upload_data_size > 0)
+                return http_on_upload(call, upload_data, upload_data_size);
+        return http_on_complete(call, conn);
+}
+
+/* Called by MHD with the raw request target before it parses it; the result becomes the
+ * request's context (*con_cls), so every request has a call from the start. */
+static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
+        HttpListener *l = cls;
+        HttpCall *call = calloc(1, sizeof(HttpCall));
+        if (!call)
+                return NULL;
+        call->uri = strdup(uri ? uri : "");
+        if (!call->uri) {
+                free(call);
+                return NULL;
+        }
+        call->conn = conn;
+        call->listener = l;
+        call->req.query = "";
+        call->req.peer_uid = (uid_t) -1;
+        http_call_link(l->server, call);
+        l->server->counters.requests++;
+        return call;
+}
+
+static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                              enum MHD_RequestTerminationCode toe) {
+        HttpCall *call = *con_cls;
+        (void) cls;
+        (void) conn;
+        *con_cls = NULL;
+        if (!call)
+                return;
+        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+                log_debug("http: %s %s ended early (%d)", call->method ? call->method : "-", call->uri, (int) toe);
+        if (call->state == HTTP_CALL_PENDING) {
+                /* The handler still holds the call: it stays valid, and answering it frees it. */
+                http_call_unlink(call);
+                return;
+        }
+        http_call_free(call);
+}
+
+/* --- libmicrohttpd on our loop --- */
+
+_printf_(2, 0) static void http_on_mhd_log(void *cls, const char *fmt, va_list ap) {
+        char buf[512];
+        (void) cls;
+        (void) vsnprintf(buf, sizeof(buf), fmt, ap);
+        size_t n = strlen(buf);
+        while (n > 0 && buf[n - 1] == '\n')
+                buf[--n] = 0;
+        log_debug("libmicrohttpd: %s", buf);
+}
+
+/* MHD calls this on a broken invariant and must not get control back. Logged as an error, not
+ * debug: the process is about to abort and this is the only trace of why. */
+static void http_on_mhd_panic(void *cls, const char *file, unsigned line, const char *reason) {
+        (void) cls;
+        log_error("libmicrohttpd panic at %s:%u: %s", file ? file : "?", line, reason ? reason : "(no reason)");
+        abort();
+}
+
+static void http_server_rearm(HttpServer *s) {
+        usec_t when = USEC_INFINITY;
+        usec_t now = now_mono();
+        for (size_t i = 0; i < s->n_listeners; i++) {
+                MHD_UNSIGNED_LONG_LONG ms;
+                if (MHD_get_timeout(s->listeners[i].daemon, &ms) != MHD_YES)
+                        continue;
+                usec_t t =
+                        ms > (USEC_INFINITY - now) / USEC_PER_MSEC ? USEC_INFINITY : now + (usec_t) ms * USEC_PER_MSEC;
+                when = MIN(when, t);
+        }
+        if (s->run_again) {
+                s->run_again = false;
+                when = 0;
+        }
+        ev_timer_set(s->timer, when);
+}
+
+static void http_on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                               enum MHD_ConnectionNotificationCode toe) {
+        HttpListener *l = cls;
+        (void) conn;
+        (void) socket_context;
+        if (toe == MHD_CONNECTION_NOTIFY_CLOSED)
+                l->n_closed++;
+}
+
+static void http_listener_run(HttpListener *l) {
+        uint64_t closed = l->n_closed;
+        l->server->running++;
+        if (MHD_run(l->daemon) != MHD_YES)
+                log_debug("http: MHD_run() failed");
+        l->server->running--;
+        /* At the connection limit MHD takes the listening socket out of its epoll set and puts it
+         * back only at the start of a later MHD_run(), which nothing else may trigger: do it now. */
+        if (l->n_closed != closed)
+                l->server->run_again = true;
+}
+
+/* Makes the loop run MHD soon (after an asynchronous reply). Inside MHD_run() the rearm that
+ * follows it takes care of it. */
+static void http_server_kick(HttpServer *s) {
+        if (!s)
+                return;
+        s->run_again = true;
+        if (s->running == 0)
+                http_server_rearm(s);
+}
+
+static void http_on_io(EvIo *io, int fd, uint32_t revents, void *userdata) {
+        HttpListener *l = userdata;
+        (void) io;
+        (void) fd;
+        (void) revents;
+        http_listener_run(l);
+        http_server_rearm(l->server);
+}
+
+static void http_on_timer(EvTimer *t, void *userdata) {
+        HttpServer *s = userdata;
+        (void) t;
+        for (size_t i = 0; i < s->n_listeners; i++)
+                http_listener_run(&s->listeners[i]);
+        http_server_rearm(s);
+}
+
+/* --- listening sockets --- */
+
+/* Creates the missing directories above path, mode 0755 whatever the umask. */
+static int http_mkdir_parents(const char *path, char *err, size_t errlen) {
+        _cleanup_free_ char *p = strdup(path);
+        if (!p)
+                return -ENOMEM;
+        for (char *s = strchr(p + 1, '/'); s; s = strchr(s + 1, '/')) {
+                *s = 0;
+                if (mkdir(p, 0755) == 0) {
+                        if (chmod(p, 0755) < 0) {
+                                int r = negative_errno();
+                                snprintf(err, errlen, "cannot chmod '%s': %s", p, strerror(-r));
+                                return r;
+                        }
+                } else if (errno != EEXIST) {
+                        int r = negative_errno();
+                        snprintf(err, errlen, "cannot create directory '%s': %s", p, strerror(-r));
+                        return r;
+                }
+                *s = '/';
+        }
+        return 0;
+}
+
+static int http_listen_unix(HttpServer *s, const char *path, char *err, size_t errlen) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        size_t n = strlen(path);
+        int r;
+
+        if (n == 0 || n >= sizeof(sa.sun_path) || path[0] != '/') {
+                snprintf(err, errlen, "API socket path '%s' must be absolute and shorter than %zu bytes", path,
+                         sizeof(sa.sun_path));
+                return -EINVAL;
+        }
+        memcpy(sa.sun_path, path, n);
+        socklen_t salen = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + n + 1);
+
+        r = http_mkdir_parents(path, err, errlen);
+        if (r < 0)
+                return r;
+
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+                r = negative_errno();
+                snprintf(err, errlen, "socket(): %s", strerror(-r));
+                return r;
+        }
+
+        struct stat st;
+        if (lstat(path, &st) == 0) {
+                if (!S_ISSOCK(st.st_mode)) {
+                        snprintf(err, errlen, "'%s' exists and is not a socket, refusing to replace it", path);
+                        return -EEXIST;
+                }
+                /* A socket file: stale unless somebody still accepts on it. */
+                _cleanup_close_ int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+                if (probe >= 0 && (connect(probe, (struct sockaddr *) &sa, salen) == 0 || errno == EAGAIN)) {
+                        snprintf(err, errlen, "'%s' is in use by another process", path);
+                        return -EADDRINUSE;
+                }
+                if (unlink(path) < 0 && errno != ENOENT) {
+                        r = negative_errno();
+                        snprintf(err, errlen, "cannot remove stale socket '%s': %s", path, strerror(-r));
+                        return r;
+                }
+        } else if (errno != ENOENT) {
+                r = negative_errno();
+                snprintf(err, errlen, "cannot stat '%s': %s", path, strerror(-r));
+                return r;
+        }
+
+        if (bind(fd, (struct sockaddr *) &sa, salen) < 0) {
+                r = negative_errno();
+                snprintf(err, errlen, "cannot bind '%s': %s", sa.sun_path, strerror(-r));
+                return r;
+        }
+        /* Anyone may connect: what they may do is decided per request from their credentials. */
+        if (chmod(path, 0666) < 0 || lstat(path, &st) < 0) {
+                r = negative_errno();
+                snprintf(err, errlen, "cannot chmod '%s': %s", sa.sun_path, strerror(-r));
+                (void) unlink(sa.sun_path);
+                return r;
+        }
+        if (listen(fd, HTTP_LISTEN_BACKLOG) < 0) {
+                r = negative_errno();
+                snprintf(err, errlen, "cannot listen on '%s': %s", sa.sun_path, strerror(-r));
+                (void) unlink(sa.sun_path);
+                return r;
+        }
+        s->socket_path = strdup(sa.sun_path);
+        if (!s->socket_path) {
+                (void) unlink(sa.sun_path);
+                return -ENOMEM;
+        }
+        s->socket_dev = st.st_dev;
+        s->socket_ino = st.st_ino;
+        return TAKE_FD(fd);
+}
+
+static int http_parse_listen(const char *spec, struct sockaddr_storage *ss, socklen_t *ret_len, char *err,
+                             size_t errlen) {
+        char host[64];
+        const char *port;
+
+        memset(ss, 0, sizeof(*ss));
+        if (spec[0] == '[') {
+                const char *e = strchr(spec, ']');
+                if (!e || e[1] != ':' || (size_t) (e - spec - 1) >= sizeof(host))
+                        goto bad;
+                memcpy(host, spec + 1, (size_t) (e - spec - 1));
+                host[e - spec - 1] = 0;
+                port = e + 2;
+        } else {
+                const char *c = strrchr(spec, ':');
+                if (!c || (size_t) (c - spec) >= sizeof(host))
+                        goto bad;
+                memcpy(host, spec, (size_t) (c - spec));
+                host[c - spec] = 0;
+                port = c + 1;
+        }
+        if (port[0] < '0' || port[0] > '9' || strlen(port) > 5 || port[strspn(port, "0123456789")] != 0)
+                goto bad;
+        unsigned long p = strtoul(port, NULL, 10);
+        if (p > 65535)
+                goto bad;
+
+        struct sockaddr_in *in4 = (struct sockaddr_in *) ss;
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) ss;
+        if (spec[0] != '[' && inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+                if ((ntohl(in4->sin_addr.s_addr) >> 24) != 127) {
+                        snprintf(err, errlen, "API listen address '%s' is not loopback (127.0.0.0/8 or [::1])", spec);
+                        return -EPERM;
+                }
+                in4->sin_family = AF_INET;
+                in4->sin_port = htons((uint16_t) p);
+                *ret_len = sizeof(*in4);
+                return 0;
+        }
+        if (spec[0] == '[' && inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+                if (!IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)) {
+                        snprintf(err, errlen, "API listen address '%s' is not loopback (127.0.0.0/8 or [::1])", spec);
+                        return -EPERM;
+                }
+                in6->sin6_family = AF_INET6;
+                in6->sin6_port = htons((uint16_t) p);
+                *ret_len = sizeof(*in6);
+                return 0;
+        }
+bad:
+        snprintf(err, errlen, "API listen address '%s' must be 127.0.0.1:PORT or [::1]:PORT", spec);
+        return -EINVAL;
+}
+
+static int http_listen_tcp(HttpServer *s, const char *spec, bool *ret_v6, char *err, size_t errlen) {
+        struct sockaddr_storage ss;
+        socklen_t len;
+        int r = http_parse_listen(spec, &ss, &len, err, errlen);
+        if (r < 0)
+                return r;
+        _cleanup_close_ int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+                r = negative_errno();
+                snprintf(err, errlen, "socket(): %s", strerror(-r));
+                return r;
+        }
+        int one = 1;
+        (void) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (ss.ss_family == AF_INET6)
+                (void) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *) &ss, len) < 0 || listen(fd, HTTP_LISTEN_BACKLOG) < 0) {
+                r = negative_errno();
+                snprintf(err, errlen, "cannot listen on %s: %s", spec, strerror(-r));
+                return r;
+        }
+        len = sizeof(ss);
+        if (getsockname(fd, (struct sockaddr *) &ss, &len) < 0) {
+                r = negative_errno();
+                snprintf(err, errlen, "getsockname(%s): %s", spec, strerror(-r));
+                return r;
+        }
+        s->tcp_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *) &ss)->sin6_port
+                                                     : ((struct sockaddr_in *) &ss)->sin_port);
+        *ret_v6 = ss.ss_family == AF_INET6;
+        return TAKE_FD(fd);
+}
+
+/* --- tokens --- */
+
+static void http_tokens_free(HttpServer *s) {
+        for (size_t i = 0; i < s->n_tokens; i++) {
+                explicit_bzero(s->tokens[i].token, s->tokens[i].len);
+                free(s->tokens[i].token);
+        }
+        free(s->tokens);
+        s->tokens = NULL;
+        s->n_tokens = 0;
+}
+
+static int http_tokens_parse(HttpServer *s, const char *path, char *text, char *err, size_t errlen) {
+        unsigned line = 0;
+        char *next;
+        for (char *l = text; l; l = next) {
+                line++;
+                next = strchr(l, '\n');
+                if (next)
+                        *next++ = 0;
+                size_t n = strlen(l);
+                while (n > 0 && (l[n - 1] == '\r' || l[n - 1] == ' ' || l[n - 1] == '\t'))
+                        l[--n] = 0;
+                l += strspn(l, " \t");
+                if (*l == 0 || *l == '#')
+                        continue;
+
+                char *tok = l;
+                size_t tlen = strcspn(tok, " \t");
+                char *scope = tok + tlen;
+                scope += strspn(scope, " \t");
+                if (*scope == 0) {
+                        snprintf(err, errlen, "%s:%u: expected \"TOKEN read\" or \"TOKEN write\"", path, line);
+                        return -EINVAL;
+                }
+                tok[tlen] = 0;
+                bool write;
+                if (strcmp(scope, "read") == 0)
+                        write = false;
+                else if (strcmp(scope, "write") == 0)
+                        write = true;
+                else {
+                        snprintf(err, errlen, "%s:%u: scope must be \"read\" or \"write\"", path, line);
+                        return -EINVAL;
+                }
+                for (size_t i = 0; i < tlen; i++)
+                        if ((unsigned char) tok[i] < 0x21 || (unsigned char) tok[i] > 0x7e) {
+                                snprintf(err, errlen, "%s:%u: token contains a byte that is not printable ASCII", path,
+                                         line);
+                                return -EINVAL;
+                        }
+                for (size_t i = 0; i < s->n_tokens; i++)
+                        if (s->tokens[i].len == tlen && memcmp(s->tokens[i].token, tok, tlen) == 0) {
+                                snprintf(err, errlen, "%s:%u: duplicate token", path, line);
+                                return -EINVAL;
+                        }
+                HttpToken *t = realloc(s->tokens, (s->n_tokens + 1) * sizeof(HttpToken));
+                if (!t)
+                        return -ENOMEM;
+                s->tokens = t;
+                char *copy = strndup(tok, tlen);
+                if (!copy)
+                        return -ENOMEM;
+                s->tokens[s->n_tokens++] = (HttpToken){ .token = copy, .len = tlen, .write = write };
+        }
+        return 0;
+}
+
+static int http_tokens_load(HttpServer *s, const char *path, char *err, size_t errlen) {
+        int r;
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0) {
+                r = negative_errno();
+                snprintf(err, errlen, "cannot open tokens file '%s': %s", path, strerror(-r));
+                return r;
+        }
+        struct stat st;
+        if (fstat(fd, &st) < 0) {
+                r = negative_errno();
+                snprintf(err, errlen, "cannot stat tokens file '%s': %s", path, strerror(-r));
+                return r;
+        }
+        if (!S_ISREG(st.st_mode)) {
+                snprintf(err, errlen, "tokens file '%s' is not a regular file", path);
+                return -EINVAL;
+        }
+        if (st.st_mode & (S_IROTH | S_IWOTH)) {
+                snprintf(err, errlen,
+                         "tokens file '%s' is accessible by other users (mode %04o), refusing it; "
+                         "chmod o-rw it",
+                         path, (unsigned) (st.st_mode & 07777));
+                return -EPERM;
+        }
+        if (st.st_size > HTTP_TOKENS_FILE_MAX) {
+                snprintf(err, errlen, "tokens file '%s' is larger than %lld bytes", path,
+                         (long long) HTTP_TOKENS_FILE_MAX);
+                return -EFBIG;
+        }
+        size_t size = (size_t) st.st_size;
+        _cleanup_free_ char *text = malloc(size + 1);
+        if (!text)
+                return -ENOMEM;
+        size_t n = 0;
+        while (n < size) {
+                ssize_t k = read(fd, text + n, size - n);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0) {
+                        r = negative_errno();
+                        snprintf(err, errlen, "cannot read tokens file '%s': %s", path, strerror(-r));
+                        return r;
+                }
+                if (k == 0)
+                        break;
+                n += (size_t) k;
+        }
+        text[n] = 0;
+        if (memchr(text, 0, n)) {
+                explicit_bzero(text, n);
+                snprintf(err, errlen, "tokens file '%s' contains a NUL byte", path);
+                return -EINVAL;
+        }
+        r = http_tokens_parse(s, path, text, err, errlen);
+        explicit_bzero(text, n);
+        if (r == -ENOMEM)
+                snprintf(err, errlen, "out of memory reading '%s'", path);
+        return r;
+}
+
+/* --- the server --- */
+
+static int http_listener_start(HttpServer *s, int fd, bool tcp, bool v6, unsigned max_conn, unsigned timeout_s,
+                               char *err, size_t errlen) {
+        HttpListener *l = &s->listeners[s->n_listeners];
+        unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+        if (v6)
+                flags |= MHD_USE_IPv6;
+        *l = (HttpListener){ .server = s, .tcp = tcp };
+        /* The logger goes first so that MHD reports even option errors through it. */
+        l->daemon = MHD_start_daemon(
+                flags, 0, NULL, NULL, http_on_access, l, MHD_OPTION_EXTERNAL_LOGGER, http_on_mhd_log, NULL,
+                MHD_OPTION_LISTEN_SOCKET, (MHD_socket) fd, MHD_OPTION_CONNECTION_LIMIT, max_conn,
+                MHD_OPTION_CONNECTION_TIMEOUT, timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, HTTP_CONNECTION_MEMORY,
+                MHD_OPTION_URI_LOG_CALLBACK, http_on_uri, l, MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, l,
+                MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, l, MHD_OPTION_END);
+        if (!l->daemon) {
+                safe_close(fd);
+                snprintf(err, errlen, "cannot start the HTTP server on the %s listener", tcp ? "TCP" : "Unix");
+                return -EIO;
+        }
+        s->n_listeners++; /* from here the daemon owns fd */
+        const union MHD_DaemonInfo *di = MHD_get_daemon_info(l->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+        if (!di) {
+                snprintf(err, errlen, "libmicrohttpd has no epoll fd");
+                return -EIO;
+        }
+        int r = ev_io_add(s->ev, di->epoll_fd, EPOLLIN, http_on_io, l, &l->io);
+        if (r < 0) {
+                snprintf(err, errlen, "cannot watch the HTTP server's epoll fd: %s", strerror(-r));
+                return r;
+        }
+        return 0;
+}
+
+int http_server_new(Ev *ev, const HttpServerConfig *cfg, http_handler handler, void *userdata, HttpServer **ret,
+                    char *err, size_t errlen) {
+        int r;
+
+        if (!ev || !cfg || !handler || !ret || !cfg->socket_path) {
+                snprintf(err, errlen, "HTTP server: missing %s",
+                         !cfg || !cfg->socket_path ? "socket path" : "argument");
+                return -EINVAL;
+        }
+        if (cfg->listen_tcp && !cfg->tokens_file) {
+                snprintf(err, errlen, "API listen address '%s' needs a tokens file", cfg->listen_tcp);
+                return -EINVAL;
+        }
+        MHD_set_panic_func(http_on_mhd_panic, NULL);
+
+        HttpServer *s = calloc(1, sizeof(HttpServer));
+        if (!s)
+                return -ENOMEM;
+        *s = (HttpServer){
+                .ev = ev,
+                .handler = handler,
+                .userdata = userdata,
+                .write_gid = cfg->write_gid,
+                .euid = geteuid(),
+                .unix_read_only = cfg->unix_read_only,
+        };
+        unsigned max_conn = cfg->max_connections ? cfg->max_connections : HTTP_MAX_CONNECTIONS;
+        usec_t timeout = cfg->connection_timeout ? cfg->connection_timeout : HTTP_TIMEOUT_DEFAULT;
+        unsigned timeout_s = (unsigned) MIN((timeout + USEC_PER_SEC - 1) / USEC_PER_SEC, (usec_t) UINT_MAX);
+
+        r = ev_timer_add(ev, USEC_INFINITY, http_on_timer, s, &s->timer);
+        if (r < 0) {
+                snprintf(err, errlen, "cannot add the HTTP server's timer: %s", strerror(-r));
+                goto fail;
+        }
+        if (cfg->listen_tcp) {
+                r = http_tokens_load(s, cfg->tokens_file, err, errlen);
+                if (r < 0)
+                        goto fail;
+        }
+        r = http_listen_unix(s, cfg->socket_path, err, errlen);
+        if (r < 0)
+                goto fail;
+        r = http_listener_start(s, r, false, false, max_conn, timeout_s, err, errlen);
+        if (r < 0)
+                goto fail;
+        if (cfg->listen_tcp) {
+                bool v6 = false;
+                r = http_listen_tcp(s, cfg->listen_tcp, &v6, err, errlen);
+                if (r < 0)
+                        goto fail;
+                r = http_listener_start(s, r, true, v6, max_conn, timeout_s, err, errlen);
+                if (r < 0)
+                        goto fail;
+        }
+        http_server_rearm(s);
+        *ret = s;
+        return 0;
+fail:
+        http_server_free(s);
+        return r;
+}
+
+HttpServer *http_server_free(HttpServer *s) {
+        if (!s)
+                return NULL;
+        if (s->running > 0) {
+                /* Stopping MHD from inside its own callback would free the connection under it. */
+                log_error("http_server_free() called from inside the request handler");
+                abort();
+        }
+
+        /* No new connections, and no new request reaches the handler from here on. */
+        s->stopping = true;
+        MHD_socket listen_fds[ELEMENTSOF(s->listeners)];
+        for (size_t i = 0; i < s->n_listeners; i++)
+                listen_fds[i] = MHD_quiesce_daemon(s->listeners[i].daemon);
+
+        /* MHD must not be stopped with suspended connections: resume them and let MHD_run() close
+         * them (http_on_access() returns MHD_NO for an aborted call). Their calls become orphans
+         * that the handler may still answer. */
+        bool busy = false;
+        for (HttpCall *c = s->calls; c; c = c->next) {
+                if (c->state == HTTP_CALL_PENDING) {
+                        c->aborted = true;
+                        if (c->suspended) {
+                                c->suspended = false;
+                                MHD_resume_connection(c->conn);
+                        }
+                }
+                if (c->state == HTTP_CALL_PENDING || c->state == HTTP_CALL_ANSWERED)
+                        busy = true;
+        }
+        /* A resumed connection leaves MHD's suspended list only inside MHD_run(). */
+        for (unsigned round = 0; busy && round < 4; round++) {
+                for (size_t i = 0; i < s->n_listeners; i++)
+                        http_listener_run(&s->listeners[i]);
+                busy = false;
+                for (HttpCall *c = s->calls; c; c = c->next)
+                        if (c->state == HTTP_CALL_PENDING || c->state == HTTP_CALL_ANSWERED)
+                                busy = true;
+        }
+
+        for (size_t i = 0; i < s->n_listeners; i++) {
+                HttpListener *l = &s->listeners[i];
+                l->io = ev_io_free(l->io);
+                MHD_stop_daemon(l->daemon); /* closes every connection */
+                l->daemon = NULL;
+                if (listen_fds[i] != MHD_INVALID_SOCKET)
+                        safe_close(listen_fds[i]); /* quiesced: ours to close */
+        }
+        s->n_listeners = 0;
+        /* Whatever MHD did not report as completed: the handler keeps pending calls, the rest go. */
+        while (s->calls) {
+                HttpCall *c = s->calls;
+                if (c->state == HTTP_CALL_PENDING)
+                        http_call_unlink(c);
+                else
+                        http_call_free(c);
+        }
+
+        if (s->socket_path) {
+                struct stat st;
+                /* Only our own socket: a newer daemon may have replaced it. */
+                if (lstat(s->socket_path, &st) == 0 && st.st_dev == s->socket_dev && st.st_ino == s->socket_ino)
+                        (void) unlink(s->socket_path);
+                free(s->socket_path);
+        }
+        s->timer = ev_timer_free(s->timer);
+        http_tokens_free(s);
+        free(s);
+        return NULL;
+}
+
+uint16_t http_server_tcp_port(const HttpServer *s) {
+        return s ? s->tcp_port : 0;
+}
+
+void http_server_counters(const HttpServer *s, HttpCounters *ret) {
+        *ret = s ? s->counters : (HttpCounters){ 0 };
+}
