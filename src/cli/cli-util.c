@@ -2,6 +2,7 @@
 #include "cli/cli-util.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include "shared/unix-sock.h"
 
 bool arg_json = false;
+const char *cli_command = NULL;
 
 static int vreport(int code, const char *fmt, va_list ap) _printf_(2, 0);
 static int vreport(int code, const char *fmt, va_list ap) {
@@ -34,7 +36,7 @@ int cli_usage_error(const char *fmt, ...) {
         va_start(ap, fmt);
         vreport(EXIT_USAGE, fmt, ap);
         va_end(ap);
-        fputs("Try 'ballastctl --help'.\n", stderr);
+        fprintf(stderr, "Try 'ballastctl %s%s--help'.\n", cli_command ?: "", cli_command ? " " : "");
         return EXIT_USAGE;
 }
 
@@ -87,4 +89,161 @@ void cli_print_json(json_t *j) {
 
 bool cli_stderr_tty(void) {
         return isatty(STDERR_FILENO) == 1;
+}
+
+/* Sizes in answers are integers; a real (or a negative integer) is shown as what it is. */
+static bool json_size_value(json_t *v, uint64_t *ret) {
+        if (json_is_integer(v) && json_integer_value(v) >= 0) {
+                *ret = (uint64_t) json_integer_value(v);
+                return true;
+        }
+        return false;
+}
+
+const char *cli_json_size(char *buf, size_t len, json_t *v) {
+        uint64_t b;
+        if (json_size_value(v, &b))
+                return format_size(buf, len, b);
+        if (json_is_number(v)) {
+                snprintf(buf, len, "%g", json_number_value(v));
+                return buf;
+        }
+        return "-";
+}
+
+const char *cli_json_size_compact(char *buf, size_t len, json_t *v) {
+        uint64_t b;
+        if (json_size_value(v, &b))
+                return cli_format_size_compact(buf, len, b);
+        return cli_json_size(buf, len, v);
+}
+
+const char *cli_json_str(json_t *v) {
+        const char *s = json_string_value(v);
+        return s && s[0] ? s : "-";
+}
+
+void cli_field(const char *key, const char *fmt, ...) {
+        va_list ap;
+        int n = key[0] ? printf("%s:", key) : 0; /* "": a continuation line */
+        printf("%*s", n < 18 ? 18 - n : 1, "");
+        va_start(ap, fmt);
+        vprintf(fmt, ap);
+        va_end(ap);
+        putchar('\n');
+}
+
+const char *cli_format_size_compact(char *buf, size_t len, uint64_t bytes) {
+        static const char unit[] = "BKMGTPE";
+        unsigned u = 0;
+        while (u + 1 < sizeof(unit) - 1 && bytes >= (UINT64_C(1) << (10 * (u + 1))))
+                u++;
+        uint64_t scale = UINT64_C(1) << (10 * u);
+        if (bytes % scale == 0) {
+                snprintf(buf, len, "%" PRIu64 "%c", bytes / scale, unit[u]);
+                return buf;
+        }
+        char num[32];
+        snprintf(num, sizeof(num), "%.2f", (double) bytes / (double) scale);
+        size_t n = strlen(num);
+        while (n > 0 && num[n - 1] == '0')
+                num[--n] = '\0';
+        if (n > 0 && num[n - 1] == '.')
+                num[--n] = '\0';
+        snprintf(buf, len, "%s%c", num, unit[u]);
+        return buf;
+}
+
+const char *cli_format_seconds(char *buf, size_t len, double s) {
+        uint64_t t = 0;
+        if (s > 0 && s < 1e15) { /* also false for NaN */
+                t = (uint64_t) s;
+                if ((double) t < s)
+                        t++;
+        }
+        if (t >= 3600)
+                snprintf(buf, len, "%" PRIu64 "h%" PRIu64 "m%" PRIu64 "s", t / 3600, t / 60 % 60, t % 60);
+        else if (t >= 60)
+                snprintf(buf, len, "%" PRIu64 "m%" PRIu64 "s", t / 60, t % 60);
+        else
+                snprintf(buf, len, "%" PRIu64 "s", t);
+        return buf;
+}
+
+struct CliTable {
+        size_t ncols;
+        uint64_t right;
+        size_t nrows, allocated;
+        char **cells; /* nrows × ncols */
+};
+
+static int table_add_va(CliTable *t, va_list ap) {
+        if (t->nrows == t->allocated) {
+                size_t n = t->allocated ? t->allocated * 2 : 16;
+                char **c = reallocarray(t->cells, n * t->ncols, sizeof(char *));
+                if (!c)
+                        return -ENOMEM;
+                t->cells = c;
+                t->allocated = n;
+        }
+        char **row = t->cells + t->nrows * t->ncols;
+        for (size_t i = 0; i < t->ncols; i++) {
+                const char *s = va_arg(ap, const char *);
+                row[i] = strdup(s ?: "-");
+                if (!row[i]) {
+                        while (i > 0)
+                                free(row[--i]);
+                        return -ENOMEM;
+                }
+        }
+        t->nrows++;
+        return 0;
+}
+
+CliTable *cli_table_new(size_t ncols, uint64_t right_aligned, ...) {
+        CliTable *t = calloc(1, sizeof(*t));
+        if (!t)
+                return NULL;
+        t->ncols = ncols;
+        t->right = right_aligned;
+        va_list ap;
+        va_start(ap, right_aligned);
+        int r = table_add_va(t, ap);
+        va_end(ap);
+        return r < 0 ? cli_table_free(t) : t;
+}
+
+int cli_table_add(CliTable *t, ...) {
+        va_list ap;
+        va_start(ap, t);
+        int r = table_add_va(t, ap);
+        va_end(ap);
+        return r;
+}
+
+void cli_table_print(const CliTable *t, FILE *f) {
+        size_t width[64] = { 0 };
+        size_t ncols = MIN(t->ncols, ELEMENTSOF(width));
+        for (size_t r = 0; r < t->nrows; r++)
+                for (size_t c = 0; c < ncols; c++)
+                        width[c] = MAX(width[c], strlen(t->cells[r * t->ncols + c]));
+        for (size_t r = 0; r < t->nrows; r++) {
+                for (size_t c = 0; c < ncols; c++) {
+                        const char *s = t->cells[r * t->ncols + c];
+                        bool right = c < 64 && (t->right >> c & 1);
+                        bool last = c + 1 == ncols;
+                        fprintf(f, "%s%*s", c ? "  " : "", right ? (int) width[c] : last ? 0 : -(int) width[c], s);
+                }
+                fputc('\n', f);
+        }
+}
+
+CliTable *cli_table_free(CliTable *t) {
+        if (!t)
+                return NULL;
+        for (size_t i = 0; i < t->nrows * t->ncols; i++)
+                free(t->cells[i]);
+        free(t->cells);
+        free(t);
+        return NULL;
 }

@@ -4,6 +4,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 #include "shared/macro.h"
@@ -19,6 +20,8 @@ enum {
 };
 
 extern bool arg_json;
+/* The command being run ("vm add"), for the "Try 'ballastctl vm add --help'." hint; NULL: none. */
+extern const char *cli_command;
 
 /* Prints "ballastctl: <message>" on stderr and returns EXIT_FAIL (or the given code). */
 int cli_error(int code, const char *fmt, ...) _printf_(2, 3);
@@ -35,3 +38,31 @@ void cli_print_json(json_t *j);
 
 /* Whether stderr is a terminal (progress lines are redrawn in place then). */
 bool cli_stderr_tty(void);
+
+/* Fields of an API answer, for humans. Each returns buf or a constant, never NULL:
+ * cli_json_size: format_size() of a size field ("512 MiB"), "-" when null or absent;
+ * cli_json_size_compact: the same in compact units ("512M", "1.5G"), for dense columns;
+ * cli_json_str: a string field, "-" when null, absent or empty. */
+const char *cli_json_size(char *buf, size_t len, json_t *v);
+const char *cli_json_size_compact(char *buf, size_t len, json_t *v);
+const char *cli_json_str(json_t *v);
+/* Prints "key:" padded to a common column, then the formatted value and a newline; key "" for a
+ * continuation line. */
+void cli_field(const char *key, const char *fmt, ...) _printf_(2, 3);
+/* "100B", "64K", "512M", "1.5G", "1.25T": binary units, at most two decimals, no trailing zeros. */
+const char *cli_format_size_compact(char *buf, size_t len, uint64_t bytes);
+/* A remaining time in seconds, rounded up: "45s", "4m59s", "1h0m0s". */
+const char *cli_format_seconds(char *buf, size_t len, double s);
+
+/* A table printed with aligned columns separated by two spaces; row 0 is the header. Cells are
+ * copied; a NULL cell prints as "-". Right-aligned columns are given as a bit mask (bit i:
+ * column i). The last column is not padded. */
+typedef struct CliTable CliTable;
+/* Takes ncols header strings. Returns NULL when out of memory. */
+CliTable *cli_table_new(size_t ncols, uint64_t right_aligned, ...);
+/* Takes ncols cell strings. Returns 0 or -ENOMEM. */
+int cli_table_add(CliTable *t, ...);
+void cli_table_print(const CliTable *t, FILE *f);
+/* Accepts NULL; returns NULL. */
+CliTable *cli_table_free(CliTable *t);
+DEFINE_TRIVIAL_CLEANUP_FUNC(CliTable *, cli_table_free);

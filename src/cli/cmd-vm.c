@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* ballastctl vm start|stop|list|info|exec|ping|meminfo|fill|verify|release|agent — the launcher. */
+/* ballastctl vm start|stop|list|info|exec|ping|meminfo|fill|verify|release|agent — the launcher.
+ * vm add|rm|show ask ballastd and live in cmd-vms.c. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -27,6 +28,11 @@ static const char vm_usage[] =
         "       ballastctl vm fill NAME MIB [--seed N] [--no-hold] [--check-zero]\n"
         "       ballastctl vm verify|release NAME HANDLE\n"
         "       ballastctl vm agent NAME CMD [JSON-ARGS]\n"
+        "\n"
+        "VMs registered with ballastd (see 'ballastctl vm add --help', and 'ballastctl vms'):\n"
+        "       ballastctl vm add ID --driver DRIVER (--socket PATH | --domain NAME) --assigned SIZE\n"
+        "       ballastctl vm rm ID\n"
+        "       ballastctl vm show ID\n"
         "\n"
         "start options:\n"
         "  --memory SIZE              guest RAM (default 512M)\n"
@@ -514,6 +520,12 @@ int cmd_vm(int argc, char **argv) {
         argc--;
         argv++;
         optind = 1;
+        if (strcmp(verb, "add") == 0)
+                return cmd_vm_add(argc, argv);
+        if (strcmp(verb, "rm") == 0)
+                return cmd_vm_rm(argc, argv);
+        if (strcmp(verb, "show") == 0)
+                return cmd_vm_show(argc, argv);
         if (strcmp(verb, "start") == 0)
                 return vm_start_cmd(argc, argv);
         if (strcmp(verb, "stop") == 0)

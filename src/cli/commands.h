@@ -5,3 +5,13 @@
  * process exit code. */
 int cmd_balloon(int argc, char **argv);
 int cmd_vm(int argc, char **argv);
+
+/* Commands that talk to ballastd's API (cli/api-client.h). */
+int cmd_host(int argc, char **argv);
+int cmd_vms(int argc, char **argv);
+int cmd_reclaim(int argc, char **argv);
+int cmd_history(int argc, char **argv);
+/* vm add|rm|show, dispatched by cmd_vm(); argv[0] is the verb. */
+int cmd_vm_add(int argc, char **argv);
+int cmd_vm_rm(int argc, char **argv);
+int cmd_vm_show(int argc, char **argv);
