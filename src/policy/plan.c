@@ -336,6 +336,7 @@ typedef struct Shape {
         const PlanConfig *c;
         usec_t now;
         bool critical;
+        bool pressure; /* state is not healthy: the host is short now */
         bool hold_dominates;
         bool want_more; /* the split still wants reclaim from this tier */
 } Shape;
@@ -363,8 +364,11 @@ static void plan_shape(const Shape *sh, const PlanVm *v, PlanDecision *d) {
                 return;
         }
 
+        /* The dead band prevents churn around a target; it must not stop reclaim the host needs
+         * now, or a need split into pieces smaller than the band would never be met. */
         bool exact_end = want == f || want == a;
-        if (err < c->dead_band && !exact_end) {
+        bool needed_now = dir < 0 && sh->pressure;
+        if (err < c->dead_band && !exact_end && !needed_now) {
                 d->reason = PLAN_REASON_DEAD_BAND;
                 return;
         }
@@ -385,7 +389,7 @@ static void plan_shape(const Shape *sh, const PlanVm *v, PlanDecision *d) {
 
         if (step < err) {
                 d->reason = PLAN_REASON_RATE_LIMITED;
-                if (step < c->dead_band || step == 0)
+                if ((step < c->dead_band && !needed_now) || step == 0)
                         return;
         } else if (dir < 0)
                 d->reason = want == f ? PLAN_REASON_FLOOR : sh->hold_dominates ? PLAN_REASON_HOLD : PLAN_REASON_RECLAIM;
@@ -556,6 +560,7 @@ int plan_compute(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vm
                 .c = c,
                 .now = now,
                 .critical = critical,
+                .pressure = state != PLAN_STATE_HEALTHY,
                 .hold_dominates = hold > automatic,
                 .want_more = want > 0,
         };

@@ -200,8 +200,8 @@ static bool kvm_probe(const char *qemu) {
                 int null = open("/dev/null", O_RDWR | O_CLOEXEC);
                 if (dup2(in[0], 0) < 0 || null < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
                         _exit(127);
-                execlp(qemu, qemu, "-M", "q35", "-accel", "kvm", "-cpu", "host", "-m", "64", "-nodefaults",
-                       "-display", "none", "-S", "-qmp", "stdio", (char *) NULL);
+                execlp(qemu, qemu, "-M", "q35", "-accel", "kvm", "-cpu", "host", "-m", "64", "-nodefaults", "-display",
+                       "none", "-S", "-qmp", "stdio", (char *) NULL);
                 _exit(127);
         }
         close(in[0]);

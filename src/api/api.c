@@ -1,0 +1,783 @@
+/* SPDX-License-Identifier: MIT */
+#include "api/api.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "config.h"
+#include "daemon/manager.h"
+#include "shared/log.h"
+#include "shared/macro.h"
+#include "shared/strutil.h"
+#include "store/store.h"
+
+#define MiB (UINT64_C(1) << 20)
+
+/* ---- strict body parsing (pure) ---- */
+
+typedef struct Field {
+        const char *name;
+        bool required;
+        bool seen;
+} Field;
+
+static int body_load(const char *body, size_t len, json_t **ret, char *err, size_t errlen) {
+        if (!body || len == 0) {
+                snprintf(err, errlen, "a JSON object body is required");
+                return -EINVAL;
+        }
+        if (memchr(body, '\0', len)) {
+                snprintf(err, errlen, "the body contains a NUL byte");
+                return -EINVAL;
+        }
+        json_error_t je;
+        json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+        if (!j) {
+                snprintf(err, errlen, "malformed JSON at line %d column %d: %s", je.line, je.column, je.text);
+                return -EINVAL;
+        }
+        if (!json_is_object(j)) {
+                json_decref(j);
+                snprintf(err, errlen, "the body must be a JSON object");
+                return -EINVAL;
+        }
+        *ret = j;
+        return 0;
+}
+
+/* Every key must be one of fields[]; every required one present. */
+static int body_check_fields(json_t *j, Field *fields, size_t n, char *err, size_t errlen) {
+        const char *key;
+        json_t *v;
+        json_object_foreach(j, key, v) {
+                size_t i;
+                for (i = 0; i < n; i++)
+                        if (strcmp(fields[i].name, key) == 0)
+                                break;
+                if (i == n) {
+                        snprintf(err, errlen, "unknown field \"%.64s\"", key);
+                        return -EINVAL;
+                }
+                fields[i].seen = true;
+        }
+        for (size_t i = 0; i < n; i++)
+                if (fields[i].required && !fields[i].seen) {
+                        snprintf(err, errlen, "field \"%s\" is required", fields[i].name);
+                        return -EINVAL;
+                }
+        return 0;
+}
+
+static int get_size(json_t *j, const char *name, uint64_t min, uint64_t max, uint64_t *ret, char *err, size_t errlen) {
+        json_t *v = json_object_get(j, name);
+        if (!v)
+                return 0;
+        if (!json_is_integer(v)) {
+                snprintf(err, errlen, "field \"%s\" must be an integer (bytes)", name);
+                return -EINVAL;
+        }
+        json_int_t x = json_integer_value(v);
+        if (x < 0) {
+                snprintf(err, errlen, "field \"%s\" must not be negative", name);
+                return -EINVAL;
+        }
+        if ((uint64_t) x < min || (uint64_t) x > max) {
+                snprintf(err, errlen, "field \"%s\" must be between %" PRIu64 " and %" PRIu64, name, min, max);
+                return -EINVAL;
+        }
+        *ret = (uint64_t) x;
+        return 1;
+}
+
+static int get_string(json_t *j, const char *name, size_t max, const char **ret, char *err, size_t errlen) {
+        json_t *v = json_object_get(j, name);
+        if (!v)
+                return 0;
+        if (!json_is_string(v)) {
+                snprintf(err, errlen, "field \"%s\" must be a string", name);
+                return -EINVAL;
+        }
+        if (json_string_length(v) > max) {
+                snprintf(err, errlen, "field \"%s\" is longer than %zu bytes", name, max);
+                return -EINVAL;
+        }
+        if (strlen(json_string_value(v)) != json_string_length(v)) {
+                snprintf(err, errlen, "field \"%s\" contains a NUL character", name);
+                return -EINVAL;
+        }
+        *ret = json_string_value(v);
+        return 1;
+}
+
+static size_t utf8_chars(const char *s) {
+        size_t n = 0;
+        for (; *s; s++)
+                if (((unsigned char) *s & 0xC0) != 0x80)
+                        n++;
+        return n;
+}
+
+int api_parse_vm_create(const char *body, size_t len, CtlVmSpec *ret, char *err, size_t errlen) {
+        json_t *j = NULL;
+        int r = body_load(body, len, &j, err, errlen);
+        if (r < 0)
+                return r;
+        Field f[] = {
+                { "id", true },      { "driver", true },        { "socket", false },        { "uri", false },
+                { "domain", false }, { "expected_uid", false }, { "assigned_bytes", true }, { "floor_bytes", false },
+                { "shares", false }
+        };
+        CtlVmSpec s = { .expected_uid = -1, .shares = 1000 };
+        const char *id = NULL, *driver = NULL, *sock = NULL, *uri = NULL, *domain = NULL;
+        uint64_t shares = 1000, uid;
+        r = body_check_fields(j, f, ELEMENTSOF(f), err, errlen);
+        if (r >= 0)
+                r = get_string(j, "id", CTL_ID_MAX, &id, err, errlen);
+        if (r >= 0 && (!store_vm_id_is_valid(id) || strcmp(id, ".") == 0 || strcmp(id, "..") == 0)) {
+                snprintf(err, errlen, "field \"id\" must be 1-64 characters of A-Z a-z 0-9 . _ -");
+                r = -EINVAL;
+        }
+        if (r >= 0)
+                r = get_string(j, "driver", 31, &driver, err, errlen);
+        if (r >= 0 && !store_driver_is_valid(driver)) {
+                snprintf(err, errlen,
+                         "field \"driver\" must be one of qemu, firecracker, cloud-hypervisor, libvirt (got \"%.31s\")",
+                         driver);
+                r = -EINVAL;
+        }
+        if (r >= 0)
+                r = get_string(j, "socket", CTL_FIELD_MAX - 1, &sock, err, errlen);
+        if (r >= 0)
+                r = get_string(j, "uri", CTL_FIELD_MAX - 1, &uri, err, errlen);
+        if (r >= 0)
+                r = get_string(j, "domain", CTL_FIELD_MAX - 1, &domain, err, errlen);
+        if (r >= 0) {
+                bool lv = strcmp(driver, "libvirt") == 0;
+                if (lv && !uri)
+                        uri = "qemu:///system";
+                if (lv && (!domain || sock)) {
+                        snprintf(err, errlen,
+                                 "driver libvirt takes fields \"domain\" and \"uri\" (default qemu:///system), not "
+                                 "\"socket\"");
+                        r = -EINVAL;
+                } else if (!lv && (!sock || uri || domain)) {
+                        snprintf(err, errlen, "driver %s takes field \"socket\" (not \"uri\"/\"domain\")", driver);
+                        r = -EINVAL;
+                } else if (!lv && sock[0] != '/') {
+                        snprintf(err, errlen, "field \"socket\" must be an absolute path");
+                        r = -EINVAL;
+                } else if (lv && (!uri[0] || !domain[0])) {
+                        snprintf(err, errlen, "fields \"uri\" and \"domain\" must not be empty");
+                        r = -EINVAL;
+                }
+        }
+        if (r >= 0 && (r = get_size(j, "expected_uid", 0, UINT32_MAX - 1, &uid, err, errlen)) > 0)
+                s.expected_uid = (int64_t) uid;
+        if (r >= 0)
+                r = get_size(j, "assigned_bytes", MiB, API_SIZE_MAX, &s.assigned, err, errlen);
+        if (r >= 0)
+                r = get_size(j, "floor_bytes", 0, API_SIZE_MAX, &s.floor, err, errlen);
+        if (r >= 0 && s.floor > s.assigned) {
+                snprintf(err, errlen, "field \"floor_bytes\" must not exceed \"assigned_bytes\"");
+                r = -EINVAL;
+        }
+        if (r >= 0 && (r = get_size(j, "shares", 1, 1000000, &shares, err, errlen)) > 0)
+                s.shares = (uint32_t) shares;
+        if (r >= 0) {
+                strscpy(s.id, sizeof s.id, id);
+                strscpy(s.driver, sizeof s.driver, driver);
+                strscpy(s.socket, sizeof s.socket, sock ? sock : "");
+                strscpy(s.uri, sizeof s.uri, uri ? uri : "");
+                strscpy(s.domain, sizeof s.domain, domain ? domain : "");
+                *ret = s;
+                r = 0;
+        }
+        json_decref(j);
+        return r;
+}
+
+int api_parse_vm_patch(const char *body, size_t len, ApiVmPatch *ret, char *err, size_t errlen) {
+        json_t *j = NULL;
+        int r = body_load(body, len, &j, err, errlen);
+        if (r < 0)
+                return r;
+        Field f[] = { { "assigned_bytes", false }, { "floor_bytes", false }, { "shares", false } };
+        ApiVmPatch p = { 0 };
+        uint64_t shares = 0;
+        r = body_check_fields(j, f, ELEMENTSOF(f), err, errlen);
+        if (r >= 0 && (r = get_size(j, "assigned_bytes", MiB, API_SIZE_MAX, &p.assigned, err, errlen)) > 0)
+                p.has_assigned = true;
+        if (r >= 0 && (r = get_size(j, "floor_bytes", 0, API_SIZE_MAX, &p.floor, err, errlen)) > 0)
+                p.has_floor = true;
+        if (r >= 0 && (r = get_size(j, "shares", 1, 1000000, &shares, err, errlen)) > 0) {
+                p.has_shares = true;
+                p.shares = (uint32_t) shares;
+        }
+        if (r >= 0 && !p.has_assigned && !p.has_floor && !p.has_shares) {
+                snprintf(err, errlen, "nothing to change: give assigned_bytes, floor_bytes or shares");
+                r = -EINVAL;
+        }
+        if (r >= 0) {
+                *ret = p;
+                r = 0;
+        }
+        json_decref(j);
+        return r;
+}
+
+int api_parse_reclaim(const char *body, size_t len, ApiReclaim *ret, char *err, size_t errlen) {
+        json_t *j = NULL;
+        int r = body_load(body, len, &j, err, errlen);
+        if (r < 0)
+                return r;
+        Field f[] = { { "reclaim_bytes", true }, { "hold_for", false }, { "dry_run", false }, { "reason", false } };
+        ApiReclaim a = { .hold_for = API_HOLD_FOR_DEFAULT };
+        const char *hold = NULL, *reason = NULL;
+        r = body_check_fields(j, f, ELEMENTSOF(f), err, errlen);
+        if (r >= 0)
+                r = get_size(j, "reclaim_bytes", 0, API_SIZE_MAX, &a.reclaim_bytes, err, errlen);
+        if (r >= 0 && (r = get_string(j, "hold_for", 32, &hold, err, errlen)) > 0) {
+                usec_t d;
+                if (parse_duration(hold, &d) < 0) {
+                        snprintf(err, errlen,
+                                 "field \"hold_for\": \"%.32s\" is not a duration (e.g. \"90s\", \"5m\", \"0s\")",
+                                 hold);
+                        r = -EINVAL;
+                } else if (d > API_HOLD_FOR_MAX) {
+                        snprintf(err, errlen, "field \"hold_for\" must be at most 1h");
+                        r = -EINVAL;
+                } else
+                        a.hold_for = d;
+        }
+        json_t *dr = json_object_get(j, "dry_run");
+        if (r >= 0 && dr) {
+                if (!json_is_boolean(dr)) {
+                        snprintf(err, errlen, "field \"dry_run\" must be true or false");
+                        r = -EINVAL;
+                } else
+                        a.dry_run = json_is_true(dr);
+        }
+        if (r >= 0 && (r = get_string(j, "reason", 4 * API_REASON_MAX, &reason, err, errlen)) > 0) {
+                if (utf8_chars(reason) > API_REASON_MAX) {
+                        snprintf(err, errlen, "field \"reason\" is longer than %d characters", API_REASON_MAX);
+                        r = -EINVAL;
+                } else
+                        strscpy(a.reason, sizeof a.reason, reason);
+        } else if (r == -EINVAL && strstr(err, "\"reason\" is longer"))
+                snprintf(err, errlen, "field \"reason\" is longer than %d characters", API_REASON_MAX);
+        if (r >= 0) {
+                *ret = a;
+                r = 0;
+        }
+        json_decref(j);
+        return r;
+}
+
+int api_parse_target(const char *body, size_t len, uint64_t *ret, char *err, size_t errlen) {
+        json_t *j = NULL;
+        int r = body_load(body, len, &j, err, errlen);
+        if (r < 0)
+                return r;
+        Field f[] = { { "target_bytes", true } };
+        uint64_t t = 0;
+        r = body_check_fields(j, f, ELEMENTSOF(f), err, errlen);
+        if (r >= 0)
+                r = get_size(j, "target_bytes", 0, API_SIZE_MAX, &t, err, errlen);
+        if (r >= 0) {
+                *ret = t;
+                r = 0;
+        }
+        json_decref(j);
+        return r;
+}
+
+/* ---- JSON views ---- */
+
+static json_t *json_time(uint64_t rt_usec) {
+        if (!rt_usec)
+                return json_null();
+        time_t sec = (time_t) (rt_usec / USEC_PER_SEC);
+        struct tm tm;
+        char buf[64];
+        gmtime_r(&sec, &tm);
+        size_t k = strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(buf + k, sizeof buf - k, ".%03uZ", (unsigned) (rt_usec % USEC_PER_SEC / 1000));
+        return json_string(buf);
+}
+
+static json_t *json_u64(uint64_t v) {
+        return json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t) v);
+}
+
+static json_t *vm_json(const CtlVm *vm) {
+        CtlVmView v;
+        ctl_vm_view(vm, &v);
+        json_t *o = json_object();
+        json_object_set_new(o, "id", json_string(v.spec->id));
+        json_object_set_new(o, "driver", json_string(v.spec->driver));
+        if (strcmp(v.spec->driver, "libvirt") == 0) {
+                json_object_set_new(o, "uri", json_string(v.spec->uri));
+                json_object_set_new(o, "domain", json_string(v.spec->domain));
+        } else
+                json_object_set_new(o, "socket", json_string(v.spec->socket));
+        json_object_set_new(o, "expected_uid",
+                            v.spec->expected_uid < 0 ? json_null() : json_integer(v.spec->expected_uid));
+        json_object_set_new(o, "assigned_bytes", json_u64(v.spec->assigned));
+        json_object_set_new(o, "floor_bytes", json_u64(v.spec->floor));
+        json_object_set_new(o, "shares", json_integer(v.spec->shares));
+        json_object_set_new(o, "status", json_string(ctl_vm_status_to_string(v.status)));
+        json_object_set_new(o, "target_bytes", v.actual_known ? json_u64(v.target) : json_null());
+        json_object_set_new(o, "actual_bytes", v.actual_known ? json_u64(v.actual) : json_null());
+        json_object_set_new(o, "desired_bytes", v.actual_known ? json_u64(v.last.desired) : json_null());
+        json_object_set_new(o, "effective_floor_bytes", v.actual_known ? json_u64(v.last.floor) : json_null());
+        json_object_set_new(o, "reason",
+                            v.actual_known ? json_string(plan_reason_to_string(v.last.reason)) : json_null());
+        json_object_set_new(o, "last_error", v.last_error[0] ? json_string(v.last_error) : json_null());
+        json_object_set_new(o, "errors", json_u64(v.errors));
+        json_object_set_new(o, "commands", json_u64(v.commands));
+        json_object_set_new(o, "stalls", json_u64(v.stalls));
+        json_object_set_new(o, "updated", v.updated ? json_time(manager_mono_to_rt(v.updated)) : json_null());
+        return o;
+}
+
+static double pct(uint32_t hundredths) {
+        return (double) hundredths / 100.0;
+}
+
+static json_t *host_json(Manager *m) {
+        CtlHostView h;
+        ctl_host_view(m->ctl, &h);
+        const DaemonConfig *cfg = m->cfg;
+        const PlanConfig *pc = &ctl_config(m->ctl)->plan;
+        json_t *o = json_object();
+        char scope[600];
+        const CtlConfig *cc = ctl_config(m->ctl);
+        if (cc->cgroup_dir)
+                snprintf(scope, sizeof scope, "cgroup:%s", cc->cgroup_dir);
+        else
+                snprintf(scope, sizeof scope, "host");
+        (void) cfg;
+        json_object_set_new(o, "scope", json_string(scope));
+        json_object_set_new(o, "total_bytes", h.sample_ok ? json_u64(h.sample.total) : json_null());
+        json_object_set_new(o, "available_bytes", h.sample_ok ? json_u64(h.sample.available) : json_null());
+        if (h.sample_ok && h.sample.has_psi)
+                json_object_set_new(o, "psi",
+                                    json_pack("{s:f,s:f}", "some_avg10", pct(h.sample.psi.some.avg10), "full_avg10",
+                                              h.sample.psi.has_full ? pct(h.sample.psi.full.avg10) : 0.0));
+        else
+                json_object_set_new(o, "psi", json_null());
+        json_object_set_new(o, "sample_error", h.sample_ok ? json_null() : json_string(h.sample_error));
+        json_object_set_new(o, "state", json_string(plan_state_to_string(h.ctl.state)));
+        json_object_set_new(o, "state_since", h.ctl.since ? json_time(manager_mono_to_rt(h.ctl.since)) : json_null());
+        json_object_set_new(o, "transitions", json_u64(h.transitions));
+        uint64_t total = h.sample_ok ? h.sample.total : 0;
+        json_object_set_new(o, "watermarks",
+                            json_pack("{s:o,s:o,s:o}", "low_bytes", json_u64(total / 10000 * pc->low_pmy), "high_bytes",
+                                      json_u64(total / 10000 * pc->high_pmy), "critical_bytes",
+                                      json_u64(total / 10000 * pc->critical_pmy)));
+        json_object_set_new(o, "reclaim",
+                            json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "automatic_bytes", json_u64(h.last.automatic),
+                                      "hold_bytes", json_u64(h.last.hold), "requested_bytes",
+                                      json_u64(h.last.requested), "planned_bytes", json_u64(h.last.planned),
+                                      "commanded_bytes", json_u64(h.commanded), "reached_bytes", json_u64(h.reached),
+                                      "shortfall_bytes", json_u64(h.last.shortfall)));
+        PlanHold hold = ctl_hold(m->ctl);
+        usec_t now = now_mono();
+        if (hold.bytes && now < hold.until && m->hold_set)
+                json_object_set_new(o, "hold",
+                                    json_pack("{s:o,s:o,s:f,s:s}", "bytes", json_u64(hold.bytes), "until",
+                                              json_time(m->hold.until), "remaining_s",
+                                              (double) (hold.until - now) / (double) USEC_PER_SEC, "reason",
+                                              m->hold.reason));
+        else
+                json_object_set_new(o, "hold", json_null());
+        json_object_set_new(o, "vm_count", json_integer((json_int_t) ctl_vm_count(m->ctl)));
+        json_object_set_new(o, "sample_age_ms",
+                            h.sample_ok ? json_integer((json_int_t) ((now - MIN(now, h.sample_at)) / USEC_PER_MSEC))
+                                        : json_null());
+        return o;
+}
+
+static json_t *stats_json(const HvStats *s) {
+        json_t *o = json_object();
+#define STAT(name, v) json_object_set_new(o, name, (v) == HV_STAT_UNSET ? json_null() : json_u64(v))
+        STAT("swap_in_bytes", s->swap_in);
+        STAT("swap_out_bytes", s->swap_out);
+        STAT("major_faults", s->major_faults);
+        STAT("minor_faults", s->minor_faults);
+        STAT("free_bytes", s->free);
+        STAT("total_bytes", s->total);
+        STAT("available_bytes", s->available);
+        STAT("caches_bytes", s->caches);
+        STAT("oom_kills", s->oom_kills);
+#undef STAT
+        json_object_set_new(o, "period_s", json_integer(s->period));
+        return o;
+}
+
+/* ---- routes ---- */
+
+static bool method_is(const HttpRequest *req, const char *m) {
+        return strcmp(req->method, m) == 0;
+}
+
+static void reply_method(HttpCall *call, const char *allow) {
+        http_call_add_header(call, "Allow", allow);
+        http_call_reply_error(call, 405, "method_not_allowed", "method not allowed here; allowed: %s", allow);
+}
+
+static bool need_write(HttpCall *call, const HttpRequest *req) {
+        if (req->can_write)
+                return true;
+        http_call_reply_error(call, 403, "forbidden", "%s %s needs write permission", req->method, req->path);
+        return false;
+}
+
+static void reply_errno(HttpCall *call, int r, const char *msg) {
+        switch (r) {
+        case -EINVAL:
+        case -ERANGE:
+                http_call_reply_error(call, 400, "bad_request", "%s", msg);
+                break;
+        case -ENOENT:
+                http_call_reply_error(call, 404, "not_found", "%s", msg);
+                break;
+        case -EEXIST:
+                http_call_reply_error(call, 409, "conflict", "%s", msg);
+                break;
+        case -EOPNOTSUPP:
+                http_call_reply_error(call, 501, "not_implemented", "%s", msg);
+                break;
+        default:
+                http_call_reply_error(call, 500, "internal", "%s", msg);
+        }
+}
+
+/* GET /v1/vms/{id}/stats: the driver's answer arrives later. */
+typedef struct StatsCall {
+        HttpCall *call;
+        char id[CTL_ID_MAX + 1];
+} StatsCall;
+
+static void on_stats(Hv *hv, const HvReply *reply, void *userdata) {
+        StatsCall *sc = userdata;
+        (void) hv;
+        if (reply->error < 0)
+                http_call_reply_error(sc->call, reply->error == -EOPNOTSUPP ? 501 : 503,
+                                      reply->error == -EOPNOTSUPP ? "not_implemented" : "unavailable", "VM %s: %s",
+                                      sc->id, reply->message);
+        else
+                http_call_reply_json(
+                        sc->call, 200,
+                        json_pack("{s:s,s:o,s:o}", "id", sc->id, "stats", stats_json(&reply->stats), "last_update",
+                                  reply->stats.last_update ? json_time(reply->stats.last_update * USEC_PER_SEC)
+                                                           : json_null()));
+        free(sc);
+}
+
+/* POST /v1/memory/reclaim */
+typedef struct ReclaimCall {
+        Manager *m;
+        HttpCall *call;
+        ApiReclaim req;
+} ReclaimCall;
+
+static json_t *reclaim_answer(Manager *m, const ApiReclaim *a, const PlanResult *r, const PlanDecision *d,
+                              const uint64_t *previous, const int *results, size_t n, bool dry) {
+        json_t *actions = json_array();
+        uint64_t applied = 0;
+        for (size_t i = 0; i < n; i++) {
+                CtlVm *vm = ctl_vm_at(m->ctl, i);
+                if (!vm)
+                        break;
+                CtlVmView v;
+                ctl_vm_view(vm, &v);
+                const char *action;
+                uint64_t new_target = d[i].target;
+                json_t *error = json_null();
+                if (!v.actual_known) {
+                        action = "error";
+                        new_target = previous[i];
+                        json_decref(error);
+                        error = json_string(v.last_error[0] ? v.last_error : "actual size not known yet");
+                } else if (results && results[i] < 0) {
+                        action = results[i] == -EOPNOTSUPP ? "unsupported" : "error";
+                        new_target = previous[i];
+                        json_decref(error);
+                        error = json_string(v.last_error[0] ? v.last_error : strerror(-results[i]));
+                } else if (d[i].reason == PLAN_REASON_STALLED)
+                        action = "stalled";
+                else if (d[i].target == previous[i])
+                        action = "unchanged";
+                else
+                        action = dry ? "planned" : "applied";
+                if (!dry && v.actual_known && !(results && results[i] < 0))
+                        applied += v.spec->assigned - MIN(new_target, v.spec->assigned);
+                json_array_append_new(actions,
+                                      json_pack("{s:s,s:s,s:o,s:o,s:o,s:o}", "vm", v.spec->id, "action", action,
+                                                "previous_target_bytes", json_u64(previous[i]), "planned_target_bytes",
+                                                json_u64(d[i].target), "new_target_bytes",
+                                                json_u64(dry ? previous[i] : new_target), "error", error));
+        }
+        CtlHostView h;
+        ctl_host_view(m->ctl, &h);
+        json_t *o = json_object();
+        json_object_set_new(o, "requested_bytes", json_u64(a->reclaim_bytes));
+        json_object_set_new(o, "planned_bytes", json_u64(r->planned));
+        json_object_set_new(o, "applied_bytes", json_u64(applied));
+        json_object_set_new(o, "dry_run", json_boolean(dry));
+        json_object_set_new(o, "hold_until",
+                            !dry && a->hold_for && a->reclaim_bytes && m->hold_set ? json_time(m->hold.until)
+                                                                                   : json_null());
+        json_object_set_new(o, "host_available_bytes", h.sample_ok ? json_u64(h.sample.available) : json_null());
+        json_object_set_new(o, "pressure_state", json_string(plan_state_to_string(r->ctl.state)));
+        json_object_set_new(o, "actions", actions);
+        return o;
+}
+
+static void on_reclaim_applied(Controller *c, const PlanResult *r, const PlanDecision *d, const uint64_t *previous,
+                               const int *results, size_t n, void *userdata) {
+        ReclaimCall *rc = userdata;
+        (void) c;
+        http_call_reply_json(rc->call, 200, reclaim_answer(rc->m, &rc->req, r, d, previous, results, n, false));
+        free(rc);
+}
+
+static void route_reclaim(Manager *m, HttpCall *call, const HttpRequest *req) {
+        if (!method_is(req, "POST"))
+                return reply_method(call, "POST");
+        if (!need_write(call, req))
+                return;
+        char err[512];
+        ApiReclaim a;
+        if (api_parse_reclaim(req->body, req->body_len, &a, err, sizeof err) < 0)
+                return http_call_reply_error(call, 400, "bad_request", "%s", err);
+        size_t n = ctl_vm_count(m->ctl);
+        if (a.dry_run) {
+                PlanHold hold = { .bytes = a.reclaim_bytes, .until = usec_add(now_mono(), a.hold_for) };
+                if (a.hold_for == 0)
+                        hold = (PlanHold){ 0 };
+                PlanDecision *d = calloc(MAX(n, (size_t) 1), sizeof *d);
+                uint64_t *prev = calloc(MAX(n, (size_t) 1), sizeof *prev);
+                PlanResult r;
+                int k = d && prev ? ctl_plan_preview(m->ctl, &hold, d, &r) : -ENOMEM;
+                if (k < 0) {
+                        free(d);
+                        free(prev);
+                        return http_call_reply_error(call, 503, "unavailable", "cannot plan now: %s",
+                                                     k == -ENODATA ? "no memory sample of the scope" : strerror(-k));
+                }
+                for (size_t i = 0; i < n; i++) {
+                        CtlVmView v;
+                        ctl_vm_view(ctl_vm_at(m->ctl, i), &v);
+                        prev[i] = v.target;
+                }
+                http_call_reply_json(call, 200, reclaim_answer(m, &a, &r, d, prev, NULL, n, true));
+                free(d);
+                free(prev);
+                return;
+        }
+        int k = manager_set_hold(m, a.reclaim_bytes, a.hold_for, a.reason, err, sizeof err);
+        if (k < 0)
+                return http_call_reply_error(call, 500, "internal", "the hold could not be stored: %s", err);
+        ReclaimCall *rc = calloc(1, sizeof *rc);
+        if (!rc)
+                return http_call_reply_error(call, 500, "internal", "out of memory");
+        *rc = (ReclaimCall){ .m = m, .call = call, .req = a };
+        k = ctl_apply_now(m->ctl, on_reclaim_applied, rc);
+        if (k < 0) {
+                free(rc);
+                http_call_reply_error(call, 500, "internal", "applying the plan failed: %s", strerror(-k));
+        }
+}
+
+static void route_vms(Manager *m, HttpCall *call, const HttpRequest *req) {
+        char err[512];
+        if (method_is(req, "GET")) {
+                json_t *arr = json_array();
+                for (size_t i = 0; i < ctl_vm_count(m->ctl); i++)
+                        json_array_append_new(arr, vm_json(ctl_vm_at(m->ctl, i)));
+                return http_call_reply_json(call, 200, json_pack("{s:o}", "vms", arr));
+        }
+        if (!method_is(req, "POST"))
+                return reply_method(call, "GET, POST");
+        if (!need_write(call, req))
+                return;
+        CtlVmSpec spec;
+        if (api_parse_vm_create(req->body, req->body_len, &spec, err, sizeof err) < 0)
+                return http_call_reply_error(call, 400, "bad_request", "%s", err);
+        int r = manager_vm_register(m, &spec, err, sizeof err);
+        if (r < 0)
+                return reply_errno(call, r, err);
+        http_call_reply_json(call, 201, vm_json(ctl_vm_find(m->ctl, spec.id)));
+}
+
+static void route_vm(Manager *m, HttpCall *call, const HttpRequest *req, const char *id, const char *sub) {
+        char err[512];
+        CtlVm *vm = ctl_vm_find(m->ctl, id);
+        if (!vm)
+                return http_call_reply_error(call, 404, "not_found", "no VM \"%.64s\"", id);
+        if (!sub) {
+                if (method_is(req, "GET"))
+                        return http_call_reply_json(call, 200, vm_json(vm));
+                if (method_is(req, "PATCH")) {
+                        if (!need_write(call, req))
+                                return;
+                        ApiVmPatch p;
+                        if (api_parse_vm_patch(req->body, req->body_len, &p, err, sizeof err) < 0)
+                                return http_call_reply_error(call, 400, "bad_request", "%s", err);
+                        CtlVmView v;
+                        ctl_vm_view(vm, &v);
+                        uint64_t assigned = p.has_assigned ? p.assigned : v.spec->assigned;
+                        uint64_t floor = p.has_floor ? p.floor : v.spec->floor;
+                        uint32_t shares = p.has_shares ? p.shares : v.spec->shares;
+                        if (floor > assigned)
+                                return http_call_reply_error(
+                                        call, 400, "bad_request",
+                                        "field \"floor_bytes\" must not exceed \"assigned_bytes\"");
+                        int r = manager_vm_update(m, vm, assigned, floor, shares, err, sizeof err);
+                        if (r < 0)
+                                return reply_errno(call, r, err);
+                        return http_call_reply_json(call, 200, vm_json(vm));
+                }
+                if (method_is(req, "DELETE")) {
+                        if (!need_write(call, req))
+                                return;
+                        char idc[CTL_ID_MAX + 1];
+                        strscpy(idc, sizeof idc, id);
+                        int r = manager_vm_delete(m, idc, err, sizeof err);
+                        if (r < 0)
+                                return reply_errno(call, r, err);
+                        return http_call_reply_json(call, 200, json_pack("{s:s}", "deleted", idc));
+                }
+                return reply_method(call, "GET, PATCH, DELETE");
+        }
+        if (strcmp(sub, "target") == 0) {
+                if (!method_is(req, "PUT"))
+                        return reply_method(call, "PUT");
+                if (!need_write(call, req))
+                        return;
+                uint64_t t;
+                if (api_parse_target(req->body, req->body_len, &t, err, sizeof err) < 0)
+                        return http_call_reply_error(call, 400, "bad_request", "%s", err);
+                CtlVmView v;
+                ctl_vm_view(vm, &v);
+                uint64_t floor = MAX(v.spec->floor, v.last.floor);
+                if (t > v.spec->assigned || t < floor)
+                        return http_call_reply_error(call, 400, "bad_request",
+                                                     "field \"target_bytes\" must be between the floor (%" PRIu64
+                                                     ") and assigned_bytes (%" PRIu64 ")",
+                                                     floor, v.spec->assigned);
+                if (ctl_vm_set_target(m->ctl, vm, t) < 0)
+                        return http_call_reply_error(call, 503, "unavailable",
+                                                     "VM %s: its actual size is not known yet (%s)", id,
+                                                     v.last_error[0] ? v.last_error : "connecting");
+                return http_call_reply_json(call, 200, vm_json(vm));
+        }
+        if (strcmp(sub, "stats") == 0) {
+                if (!method_is(req, "GET"))
+                        return reply_method(call, "GET");
+                StatsCall *sc = calloc(1, sizeof *sc);
+                if (!sc)
+                        return http_call_reply_error(call, 500, "internal", "out of memory");
+                sc->call = call;
+                strscpy(sc->id, sizeof sc->id, id);
+                int r = hv_get_stats(ctl_vm_hv(vm), m->cfg->driver.op_timeout, on_stats, sc);
+                if (r < 0) {
+                        free(sc);
+                        return http_call_reply_error(call, 503, "unavailable", "VM %s: %s", id, strerror(-r));
+                }
+                return;
+        }
+        if (strcmp(sub, "park") == 0 || strcmp(sub, "unpark") == 0) {
+                if (!method_is(req, "POST"))
+                        return reply_method(call, "POST");
+                if (!need_write(call, req))
+                        return;
+                return http_call_reply_error(call, 501, "not_implemented", "%s is not implemented yet", sub);
+        }
+        http_call_reply_error(call, 404, "not_found", "no route %s", req->path);
+}
+
+static void route_history(Manager *m, HttpCall *call, const HttpRequest *req) {
+        if (!method_is(req, "GET"))
+                return reply_method(call, "GET");
+        uint64_t limit = 50;
+        if (req->query && req->query[0]) {
+                const char *q = req->query;
+                if (strncmp(q, "limit=", 6) != 0 || parse_u64(q + 6, &limit) < 0 || limit < 1 || limit > 1000)
+                        return http_call_reply_error(call, 400, "bad_request",
+                                                     "query: only limit=N (1-1000) is understood, got \"%.64s\"", q);
+        }
+        char err[512];
+        StoreJournalEntry *e = NULL;
+        size_t n = 0;
+        int r = store_journal_list(m->store, (size_t) limit, &e, &n, err, sizeof err);
+        if (r < 0)
+                return http_call_reply_error(call, 500, "internal", "reading the journal: %s", err);
+        json_t *arr = json_array();
+        for (size_t i = 0; i < n; i++) {
+                json_t *targets = json_loads(e[i].targets ? e[i].targets : "{}", 0, NULL);
+                json_array_append_new(arr, json_pack("{s:o,s:s,s:s,s:o,s:o,s:o,s:o}", "time", json_time(e[i].time),
+                                                     "trigger", e[i].trigger, "state", e[i].state, "available_bytes",
+                                                     json_u64(e[i].available), "requested_bytes",
+                                                     json_u64(e[i].requested), "planned_bytes", json_u64(e[i].planned),
+                                                     "targets", targets ? targets : json_object()));
+        }
+        store_journal_free_array(e, n);
+        http_call_reply_json(call, 200, json_pack("{s:o}", "entries", arr));
+}
+
+void api_handle(HttpCall *call, const HttpRequest *req, void *userdata) {
+        Manager *m = userdata;
+        const char *p = req->path;
+
+        if (strcmp(p, "/v1/health") == 0) {
+                if (!method_is(req, "GET"))
+                        return reply_method(call, "GET");
+                return http_call_reply_json(call, 200,
+                                            json_pack("{s:s,s:s,s:f}", "status", "ok", "version", BALLAST_VERSION,
+                                                      "uptime_s",
+                                                      (double) (now_mono() - m->started) / (double) USEC_PER_SEC));
+        }
+        if (strcmp(p, "/v1/host") == 0) {
+                if (!method_is(req, "GET"))
+                        return reply_method(call, "GET");
+                return http_call_reply_json(call, 200, host_json(m));
+        }
+        if (strcmp(p, "/metrics") == 0) {
+                if (!method_is(req, "GET"))
+                        return reply_method(call, "GET");
+                size_t len;
+                char *text = metrics_render(m, &len);
+                if (!text)
+                        return http_call_reply_error(call, 500, "internal", "out of memory");
+                http_call_reply_text(call, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+                free(text);
+                return;
+        }
+        if (strcmp(p, "/v1/memory/reclaim") == 0 || strcmp(p, "/resources/memory/reclaim") == 0)
+                return route_reclaim(m, call, req);
+        if (strcmp(p, "/v1/history") == 0)
+                return route_history(m, call, req);
+        if (strcmp(p, "/v1/vms") == 0 || strcmp(p, "/v1/vms/") == 0)
+                return route_vms(m, call, req);
+        if (strncmp(p, "/v1/vms/", 8) == 0) {
+                char id[CTL_ID_MAX + 2];
+                const char *rest = p + 8, *slash = strchr(rest, '/');
+                size_t len = slash ? (size_t) (slash - rest) : strlen(rest);
+                if (len == 0 || len > CTL_ID_MAX)
+                        return http_call_reply_error(call, 404, "not_found", "no VM with that id");
+                memcpy(id, rest, len);
+                id[len] = '\0';
+                const char *sub = slash ? slash + 1 : NULL;
+                if (sub && (!*sub || strchr(sub, '/')))
+                        return http_call_reply_error(call, 404, "not_found", "no route %s", p);
+                return route_vm(m, call, req, id, sub);
+        }
+        http_call_reply_error(call, 404, "not_found", "no route %s", p);
+}

@@ -1,0 +1,994 @@
+/* SPDX-License-Identifier: MIT */
+#include "control/controller.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shared/log.h"
+#include "shared/macro.h"
+#include "shared/strutil.h"
+
+#define MiB                   (UINT64_C(1) << 20)
+
+/* Back-off after a failed driver call: 1 s doubling to 30 s. */
+#define CTL_ERROR_BACKOFF_MIN (1 * USEC_PER_SEC)
+#define CTL_ERROR_BACKOFF_MAX (30 * USEC_PER_SEC)
+
+typedef struct ApplyBatch ApplyBatch;
+
+struct CtlVm {
+        Controller *c;
+        CtlVmSpec spec;
+        Hv *hv;
+        CtlVmStatus status;
+        bool actual_known;
+        uint64_t actual;
+        uint64_t target;      /* the target the controller wants the VM at (commanded or queued) */
+        uint64_t sent_target; /* the target of the last set_target sent */
+        bool sent_once;
+        uint64_t resume_target;
+        bool op_busy;  /* one driver call in flight */
+        bool removing; /* forgotten by the registry; freed once its last call returns */
+        int8_t last_dir;
+        usec_t last_move;
+        PlanDecision last;
+        char last_error[HV_MESSAGE_MAX];
+        uint64_t errors, commands, stalls;
+        usec_t updated;      /* monotonic, last actual */
+        usec_t next_refresh; /* when to re-read actual of a settled VM */
+        usec_t retry_at;     /* error back-off: no call before this */
+        usec_t backoff;
+        /* Stall detection (B5.6). */
+        usec_t progress_at;
+        uint64_t progress_actual;
+        usec_t stalled_until;
+        usec_t move_started; /* for the time-to-target histogram; 0 = not moving */
+        bool changed;        /* target changed by the current tick */
+        /* The API apply batch waiting for this VM's next set_target answer. */
+        ApplyBatch *batch;
+        size_t batch_idx;
+};
+
+struct ApplyBatch {
+        Controller *c;
+        size_t n, pending;
+        CtlVm **vms;
+        uint64_t *previous;
+        int *results;
+        PlanDecision *decisions;
+        PlanResult result;
+        EvTimer *deadline;
+        ctl_apply_cb cb;
+        void *userdata;
+};
+
+struct Controller {
+        Ev *ev;
+        CtlConfig cfg;
+        char *cgroup_dir, *proc_root;
+        ctl_driver_factory factory;
+        CtlHooks hooks;
+
+        CtlVm **vms; /* sorted by id */
+        size_t n_vms, cap_vms;
+        PlanScratch *scratch;
+        PlanVm *pvms;
+        PlanDecision *dec;
+        size_t cap_plan;
+
+        PlanCtl ctl;
+        PlanHold hold;
+        PlanResult last;
+        uint64_t transitions, ticks, plans_failed;
+
+        MemSample sample;
+        bool sample_ok;
+        usec_t sample_at;
+        char sample_error[256];
+        bool sample_warned;
+
+        EvTimer *tick_timer;
+        usec_t last_tick;
+        CtlTrigger pending_trigger;
+        bool kicked;
+
+#define CTL_PRESSURE_FDS 4
+        int pressure_fds[CTL_PRESSURE_FDS];
+        EvIo *pressure_io[CTL_PRESSURE_FDS];
+        int cgroup_version;
+
+        usec_t reaction_start; /* sample time the need first arose; 0 = none pending */
+        CtlStats stats;
+};
+
+const double ctl_hist_bounds_s[CTL_HIST_BUCKETS] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 };
+
+static void hist_observe(CtlHistogram *h, usec_t d) {
+        double s = (double) d / (double) USEC_PER_SEC;
+        size_t i = 0;
+        while (i < CTL_HIST_BUCKETS && s > ctl_hist_bounds_s[i])
+                i++;
+        h->counts[i]++;
+        h->count++;
+        h->sum_s += s;
+}
+
+void ctl_config_default(CtlConfig *c) {
+        *c = (CtlConfig){
+                .sample_interval = 250 * USEC_PER_MSEC,
+                .op_timeout = 5 * USEC_PER_SEC,
+                .refresh_interval = 5 * USEC_PER_SEC,
+                .tolerance = 16 * MiB,
+                .stall_min_rate = 16 * MiB,
+                .stall_window = 3 * USEC_PER_SEC,
+                .stall_backoff = 30 * USEC_PER_SEC,
+                .psi_mode = 0,
+                .psi_stall = 100 * USEC_PER_MSEC,
+                .psi_window = 1 * USEC_PER_SEC,
+        };
+        plan_config_default(&c->plan);
+}
+
+static const char *const vm_status_names[_CTL_VM_STATUS_MAX] = {
+        [CTL_VM_CONNECTING] = "connecting", [CTL_VM_OK] = "ok",         [CTL_VM_ERROR] = "error",
+        [CTL_VM_STALLED] = "stalled",       [CTL_VM_PARKED] = "parked",
+};
+const char *ctl_vm_status_to_string(CtlVmStatus s) {
+        return s >= 0 && s < _CTL_VM_STATUS_MAX ? vm_status_names[s] : NULL;
+}
+static const char *const trigger_names[_CTL_TRIGGER_MAX] = {
+        [CTL_TRIGGER_TIMER] = "timer",   [CTL_TRIGGER_PSI] = "pressure", [CTL_TRIGGER_API] = "api",
+        [CTL_TRIGGER_DRIVER] = "driver", [CTL_TRIGGER_START] = "start",
+};
+const char *ctl_trigger_to_string(CtlTrigger t) {
+        return t >= 0 && t < _CTL_TRIGGER_MAX ? trigger_names[t] : NULL;
+}
+
+static uint64_t absdiff(uint64_t a, uint64_t b) {
+        return a > b ? a - b : b - a;
+}
+
+/* ---- sensing ---- */
+
+static int ctl_sample(Controller *c, usec_t now) {
+        MemSample s;
+        char err[256] = "";
+        int r;
+
+        if (c->cgroup_dir)
+                r = sense_read_cgroup(c->cgroup_dir, &s, &c->cgroup_version, err, sizeof err);
+        else
+                r = sense_read_host(c->proc_root ? c->proc_root : "", &s, err, sizeof err);
+        if (r < 0) {
+                if (!c->sample_warned || strcmp(err, c->sample_error) != 0)
+                        log_warning("Failed to sample memory pressure: %s", err);
+                c->sample_warned = true;
+                strscpy(c->sample_error, sizeof c->sample_error, err);
+                c->sample_ok = false;
+                return r;
+        }
+        if (c->cfg.psi_mode < 0)
+                s.has_psi = false;
+        if (c->sample_warned)
+                log_info("Memory pressure sampling works again");
+        c->sample_warned = false;
+        c->sample_error[0] = '\0';
+        c->sample = s;
+        c->sample_ok = true;
+        c->sample_at = now;
+        return 0;
+}
+
+static void ctl_pressure_io(EvIo *io, int fd, uint32_t revents, void *userdata) {
+        Controller *c = userdata;
+        uint64_t v;
+        (void) io;
+        (void) revents;
+        /* cgroup v1 eventfds must be drained; PSI trigger fds are level-triggered on POLLPRI and
+         * a read is harmless (EAGAIN/EINVAL). */
+        (void) !read(fd, &v, sizeof v);
+        ctl_kick(c, CTL_TRIGGER_PSI);
+}
+
+static int ctl_open_pressure(Controller *c, char *err, size_t errlen) {
+        if (c->cfg.psi_mode < 0)
+                return 0;
+        int fd;
+        if (c->cgroup_dir) {
+                char path[PATH_MAX];
+                snprintf(path, sizeof path, "%s/memory.pressure", c->cgroup_dir);
+                if (access(path, F_OK) == 0) {
+                        fd = psi_trigger_open(path, "some", c->cfg.psi_stall, c->cfg.psi_window);
+                        if (fd >= 0) {
+                                c->pressure_fds[0] = fd;
+                                return ev_io_add(c->ev, fd, EPOLLPRI, ctl_pressure_io, c, &c->pressure_io[0]);
+                        }
+                }
+                fd = cgroup1_pressure_open(c->cgroup_dir, "medium");
+                if (fd >= 0) {
+                        c->pressure_fds[0] = fd;
+                        int r = ev_io_add(c->ev, fd, EPOLLIN, ctl_pressure_io, c, &c->pressure_io[0]);
+                        if (r < 0)
+                                return r;
+                        /* v1 has no PSI: usage thresholds at the low and critical watermarks wake
+                         * the controller the moment they are crossed, not at the next sample. */
+                        const uint32_t pmy[] = { c->cfg.plan.low_pmy, c->cfg.plan.critical_pmy, c->cfg.plan.high_pmy };
+                        for (size_t i = 0; i < ELEMENTSOF(pmy) && c->cgroup_version == 1; i++) {
+                                uint64_t t = c->sample.total - c->sample.total / PLAN_PERMYRIAD * pmy[i];
+                                int tfd = cgroup1_threshold_open(c->cgroup_dir, t);
+                                if (tfd < 0) {
+                                        log_warning("Cannot register a usage threshold on %s: %s, ignoring",
+                                                    c->cgroup_dir, strerror(-tfd));
+                                        break;
+                                }
+                                c->pressure_fds[1 + i] = tfd;
+                                r = ev_io_add(c->ev, tfd, EPOLLIN, ctl_pressure_io, c, &c->pressure_io[1 + i]);
+                                if (r < 0)
+                                        return r;
+                        }
+                        return 0;
+                }
+        } else {
+                char path[PATH_MAX];
+                snprintf(path, sizeof path, "%s/proc/pressure/memory", c->proc_root ? c->proc_root : "");
+                fd = psi_trigger_open(path, "some", c->cfg.psi_stall, c->cfg.psi_window);
+                if (fd >= 0) {
+                        c->pressure_fds[0] = fd;
+                        int r = ev_io_add(c->ev, fd, EPOLLPRI, ctl_pressure_io, c, &c->pressure_io[0]);
+                        if (r < 0)
+                                return r;
+                        fd = psi_trigger_open(path, "full", c->cfg.psi_stall, c->cfg.psi_window);
+                        if (fd >= 0) {
+                                c->pressure_fds[1] = fd;
+                                return ev_io_add(c->ev, fd, EPOLLPRI, ctl_pressure_io, c, &c->pressure_io[1]);
+                        }
+                        return 0;
+                }
+        }
+        if (c->cfg.psi_mode > 0) {
+                snprintf(err, errlen, "no PSI trigger could be registered for the scope (%s)", strerror(-fd));
+                return fd;
+        }
+        log_warning("No PSI trigger for the scope (%s): pressure is sampled every %llu ms only, continuing",
+                    strerror(-fd), (unsigned long long) (c->cfg.sample_interval / USEC_PER_MSEC));
+        return 0;
+}
+
+/* ---- driver calls ---- */
+
+static void vm_send(CtlVm *vm);
+static void vm_free(CtlVm *vm);
+
+static void batch_finish(ApplyBatch *b) {
+        for (size_t i = 0; i < b->n; i++)
+                if (b->vms[i] && b->vms[i]->batch == b)
+                        b->vms[i]->batch = NULL;
+        ev_timer_free(b->deadline);
+        if (b->cb)
+                b->cb(b->c, &b->result, b->decisions, b->previous, b->results, b->n, b->userdata);
+        free(b->vms);
+        free(b->previous);
+        free(b->results);
+        free(b->decisions);
+        free(b);
+}
+
+static void vm_batch_done(CtlVm *vm, int result) {
+        ApplyBatch *b = vm->batch;
+        if (!b)
+                return;
+        vm->batch = NULL;
+        b->results[vm->batch_idx] = result;
+        b->vms[vm->batch_idx] = NULL;
+        if (--b->pending == 0)
+                batch_finish(b);
+}
+
+static void vm_fail(CtlVm *vm, const HvReply *reply, usec_t now) {
+        Controller *c = vm->c;
+        vm->errors++;
+        if (reply->op >= 0 && reply->op < _HV_OP_MAX)
+                c->stats.driver_errors[reply->op]++;
+        if (reply->error == -ETIMEDOUT)
+                c->stats.driver_timeouts++;
+        if (strcmp(vm->last_error, reply->message) != 0 || vm->status != CTL_VM_ERROR)
+                log_warning("VM %s: %s failed: %s", vm->spec.id, hv_op_to_string(reply->op), reply->message);
+        strscpy(vm->last_error, sizeof vm->last_error, reply->message);
+        vm->status = CTL_VM_ERROR;
+        vm->backoff = vm->backoff ? MIN(vm->backoff * 2, CTL_ERROR_BACKOFF_MAX) : CTL_ERROR_BACKOFF_MIN;
+        vm->retry_at = now + vm->backoff;
+}
+
+static void vm_ok(CtlVm *vm) {
+        if (vm->status == CTL_VM_ERROR)
+                log_info("VM %s: driver works again", vm->spec.id);
+        if (vm->status == CTL_VM_ERROR || vm->status == CTL_VM_CONNECTING)
+                vm->status = CTL_VM_OK;
+        vm->backoff = 0;
+        vm->retry_at = 0;
+}
+
+/* A new actual value, from a reply or an event. */
+static void vm_observe(CtlVm *vm, uint64_t actual, usec_t now) {
+        Controller *c = vm->c;
+        bool first = !vm->actual_known;
+        vm->actual = actual;
+        vm->actual_known = true;
+        vm->updated = now;
+        if (first) {
+                /* Adoption (B7): resume from the decided target when it is plausible, else from
+                 * where the VM is. Never jump to full or to floor. */
+                uint64_t t = actual;
+                if (vm->resume_target && vm->resume_target <= vm->spec.assigned)
+                        t = vm->resume_target;
+                vm->target = vm->sent_target = t;
+                vm->sent_once = vm->resume_target != 0;
+                vm->progress_at = now;
+                vm->progress_actual = actual;
+                log_info("VM %s: adopted at %llu MiB (target %llu MiB)", vm->spec.id,
+                         (unsigned long long) (actual / MiB), (unsigned long long) (t / MiB));
+                ctl_kick(c, CTL_TRIGGER_DRIVER);
+        }
+        bool in_flight = absdiff(actual, vm->target) > c->cfg.tolerance;
+        if (!in_flight) {
+                if (vm->move_started) {
+                        hist_observe(&c->stats.time_to_target, now - vm->move_started);
+                        vm->move_started = 0;
+                }
+                vm->progress_at = now;
+                vm->progress_actual = actual;
+                if (vm->status == CTL_VM_STALLED && now >= vm->stalled_until)
+                        vm->status = CTL_VM_OK;
+                return;
+        }
+        /* Moving: is it making progress? */
+        uint64_t window_bytes =
+                (uint64_t) ((unsigned __int128) c->cfg.stall_min_rate * c->cfg.stall_window / USEC_PER_SEC);
+        if (absdiff(actual, vm->progress_actual) >= window_bytes) {
+                vm->progress_at = now;
+                vm->progress_actual = actual;
+        } else if (now - vm->progress_at >= c->cfg.stall_window && now >= vm->stalled_until) {
+                /* Stalled (B5.6): re-sync the target to where it is and skip it for a while. */
+                vm->stalls++;
+                c->stats.stalls++;
+                log_notice("VM %s: stalled at %llu MiB on the way to %llu MiB, re-synced; skipped for %llu s",
+                           vm->spec.id, (unsigned long long) (actual / MiB), (unsigned long long) (vm->target / MiB),
+                           (unsigned long long) (c->cfg.stall_backoff / USEC_PER_SEC));
+                vm->status = CTL_VM_STALLED;
+                vm->stalled_until = now + c->cfg.stall_backoff;
+                vm->target = actual;
+                vm->move_started = 0;
+                vm->progress_at = now;
+                vm->progress_actual = actual;
+                if (c->hooks.target_changed)
+                        c->hooks.target_changed(c, vm, vm->target, c->hooks.userdata);
+                vm_send(vm);
+        }
+}
+
+static void vm_on_actual_event(Hv *hv, uint64_t actual, uint64_t when_realtime, void *userdata) {
+        CtlVm *vm = userdata;
+        (void) hv;
+        (void) when_realtime;
+        if (vm->removing)
+                return;
+        vm_observe(vm, actual, ev_now(vm->c->ev));
+}
+
+static void vm_after_call(CtlVm *vm) {
+        if (vm->removing) {
+                if (vm->sent_target != vm->spec.assigned && vm->actual_known) {
+                        vm->target = vm->spec.assigned;
+                        vm_send(vm);
+                        if (vm->op_busy)
+                                return;
+                }
+                vm_free(vm);
+                return;
+        }
+        if (vm->target != vm->sent_target || !vm->sent_once)
+                vm_send(vm);
+}
+
+static void vm_on_get_actual(Hv *hv, const HvReply *reply, void *userdata) {
+        CtlVm *vm = userdata;
+        usec_t now = ev_now(hv->ev);
+        vm->op_busy = false;
+        if (reply->error < 0)
+                vm_fail(vm, reply, now);
+        else {
+                vm_ok(vm);
+                if (!vm->removing)
+                        vm_observe(vm, reply->actual, now);
+                vm->next_refresh = now + vm->c->cfg.refresh_interval;
+        }
+        vm_after_call(vm);
+}
+
+static void vm_on_set_target(Hv *hv, const HvReply *reply, void *userdata) {
+        CtlVm *vm = userdata;
+        usec_t now = ev_now(hv->ev);
+        vm->op_busy = false;
+        if (reply->error < 0) {
+                vm_fail(vm, reply, now);
+                /* Not sent: send again once the back-off passes. */
+                vm->sent_once = false;
+                vm_batch_done(vm, reply->error);
+        } else {
+                vm_ok(vm);
+                vm_batch_done(vm, 0);
+        }
+        vm_after_call(vm);
+}
+
+static void vm_send(CtlVm *vm) {
+        Controller *c = vm->c;
+        usec_t now = ev_now(c->ev);
+        if (vm->op_busy || !vm->actual_known) {
+                log_debug("VM %s: target %llu MiB queued behind a pending call", vm->spec.id,
+                          (unsigned long long) (vm->target / MiB));
+                return;
+        }
+        if (vm->retry_at && now < vm->retry_at && !vm->removing)
+                return;
+        if (vm->sent_once && vm->sent_target == vm->target) {
+                vm_batch_done(vm, 0);
+                return;
+        }
+        uint64_t t = vm->target;
+        int r = hv_set_target(vm->hv, t, c->cfg.op_timeout, vm_on_set_target, vm);
+        if (r < 0) {
+                HvReply fake = { .op = HV_OP_SET_TARGET, .error = r };
+                snprintf(fake.message, sizeof fake.message, "set target: %s", strerror(-r));
+                vm_fail(vm, &fake, now);
+                vm_batch_done(vm, r);
+                return;
+        }
+        vm->op_busy = true;
+        vm->sent_target = t;
+        vm->sent_once = true;
+        vm->commands++;
+        c->stats.commands++;
+        if (!vm->move_started)
+                vm->move_started = now;
+        vm->progress_at = now;
+        vm->progress_actual = vm->actual;
+        if (t < vm->actual && c->reaction_start) {
+                usec_t sent = now_mono(); /* ev_now() is the loop's cached time: older than the sample */
+                usec_t d = sent - MIN(sent, c->reaction_start);
+                hist_observe(&c->stats.reaction, d);
+                log_info("Reaction: first reclaim command %llu.%03llu ms after the sample that showed the need",
+                         (unsigned long long) (d / USEC_PER_MSEC), (unsigned long long) (d % USEC_PER_MSEC));
+                c->reaction_start = 0;
+        }
+}
+
+static void vm_poll(CtlVm *vm, usec_t now) {
+        if (vm->op_busy || vm->removing)
+                return;
+        if (vm->retry_at && now < vm->retry_at)
+                return;
+        bool moving = vm->actual_known && absdiff(vm->actual, vm->target) > vm->c->cfg.tolerance;
+        if (vm->actual_known && !moving && now < vm->next_refresh && vm->status != CTL_VM_ERROR)
+                return;
+        if (vm->actual_known && vm->sent_once && vm->target != vm->sent_target) {
+                vm_send(vm);
+                return;
+        }
+        if (hv_get_actual(vm->hv, vm->c->cfg.op_timeout, vm_on_get_actual, vm) >= 0)
+                vm->op_busy = true;
+}
+
+/* ---- the tick ---- */
+
+static int ctl_grow(Controller *c, size_t n) {
+        if (n <= c->cap_plan)
+                return 0;
+        size_t cap = MAX(n, c->cap_plan * 2);
+        PlanVm *p = realloc(c->pvms, cap * sizeof *p);
+        if (!p)
+                return -ENOMEM;
+        c->pvms = p;
+        PlanDecision *d = realloc(c->dec, cap * sizeof *d);
+        if (!d)
+                return -ENOMEM;
+        c->dec = d;
+        PlanScratch *s = plan_scratch_new(cap);
+        if (!s)
+                return -ENOMEM;
+        plan_scratch_free(c->scratch);
+        c->scratch = s;
+        c->cap_plan = cap;
+        return 0;
+}
+
+static void ctl_fill_plan(Controller *c, usec_t now) {
+        for (size_t i = 0; i < c->n_vms; i++) {
+                CtlVm *vm = c->vms[i];
+                bool usable = vm->actual_known && !(vm->status == CTL_VM_ERROR && now < vm->retry_at);
+                uint64_t actual = vm->actual_known ? MIN(vm->actual, vm->spec.assigned) : vm->spec.assigned;
+                c->pvms[i] = (PlanVm){
+                        .id = i,
+                        .assigned = vm->spec.assigned,
+                        .floor = vm->spec.floor,
+                        .shares = vm->spec.shares ? vm->spec.shares : 1,
+                        .target = vm->actual_known ? MIN(vm->target, vm->spec.assigned) : vm->spec.assigned,
+                        .actual = actual,
+                        .in_flight = vm->actual_known && absdiff(vm->actual, vm->target) > c->cfg.tolerance,
+                        .last_dir = vm->last_dir,
+                        .last_move = vm->last_move,
+                        /* A VM we cannot talk to is left alone: the split goes to the others. */
+                        .parked = !usable,
+                        .stalled_until = vm->stalled_until,
+                };
+        }
+}
+
+static int ctl_run_plan(Controller *c, const PlanHold *hold, usec_t now, PlanResult *ret) {
+        int r = ctl_grow(c, MAX(c->n_vms, (size_t) 1));
+        if (r < 0)
+                return r;
+        if (!c->sample_ok)
+                return -ENODATA;
+        ctl_fill_plan(c, now);
+        PlanInput in = {
+                .config = &c->cfg.plan,
+                .host = { .total = c->sample.total,
+                          .available = c->sample.available,
+                          .has_psi = c->sample.has_psi,
+                          .psi_some_avg10 = c->sample.psi.some.avg10,
+                          .psi_full_avg10 = c->sample.has_psi && c->sample.psi.has_full ? c->sample.psi.full.avg10 : 0,
+                          .at = c->sample_at },
+                .ctl = c->ctl,
+                .hold = *hold,
+                .vms = c->pvms,
+                .n_vms = c->n_vms,
+                .now = now,
+        };
+        return plan_compute(&in, c->scratch, c->dec, ret);
+}
+
+static void ctl_tick(Controller *c, CtlTrigger trigger) {
+        usec_t now = now_mono();
+        c->ticks++;
+        c->last_tick = now;
+
+        (void) ctl_sample(c, now);
+
+        /* Plan and send first, poll after: a reclaim command never waits behind a read. */
+        PlanResult res;
+        int r = ctl_run_plan(c, &c->hold, now, &res);
+        if (r < 0) {
+                if (r != -ENODATA)
+                        log_warning("Plan failed: %s, keeping every target", strerror(-r));
+                c->plans_failed++;
+                for (size_t i = 0; i < c->n_vms; i++)
+                        vm_poll(c->vms[i], now);
+                return;
+        }
+        if (c->hold.bytes && now >= c->hold.until) {
+                log_info("Manual hold of %llu MiB expired", (unsigned long long) (c->hold.bytes / MiB));
+                c->hold = (PlanHold){ 0 };
+        }
+
+        bool changed = false;
+        if (res.ctl.state != c->ctl.state) {
+                log_notice("Pressure state %s → %s (available %llu of %llu MiB)", plan_state_to_string(c->ctl.state),
+                           plan_state_to_string(res.ctl.state), (unsigned long long) (c->sample.available / MiB),
+                           (unsigned long long) (c->sample.total / MiB));
+                c->transitions++;
+                changed = true;
+        }
+        /* Reaction latency starts when the need first appears in a sample. */
+        /* A pressure episode starts when host pressure first asks for reclaim after asking for
+         * none (manual holds are answered synchronously by the API and not counted here). */
+        bool needs = res.automatic > 0 && c->last.automatic == 0;
+        if (needs)
+                c->reaction_start = c->sample_at;
+        c->ctl = res.ctl;
+        c->last = res;
+
+        for (size_t i = 0; i < c->n_vms; i++) {
+                CtlVm *vm = c->vms[i];
+                const PlanDecision *d = &c->dec[i];
+                vm->last = *d;
+                vm->changed = false;
+                if (c->pvms[i].parked)
+                        continue;
+                if (d->target == vm->target)
+                        continue;
+                if (d->target < vm->target)
+                        c->stats.reclaimed_commanded_bytes += vm->target - d->target;
+                else
+                        c->stats.given_back_commanded_bytes += d->target - vm->target;
+                log_debug("VM %s: target %llu → %llu MiB (%s, desired %llu MiB)", vm->spec.id,
+                          (unsigned long long) (vm->target / MiB), (unsigned long long) (d->target / MiB),
+                          plan_reason_to_string(d->reason), (unsigned long long) (d->desired / MiB));
+                vm->target = d->target;
+                vm->changed = true;
+                if (d->dir != 0) {
+                        vm->last_dir = d->dir;
+                        vm->last_move = now;
+                }
+                changed = true;
+                if (c->hooks.target_changed)
+                        c->hooks.target_changed(c, vm, vm->target, c->hooks.userdata);
+                vm_send(vm);
+        }
+        if (res.automatic == 0)
+                c->reaction_start = 0;
+        for (size_t i = 0; i < c->n_vms; i++)
+                vm_poll(c->vms[i], now);
+        if (changed && c->hooks.journal)
+                c->hooks.journal(c, trigger, &res, c->hooks.userdata);
+}
+
+static void ctl_on_timer(EvTimer *t, void *userdata) {
+        Controller *c = userdata;
+        CtlTrigger trig = c->kicked ? c->pending_trigger : CTL_TRIGGER_TIMER;
+        c->kicked = false;
+        ctl_tick(c, trig);
+        ev_timer_set(t, usec_add(now_mono(), c->cfg.sample_interval));
+}
+
+void ctl_kick(Controller *c, CtlTrigger trigger) {
+        if (!c->kicked || trigger == CTL_TRIGGER_PSI || trigger == CTL_TRIGGER_API)
+                c->pending_trigger = trigger;
+        c->kicked = true;
+        ev_timer_set(c->tick_timer, 0);
+}
+
+/* ---- lifecycle ---- */
+
+int ctl_new(Ev *ev, const CtlConfig *cfg, ctl_driver_factory factory, const CtlHooks *hooks, Controller **ret,
+            char *err, size_t errlen) {
+        const char *field = NULL;
+        if (plan_config_validate(&cfg->plan, &field) < 0) {
+                snprintf(err, errlen, "invalid policy setting %s", field ? field : "?");
+                return -EINVAL;
+        }
+        Controller *c = calloc(1, sizeof *c);
+        if (!c)
+                return -ENOMEM;
+        c->ev = ev;
+        c->cfg = *cfg;
+        c->factory = factory;
+        if (hooks)
+                c->hooks = *hooks;
+        for (size_t i = 0; i < CTL_PRESSURE_FDS; i++)
+                c->pressure_fds[i] = -1;
+        if (cfg->cgroup_dir && cfg->cgroup_dir[0] && !(c->cgroup_dir = strdup(cfg->cgroup_dir)))
+                goto oom;
+        if (cfg->proc_root && cfg->proc_root[0] && !(c->proc_root = strdup(cfg->proc_root)))
+                goto oom;
+        c->cfg.cgroup_dir = c->cgroup_dir;
+        c->cfg.proc_root = c->proc_root;
+
+        int r = ctl_sample(c, now_mono());
+        if (r < 0) {
+                snprintf(err, errlen, "%s", c->sample_error);
+                ctl_free(c);
+                return r;
+        }
+        if (!c->sample.has_psi && c->cfg.psi_mode == 0 && !c->cgroup_dir)
+                log_warning("No PSI on this host: the PSI signal is off, watermarks still apply");
+        r = ctl_open_pressure(c, err, errlen);
+        if (r < 0) {
+                ctl_free(c);
+                return r;
+        }
+        r = ctl_grow(c, 16);
+        if (r >= 0)
+                r = ev_timer_add(ev, 0, ctl_on_timer, c, &c->tick_timer);
+        if (r < 0) {
+                snprintf(err, errlen, "%s", strerror(-r));
+                ctl_free(c);
+                return r;
+        }
+        c->pending_trigger = CTL_TRIGGER_START;
+        c->kicked = true;
+        *ret = c;
+        return 0;
+oom:
+        ctl_free(c);
+        return -ENOMEM;
+}
+
+static void vm_free(CtlVm *vm) {
+        if (!vm)
+                return;
+        vm_batch_done(vm, -ECANCELED);
+        if (vm->hv) {
+                hv_remove_listener(vm->hv, vm_on_actual_event, vm);
+                hv_cancel(vm->hv, vm);
+                hv_free(vm->hv);
+        }
+        free(vm);
+}
+
+Controller *ctl_free(Controller *c) {
+        if (!c)
+                return NULL;
+        for (size_t i = 0; i < c->n_vms; i++)
+                vm_free(c->vms[i]);
+        free(c->vms);
+        ev_timer_free(c->tick_timer);
+        for (size_t i = 0; i < CTL_PRESSURE_FDS; i++) {
+                ev_io_free(c->pressure_io[i]);
+                if (c->pressure_fds[i] >= 0)
+                        close(c->pressure_fds[i]);
+        }
+        plan_scratch_free(c->scratch);
+        free(c->pvms);
+        free(c->dec);
+        free(c->cgroup_dir);
+        free(c->proc_root);
+        free(c);
+        return NULL;
+}
+
+static size_t ctl_lower_bound(const Controller *c, const char *id, bool *found) {
+        size_t lo = 0, hi = c->n_vms;
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                int k = strcmp(c->vms[mid]->spec.id, id);
+                if (k == 0) {
+                        *found = true;
+                        return mid;
+                }
+                if (k < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        *found = false;
+        return lo;
+}
+
+CtlVm *ctl_vm_find(Controller *c, const char *id) {
+        bool found;
+        size_t i = ctl_lower_bound(c, id, &found);
+        return found ? c->vms[i] : NULL;
+}
+
+int ctl_vm_add(Controller *c, const CtlVmSpec *spec, uint64_t resume_target, CtlVm **ret, char *err, size_t errlen) {
+        bool found;
+        size_t pos = ctl_lower_bound(c, spec->id, &found);
+        if (found) {
+                snprintf(err, errlen, "VM '%s' already exists", spec->id);
+                return -EEXIST;
+        }
+        if (c->n_vms == c->cap_vms) {
+                size_t cap = c->cap_vms ? c->cap_vms * 2 : 16;
+                CtlVm **v = realloc(c->vms, cap * sizeof *v);
+                if (!v)
+                        return -ENOMEM;
+                c->vms = v;
+                c->cap_vms = cap;
+        }
+        int r = ctl_grow(c, c->n_vms + 1);
+        if (r < 0)
+                return r;
+        CtlVm *vm = calloc(1, sizeof *vm);
+        if (!vm)
+                return -ENOMEM;
+        vm->c = c;
+        vm->spec = *spec;
+        vm->status = CTL_VM_CONNECTING;
+        vm->resume_target = resume_target;
+        vm->target = spec->assigned;
+        r = c->factory(c->ev, spec, &vm->hv, err, errlen);
+        if (r < 0) {
+                free(vm);
+                return r;
+        }
+        r = hv_add_listener(vm->hv, vm_on_actual_event, vm);
+        if (r < 0) {
+                hv_free(vm->hv);
+                free(vm);
+                snprintf(err, errlen, "%s", strerror(-r));
+                return r;
+        }
+        memmove(c->vms + pos + 1, c->vms + pos, (c->n_vms - pos) * sizeof *c->vms);
+        c->vms[pos] = vm;
+        c->n_vms++;
+        /* Read actual at once rather than at the next tick. */
+        vm_poll(vm, now_mono());
+        if (ret)
+                *ret = vm;
+        return 0;
+}
+
+int ctl_vm_remove(Controller *c, const char *id) {
+        bool found;
+        size_t pos = ctl_lower_bound(c, id, &found);
+        if (!found)
+                return -ENOENT;
+        CtlVm *vm = c->vms[pos];
+        memmove(c->vms + pos, c->vms + pos + 1, (c->n_vms - pos - 1) * sizeof *c->vms);
+        c->n_vms--;
+        vm_batch_done(vm, -ECANCELED);
+        vm->removing = true;
+        vm->retry_at = 0;
+        if (vm->op_busy)
+                return 0; /* vm_after_call() gives it back and frees it */
+        if (vm->actual_known &&
+            (vm->target != vm->spec.assigned || vm->actual + c->cfg.tolerance < vm->spec.assigned)) {
+                vm->target = vm->spec.assigned;
+                vm->sent_once = false;
+                vm_send(vm);
+                if (vm->op_busy)
+                        return 0;
+        }
+        vm_free(vm);
+        return 0;
+}
+
+size_t ctl_vm_count(const Controller *c) {
+        return c->n_vms;
+}
+CtlVm *ctl_vm_at(Controller *c, size_t i) {
+        return i < c->n_vms ? c->vms[i] : NULL;
+}
+const char *ctl_vm_id(const CtlVm *vm) {
+        return vm->spec.id;
+}
+Hv *ctl_vm_hv(CtlVm *vm) {
+        return vm->hv;
+}
+
+void ctl_vm_update(Controller *c, CtlVm *vm, uint64_t assigned, uint64_t floor, uint32_t shares) {
+        vm->spec.assigned = assigned;
+        vm->spec.floor = floor;
+        vm->spec.shares = shares;
+        if (vm->target > assigned)
+                vm->target = assigned;
+        ctl_kick(c, CTL_TRIGGER_API);
+}
+
+int ctl_vm_set_target(Controller *c, CtlVm *vm, uint64_t target) {
+        if (!vm->actual_known)
+                return -EAGAIN;
+        if (target == vm->target)
+                return 0;
+        vm->last_dir = target < vm->target ? -1 : 1;
+        vm->last_move = now_mono();
+        vm->target = target;
+        if (c->hooks.target_changed)
+                c->hooks.target_changed(c, vm, target, c->hooks.userdata);
+        vm_send(vm);
+        return 0;
+}
+
+void ctl_vm_view(const CtlVm *vm, CtlVmView *ret) {
+        *ret = (CtlVmView){
+                .spec = &vm->spec,
+                .status = vm->status == CTL_VM_STALLED && now_mono() >= vm->stalled_until ? CTL_VM_OK : vm->status,
+                .actual_known = vm->actual_known,
+                .actual = vm->actual,
+                .target = vm->target,
+                .last = vm->last,
+                .last_error = vm->last_error,
+                .errors = vm->errors,
+                .commands = vm->commands,
+                .stalls = vm->stalls,
+                .updated = vm->updated,
+                .changed = vm->changed,
+        };
+}
+
+void ctl_set_hold(Controller *c, uint64_t bytes, usec_t until) {
+        c->hold = bytes ? (PlanHold){ .bytes = bytes, .until = until } : (PlanHold){ 0 };
+}
+PlanHold ctl_hold(const Controller *c) {
+        return c->hold;
+}
+
+int ctl_plan_preview(Controller *c, const PlanHold *hold, PlanDecision *ret_vms, PlanResult *ret) {
+        usec_t now = now_mono();
+        (void) ctl_sample(c, now);
+        PlanResult res;
+        int r = ctl_run_plan(c, hold, now, &res);
+        if (r < 0)
+                return r;
+        memcpy(ret_vms, c->dec, c->n_vms * sizeof *ret_vms);
+        *ret = res;
+        return 0;
+}
+
+static void batch_on_deadline(EvTimer *t, void *userdata) {
+        ApplyBatch *b = userdata;
+        (void) t;
+        for (size_t i = 0; i < b->n; i++)
+                if (b->vms[i] && b->vms[i]->batch == b) {
+                        b->results[i] = -ETIMEDOUT;
+                        b->vms[i]->batch = NULL;
+                }
+        b->pending = 0;
+        batch_finish(b);
+}
+
+int ctl_apply_now(Controller *c, ctl_apply_cb done, void *userdata) {
+        size_t n = c->n_vms;
+        ApplyBatch *b = calloc(1, sizeof *b);
+        if (!b)
+                return -ENOMEM;
+        b->c = c;
+        b->n = n;
+        b->cb = done;
+        b->userdata = userdata;
+        b->vms = calloc(MAX(n, (size_t) 1), sizeof *b->vms);
+        b->previous = calloc(MAX(n, (size_t) 1), sizeof *b->previous);
+        b->results = calloc(MAX(n, (size_t) 1), sizeof *b->results);
+        b->decisions = calloc(MAX(n, (size_t) 1), sizeof *b->decisions);
+        if (!b->vms || !b->previous || !b->results || !b->decisions) {
+                b->cb = NULL;
+                batch_finish(b);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++)
+                b->previous[i] = c->vms[i]->target;
+
+        c->kicked = false;
+        ctl_tick(c, CTL_TRIGGER_API);
+        ev_timer_set(c->tick_timer, usec_add(now_mono(), c->cfg.sample_interval));
+        b->result = c->last;
+
+        /* Attach every VM whose command is still unanswered. */
+        for (size_t i = 0; i < n; i++) {
+                CtlVm *vm = c->vms[i];
+                b->decisions[i] = vm->last;
+                if (vm->target == b->previous[i] || !vm->op_busy || vm->sent_target != vm->target)
+                        continue;
+                if (vm->batch)
+                        vm_batch_done(vm, 0);
+                vm->batch = b;
+                vm->batch_idx = i;
+                b->vms[i] = vm;
+                b->pending++;
+        }
+        if (b->pending == 0) {
+                batch_finish(b);
+                return 0;
+        }
+        int r = ev_timer_add(c->ev, usec_add(now_mono(), c->cfg.op_timeout + USEC_PER_SEC), batch_on_deadline, b,
+                             &b->deadline);
+        if (r < 0) {
+                batch_on_deadline(NULL, b);
+                return 0;
+        }
+        return 0;
+}
+
+void ctl_host_view(const Controller *c, CtlHostView *ret) {
+        *ret = (CtlHostView){
+                .sample = c->sample,
+                .sample_ok = c->sample_ok,
+                .sample_at = c->sample_at,
+                .ctl = c->ctl,
+                .last = c->last,
+                .transitions = c->transitions,
+                .ticks = c->ticks,
+                .plans_failed = c->plans_failed,
+                .has_psi_trigger = c->pressure_fds[0] >= 0,
+        };
+        strscpy(ret->sample_error, sizeof ret->sample_error, c->sample_error);
+        for (size_t i = 0; i < c->n_vms; i++) {
+                const CtlVm *vm = c->vms[i];
+                if (!vm->actual_known)
+                        continue;
+                ret->commanded += vm->spec.assigned - MIN(vm->target, vm->spec.assigned);
+                ret->reached += vm->spec.assigned - MIN(vm->actual, vm->spec.assigned);
+        }
+}
+
+const CtlConfig *ctl_config(const Controller *c) {
+        return &c->cfg;
+}
+const CtlStats *ctl_stats(const Controller *c) {
+        return &c->stats;
+}

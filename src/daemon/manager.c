@@ -1,0 +1,336 @@
+/* SPDX-License-Identifier: MIT */
+#include "daemon/manager.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "api/api.h"
+#include "hv/qmp.h"
+#include "shared/log.h"
+#include "shared/macro.h"
+#include "shared/strutil.h"
+#include "shared/unix-sock.h"
+
+#define MiB (UINT64_C(1) << 20)
+
+uint64_t manager_mono_to_rt(usec_t mono) {
+        usec_t now = now_mono(), rt = now_usec(CLOCK_REALTIME);
+        return mono >= now ? rt + (mono - now) : rt - MIN(rt, now - mono);
+}
+
+static int driver_factory(Ev *ev, const CtlVmSpec *spec, Hv **ret, char *err, size_t errlen) {
+        if (strcmp(spec->driver, "qemu") == 0) {
+                QmpConfig qc = {
+                        .socket_path = spec->socket,
+                        .expected_uid = spec->expected_uid < 0 ? UID_ANY : (uid_t) spec->expected_uid,
+                };
+                int r = qmp_hv_new(ev, &qc, ret);
+                if (r < 0)
+                        snprintf(err, errlen, "the QEMU driver could not be created: %s", strerror(-r));
+                return r;
+        }
+        snprintf(err, errlen, "driver \"%s\" is not available in this build of ballastd", spec->driver);
+        return -EOPNOTSUPP;
+}
+
+/* ---- controller hooks: persistence ---- */
+
+static void hook_target_changed(Controller *c, CtlVm *vm, uint64_t target, void *userdata) {
+        Manager *m = userdata;
+        char err[256];
+        (void) c;
+        if (store_vm_set_target(m->store, ctl_vm_id(vm), target, err, sizeof err) < 0) {
+                m->store_errors++;
+                log_warning("Failed to record the target of VM %s: %s, continuing", ctl_vm_id(vm), err);
+        }
+}
+
+static void hook_journal(Controller *c, CtlTrigger trigger, const PlanResult *r, void *userdata) {
+        Manager *m = userdata;
+        char err[256];
+        json_t *targets = json_object();
+        if (!targets)
+                return;
+        /* Only the VMs this plan moved: the journal stays small with thousands of VMs. */
+        for (size_t i = 0; i < ctl_vm_count(c); i++) {
+                CtlVmView v;
+                ctl_vm_view(ctl_vm_at(c, i), &v);
+                if (v.changed)
+                        json_object_set_new(targets, v.spec->id, json_integer((json_int_t) v.target));
+        }
+        char *text = json_dumps(targets, JSON_COMPACT | JSON_SORT_KEYS);
+        json_decref(targets);
+        CtlHostView h;
+        ctl_host_view(c, &h);
+        StoreJournalEntry e = {
+                .time = now_usec(CLOCK_REALTIME),
+                .available = h.sample_ok ? h.sample.available : 0,
+                .requested = r->requested,
+                .planned = r->planned,
+                .targets = text,
+        };
+        strscpy(e.trigger, sizeof e.trigger, ctl_trigger_to_string(trigger));
+        strscpy(e.state, sizeof e.state, plan_state_to_string(r->ctl.state));
+        if (store_journal_append(m->store, &e, err, sizeof err) < 0) {
+                m->store_errors++;
+                log_warning("Failed to journal a decision: %s, continuing", err);
+        }
+        free(text);
+}
+
+/* ---- the API's verbs ---- */
+
+static void spec_to_store(const CtlVmSpec *s, StoreVm *ret) {
+        *ret = (StoreVm){
+                .socket = s->socket[0] ? (char *) s->socket : NULL,
+                .uri = s->uri[0] ? (char *) s->uri : NULL,
+                .domain = s->domain[0] ? (char *) s->domain : NULL,
+                .expected_uid = s->expected_uid,
+                .assigned = s->assigned,
+                .floor = s->floor,
+                .shares = s->shares,
+                .created = now_usec(CLOCK_REALTIME),
+        };
+        strscpy(ret->id, sizeof ret->id, s->id);
+        strscpy(ret->driver, sizeof ret->driver, s->driver);
+}
+
+int manager_vm_register(Manager *m, const CtlVmSpec *spec, char *err, size_t errlen) {
+        if (ctl_vm_find(m->ctl, spec->id)) {
+                snprintf(err, errlen, "VM \"%s\" is already registered", spec->id);
+                return -EEXIST;
+        }
+        StoreVm sv;
+        spec_to_store(spec, &sv);
+        /* Stored before it is managed: a crash right after the answer loses nothing. */
+        int r = store_vm_put(m->store, &sv, err, errlen);
+        if (r == -EEXIST) {
+                snprintf(err, errlen, "VM \"%s\" is already registered", spec->id);
+                return r;
+        }
+        if (r < 0)
+                return r == -EINVAL ? r : -EIO;
+        r = ctl_vm_add(m->ctl, spec, 0, NULL, err, errlen);
+        if (r < 0) {
+                char e2[256];
+                (void) store_vm_delete(m->store, spec->id, e2, sizeof e2);
+                return r == -EOPNOTSUPP ? -EINVAL : r;
+        }
+        log_info("VM %s registered (%s %s, %" PRIu64 " MiB, floor %" PRIu64 " MiB, shares %" PRIu32 ")", spec->id,
+                 spec->driver, spec->socket[0] ? spec->socket : spec->domain, spec->assigned / MiB, spec->floor / MiB,
+                 spec->shares);
+        return 0;
+}
+
+int manager_vm_update(Manager *m, CtlVm *vm, uint64_t assigned, uint64_t floor, uint32_t shares, char *err,
+                      size_t errlen) {
+        CtlVmView v;
+        ctl_vm_view(vm, &v);
+        CtlVmSpec s = *v.spec;
+        s.assigned = assigned;
+        s.floor = floor;
+        s.shares = shares;
+        StoreVm sv;
+        spec_to_store(&s, &sv);
+        sv.last_target = MIN(v.target, assigned);
+        StoreVm old;
+        if (store_vm_get(m->store, s.id, &old, err, errlen) == 0) {
+                sv.created = old.created;
+                sv.parked = old.parked;
+                sv.park_prev = old.park_prev;
+                sv.unparked_until = old.unparked_until;
+                store_vm_done(&old);
+        }
+        int r = store_vm_update(m->store, &sv, err, errlen);
+        if (r < 0)
+                return r == -EINVAL || r == -ENOENT ? r : -EIO;
+        ctl_vm_update(m->ctl, vm, assigned, floor, shares);
+        return 0;
+}
+
+int manager_vm_delete(Manager *m, const char *id, char *err, size_t errlen) {
+        if (!ctl_vm_find(m->ctl, id)) {
+                snprintf(err, errlen, "no VM \"%s\"", id);
+                return -ENOENT;
+        }
+        int r = store_vm_delete(m->store, id, err, errlen);
+        if (r < 0 && r != -ENOENT)
+                return -EIO;
+        log_info("VM %s unregistered; its full size is given back", id);
+        return ctl_vm_remove(m->ctl, id);
+}
+
+int manager_set_hold(Manager *m, uint64_t bytes, usec_t hold_for, const char *reason, char *err, size_t errlen) {
+        uint64_t now_rt = now_usec(CLOCK_REALTIME);
+        if (bytes == 0 || hold_for == 0) {
+                int r = store_hold_clear(m->store, err, errlen);
+                if (r < 0)
+                        return r;
+                m->hold_set = false;
+                ctl_set_hold(m->ctl, 0, 0);
+                log_info("Manual hold cleared");
+                return 0;
+        }
+        int r = store_hold_set(m->store, bytes, now_rt + hold_for, reason, now_rt, err, errlen);
+        if (r < 0)
+                return r;
+        m->hold = (StoreHold){ .bytes = bytes, .until = now_rt + hold_for, .created = now_rt };
+        strscpy(m->hold.reason, sizeof m->hold.reason, reason ? reason : "");
+        m->hold_set = true;
+        ctl_set_hold(m->ctl, bytes, usec_add(now_mono(), hold_for));
+        log_info("Manual hold: %" PRIu64 " MiB for %" PRIu64 " s%s%s", bytes / MiB, hold_for / USEC_PER_SEC,
+                 reason && reason[0] ? ": " : "", reason ? reason : "");
+        return 0;
+}
+
+/* ---- lifecycle ---- */
+
+static void on_signal(Ev *ev, int sig, void *userdata) {
+        (void) userdata;
+        log_info("Received %s, leaving every VM where it is and exiting", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        ev_exit(ev, 0);
+}
+
+static int manager_restore(Manager *m, char *err, size_t errlen) {
+        StoreVm *vms = NULL;
+        size_t n = 0;
+        int r = store_vm_load_all(m->store, &vms, &n, err, errlen);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                CtlVmSpec s = {
+                        .expected_uid = vms[i].expected_uid,
+                        .assigned = vms[i].assigned,
+                        .floor = vms[i].floor,
+                        .shares = vms[i].shares,
+                };
+                strscpy(s.id, sizeof s.id, vms[i].id);
+                strscpy(s.driver, sizeof s.driver, vms[i].driver);
+                strscpy(s.socket, sizeof s.socket, vms[i].socket ? vms[i].socket : "");
+                strscpy(s.uri, sizeof s.uri, vms[i].uri ? vms[i].uri : "");
+                strscpy(s.domain, sizeof s.domain, vms[i].domain ? vms[i].domain : "");
+                char e[512];
+                r = ctl_vm_add(m->ctl, &s, vms[i].last_target, NULL, e, sizeof e);
+                if (r < 0)
+                        /* Kept in the registry: a build with that driver will manage it again. */
+                        log_error("VM %s stays registered but is not managed: %s", s.id, e);
+        }
+        if (n)
+                log_info("Re-adopting %zu registered VM%s; each actual size is read from its hypervisor", n,
+                         n == 1 ? "" : "s");
+        store_vm_array_free(vms, n);
+
+        StoreHold h;
+        r = store_hold_get(m->store, &h, err, errlen);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return r;
+        uint64_t now_rt = now_usec(CLOCK_REALTIME);
+        if (h.until <= now_rt) {
+                log_info("The stored manual hold expired while ballastd was down; cleared");
+                return store_hold_clear(m->store, err, errlen) < 0 ? -EIO : 0;
+        }
+        m->hold = h;
+        m->hold_set = true;
+        ctl_set_hold(m->ctl, h.bytes, usec_add(now_mono(), h.until - now_rt));
+        log_info("Manual hold restored: %" PRIu64 " MiB for %" PRIu64 " more s", h.bytes / MiB,
+                 (h.until - now_rt) / USEC_PER_SEC);
+        return 0;
+}
+
+int manager_new(const DaemonConfig *cfg, Manager **ret, char *err, size_t errlen) {
+        Manager *m = calloc(1, sizeof *m);
+        if (!m)
+                return -ENOMEM;
+        m->cfg = cfg;
+        m->started = now_mono();
+        m->started_rt = now_usec(CLOCK_REALTIME);
+        int r = ev_new(&m->ev);
+        if (r < 0) {
+                snprintf(err, errlen, "cannot create the event loop: %s", strerror(-r));
+                goto fail;
+        }
+        r = store_open(cfg->state.directory, &m->store, err, errlen);
+        if (r < 0)
+                goto fail;
+        r = store_set_journal_max(m->store, cfg->state.journal_max, err, errlen);
+        if (r < 0)
+                goto fail;
+
+        CtlConfig cc;
+        ctl_config_default(&cc);
+        cc.plan = cfg->policy;
+        cc.sample_interval = cfg->pressure.sample_interval;
+        cc.op_timeout = cfg->driver.op_timeout;
+        cc.tolerance = cfg->driver.tolerance;
+        cc.stall_min_rate = cfg->driver.stall_min_rate;
+        cc.stall_window = cfg->driver.stall_window;
+        cc.stall_backoff = cfg->driver.stall_backoff;
+        cc.cgroup_dir = cfg->pressure.scope == CONFIG_SCOPE_CGROUP ? cfg->pressure.cgroup : NULL;
+        /* sense takes the root that holds proc/: "/proc" → "", "/x/proc" → "/x". */
+        static char proc_root[4096];
+        const char *pr = cfg->pressure.proc_root ? cfg->pressure.proc_root : "/proc";
+        size_t l = strlen(pr);
+        if (l >= 5 && strcmp(pr + l - 5, "/proc") == 0 && l - 5 < sizeof proc_root) {
+                memcpy(proc_root, pr, l - 5);
+                proc_root[l - 5] = '\0';
+        } else
+                strscpy(proc_root, sizeof proc_root, pr);
+        cc.proc_root = proc_root;
+        cc.psi_mode = cfg->pressure.psi == CONFIG_PSI_OFF ? -1 : cfg->pressure.psi == CONFIG_PSI_ON ? 1 : 0;
+        cc.psi_stall = cfg->pressure.psi_trigger_stall;
+        cc.psi_window = cfg->pressure.psi_trigger_window;
+        CtlHooks hooks = { .target_changed = hook_target_changed, .journal = hook_journal, .userdata = m };
+        r = ctl_new(m->ev, &cc, driver_factory, &hooks, &m->ctl, err, errlen);
+        if (r < 0)
+                goto fail;
+        r = manager_restore(m, err, errlen);
+        if (r < 0)
+                goto fail;
+
+        HttpServerConfig hc = {
+                .socket_path = cfg->api.socket,
+                .listen_tcp = cfg->api.listen,
+                .tokens_file = cfg->api.tokens_file,
+                .write_gid = cfg->api.write_group ? cfg->api.write_gid : (gid_t) -1,
+        };
+        r = http_server_new(m->ev, &hc, api_handle, m, &m->http, err, errlen);
+        if (r < 0)
+                goto fail;
+        r = ev_signal_add(m->ev, SIGTERM, on_signal, m);
+        if (r >= 0)
+                r = ev_signal_add(m->ev, SIGINT, on_signal, m);
+        if (r < 0) {
+                snprintf(err, errlen, "cannot watch signals: %s", strerror(-r));
+                goto fail;
+        }
+        signal(SIGPIPE, SIG_IGN);
+        *ret = m;
+        return 0;
+fail:
+        manager_free(m);
+        return r;
+}
+
+Manager *manager_free(Manager *m) {
+        if (!m)
+                return NULL;
+        /* The API first (it aborts calls that point into the controller), then the drivers. */
+        m->http = http_server_free(m->http);
+        m->ctl = ctl_free(m->ctl);
+        m->store = store_close(m->store);
+        m->ev = ev_free(m->ev);
+        free(m);
+        return NULL;
+}
+
+int manager_run(Manager *m) {
+        return ev_run(m->ev);
+}

@@ -1,0 +1,307 @@
+/* SPDX-License-Identifier: MIT */
+/* The controller's tick against fake QEMUs (tests/peers/qmp-peer.c, compiled in, run in forked
+ * children) and a fixture /proc whose meminfo the test rewrites to make pressure come and go.
+ * Every wait is on a condition with a generous deadline. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#define QMP_PEER_NO_MAIN
+#include "../peers/qmp-peer.c"
+
+#include "control/controller.h"
+#include "hv/qmp.h"
+#include "shared/ev.h"
+
+#define MiB (UINT64_C(1) << 20)
+#define GiB (UINT64_C(1) << 30)
+
+typedef struct Fixture {
+        char dir[64];
+        pid_t pids[8];
+        size_t n_pids;
+        Ev *ev;
+        Controller *c;
+        unsigned targets_changed, journalled;
+} Fixture;
+
+static void write_meminfo(Fixture *f, uint64_t total, uint64_t avail) {
+        char path[128], tmp[140];
+        snprintf(path, sizeof path, "%s/proc/meminfo", f->dir);
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        FILE *fp = fopen(tmp, "w");
+        assert_non_null(fp);
+        fprintf(fp, "MemTotal:       %llu kB\nMemFree:        %llu kB\nMemAvailable:   %llu kB\n",
+                (unsigned long long) (total >> 10), (unsigned long long) (avail >> 10),
+                (unsigned long long) (avail >> 10));
+        assert_int_equal(fclose(fp), 0);
+        assert_int_equal(rename(tmp, path), 0);
+}
+
+static int setup(void **state) {
+        Fixture *f = calloc(1, sizeof *f);
+        if (!f)
+                return -1;
+        snprintf(f->dir, sizeof f->dir, "/tmp/ballast-test-ctl-XXXXXX");
+        if (!mkdtemp(f->dir) || ev_new(&f->ev) < 0)
+                return -1;
+        char p[128];
+        snprintf(p, sizeof p, "%s/proc", f->dir);
+        if (mkdir(p, 0755) < 0)
+                return -1;
+        *state = f;
+        return 0;
+}
+
+static int teardown(void **state) {
+        Fixture *f = *state;
+        f->c = ctl_free(f->c);
+        for (size_t i = 0; i < f->n_pids; i++) {
+                (void) kill(f->pids[i], SIGKILL);
+                (void) waitpid(f->pids[i], NULL, 0);
+        }
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
+        (void) !system(cmd);
+        ev_free(f->ev);
+        free(f);
+        return 0;
+}
+
+static void spawn_peer(Fixture *f, const char *name, PeerMode mode, uint64_t ram, uint64_t floor) {
+        int ready[2];
+        assert_int_equal(pipe2(ready, O_CLOEXEC), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                close(ready[0]);
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                char path[160];
+                snprintf(path, sizeof path, "%s/%s.sock", f->dir, name);
+                PeerConfig c;
+                peer_config_init(&c);
+                c.socket_path = path;
+                c.mode = mode;
+                c.ram = ram;
+                c.floor = floor;
+                c.rate_mib_s = 2048;
+                c.ready_fd = ready[1];
+                _exit(peer_serve(&c) < 0 ? 11 : 0);
+        }
+        close(ready[1]);
+        char b;
+        assert_int_equal(read(ready[0], &b, 1), 1);
+        close(ready[0]);
+        f->pids[f->n_pids++] = pid;
+}
+
+static int factory(Ev *ev, const CtlVmSpec *spec, Hv **ret, char *err, size_t errlen) {
+        QmpConfig qc = { .socket_path = spec->socket, .expected_uid = UID_ANY };
+        int r = qmp_hv_new(ev, &qc, ret);
+        if (r < 0)
+                snprintf(err, errlen, "%s", strerror(-r));
+        return r;
+}
+
+static void on_target(Controller *c, CtlVm *vm, uint64_t target, void *userdata) {
+        Fixture *f = userdata;
+        (void) c, (void) vm, (void) target;
+        f->targets_changed++;
+}
+static void on_journal(Controller *c, CtlTrigger t, const PlanResult *r, void *userdata) {
+        Fixture *f = userdata;
+        (void) c, (void) t, (void) r;
+        f->journalled++;
+}
+
+static void start(Fixture *f, usec_t op_timeout) {
+        CtlConfig cc;
+        ctl_config_default(&cc);
+        cc.proc_root = f->dir;
+        cc.psi_mode = -1;
+        cc.op_timeout = op_timeout;
+        cc.sample_interval = 50 * USEC_PER_MSEC;
+        cc.plan.dwell = 0;
+        CtlHooks h = { .target_changed = on_target, .journal = on_journal, .userdata = f };
+        char err[256];
+        int r = ctl_new(f->ev, &cc, factory, &h, &f->c, err, sizeof err);
+        if (r < 0)
+                fail_msg("ctl_new: %s", err);
+}
+
+static CtlVm *add(Fixture *f, const char *name, uint64_t assigned, uint64_t floor) {
+        CtlVmSpec s = { .expected_uid = -1, .assigned = assigned, .floor = floor, .shares = 1000 };
+        snprintf(s.id, sizeof s.id, "%s", name);
+        snprintf(s.driver, sizeof s.driver, "qemu");
+        snprintf(s.socket, sizeof s.socket, "%s/%s.sock", f->dir, name);
+        char err[256];
+        CtlVm *vm = NULL;
+        int r = ctl_vm_add(f->c, &s, 0, &vm, err, sizeof err);
+        if (r < 0)
+                fail_msg("ctl_vm_add: %s", err);
+        return vm;
+}
+
+/* Runs the loop until cond() holds or the deadline (relative) passes; returns whether it held. */
+typedef bool (*cond_fn)(Fixture *f, void *arg);
+static bool run_until(Fixture *f, cond_fn cond, void *arg, usec_t timeout) {
+        usec_t deadline = now_mono() + timeout;
+        while (!cond(f, arg)) {
+                if (now_mono() >= deadline)
+                        return false;
+                assert_true(ev_run_once(f->ev, MIN(deadline, now_mono() + 50 * USEC_PER_MSEC)) >= 0);
+        }
+        return true;
+}
+
+static bool all_known(Fixture *f, void *arg) {
+        size_t n = (size_t) (uintptr_t) arg;
+        size_t k = 0;
+        for (size_t i = 0; i < ctl_vm_count(f->c); i++) {
+                CtlVmView v;
+                ctl_vm_view(ctl_vm_at(f->c, i), &v);
+                k += v.actual_known;
+        }
+        return k >= n;
+}
+
+static bool vm_reached_below(Fixture *f, void *arg) {
+        CtlVm *vm = arg;
+        CtlVmView v;
+        ctl_vm_view(vm, &v);
+        (void) f;
+        return v.actual_known && v.target < v.spec->assigned && v.actual <= v.target + 16 * MiB;
+}
+
+static bool vm_back_full(Fixture *f, void *arg) {
+        CtlVm *vm = arg;
+        CtlVmView v;
+        ctl_vm_view(vm, &v);
+        (void) f;
+        return v.actual_known && v.target == v.spec->assigned && v.actual + 16 * MiB >= v.spec->assigned;
+}
+
+static bool vm_failed(Fixture *f, void *arg) {
+        CtlVm *vm = arg;
+        CtlVmView v;
+        ctl_vm_view(vm, &v);
+        (void) f;
+        return v.status == CTL_VM_ERROR;
+}
+
+/* Pressure below the low watermark: both VMs are reclaimed, never below their floors, and the
+ * memory comes back when the pressure goes. */
+static void test_reclaim_and_give_back(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 4 * GiB);
+        spawn_peer(f, "a", PEER_NORMAL, 1 * GiB, 0);
+        spawn_peer(f, "b", PEER_NORMAL, 1 * GiB, 0);
+        start(f, 2 * USEC_PER_SEC);
+        CtlVm *a = add(f, "a", 1 * GiB, 256 * MiB), *b = add(f, "b", 1 * GiB, 256 * MiB);
+        assert_true(run_until(f, all_known, (void *) 2, 10 * USEC_PER_SEC));
+        CtlHostView h;
+        ctl_host_view(f->c, &h);
+        assert_int_equal(h.ctl.state, PLAN_STATE_HEALTHY);
+
+        /* 5% available of 8 GiB: the high watermark (15%) needs 0.8 GiB back. */
+        write_meminfo(f, 8 * GiB, 8 * GiB / 20 + 1);
+        assert_true(run_until(f, vm_reached_below, a, 10 * USEC_PER_SEC));
+        assert_true(run_until(f, vm_reached_below, b, 10 * USEC_PER_SEC));
+        CtlVmView va, vb;
+        ctl_vm_view(a, &va);
+        ctl_vm_view(b, &vb);
+        assert_true(va.target >= 256 * MiB && vb.target >= 256 * MiB);
+        uint64_t reclaimed = 2 * GiB - va.target - vb.target;
+        assert_true(reclaimed >= 8 * GiB / 10 - 16 * MiB);
+        assert_true(f->targets_changed >= 2);
+        assert_true(f->journalled >= 1);
+        ctl_host_view(f->c, &h);
+        assert_int_not_equal(h.ctl.state, PLAN_STATE_HEALTHY);
+        assert_true(ctl_stats(f->c)->reaction.count >= 1);
+
+        /* Pressure gone: everything comes back. */
+        write_meminfo(f, 8 * GiB, 6 * GiB);
+        assert_true(run_until(f, vm_back_full, a, 20 * USEC_PER_SEC));
+        assert_true(run_until(f, vm_back_full, b, 20 * USEC_PER_SEC));
+}
+
+typedef struct Seen {
+        CtlVm *vm;
+        usec_t at;
+} Seen;
+
+/* A VM whose QMP socket hangs does not delay the others: they get their targets within a
+ * fraction of the operation deadline, the hung one fails at its deadline. */
+static void test_hung_vm_does_not_delay_others(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 4 * GiB);
+        spawn_peer(f, "good1", PEER_NORMAL, 1 * GiB, 0);
+        spawn_peer(f, "good2", PEER_NORMAL, 1 * GiB, 0);
+        spawn_peer(f, "hung", PEER_HANG, 1 * GiB, 0);
+        usec_t op_timeout = 3 * USEC_PER_SEC;
+        start(f, op_timeout);
+        CtlVm *g1 = add(f, "good1", 1 * GiB, 0), *g2 = add(f, "good2", 1 * GiB, 0), *hung = add(f, "hung", 1 * GiB, 0);
+        assert_true(run_until(f, all_known, (void *) 2, 10 * USEC_PER_SEC));
+
+        usec_t t0 = now_mono();
+        write_meminfo(f, 8 * GiB, 8 * GiB / 20 + 1);
+        assert_true(run_until(f, vm_reached_below, g1, 10 * USEC_PER_SEC));
+        assert_true(run_until(f, vm_reached_below, g2, 10 * USEC_PER_SEC));
+        usec_t took = now_mono() - t0;
+        /* Well within one operation deadline, though the hung VM's first call is still pending. */
+        assert_true(took < op_timeout);
+        assert_true(run_until(f, vm_failed, hung, op_timeout + 5 * USEC_PER_SEC));
+        CtlVmView v;
+        ctl_vm_view(hung, &v);
+        assert_false(v.actual_known);
+        assert_true(strlen(v.last_error) > 0);
+}
+
+/* A guest that cannot go below a floor of its own is marked stalled and its target re-synced
+ * to where it stopped; the shortfall goes to the other VM. */
+static void test_stall_resyncs(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 4 * GiB);
+        spawn_peer(f, "stuck", PEER_NORMAL, 1 * GiB, 900 * MiB);
+        spawn_peer(f, "free", PEER_NORMAL, 1 * GiB, 0);
+        start(f, 2 * USEC_PER_SEC);
+        CtlVm *stuck = add(f, "stuck", 1 * GiB, 0), *fr = add(f, "free", 1 * GiB, 0);
+        assert_true(run_until(f, all_known, (void *) 2, 10 * USEC_PER_SEC));
+        write_meminfo(f, 8 * GiB, 8 * GiB / 20 + 1);
+        assert_true(run_until(f, vm_reached_below, fr, 10 * USEC_PER_SEC));
+        usec_t deadline = now_mono() + 15 * USEC_PER_SEC;
+        CtlVmView v;
+        for (;;) {
+                ctl_vm_view(stuck, &v);
+                if (v.stalls > 0 || now_mono() >= deadline)
+                        break;
+                assert_true(ev_run_once(f->ev, now_mono() + 50 * USEC_PER_MSEC) >= 0);
+        }
+        assert_true(v.stalls > 0);
+        assert_int_equal(v.status, CTL_VM_STALLED);
+        /* Re-synced to what it reached, within the guest's own floor. */
+        assert_true(v.target >= 900 * MiB - 16 * MiB && v.target <= 900 * MiB + 16 * MiB);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test_setup_teardown(test_reclaim_and_give_back, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_hung_vm_does_not_delay_others, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_stall_resyncs, setup, teardown),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
