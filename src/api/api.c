@@ -295,6 +295,46 @@ int api_parse_target(const char *body, size_t len, uint64_t *ret, char *err, siz
         return r;
 }
 
+int api_parse_park(const char *body, size_t len, bool unpark, ApiPark *ret, char *err, size_t errlen) {
+        ApiPark p = { 0 };
+        if (!body || len == 0) {
+                *ret = p;
+                return 0;
+        }
+        json_t *j = NULL;
+        int r = body_load(body, len, &j, err, errlen);
+        if (r < 0)
+                return r;
+        Field f[] = { { "size_bytes", false }, { "timeout", false }, { "wait", false } };
+        r = body_check_fields(j, f, unpark ? 3 : 2, err, errlen);
+        if (r >= 0)
+                r = get_size(j, "size_bytes", MiB, API_SIZE_MAX, &p.size_bytes, err, errlen);
+        const char *to = NULL;
+        if (r >= 0 && (r = get_string(j, "timeout", 32, &to, err, errlen)) > 0) {
+                usec_t d;
+                if (parse_duration(to, &d) < 0 || d == 0 || d > 10 * 60 * USEC_PER_SEC) {
+                        snprintf(err, errlen, "field \"timeout\" must be a duration from 1ms to 10m (got \"%.32s\")",
+                                 to);
+                        r = -EINVAL;
+                } else
+                        p.timeout = d;
+        }
+        json_t *w = json_object_get(j, "wait");
+        if (r >= 0 && w) {
+                if (!json_is_boolean(w)) {
+                        snprintf(err, errlen, "field \"wait\" must be true or false");
+                        r = -EINVAL;
+                } else
+                        p.wait = json_is_true(w);
+        }
+        if (r >= 0) {
+                *ret = p;
+                r = 0;
+        }
+        json_decref(j);
+        return r;
+}
+
 /* ---- JSON views ---- */
 
 static json_t *json_time(uint64_t rt_usec) {
@@ -341,6 +381,21 @@ static json_t *vm_json(const CtlVm *vm) {
         json_object_set_new(o, "commands", json_u64(v.commands));
         json_object_set_new(o, "stalls", json_u64(v.stalls));
         json_object_set_new(o, "updated", v.updated ? json_time(manager_mono_to_rt(v.updated)) : json_null());
+        json_object_set_new(o, "parked", json_boolean(v.parked));
+        json_object_set_new(o, "park_previous_bytes", v.parked ? json_u64(v.park_previous) : json_null());
+        json_object_set_new(o, "protected_until",
+                            v.unparked_until > now_mono() ? json_time(manager_mono_to_rt(v.unparked_until))
+                                                          : json_null());
+        json_t *g = json_object();
+        json_object_set_new(g, "fresh", json_boolean(v.guest_fresh));
+        json_object_set_new(g, "pressure", json_boolean(v.guest_pressure));
+        json_object_set_new(g, "used_bytes", v.guest_fresh ? json_u64(v.guest_used) : json_null());
+        json_object_set_new(g, "available_bytes",
+                            v.guest.available == HV_STAT_UNSET ? json_null() : json_u64(v.guest.available));
+        json_object_set_new(g, "total_bytes", v.guest.total == HV_STAT_UNSET ? json_null() : json_u64(v.guest.total));
+        json_object_set_new(o, "guest", g);
+        json_object_set_new(o, "hypervisor_pid", v.hv_pid > 0 ? json_integer(v.hv_pid) : json_null());
+        json_object_set_new(o, "host_rss_bytes", v.host_rss ? json_u64(v.host_rss) : json_null());
         return o;
 }
 
@@ -477,6 +532,28 @@ static void on_stats(Hv *hv, const HvReply *reply, void *userdata) {
                                   reply->stats.last_update ? json_time(reply->stats.last_update * USEC_PER_SEC)
                                                            : json_null()));
         free(sc);
+}
+
+/* POST /v1/vms/{id}/park|unpark: answered when the controller reports the outcome. */
+typedef struct ParkCall {
+        HttpCall *call;
+        usec_t started;
+} ParkCall;
+
+static void on_park(Controller *c, CtlVm *vm, const CtlParkOutcome *o, void *userdata) {
+        ParkCall *pc = userdata;
+        (void) c;
+        if (o->error < 0 && strcmp(o->result, "error") == 0)
+                http_call_reply_error(pc->call, o->error == -ECANCELED ? 409 : 503,
+                                      o->error == -ECANCELED ? "conflict" : "unavailable", "VM %s: %s", ctl_vm_id(vm),
+                                      o->message[0] ? o->message : strerror(-o->error));
+        else
+                http_call_reply_json(pc->call, 200,
+                                     json_pack("{s:s,s:s,s:o,s:o,s:o,s:f,s:s}", "vm", ctl_vm_id(vm), "result",
+                                               o->result, "previous_bytes", json_u64(o->previous), "target_bytes",
+                                               json_u64(o->target), "reached_bytes", json_u64(o->reached), "elapsed_ms",
+                                               (double) (now_mono() - pc->started) / 1000.0, "message", o->message));
+        free(pc);
 }
 
 /* POST /v1/memory/reclaim */
@@ -698,7 +775,32 @@ static void route_vm(Manager *m, HttpCall *call, const HttpRequest *req, const c
                         return reply_method(call, "POST");
                 if (!need_write(call, req))
                         return;
-                return http_call_reply_error(call, 501, "not_implemented", "%s is not implemented yet", sub);
+                bool unpark = sub[0] == 'u';
+                ApiPark p;
+                if (api_parse_park(req->body, req->body_len, unpark, &p, err, sizeof err) < 0)
+                        return http_call_reply_error(call, 400, "bad_request", "%s", err);
+                ParkCall *pc = calloc(1, sizeof *pc);
+                if (!pc)
+                        return http_call_reply_error(call, 500, "internal", "out of memory");
+                pc->call = call;
+                pc->started = now_mono();
+                int r = unpark ? ctl_vm_unpark(m->ctl, vm, p.size_bytes, p.wait, p.timeout, on_park, pc)
+                               : ctl_vm_park(m->ctl, vm, p.size_bytes ? p.size_bytes : m->cfg->park.size, p.timeout,
+                                             on_park, pc);
+                if (r < 0) {
+                        free(pc);
+                        if (r == -EALREADY)
+                                return http_call_reply_error(call, 409, "conflict", "VM %s is %s", id,
+                                                             unpark ? "not parked" : "already parked");
+                        if (r == -EBUSY)
+                                return http_call_reply_error(call, 409, "conflict",
+                                                             "VM %s: a park or unpark is in progress", id);
+                        if (r == -EAGAIN)
+                                return http_call_reply_error(call, 503, "unavailable",
+                                                             "VM %s: its actual size is not known yet", id);
+                        return http_call_reply_error(call, 500, "internal", "VM %s: %s", id, strerror(-r));
+                }
+                return;
         }
         http_call_reply_error(call, 404, "not_found", "no route %s", req->path);
 }

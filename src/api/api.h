@@ -30,11 +30,19 @@ typedef struct ApiVmPatch {
         uint32_t shares;
 } ApiVmPatch;
 
+typedef struct ApiPark {
+        uint64_t size_bytes; /* 0: the default (park) / the size before the park (unpark) */
+        usec_t timeout;      /* 0: the default */
+        bool wait;           /* unpark only: answer once the guest has the memory */
+} ApiPark;
+
 /* Each returns 0, or -EINVAL with the client-facing message in err (naming the field). */
 int api_parse_vm_create(const char *body, size_t len, CtlVmSpec *ret, char *err, size_t errlen);
 int api_parse_vm_patch(const char *body, size_t len, ApiVmPatch *ret, char *err, size_t errlen);
 int api_parse_reclaim(const char *body, size_t len, ApiReclaim *ret, char *err, size_t errlen);
 int api_parse_target(const char *body, size_t len, uint64_t *ret, char *err, size_t errlen);
+/* An empty body is allowed (all defaults). unpark accepts "wait"; park does not. */
+int api_parse_park(const char *body, size_t len, bool unpark, ApiPark *ret, char *err, size_t errlen);
 
 /* The http_handler: userdata is the Manager. */
 void api_handle(HttpCall *call, const HttpRequest *req, void *userdata);

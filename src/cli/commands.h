@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <stdbool.h>
+
 /* One entry point per ballastctl subcommand; argv[0] is the subcommand's name. Each returns the
  * process exit code. */
 int cmd_balloon(int argc, char **argv);
@@ -11,6 +13,7 @@ int cmd_host(int argc, char **argv);
 int cmd_vms(int argc, char **argv);
 int cmd_reclaim(int argc, char **argv);
 int cmd_history(int argc, char **argv);
+int cmd_park(int argc, char **argv, bool unpark);
 /* vm add|rm|show, dispatched by cmd_vm(); argv[0] is the verb. */
 int cmd_vm_add(int argc, char **argv);
 int cmd_vm_rm(int argc, char **argv);

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,25 @@ struct CtlVm {
         /* The API apply batch waiting for this VM's next set_target answer. */
         ApplyBatch *batch;
         size_t batch_idx;
+        /* Parking (B4). */
+        bool parked, parking;
+        uint64_t park_prev;
+        usec_t unparked_until;
+        HvWait *park_wait, *park_done; /* done: finished, freed at the next tick */
+        ctl_park_cb park_cb;
+        void *park_ud;
+        uint64_t park_report_prev;
+        usec_t park_started;
+        char park_token; /* userdata of direct park-path driver calls */
+        /* Guest statistics (B5.4, B5.9). */
+        bool stats_off, stats_period_set;
+        usec_t next_stats;
+        HvStats guest;
+        bool guest_have, guest_fresh, guest_pressure;
+        uint64_t guest_used;
+        /* Host side (B5.7). */
+        uint64_t host_rss;
+        usec_t next_rss;
 };
 
 struct ApplyBatch {
@@ -129,6 +149,9 @@ void ctl_config_default(CtlConfig *c) {
                 .psi_mode = 0,
                 .psi_stall = 100 * USEC_PER_MSEC,
                 .psi_window = 1 * USEC_PER_SEC,
+                .stats_period_s = 2,
+                .park_protect = 30 * USEC_PER_SEC,
+                .park_timeout = 60 * USEC_PER_SEC,
         };
         plan_config_default(&c->plan);
 }
@@ -345,6 +368,9 @@ static void vm_observe(CtlVm *vm, uint64_t actual, usec_t now) {
                         vm->status = CTL_VM_OK;
                 return;
         }
+        /* A park has its own wait (and stall rule); a parked VM stays where it is. */
+        if (vm->parked || vm->parking)
+                return;
         /* Moving: is it making progress? */
         uint64_t window_bytes =
                 (uint64_t) ((unsigned __int128) c->cfg.stall_min_rate * c->cfg.stall_window / USEC_PER_SEC);
@@ -425,6 +451,79 @@ static void vm_on_set_target(Hv *hv, const HvReply *reply, void *userdata) {
         vm_after_call(vm);
 }
 
+static void vm_on_stats_period(Hv *hv, const HvReply *reply, void *userdata) {
+        CtlVm *vm = userdata;
+        (void) hv;
+        vm->op_busy = false;
+        if (reply->error == -EOPNOTSUPP || reply->error == -ENOTSUP) {
+                log_info("VM %s: no guest statistics (%s); floors use the configured values only", vm->spec.id,
+                         reply->message);
+                vm->stats_off = true;
+        } else if (reply->error < 0) {
+                /* Not fatal to the VM: stats are an extra. Try again in a while. */
+                log_debug("VM %s: cannot enable guest statistics: %s", vm->spec.id, reply->message);
+                vm->stats_off = vm->errors++ > 5;
+        } else
+                vm->stats_period_set = true;
+        vm_after_call(vm);
+}
+
+/* Guest statistics → what the plan may use (B5.4, B5.9). Fresh: reported within three periods.
+ * Non-reclaimable use: total − available, minus the balloon when the guest counts it in its
+ * total (deflate-on-oom keeps MemTotal). Pressure: swapping in, faulting hard, or nearly out. */
+static void vm_take_stats(CtlVm *vm, const HvStats *st) {
+        Controller *c = vm->c;
+        uint64_t now_rt_s = now_usec(CLOCK_REALTIME) / USEC_PER_SEC;
+        bool have = st->total != HV_STAT_UNSET && st->available != HV_STAT_UNSET && st->last_update != 0 &&
+                    st->last_update != HV_STAT_UNSET;
+        uint64_t max_age = 3 * (uint64_t) c->cfg.stats_period_s + 1;
+        bool fresh = have && st->last_update + max_age >= now_rt_s;
+        bool pressure = false;
+        if (fresh && vm->guest_have && st->last_update > vm->guest.last_update) {
+                if (st->swap_in != HV_STAT_UNSET && vm->guest.swap_in != HV_STAT_UNSET &&
+                    st->swap_in > vm->guest.swap_in && st->swap_in - vm->guest.swap_in >= 4 * MiB)
+                        pressure = true;
+                if (st->major_faults != HV_STAT_UNSET && vm->guest.major_faults != HV_STAT_UNSET &&
+                    st->major_faults > vm->guest.major_faults &&
+                    st->major_faults - vm->guest.major_faults >= 200 * (uint64_t) c->cfg.stats_period_s)
+                        pressure = true;
+        } else if (fresh && vm->guest_have)
+                pressure = vm->guest_pressure; /* no new report: keep the last verdict */
+        if (fresh && st->available < st->total / 32)
+                pressure = true;
+        uint64_t used = 0;
+        if (fresh) {
+                uint64_t balloon = vm->spec.assigned - MIN(vm->actual, vm->spec.assigned);
+                uint64_t in_total = st->total > vm->actual ? MIN(st->total - vm->actual, balloon) : 0;
+                uint64_t u = st->total > st->available ? st->total - st->available : 0;
+                used = u > in_total ? u - in_total : 0;
+        }
+        if (pressure && !vm->guest_pressure)
+                log_notice("VM %s: the guest shows memory pressure (available %llu MiB): it gives last and gets "
+                           "back first",
+                           vm->spec.id, (unsigned long long) (st->available / MiB));
+        vm->guest = *st;
+        vm->guest_have = have;
+        vm->guest_fresh = fresh;
+        vm->guest_used = used;
+        vm->guest_pressure = pressure;
+        if (pressure)
+                ctl_kick(c, CTL_TRIGGER_DRIVER); /* B5.9: deflate at once, not at the next tick */
+}
+
+static void vm_on_stats(Hv *hv, const HvReply *reply, void *userdata) {
+        CtlVm *vm = userdata;
+        (void) hv;
+        vm->op_busy = false;
+        if (reply->error == -EOPNOTSUPP || reply->error == -ENOTSUP)
+                vm->stats_off = true;
+        else if (reply->error < 0)
+                vm->guest_fresh = false;
+        else if (!vm->removing)
+                vm_take_stats(vm, &reply->stats);
+        vm_after_call(vm);
+}
+
 static void vm_send(CtlVm *vm) {
         Controller *c = vm->c;
         usec_t now = ev_now(c->ev);
@@ -467,9 +566,51 @@ static void vm_send(CtlVm *vm) {
         }
 }
 
+static void vm_on_stats_period(Hv *hv, const HvReply *reply, void *userdata);
+static void vm_on_stats(Hv *hv, const HvReply *reply, void *userdata);
+
+/* Host-side verification (B5.7): the hypervisor process's resident memory, from /proc. */
+static void vm_read_rss(CtlVm *vm, usec_t now) {
+        if (now < vm->next_rss || vm->hv->peer_pid <= 0)
+                return;
+        vm->next_rss = now + USEC_PER_SEC;
+        char path[64], buf[4096];
+        snprintf(path, sizeof path, "/proc/%d/status", (int) vm->hv->peer_pid);
+        int n = sense_read_file(path, buf, sizeof buf);
+        if (n < 0) {
+                vm->host_rss = 0;
+                return;
+        }
+        const char *p = strstr(buf, "\nVmRSS:");
+        unsigned long long kb;
+        if (p && sscanf(p + 7, " %llu kB", &kb) == 1)
+                vm->host_rss = (uint64_t) kb << 10;
+}
+
 static void vm_poll(CtlVm *vm, usec_t now) {
+        if (!vm->removing)
+                vm_read_rss(vm, now);
+        if (vm->park_done)
+                vm->park_done = hv_wait_free(vm->park_done);
         if (vm->op_busy || vm->removing)
                 return;
+        Controller *c = vm->c;
+        /* Guest statistics: enable the polling once, then read them every period. */
+        if (vm->actual_known && c->cfg.stats_period_s && !vm->stats_off && !(vm->retry_at && now < vm->retry_at)) {
+                if (!vm->stats_period_set) {
+                        if (hv_set_stats_period(vm->hv, c->cfg.stats_period_s, c->cfg.op_timeout, vm_on_stats_period,
+                                                vm) >= 0)
+                                vm->op_busy = true;
+                        return;
+                }
+                if (now >= vm->next_stats) {
+                        vm->next_stats = now + (usec_t) c->cfg.stats_period_s * USEC_PER_SEC;
+                        if (hv_get_stats(vm->hv, c->cfg.op_timeout, vm_on_stats, vm) >= 0) {
+                                vm->op_busy = true;
+                                return;
+                        }
+                }
+        }
         if (vm->retry_at && now < vm->retry_at)
                 return;
         bool moving = vm->actual_known && absdiff(vm->actual, vm->target) > vm->c->cfg.tolerance;
@@ -522,8 +663,12 @@ static void ctl_fill_plan(Controller *c, usec_t now) {
                         .last_dir = vm->last_dir,
                         .last_move = vm->last_move,
                         /* A VM we cannot talk to is left alone: the split goes to the others. */
-                        .parked = !usable,
+                        .parked = !usable || vm->parked || vm->parking,
+                        .unparked_until = vm->unparked_until,
                         .stalled_until = vm->stalled_until,
+                        .guest_fresh = vm->guest_fresh,
+                        .guest_used = vm->guest_used,
+                        .guest_pressure = vm->guest_pressure,
                 };
         }
 }
@@ -702,9 +847,19 @@ static void vm_free(CtlVm *vm) {
         if (!vm)
                 return;
         vm_batch_done(vm, -ECANCELED);
+        hv_wait_free(vm->park_wait);
+        hv_wait_free(vm->park_done);
+        if (vm->park_cb) {
+                CtlParkOutcome o = { .error = -ECANCELED, .result = "error" };
+                snprintf(o.message, sizeof o.message, "VM %s was removed", vm->spec.id);
+                ctl_park_cb cb = vm->park_cb;
+                vm->park_cb = NULL;
+                cb(vm->c, vm, &o, vm->park_ud);
+        }
         if (vm->hv) {
                 hv_remove_listener(vm->hv, vm_on_actual_event, vm);
                 hv_cancel(vm->hv, vm);
+                hv_cancel(vm->hv, &vm->park_token);
                 hv_free(vm->hv);
         }
         free(vm);
@@ -853,6 +1008,8 @@ void ctl_vm_update(Controller *c, CtlVm *vm, uint64_t assigned, uint64_t floor, 
 int ctl_vm_set_target(Controller *c, CtlVm *vm, uint64_t target) {
         if (!vm->actual_known)
                 return -EAGAIN;
+        if (vm->parked || vm->parking)
+                return -EBUSY;
         if (target == vm->target)
                 return 0;
         vm->last_dir = target < vm->target ? -1 : 1;
@@ -864,10 +1021,173 @@ int ctl_vm_set_target(Controller *c, CtlVm *vm, uint64_t target) {
         return 0;
 }
 
+/* ---- parking (B4) ---- */
+
+static void park_report(CtlVm *vm, CtlParkOutcome *o) {
+        ctl_park_cb cb = vm->park_cb;
+        vm->park_cb = NULL;
+        if (cb)
+                cb(vm->c, vm, o, vm->park_ud);
+}
+
+static void park_persist(CtlVm *vm) {
+        Controller *c = vm->c;
+        if (c->hooks.park_changed)
+                c->hooks.park_changed(c, vm, vm->parked, vm->park_prev, vm->unparked_until, c->hooks.userdata);
+        if (c->hooks.target_changed)
+                c->hooks.target_changed(c, vm, vm->target, c->hooks.userdata);
+}
+
+static void on_park_wait(HvWait *w, const HvWaitOutcome *out, void *userdata) {
+        CtlVm *vm = userdata;
+        usec_t now = now_mono();
+        vm->park_wait = NULL;
+        vm->park_done = w; /* freed at the next poll: not from inside its own callback */
+        vm->parking = false;
+        CtlParkOutcome o = {
+                .previous = vm->park_report_prev,
+                .target = out->target,
+                .reached = out->reached,
+                .elapsed = now - vm->park_started,
+        };
+        snprintf(o.message, sizeof o.message, "%s", out->message);
+        /* The wait sent its target itself. */
+        vm->sent_target = out->target;
+        vm->sent_once = true;
+        switch (out->result) {
+        case HV_WAIT_REACHED:
+                o.result = "reached";
+                break;
+        case HV_WAIT_STALLED:
+        case HV_WAIT_DEADLINE:
+                /* Left where it stopped, never pushed further (B4.1): the target follows it. */
+                o.result = out->result == HV_WAIT_STALLED ? "stalled" : "deadline";
+                vm->target = out->reached;
+                vm->stalls += out->result == HV_WAIT_STALLED;
+                break;
+        default:
+                o.result = "error";
+                o.error = out->error ? out->error : -EIO;
+                vm->target = vm->actual_known ? vm->actual : vm->target;
+        }
+        vm_observe(vm, out->reached, now);
+        park_persist(vm);
+        if (vm->parked && !vm->op_busy)
+                vm_send(vm);
+        log_info("VM %s: park %s at %llu MiB (target %llu MiB) in %llu ms", vm->spec.id, o.result,
+                 (unsigned long long) (out->reached / MiB), (unsigned long long) (out->target / MiB),
+                 (unsigned long long) (o.elapsed / USEC_PER_MSEC));
+        park_report(vm, &o);
+}
+
+int ctl_vm_park(Controller *c, CtlVm *vm, uint64_t size, usec_t timeout, ctl_park_cb cb, void *userdata) {
+        if (!vm->actual_known)
+                return -EAGAIN;
+        if (vm->parking || vm->park_cb)
+                return -EBUSY;
+        if (vm->parked)
+                return -EALREADY;
+        size = MIN(size, vm->spec.assigned);
+        HvWaitOptions o;
+        hv_wait_options_init(&o);
+        o.tolerance = c->cfg.tolerance;
+        o.timeout = timeout ? timeout : c->cfg.park_timeout;
+        o.stall_window = c->cfg.stall_window;
+        o.op_timeout = c->cfg.op_timeout;
+        uint64_t prev = vm->target;
+        int r = hv_wait_start(vm->hv, size, &o, on_park_wait, vm, &vm->park_wait);
+        if (r < 0)
+                return r;
+        vm_batch_done(vm, -ECANCELED);
+        vm->parked = vm->parking = true;
+        vm->park_prev = prev;
+        vm->park_report_prev = prev;
+        vm->unparked_until = 0;
+        vm->target = size;
+        vm->last_dir = -1;
+        vm->last_move = now_mono();
+        vm->park_started = now_mono();
+        vm->park_cb = cb;
+        vm->park_ud = userdata;
+        vm->status = CTL_VM_PARKED;
+        park_persist(vm);
+        return 0;
+}
+
+static void on_unpark_sent(Hv *hv, const HvReply *reply, void *userdata) {
+        CtlVm *vm = (CtlVm *) ((char *) userdata - offsetof(CtlVm, park_token));
+        (void) hv;
+        CtlParkOutcome o = {
+                .previous = vm->park_report_prev,
+                .target = vm->target,
+                .reached = vm->actual,
+                .elapsed = now_mono() - vm->park_started,
+                .result = reply->error < 0 ? "error" : "sent",
+                .error = reply->error,
+        };
+        snprintf(o.message, sizeof o.message, "%s", reply->message);
+        if (reply->error < 0)
+                vm->sent_once = false; /* the controller sends it again */
+        park_report(vm, &o);
+}
+
+int ctl_vm_unpark(Controller *c, CtlVm *vm, uint64_t size, bool wait, usec_t timeout, ctl_park_cb cb, void *userdata) {
+        if (!vm->actual_known)
+                return -EAGAIN;
+        if (vm->parking || vm->park_cb)
+                return -EBUSY;
+        if (!vm->parked)
+                return -EALREADY;
+        uint64_t t = size ? MIN(size, vm->spec.assigned) : vm->park_prev ? vm->park_prev : vm->spec.assigned;
+        usec_t now = now_mono();
+        int r;
+        if (wait) {
+                HvWaitOptions o;
+                hv_wait_options_init(&o);
+                o.tolerance = c->cfg.tolerance;
+                o.timeout = timeout ? timeout : c->cfg.park_timeout;
+                o.stall_window = c->cfg.stall_window;
+                o.op_timeout = c->cfg.op_timeout;
+                r = hv_wait_start(vm->hv, t, &o, on_park_wait, vm, &vm->park_wait);
+        } else
+                /* Straight to the driver, ahead of anything queued: unpark always wins (B4.2). */
+                r = hv_set_target(vm->hv, t, c->cfg.op_timeout, on_unpark_sent, &vm->park_token);
+        if (r < 0)
+                return r;
+        vm->park_report_prev = vm->target;
+        vm->parked = false;
+        vm->parking = wait;
+        vm->target = vm->sent_target = t;
+        vm->sent_once = true;
+        vm->last_dir = 1;
+        vm->last_move = now;
+        vm->move_started = now;
+        vm->unparked_until = usec_add(now, c->cfg.park_protect);
+        vm->park_started = now;
+        vm->park_cb = cb;
+        vm->park_ud = userdata;
+        vm->status = CTL_VM_OK;
+        vm->stalled_until = 0;
+        park_persist(vm);
+        return 0;
+}
+
+void ctl_vm_restore_park(Controller *c, CtlVm *vm, bool parked, uint64_t previous, usec_t until_mono) {
+        (void) c;
+        vm->parked = parked;
+        vm->park_prev = previous;
+        vm->unparked_until = until_mono;
+        if (parked)
+                vm->status = CTL_VM_PARKED;
+}
+
 void ctl_vm_view(const CtlVm *vm, CtlVmView *ret) {
         *ret = (CtlVmView){
                 .spec = &vm->spec,
-                .status = vm->status == CTL_VM_STALLED && now_mono() >= vm->stalled_until ? CTL_VM_OK : vm->status,
+                .status = vm->parked                                                        ? CTL_VM_PARKED
+                          : vm->status == CTL_VM_STALLED && now_mono() >= vm->stalled_until ? CTL_VM_OK
+                          : vm->status == CTL_VM_PARKED                                     ? CTL_VM_OK
+                                                                                            : vm->status,
                 .actual_known = vm->actual_known,
                 .actual = vm->actual,
                 .target = vm->target,
@@ -878,7 +1198,19 @@ void ctl_vm_view(const CtlVm *vm, CtlVmView *ret) {
                 .stalls = vm->stalls,
                 .updated = vm->updated,
                 .changed = vm->changed,
+                .parked = vm->parked,
+                .parking = vm->parking,
+                .park_previous = vm->park_prev,
+                .unparked_until = vm->unparked_until,
+                .guest_fresh = vm->guest_fresh,
+                .guest_pressure = vm->guest_pressure,
+                .guest_used = vm->guest_used,
+                .guest = vm->guest,
+                .hv_pid = vm->hv ? vm->hv->peer_pid : 0,
+                .host_rss = vm->host_rss,
         };
+        if (!vm->guest_have)
+                hv_stats_init(&ret->guest);
 }
 
 void ctl_set_hold(Controller *c, uint64_t bytes, usec_t until) {

@@ -57,6 +57,9 @@ typedef struct Controller Controller;
 
 typedef struct CtlConfig {
         PlanConfig plan;
+        uint32_t stats_period_s; /* guest statistics polling (B5.4, B5.9); 0 disables */
+        usec_t park_protect;     /* an unparked VM is protected from reclaim this long (B4.2) */
+        usec_t park_timeout;     /* default deadline of a park */
         usec_t sample_interval;
         usec_t op_timeout;
         usec_t refresh_interval; /* actual re-read of a settled VM (events cover the rest) */
@@ -74,6 +77,10 @@ typedef struct CtlConfig {
 typedef struct CtlHooks {
         /* A target was commanded (persist it so a restart resumes from decisions, B7). */
         void (*target_changed)(Controller *c, CtlVm *vm, uint64_t target, void *userdata);
+        /* The parking state changed (persist it, B4/B7): until_mono is the end of the
+         * post-unpark protection (0: none). */
+        void (*park_changed)(Controller *c, CtlVm *vm, bool parked, uint64_t previous, usec_t until_mono,
+                             void *userdata);
         /* A plan changed a target or the state: journal it. */
         void (*journal)(Controller *c, CtlTrigger trigger, const PlanResult *r, void *userdata);
         void *userdata;
@@ -107,6 +114,25 @@ void ctl_vm_update(Controller *c, CtlVm *vm, uint64_t assigned, uint64_t floor, 
  * -EAGAIN when the VM's actual size is not known yet. */
 int ctl_vm_set_target(Controller *c, CtlVm *vm, uint64_t target);
 
+/* Parking (B4). Park shrinks the VM to `size` and waits (at most `timeout`, 0 = the default) for
+ * the guest to get there; a guest that stops short is left where it stalled (its target re-synced
+ * there) and the outcome says "stalled". Unpark gives it `size` back (0: the size before the
+ * park), protects it from automatic reclaim for park_protect, and answers once the command is
+ * accepted, or with wait once the guest has it. The callback runs once. Returns 0, -EAGAIN (actual
+ * not known yet), -EALREADY (parked / not parked), -EBUSY (a park or unpark is in progress). */
+typedef struct CtlParkOutcome {
+        int error;          /* 0 or a negative errno (message says why) */
+        const char *result; /* "reached", "stalled", "deadline", "sent", "error" */
+        uint64_t previous, target, reached;
+        usec_t elapsed; /* from the command to the outcome */
+        char message[HV_MESSAGE_MAX];
+} CtlParkOutcome;
+typedef void (*ctl_park_cb)(Controller *c, CtlVm *vm, const CtlParkOutcome *o, void *userdata);
+int ctl_vm_park(Controller *c, CtlVm *vm, uint64_t size, usec_t timeout, ctl_park_cb cb, void *userdata);
+int ctl_vm_unpark(Controller *c, CtlVm *vm, uint64_t size, bool wait, usec_t timeout, ctl_park_cb cb, void *userdata);
+/* After a restart: the stored parking state (until_mono 0: no protection). */
+void ctl_vm_restore_park(Controller *c, CtlVm *vm, bool parked, uint64_t previous, usec_t until_mono);
+
 /* Read-only view of a VM, for the API and metrics. */
 typedef struct CtlVmView {
         const CtlVmSpec *spec;
@@ -118,6 +144,16 @@ typedef struct CtlVmView {
         uint64_t errors, commands, stalls;
         usec_t updated; /* monotonic of the last actual */
         bool changed;   /* the last tick changed its target (for the journal hook) */
+        bool parked, parking;
+        uint64_t park_previous;
+        usec_t unparked_until; /* monotonic; 0 none */
+        /* Guest statistics (B5.4, B5.9) as last read; guest_fresh when recent enough to use. */
+        bool guest_fresh, guest_pressure;
+        uint64_t guest_used; /* non-reclaimable estimate: total − available − balloon */
+        HvStats guest;       /* the raw figures */
+        /* Host side (B5.7): the hypervisor process's resident memory, 0 when unknown. */
+        pid_t hv_pid;
+        uint64_t host_rss;
 } CtlVmView;
 void ctl_vm_view(const CtlVm *vm, CtlVmView *ret);
 const char *ctl_vm_id(const CtlVm *vm);

@@ -84,6 +84,18 @@ static void hook_journal(Controller *c, CtlTrigger trigger, const PlanResult *r,
         free(text);
 }
 
+static void hook_park_changed(Controller *c, CtlVm *vm, bool parked, uint64_t previous, usec_t until_mono,
+                              void *userdata) {
+        Manager *m = userdata;
+        char err[256];
+        (void) c;
+        uint64_t until_rt = until_mono ? manager_mono_to_rt(until_mono) : 0;
+        if (store_vm_set_park(m->store, ctl_vm_id(vm), parked, previous, until_rt, err, sizeof err) < 0) {
+                m->store_errors++;
+                log_warning("Failed to record the parking state of VM %s: %s, continuing", ctl_vm_id(vm), err);
+        }
+}
+
 /* ---- the API's verbs ---- */
 
 static void spec_to_store(const CtlVmSpec *s, StoreVm *ret) {
@@ -216,10 +228,19 @@ static int manager_restore(Manager *m, char *err, size_t errlen) {
                 strscpy(s.uri, sizeof s.uri, vms[i].uri ? vms[i].uri : "");
                 strscpy(s.domain, sizeof s.domain, vms[i].domain ? vms[i].domain : "");
                 char e[512];
-                r = ctl_vm_add(m->ctl, &s, vms[i].last_target, NULL, e, sizeof e);
+                CtlVm *vm = NULL;
+                r = ctl_vm_add(m->ctl, &s, vms[i].last_target, &vm, e, sizeof e);
                 if (r < 0)
                         /* Kept in the registry: a build with that driver will manage it again. */
                         log_error("VM %s stays registered but is not managed: %s", s.id, e);
+                else {
+                        uint64_t now_rt = now_usec(CLOCK_REALTIME);
+                        usec_t until = vms[i].unparked_until > now_rt
+                                               ? usec_add(now_mono(), vms[i].unparked_until - now_rt)
+                                               : 0;
+                        if (vms[i].parked || until)
+                                ctl_vm_restore_park(m->ctl, vm, vms[i].parked, vms[i].park_prev, until);
+                }
         }
         if (n)
                 log_info("Re-adopting %zu registered VM%s; each actual size is read from its hypervisor", n,
@@ -287,7 +308,12 @@ int manager_new(const DaemonConfig *cfg, Manager **ret, char *err, size_t errlen
         cc.psi_mode = cfg->pressure.psi == CONFIG_PSI_OFF ? -1 : cfg->pressure.psi == CONFIG_PSI_ON ? 1 : 0;
         cc.psi_stall = cfg->pressure.psi_trigger_stall;
         cc.psi_window = cfg->pressure.psi_trigger_window;
-        CtlHooks hooks = { .target_changed = hook_target_changed, .journal = hook_journal, .userdata = m };
+        cc.stats_period_s = (uint32_t) (cfg->driver.stats_period / USEC_PER_SEC);
+        cc.park_protect = cfg->park.protect_for;
+        CtlHooks hooks = { .target_changed = hook_target_changed,
+                           .park_changed = hook_park_changed,
+                           .journal = hook_journal,
+                           .userdata = m };
         r = ctl_new(m->ev, &cc, driver_factory, &hooks, &m->ctl, err, errlen);
         if (r < 0)
                 goto fail;

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "ballast/ballast.h"
 #include "shared/ev.h"
@@ -60,6 +61,9 @@ typedef struct HvOps {
 struct Hv {
         const HvOps *ops;
         Ev *ev;
+        /* The hypervisor process, when the driver knows it (SO_PEERCRED of its socket), for
+         * host-side verification (B5.7); 0 when unknown. */
+        pid_t peer_pid;
         struct {
                 hv_actual_cb cb;
                 void *userdata;

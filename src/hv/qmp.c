@@ -468,11 +468,13 @@ static int qmp_connect(Qmp *q, char *err, size_t errlen) {
         int fd = usock_connect(q->path, err, errlen);
         if (fd < 0)
                 return fd;
-        int r = usock_check_peer(fd, q->expected_uid, NULL, NULL, err, errlen);
+        pid_t pid = 0;
+        int r = usock_check_peer(fd, q->expected_uid, &pid, NULL, err, errlen);
         if (r < 0) {
                 safe_close(fd);
                 return r;
         }
+        q->hv.peer_pid = pid;
         static const ConnCallbacks cbs = { .on_data = qmp_on_data_guarded, .on_close = qmp_on_close };
         r = conn_new(q->hv.ev, fd, QMP_MAX_MESSAGE + 2, &cbs, q, &q->conn);
         if (r < 0) {
