@@ -3,7 +3,7 @@
  * simulated guest that moves `actual` toward the target in 1 MiB steps.
  *
  *   qmp-peer --socket PATH --mode normal|hang|greet-only|garbage|flood|close-mid-reply
- *            [--ram BYTES] [--rate-mib-s N] [--floor BYTES] [--no-balloon]
+ *            [--ram BYTES] [--rate-mib-s N] [--floor BYTES] [--no-balloon] [--log-commands FILE]
  *
  * Modes: normal = QEMU 7.2; hang = accepts and never writes a byte; greet-only = greets and then
  * never answers anything (not even qmp_capabilities); garbage = negotiates, then answers every
@@ -62,6 +62,7 @@ typedef struct PeerConfig {
         uint64_t floor;      /* the guest cannot give up memory below this actual */
         bool no_balloon;     /* no balloon device: DeviceNotActive */
         int reached_fd;      /* if >= 0: 8 bytes of monotonic usec each time actual reaches the target */
+        int log_fd;          /* if >= 0: a line "MONOTONIC_USEC balloon VALUE" per balloon command */
         int ready_fd;        /* if >= 0: one byte once listening, then closed */
 } PeerConfig;
 
@@ -72,6 +73,7 @@ static void peer_config_init(PeerConfig *c) {
                 .ram = UINT64_C(1) << 30,
                 .rate_mib_s = 256,
                 .reached_fd = -1,
+                .log_fd = -1,
                 .ready_fd = -1,
         };
 }
@@ -516,9 +518,17 @@ static void peer_command(Peer *p, const char *name, json_t *args, json_t *id) {
                 }
                 snprintf(v, sizeof(v), "{\"actual\": %" PRIu64 "}", p->actual);
                 peer_return(p, id, v);
-        } else if (strcmp(name, "balloon") == 0)
+        } else if (strcmp(name, "balloon") == 0) {
+                if (p->cfg->log_fd >= 0) {
+                        json_t *val = json_object_get(args, "value");
+                        char line[96];
+                        int n = snprintf(line, sizeof(line), "%" PRIu64 " balloon %" JSON_INTEGER_FORMAT "\n",
+                                         now_usec(CLOCK_MONOTONIC),
+                                         json_is_integer(val) ? json_integer_value(val) : -1);
+                        (void) !write(p->cfg->log_fd, line, (size_t) n);
+                }
                 peer_balloon(p, id, args);
-        else if (strcmp(name, "query-memory-size-summary") == 0) {
+        } else if (strcmp(name, "query-memory-size-summary") == 0) {
                 snprintf(v, sizeof(v), "{\"base-memory\": %" PRIu64 ", \"plugged-memory\": 0}", p->cfg->ram);
                 peer_return(p, id, v);
         } else if (strcmp(name, "query-status") == 0)
@@ -736,7 +746,8 @@ static void peer_on_signal(int sig) {
 
 static void usage(FILE *f) {
         fprintf(f, "usage: qmp-peer --socket PATH --mode normal|hang|greet-only|garbage|flood|close-mid-reply\n"
-                   "                [--ram BYTES] [--rate-mib-s N] [--floor BYTES] [--no-balloon]\n");
+                   "                [--ram BYTES] [--rate-mib-s N] [--floor BYTES] [--no-balloon]\n"
+                   "                [--log-commands FILE]\n");
 }
 
 int main(int argc, char **argv) {
@@ -771,7 +782,10 @@ int main(int argc, char **argv) {
                                 r = -ERANGE;
                 } else if (strcmp(a, "--floor") == 0)
                         r = parse_size(v, &cfg.floor);
-                else {
+                else if (strcmp(a, "--log-commands") == 0) {
+                        cfg.log_fd = open(v, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+                        r = cfg.log_fd < 0 ? -errno : 0;
+                } else {
                         usage(stderr);
                         return 2;
                 }
