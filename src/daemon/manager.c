@@ -11,6 +11,8 @@
 #include <jansson.h>
 
 #include "api/api.h"
+#include "hv/chv.h"
+#include "hv/firecracker.h"
 #include "hv/qmp.h"
 #include "shared/log.h"
 #include "shared/macro.h"
@@ -33,6 +35,21 @@ static int driver_factory(Ev *ev, const CtlVmSpec *spec, Hv **ret, char *err, si
                 int r = qmp_hv_new(ev, &qc, ret);
                 if (r < 0)
                         snprintf(err, errlen, "the QEMU driver could not be created: %s", strerror(-r));
+                return r;
+        }
+        uid_t uid = spec->expected_uid < 0 ? UID_ANY : (uid_t) spec->expected_uid;
+        if (strcmp(spec->driver, "firecracker") == 0) {
+                FcConfig fc = { .socket_path = spec->socket, .expected_uid = uid };
+                int r = fc_hv_new(ev, &fc, ret);
+                if (r < 0)
+                        snprintf(err, errlen, "the Firecracker driver could not be created: %s", strerror(-r));
+                return r;
+        }
+        if (strcmp(spec->driver, "cloud-hypervisor") == 0) {
+                ChvConfig cc = { .socket_path = spec->socket, .expected_uid = uid };
+                int r = chv_hv_new(ev, &cc, ret);
+                if (r < 0)
+                        snprintf(err, errlen, "the Cloud Hypervisor driver could not be created: %s", strerror(-r));
                 return r;
         }
         snprintf(err, errlen, "driver \"%s\" is not available in this build of ballastd", spec->driver);

@@ -197,6 +197,8 @@ int http1_parse_response_ex(const char *buf, size_t len, size_t max_body, Http1R
         bool http10 = false;
         int k;
 
+        if (len == 0)
+                return 0;
         /* Refuse what cannot become a response at once, without waiting for a full line. */
         if (memcmp(buf, proto, MIN(len, sizeof(proto) - 1)) != 0) {
                 why_set(why, whylen, "does not start with \"HTTP/1.\"");
@@ -544,6 +546,7 @@ struct Http1Client {
         size_t max_body;
 
         Conn *conn;
+        pid_t peer_pid;
         unsigned conn_responses; /* responses completed on the current connection */
         bool got_bytes;          /* some of the current response has arrived */
 
@@ -606,8 +609,9 @@ static void req_fail(Http1Req *q, int error, const char *fmt, ...) {
         req_complete(q, error, NULL, msg);
 }
 
-/* Closes the connection. A request on the wire is failed (error < 0) or put back to be sent
- * again on the next connection (error 0: only for the resend rule). */
+/* Closes the connection. The request on the wire fails with error, except one sent on a reused
+ * keep-alive connection that the peer closed before answering: that one is put back, once, to be
+ * sent again on the next connection. */
 static void client_close(Http1Client *c, int error, const char *why) {
         c->conn = conn_free(c->conn);
         c->conn_responses = 0;
@@ -714,7 +718,8 @@ static int client_connect(Http1Client *c, char *err, size_t errlen) {
                 return fd;
         }
         /* B1.2: nothing is written before the peer is known to be the hypervisor's uid. */
-        int r = usock_check_peer(fd, c->expected_uid, NULL, NULL, cerr, sizeof(cerr));
+        pid_t pid = 0;
+        int r = usock_check_peer(fd, c->expected_uid, &pid, NULL, cerr, sizeof(cerr));
         if (r < 0) {
                 safe_close(fd);
                 snprintf(err, errlen, "%s: %s", c->path, cerr);
@@ -726,6 +731,7 @@ static int client_connect(Http1Client *c, char *err, size_t errlen) {
                 snprintf(err, errlen, "cannot watch %s: %s", c->path, strerror(-r));
                 return r;
         }
+        c->peer_pid = pid;
         c->conn_responses = 0;
         c->got_bytes = false;
         c->counters.connects++;
@@ -847,6 +853,14 @@ void http1_client_counters(const Http1Client *c, Http1ClientCounters *ret) {
 
 const char *http1_client_socket_path(const Http1Client *c) {
         return c->path;
+}
+
+bool http1_client_is_connected(const Http1Client *c) {
+        return c->conn != NULL;
+}
+
+pid_t http1_client_peer_pid(const Http1Client *c) {
+        return c->peer_pid;
 }
 
 int http1_client_new(Ev *ev, const Http1ClientConfig *cfg, Http1Client **ret) {

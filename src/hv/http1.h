@@ -110,6 +110,10 @@ void http1_client_cancel(Http1Client *c, void *userdata);
 void http1_client_disconnect(Http1Client *c);
 void http1_client_counters(const Http1Client *c, Http1ClientCounters *ret);
 const char *http1_client_socket_path(const Http1Client *c);
+/* Whether a connection is open now (the next request will not open a new one). */
+bool http1_client_is_connected(const Http1Client *c);
+/* The pid of the peer (SO_PEERCRED) of the current or last connection; 0 before the first. */
+pid_t http1_client_peer_pid(const Http1Client *c);
 
 /* "5s", "250ms", "1.5s": a timeout as messages print it. Returns buf. */
 const char *http1_format_timeout(char *buf, size_t len, usec_t t);

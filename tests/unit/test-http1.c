@@ -47,36 +47,42 @@ typedef struct Valid {
 static const Valid valid[] = {
         /* protocols.md §3.1 / §3.6: Firecracker, byte for byte. */
         { "fc-204", "HTTP/1.1 204 \r\n" FC_HDR "\r\n", 204, "", "", true, "" },
-        { "fc-balloon", "HTTP/1.1 200 \r\n" FC_HDR JSON_CL "123\r\n\r\n"
-                        "{\"amount_mib\":256,\"deflate_on_oom\":true,\"stats_polling_interval_s\":1,"
-                        "\"free_page_hinting\":false,\"free_page_reporting\":false}",
+        { "fc-balloon",
+          "HTTP/1.1 200 \r\n" FC_HDR JSON_CL "123\r\n\r\n"
+          "{\"amount_mib\":256,\"deflate_on_oom\":true,\"stats_polling_interval_s\":1,"
+          "\"free_page_hinting\":false,\"free_page_reporting\":false}",
           200, "", "application/json", true,
           "{\"amount_mib\":256,\"deflate_on_oom\":true,\"stats_polling_interval_s\":1,\"free_page_hinting\":false,"
           "\"free_page_reporting\":false}" },
-        { "fc-fault", "HTTP/1.1 400 \r\n" FC_HDR JSON_CL "89\r\n\r\n"
-                      "{\"fault_message\":\"The requested operation is not supported before starting the microVM.\"}",
+        { "fc-fault",
+          "HTTP/1.1 400 \r\n" FC_HDR JSON_CL "89\r\n\r\n"
+          "{\"fault_message\":\"The requested operation is not supported before starting the microVM.\"}",
           400, "", "application/json", true,
           "{\"fault_message\":\"The requested operation is not supported before starting the microVM.\"}" },
-        { "fc-micro-http-error", "HTTP/1.1 400 \r\n" FC_HDR JSON_CL "110\r\n\r\n"
-                                 "{ \"error\": \"Invalid HTTP Method: Unsupported HTTP method.\nAll previous "
-                                 "unanswered requests will be dropped.\" }",
+        { "fc-micro-http-error",
+          "HTTP/1.1 400 \r\n" FC_HDR JSON_CL "110\r\n\r\n"
+          "{ \"error\": \"Invalid HTTP Method: Unsupported HTTP method.\nAll previous "
+          "unanswered requests will be dropped.\" }",
           400, "", "application/json", true,
           "{ \"error\": \"Invalid HTTP Method: Unsupported HTTP method.\nAll previous unanswered requests will be "
           "dropped.\" }" },
-        { "fc-deprecation", "HTTP/1.1 204 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\nDeprecation: true\r\n\r\n",
-          204, "", "", true, "" },
+        { "fc-deprecation",
+          "HTTP/1.1 204 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\nDeprecation: true\r\n\r\n", 204, "",
+          "", true, "" },
         /* §4.6: Cloud Hypervisor. */
         { "chv-204", "HTTP/1.1 204 \r\n" CHV_HDR "\r\n", 204, "", "", true, "" },
-        { "chv-no-balloon", "HTTP/1.1 500 \r\n" CHV_HDR JSON_CL "128\r\n\r\n"
-                            "[\"Error from API\",\"The VM could not be resized\",\"Error from device manager\","
-                            "\"Missing virtio-balloon, can't proceed as expected\"]",
+        { "chv-no-balloon",
+          "HTTP/1.1 500 \r\n" CHV_HDR JSON_CL "128\r\n\r\n"
+          "[\"Error from API\",\"The VM could not be resized\",\"Error from device manager\","
+          "\"Missing virtio-balloon, can't proceed as expected\"]",
           500, "", "application/json", true,
           "[\"Error from API\",\"The VM could not be resized\",\"Error from device manager\",\"Missing "
           "virtio-balloon, can't proceed as expected\"]" },
-        { "chv-404", "HTTP/1.1 404 \r\n" CHV_HDR JSON_CL "13\r\n\r\n[\"Not Found\"]", 404, "", "application/json",
-          true, "[\"Not Found\"]" },
-        { "chv-legacy-text", "HTTP/1.1 500 \r\n" CHV_HDR "Content-Length: 55\r\n\r\n"
-                             "ApiError(VmResize(DeviceManager(MissingVirtioBalloon)))",
+        { "chv-404", "HTTP/1.1 404 \r\n" CHV_HDR JSON_CL "13\r\n\r\n[\"Not Found\"]", 404, "", "application/json", true,
+          "[\"Not Found\"]" },
+        { "chv-legacy-text",
+          "HTTP/1.1 500 \r\n" CHV_HDR "Content-Length: 55\r\n\r\n"
+          "ApiError(VmResize(DeviceManager(MissingVirtioBalloon)))",
           500, "", "", true, "ApiError(VmResize(DeviceManager(MissingVirtioBalloon)))" },
         /* Generic servers. */
         { "reason-ok", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", 200, "OK", "", true, "{}" },
@@ -88,12 +94,12 @@ static const Valid valid[] = {
         { "connection-list", "HTTP/1.1 200 OK\r\nconnection: Upgrade, CLOSE\r\ncontent-length: 0\r\n\r\n", 200, "OK",
           "", false, "" },
         { "http10-default-close", "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", 200, "OK", "", false, "" },
-        { "http10-keep-alive", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", 200, "OK",
-          "", true, "" },
-        { "case-and-ows", "HTTP/1.1 200 \r\nCONTENT-length:\t 3 \t\r\ncontent-TYPE:   text/plain  \r\n\r\nabc", 200,
-          "", "text/plain", true, "abc" },
-        { "duplicate-equal-length", "HTTP/1.1 200 \r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", 200, "",
-          "", true, "ok" },
+        { "http10-keep-alive", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", 200, "OK", "",
+          true, "" },
+        { "case-and-ows", "HTTP/1.1 200 \r\nCONTENT-length:\t 3 \t\r\ncontent-TYPE:   text/plain  \r\n\r\nabc", 200, "",
+          "text/plain", true, "abc" },
+        { "duplicate-equal-length", "HTTP/1.1 200 \r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", 200, "", "",
+          true, "ok" },
         { "leading-zeros", "HTTP/1.1 200 \r\nContent-Length: 0002\r\n\r\nok", 200, "", "", true, "ok" },
         { "no-length-no-body", "HTTP/1.1 400 \r\n" CHV_HDR "\r\n", 400, "", "", true, "" },
         { "continue", "HTTP/1.1 100 \r\nServer: Firecracker API\r\n\r\n", 100, "", "", true, "" },
@@ -243,11 +249,9 @@ static const Bad bad[] = {
           "not supported" },
         { "body-over-limit", "HTTP/1.1 200 \r\nContent-Length: 1048577\r\n\r\n", -EMSGSIZE, "exceeds" },
         { "length-100MB", "HTTP/1.1 200 \r\nContent-Length: 104857600\r\n\r\n", -EMSGSIZE, "104857600" },
-        { "length-overflow",
-          "HTTP/1.1 200 \r\nContent-Length: 99999999999999999999999999999999999999999999\r\n\r\n", -EMSGSIZE,
-          "too large" },
-        { "length-u64-max", "HTTP/1.1 200 \r\nContent-Length: 18446744073709551615\r\n\r\n", -EMSGSIZE,
-          "too large" },
+        { "length-overflow", "HTTP/1.1 200 \r\nContent-Length: 99999999999999999999999999999999999999999999\r\n\r\n",
+          -EMSGSIZE, "too large" },
+        { "length-u64-max", "HTTP/1.1 200 \r\nContent-Length: 18446744073709551615\r\n\r\n", -EMSGSIZE, "too large" },
         { "length-u64-max-1", "HTTP/1.1 200 \r\nContent-Length: 18446744073709551614\r\n\r\n", -EMSGSIZE,
           "18446744073709551614" },
 };
@@ -320,7 +324,8 @@ static void test_parse_limits(void **state) {
         free(b);
 
         /* max_body 0: only empty bodies. */
-        const char empty[] = "HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n", one[] = "HTTP/1.1 200 \r\nContent-Length: 1\r\n\r\nx";
+        const char empty[] = "HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n",
+                   one[] = "HTTP/1.1 200 \r\nContent-Length: 1\r\n\r\nx";
         assert_int_equal(http1_parse_response(empty, sizeof(empty) - 1, 0, &r), (int) sizeof(empty) - 1);
         assert_int_equal(http1_parse_response(one, sizeof(one) - 1, 0, &r), -EMSGSIZE);
         /* A huge max_body cannot make the return value overflow int. */
@@ -371,8 +376,8 @@ static void test_format_request(void **state) {
 
         /* Extra headers come last; a Content-Type or Accept there replaces ours (ballastctl passes
          * Content-Type itself). */
-        n = http1_format_request("POST", "/v1/vms", "Content-Type: application/json\r\nAccept: */*\r\nX-A: b\r\n",
-                                 "{}", 2, &s);
+        n = http1_format_request("POST", "/v1/vms", "Content-Type: application/json\r\nAccept: */*\r\nX-A: b\r\n", "{}",
+                                 2, &s);
         assert_string_equal(s, "POST /v1/vms HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n"
                                "Content-Type: application/json\r\nAccept: */*\r\nX-A: b\r\n\r\n{}");
         free(s);
@@ -847,8 +852,7 @@ static void script_echo(int lfd, const void *arg) {
                                 if (!e)
                                         continue;
                                 const char *cl = strcasestr(buf, "\r\nContent-Length: ");
-                                size_t want =
-                                        (size_t) (e + 4 - buf) + (cl && cl < e ? strtoul(cl + 18, NULL, 10) : 0);
+                                size_t want = (size_t) (e + 4 - buf) + (cl && cl < e ? strtoul(cl + 18, NULL, 10) : 0);
                                 if (n >= want)
                                         break;
                         }
@@ -882,9 +886,8 @@ static void test_client_keep_alive_queue(void **state) {
         Got g[5] = { 0 };
         const char *paths[5] = { "/a", "/b", "/c", "/d", "/e" };
         for (size_t i = 0; i < 5; i++)
-                assert_int_equal(request(c, i % 2 ? "PUT" : "GET", paths[i], i % 2 ? "{}" : NULL, 5 * USEC_PER_SEC,
-                                         &g[i]),
-                                 0);
+                assert_int_equal(
+                        request(c, i % 2 ? "PUT" : "GET", paths[i], i % 2 ? "{}" : NULL, 5 * USEC_PER_SEC, &g[i]), 0);
         assert_false(g[0].done);
         run_until(f->ev, &g[4].done, 10 * USEC_PER_SEC);
         for (size_t i = 0; i < 5; i++) {
