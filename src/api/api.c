@@ -312,7 +312,7 @@ int api_parse_park(const char *body, size_t len, bool unpark, ApiPark *ret, char
         const char *to = NULL;
         if (r >= 0 && (r = get_string(j, "timeout", 32, &to, err, errlen)) > 0) {
                 usec_t d;
-                if (parse_duration(to, &d) < 0 || d == 0 || d > 10 * 60 * USEC_PER_SEC) {
+                if (parse_duration(to, &d) < 0 || d < USEC_PER_MSEC || d > 10 * 60 * USEC_PER_SEC) {
                         snprintf(err, errlen, "field \"timeout\" must be a duration from 1ms to 10m (got \"%.32s\")",
                                  to);
                         r = -EINVAL;
@@ -749,7 +749,11 @@ static void route_vm(Manager *m, HttpCall *call, const HttpRequest *req, const c
                                                      "field \"target_bytes\" must be between the floor (%" PRIu64
                                                      ") and assigned_bytes (%" PRIu64 ")",
                                                      floor, v.spec->assigned);
-                if (ctl_vm_set_target(m->ctl, vm, t) < 0)
+                int r = ctl_vm_set_target(m->ctl, vm, t);
+                if (r == -EBUSY)
+                        return http_call_reply_error(call, 409, "conflict",
+                                                     "VM %s is parked (or being parked): unpark it first", id);
+                if (r < 0)
                         return http_call_reply_error(call, 503, "unavailable",
                                                      "VM %s: its actual size is not known yet (%s)", id,
                                                      v.last_error[0] ? v.last_error : "connecting");
@@ -798,7 +802,8 @@ static void route_vm(Manager *m, HttpCall *call, const HttpRequest *req, const c
                         if (r == -EAGAIN)
                                 return http_call_reply_error(call, 503, "unavailable",
                                                              "VM %s: its actual size is not known yet", id);
-                        return http_call_reply_error(call, 500, "internal", "VM %s: %s", id, strerror(-r));
+                        return http_call_reply_error(call, 503, "unavailable", "VM %s: the driver refused: %s", id,
+                                                     strerror(-r));
                 }
                 return;
         }
