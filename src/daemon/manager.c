@@ -13,6 +13,9 @@
 #include "api/api.h"
 #include "hv/chv.h"
 #include "hv/firecracker.h"
+#ifdef HAVE_LIBVIRT
+#include "hv/libvirt.h"
+#endif
 #include "hv/qmp.h"
 #include "shared/log.h"
 #include "shared/macro.h"
@@ -52,6 +55,15 @@ static int driver_factory(Ev *ev, const CtlVmSpec *spec, Hv **ret, char *err, si
                         snprintf(err, errlen, "the Cloud Hypervisor driver could not be created: %s", strerror(-r));
                 return r;
         }
+#ifdef HAVE_LIBVIRT
+        if (strcmp(spec->driver, "libvirt") == 0) {
+                LibvirtConfig lc = { .uri = spec->uri[0] ? spec->uri : NULL, .domain = spec->domain };
+                int r = libvirt_hv_new(ev, &lc, ret);
+                if (r < 0)
+                        snprintf(err, errlen, "the libvirt driver could not be created: %s", strerror(-r));
+                return r;
+        }
+#endif
         snprintf(err, errlen, "driver \"%s\" is not available in this build of ballastd", spec->driver);
         return -EOPNOTSUPP;
 }
