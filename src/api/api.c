@@ -576,7 +576,7 @@ static json_t *reclaim_answer(Manager *m, const ApiReclaim *a, const PlanResult 
                 const char *action;
                 uint64_t new_target = d[i].target;
                 json_t *error = json_null();
-                if (!v.actual_known) {
+                if (!v.actual_known || v.status == CTL_VM_ERROR) {
                         action = "error";
                         new_target = previous[i];
                         json_decref(error);
@@ -592,7 +592,7 @@ static json_t *reclaim_answer(Manager *m, const ApiReclaim *a, const PlanResult 
                         action = "unchanged";
                 else
                         action = dry ? "planned" : "applied";
-                if (!dry && v.actual_known && !(results && results[i] < 0))
+                if (!dry && v.actual_known && v.status != CTL_VM_ERROR && !(results && results[i] < 0))
                         applied += v.spec->assigned - MIN(new_target, v.spec->assigned);
                 json_array_append_new(actions,
                                       json_pack("{s:s,s:s,s:o,s:o,s:o,s:o}", "vm", v.spec->id, "action", action,

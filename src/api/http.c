@@ -26,8 +26,8 @@
  * reaches us and gets our JSON 414; only a request line or headers past the pool get MHD's own
  * (HTML) 414/431. */
 #define HTTP_CONNECTION_MEMORY ((size_t) 32 << 10)
-#define HTTP_MAX_CONNECTIONS   64U
-#define HTTP_TIMEOUT_DEFAULT   (30 * USEC_PER_SEC)
+#define HTTP_MAX_CONNECTIONS   512U
+#define HTTP_TIMEOUT_DEFAULT   (10 * USEC_PER_SEC)
 #define HTTP_TOKENS_FILE_MAX   ((off_t) 1 << 20)
 #define HTTP_LISTEN_BACKLOG    128
 /* A body without Content-Length (chunked) that grows past HTTP_BODY_MAX: MHD 0.9.75 cannot queue

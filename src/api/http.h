@@ -29,8 +29,8 @@ typedef struct HttpServerConfig {
         const char *listen_tcp;    /* NULL or "127.0.0.1:PORT" / "[::1]:PORT"; loopback only */
         const char *tokens_file;   /* required when listen_tcp is set: lines "TOKEN read|write" */
         gid_t write_gid;           /* (gid_t) -1: none; members may write over the Unix socket */
-        unsigned max_connections;  /* per listener (Unix, TCP); default 64 */
-        usec_t connection_timeout; /* idle connections are closed after this; default 30 s */
+        unsigned max_connections;  /* per listener (Unix, TCP); default 512 */
+        usec_t connection_timeout; /* idle connections are closed after this; default 10 s */
         bool unix_read_only;       /* every Unix-socket peer may only read, root and our own uid too
                                     * (a read-only API; the unit tests, which run as root, use it) */
 } HttpServerConfig;

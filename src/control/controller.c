@@ -39,9 +39,9 @@ struct CtlVm {
         PlanDecision last;
         char last_error[HV_MESSAGE_MAX];
         uint64_t errors, commands, stalls;
-        usec_t updated;      /* monotonic, last actual */
-        usec_t next_refresh; /* when to re-read actual of a settled VM */
-        usec_t retry_at;     /* error back-off: no call before this */
+        usec_t updated;   /* monotonic, last actual */
+        usec_t last_read; /* when actual was last read (monotonic) */
+        usec_t retry_at;  /* error back-off: no call before this */
         usec_t backoff;
         /* Stall detection (B5.6). */
         usec_t progress_at;
@@ -49,6 +49,7 @@ struct CtlVm {
         usec_t stalled_until;
         usec_t move_started; /* for the time-to-target histogram; 0 = not moving */
         bool changed;        /* target changed by the current tick */
+        bool plan_fixed;     /* the current plan holds it where it is (unreachable): do not apply */
         /* The API apply batch waiting for this VM's next set_target answer. */
         ApplyBatch *batch;
         size_t batch_idx;
@@ -64,7 +65,8 @@ struct CtlVm {
         char park_token; /* userdata of direct park-path driver calls */
         /* Guest statistics (B5.4, B5.9). */
         bool stats_off, stats_period_set;
-        usec_t next_stats;
+        usec_t last_stats;     /* when statistics were last asked for */
+        usec_t stats_interval; /* the interval they were read at (freshness is relative to it) */
         HvStats guest;
         bool guest_have, guest_fresh, guest_pressure;
         uint64_t guest_used;
@@ -103,7 +105,7 @@ struct Controller {
         PlanCtl ctl;
         PlanHold hold;
         PlanResult last;
-        uint64_t transitions, ticks, plans_failed;
+        uint64_t transitions, ticks, plans_failed, skipped_plans;
 
         MemSample sample;
         bool sample_ok;
@@ -430,7 +432,7 @@ static void vm_on_get_actual(Hv *hv, const HvReply *reply, void *userdata) {
                 vm_ok(vm);
                 if (!vm->removing)
                         vm_observe(vm, reply->actual, now);
-                vm->next_refresh = now + vm->c->cfg.refresh_interval;
+                vm->last_read = now;
         }
         vm_after_call(vm);
 }
@@ -476,7 +478,8 @@ static void vm_take_stats(CtlVm *vm, const HvStats *st) {
         uint64_t now_rt_s = now_usec(CLOCK_REALTIME) / USEC_PER_SEC;
         bool have = st->total != HV_STAT_UNSET && st->available != HV_STAT_UNSET && st->last_update != 0 &&
                     st->last_update != HV_STAT_UNSET;
-        uint64_t max_age = 3 * (uint64_t) c->cfg.stats_period_s + 1;
+        uint64_t iv_s = MAX(vm->stats_interval / USEC_PER_SEC, (uint64_t) c->cfg.stats_period_s);
+        uint64_t max_age = 3 * iv_s + 1;
         bool fresh = have && st->last_update + max_age >= now_rt_s;
         bool pressure = false;
         if (fresh && vm->guest_have && st->last_update > vm->guest.last_update) {
@@ -570,10 +573,11 @@ static void vm_on_stats_period(Hv *hv, const HvReply *reply, void *userdata);
 static void vm_on_stats(Hv *hv, const HvReply *reply, void *userdata);
 
 /* Host-side verification (B5.7): the hypervisor process's resident memory, from /proc. */
-static void vm_read_rss(CtlVm *vm, usec_t now) {
+static void vm_read_rss(CtlVm *vm, usec_t now, bool active) {
         if (now < vm->next_rss || vm->hv->peer_pid <= 0)
                 return;
-        vm->next_rss = now + USEC_PER_SEC;
+        /* Every second while memory moves, every 30 s otherwise: /proc reads add up at 1,000 VMs. */
+        vm->next_rss = now + (active ? 1 : 30) * USEC_PER_SEC;
         char path[64], buf[4096];
         snprintf(path, sizeof path, "/proc/%d/status", (int) vm->hv->peer_pid);
         int n = sense_read_file(path, buf, sizeof buf);
@@ -588,13 +592,22 @@ static void vm_read_rss(CtlVm *vm, usec_t now) {
 }
 
 static void vm_poll(CtlVm *vm, usec_t now) {
-        if (!vm->removing)
-                vm_read_rss(vm, now);
         if (vm->park_done)
                 vm->park_done = hv_wait_free(vm->park_done);
         if (vm->op_busy || vm->removing)
                 return;
         Controller *c = vm->c;
+        /* What costs nothing when nothing happens (the idle goal is ≤ 0.1% of a core with 1,000
+         * VMs): a VM at full size on a healthy host cannot change by itself, so it is re-read every
+         * minute and its statistics every 30 s; a ballooned, parked or pressured one at the
+         * normal pace. A state change re-arms everything at once (ctl_tick). */
+        bool ballooned = vm->actual_known && (vm->target + c->cfg.tolerance < vm->spec.assigned ||
+                                              vm->actual + c->cfg.tolerance < vm->spec.assigned);
+        bool active = ballooned || vm->parked || c->ctl.state != PLAN_STATE_HEALTHY;
+        usec_t refresh = active ? c->cfg.refresh_interval : 12 * c->cfg.refresh_interval;
+        usec_t stats_iv = active ? (usec_t) c->cfg.stats_period_s * USEC_PER_SEC
+                                 : MAX((usec_t) c->cfg.stats_period_s * USEC_PER_SEC, 30 * USEC_PER_SEC);
+        vm_read_rss(vm, now, active);
         /* Guest statistics: enable the polling once, then read them every period. */
         if (vm->actual_known && c->cfg.stats_period_s && !vm->stats_off && !(vm->retry_at && now < vm->retry_at)) {
                 if (!vm->stats_period_set) {
@@ -603,8 +616,9 @@ static void vm_poll(CtlVm *vm, usec_t now) {
                                 vm->op_busy = true;
                         return;
                 }
-                if (now >= vm->next_stats) {
-                        vm->next_stats = now + (usec_t) c->cfg.stats_period_s * USEC_PER_SEC;
+                if (now >= vm->last_stats + stats_iv) {
+                        vm->last_stats = now;
+                        vm->stats_interval = stats_iv;
                         if (hv_get_stats(vm->hv, c->cfg.op_timeout, vm_on_stats, vm) >= 0) {
                                 vm->op_busy = true;
                                 return;
@@ -614,7 +628,7 @@ static void vm_poll(CtlVm *vm, usec_t now) {
         if (vm->retry_at && now < vm->retry_at)
                 return;
         bool moving = vm->actual_known && absdiff(vm->actual, vm->target) > vm->c->cfg.tolerance;
-        if (vm->actual_known && !moving && now < vm->next_refresh && vm->status != CTL_VM_ERROR)
+        if (vm->actual_known && !moving && now < vm->last_read + refresh && vm->status != CTL_VM_ERROR)
                 return;
         if (vm->actual_known && vm->sent_once && vm->target != vm->sent_target) {
                 vm_send(vm);
@@ -647,29 +661,53 @@ static int ctl_grow(Controller *c, size_t n) {
         return 0;
 }
 
+/* What the plan sees of each VM. A VM the controller cannot talk to must neither hide the
+ * reclaim it really gives nor be counted for reclaim it does not give:
+ *  - never read, no history: left out (it gives nothing, takes nothing);
+ *  - never read since a restart: fixed at the target it had before (B7), so a hold restored at
+ *    start is not piled onto the first VMs to answer;
+ *  - its last call failed: fixed at the size it last reported, nothing in flight, so its share
+ *    goes to the others until it answers again. */
 static void ctl_fill_plan(Controller *c, usec_t now) {
         for (size_t i = 0; i < c->n_vms; i++) {
                 CtlVm *vm = c->vms[i];
-                bool usable = vm->actual_known && !(vm->status == CTL_VM_ERROR && now < vm->retry_at);
-                uint64_t actual = vm->actual_known ? MIN(vm->actual, vm->spec.assigned) : vm->spec.assigned;
-                c->pvms[i] = (PlanVm){
+                uint64_t a = vm->spec.assigned;
+                PlanVm *p = &c->pvms[i];
+                *p = (PlanVm){
                         .id = i,
-                        .assigned = vm->spec.assigned,
+                        .assigned = a,
                         .floor = vm->spec.floor,
                         .shares = vm->spec.shares ? vm->spec.shares : 1,
-                        .target = vm->actual_known ? MIN(vm->target, vm->spec.assigned) : vm->spec.assigned,
-                        .actual = actual,
-                        .in_flight = vm->actual_known && absdiff(vm->actual, vm->target) > c->cfg.tolerance,
+                        .target = MIN(vm->target, a),
+                        .actual = MIN(vm->actual, a),
+                        .in_flight = absdiff(vm->actual, vm->target) > c->cfg.tolerance,
                         .last_dir = vm->last_dir,
                         .last_move = vm->last_move,
-                        /* A VM we cannot talk to is left alone: the split goes to the others. */
-                        .parked = !usable || vm->parked || vm->parking,
+                        .parked = vm->parked || vm->parking,
                         .unparked_until = vm->unparked_until,
                         .stalled_until = vm->stalled_until,
                         .guest_fresh = vm->guest_fresh,
                         .guest_used = vm->guest_used,
                         .guest_pressure = vm->guest_pressure,
                 };
+                vm->plan_fixed = false;
+                if (!vm->actual_known) {
+                        if (!vm->resume_target) {
+                                p->parked = true;
+                                p->target = p->actual = a;
+                                p->in_flight = false;
+                                continue;
+                        }
+                        p->target = p->actual = MIN(vm->resume_target, a);
+                        p->in_flight = false;
+                        p->stalled_until = usec_add(now, 1);
+                        vm->plan_fixed = true;
+                } else if (vm->status == CTL_VM_ERROR) {
+                        p->target = p->actual;
+                        p->in_flight = false;
+                        p->stalled_until = usec_add(now, 1);
+                        vm->plan_fixed = true;
+                }
         }
 }
 
@@ -704,6 +742,26 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
 
         (void) ctl_sample(c, now);
 
+        /* Nothing to decide on a healthy host above the low watermark with every VM at full size
+         * and no hold: skip the plan (it would change nothing) and only poll. */
+        if (c->sample_ok && c->ctl.state == PLAN_STATE_HEALTHY && !(c->hold.bytes && now < c->hold.until) &&
+            (unsigned __int128) c->sample.available * PLAN_PERMYRIAD >=
+                    (unsigned __int128) c->sample.total * c->cfg.plan.low_pmy &&
+            (!c->sample.has_psi || c->sample.psi.some.avg10 < c->cfg.plan.psi_some_pmy)) {
+                bool all_full = true;
+                for (size_t i = 0; i < c->n_vms && all_full; i++) {
+                        const CtlVm *vm = c->vms[i];
+                        all_full = !vm->parked && !vm->parking && vm->actual_known && vm->target >= vm->spec.assigned &&
+                                   !vm->guest_pressure;
+                }
+                if (all_full) {
+                        c->skipped_plans++;
+                        for (size_t i = 0; i < c->n_vms; i++)
+                                vm_poll(c->vms[i], now);
+                        return;
+                }
+        }
+
         /* Plan and send first, poll after: a reclaim command never waits behind a read. */
         PlanResult res;
         int r = ctl_run_plan(c, &c->hold, now, &res);
@@ -727,6 +785,9 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
                            (unsigned long long) (c->sample.total / MiB));
                 c->transitions++;
                 changed = true;
+                /* Pressure (or its end): read every VM and its guest now, not at the idle pace. */
+                for (size_t i = 0; i < c->n_vms; i++)
+                        c->vms[i]->last_stats = c->vms[i]->last_read = c->vms[i]->next_rss = 0;
         }
         /* Reaction latency starts when the need first appears in a sample. */
         /* A pressure episode starts when host pressure first asks for reclaim after asking for
@@ -742,7 +803,7 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
                 const PlanDecision *d = &c->dec[i];
                 vm->last = *d;
                 vm->changed = false;
-                if (c->pvms[i].parked)
+                if (c->pvms[i].parked || vm->plan_fixed)
                         continue;
                 if (d->target == vm->target)
                         continue;

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -103,6 +104,14 @@ int main(int argc, char **argv) {
                 return 0;
         }
         log_set_max_level(cfg.log.level);
+        /* One fd per VM connection plus up to 512 API clients per listener: the soft limit of
+         * 1024 is too low for a large fleet, and the hard limit is ours to use. */
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                        log_warning("Failed to raise the open file limit: %m, ignoring");
+        }
 
         Manager *m = NULL;
         char merr[1024];
