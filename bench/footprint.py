@@ -104,9 +104,12 @@ def main():
         c1, w1 = cpu_ticks(bd.pid), time.monotonic()
         cpu = (c1 - c0) / hz / (w1 - w0) * 100
         rss, hwm = proc_status(bd.pid, "VmRSS"), proc_status(bd.pid, "VmHWM")
+        roll = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open(f"/proc/{bd.pid}/smaps_rollup") if l.endswith("kB\n")}
         print(f"ballastd with {n} VMs (qmp-peer), stats_period {period}:")
         print(f"  registered in {reg:.1f} s, all adopted after {adopt:.1f} s")
-        print(f"  RSS {rss / MiB:.1f} MiB (peak {hwm / MiB:.1f} MiB)")
+        print(f"  RSS {rss / MiB:.1f} MiB (peak {hwm / MiB:.1f} MiB): private {roll['Private_Dirty'] / MiB:.1f} MiB "
+              f"dirty + {roll['Private_Clean'] / MiB:.1f} MiB clean, {roll['Shared_Clean'] / MiB:.1f} MiB shared "
+              f"library pages")
         print(f"  CPU {cpu:.2f}% of one core over {w1 - w0:.0f} s with nothing changing")
     finally:
         if bd:

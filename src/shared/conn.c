@@ -10,7 +10,10 @@
 
 #include "shared/macro.h"
 
-#define CONN_MAX_WRITE ((size_t) 4 << 20)
+#define CONN_MAX_WRITE    ((size_t) 4 << 20)
+/* The read buffer starts small and grows (doubling) up to the connection's max_read: thousands of
+ * idle hypervisor connections then cost a few KiB each, not max_read each. */
+#define CONN_READ_INITIAL ((size_t) 4 << 10)
 
 struct Conn {
         Ev *ev;
@@ -20,7 +23,7 @@ struct Conn {
         void *userdata;
 
         char *rbuf;
-        size_t rlen, rmax;
+        size_t rlen, rmax, ralloc; /* ralloc: bytes the buffer holds, excluding the NUL */
         char *wbuf;
         size_t wlen, woff, walloc;
 
@@ -37,7 +40,8 @@ int conn_new(Ev *ev, int fd, size_t max_read, const ConnCallbacks *cb, void *use
                 return -ENOMEM;
         }
         *c = (Conn){ .ev = ev, .fd = fd, .cb = *cb, .userdata = userdata, .rmax = max_read };
-        c->rbuf = malloc(max_read + 1);
+        c->ralloc = MIN(max_read, CONN_READ_INITIAL);
+        c->rbuf = malloc(c->ralloc + 1);
         if (!c->rbuf) {
                 conn_free(c);
                 return -ENOMEM;
@@ -142,7 +146,17 @@ static void conn_on_io(EvIo *io, int fd, uint32_t revents, void *userdata) {
                                 conn_fail(c, -EMSGSIZE, "message exceeds the size limit");
                                 goto out;
                         }
-                        ssize_t n = read(fd, c->rbuf + c->rlen, c->rmax - c->rlen);
+                        if (c->rlen >= c->ralloc) {
+                                size_t na = MIN(c->ralloc * 2, c->rmax);
+                                char *nb = realloc(c->rbuf, na + 1);
+                                if (!nb) {
+                                        conn_fail(c, -ENOMEM, "growing the read buffer");
+                                        goto out;
+                                }
+                                c->rbuf = nb;
+                                c->ralloc = na;
+                        }
+                        ssize_t n = read(fd, c->rbuf + c->rlen, c->ralloc - c->rlen);
                         if (n < 0) {
                                 if (errno == EINTR)
                                         continue;
