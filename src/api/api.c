@@ -396,6 +396,7 @@ static json_t *vm_json(const CtlVm *vm) {
         json_object_set_new(o, "guest", g);
         json_object_set_new(o, "hypervisor_pid", v.hv_pid > 0 ? json_integer(v.hv_pid) : json_null());
         json_object_set_new(o, "host_rss_bytes", v.host_rss ? json_u64(v.host_rss) : json_null());
+        json_object_set_new(o, "host_confirmed_bytes", v.host_rss ? json_u64(v.host_confirmed) : json_null());
         return o;
 }
 
@@ -435,10 +436,11 @@ static json_t *host_json(Manager *m) {
                                       json_u64(total / 10000 * pc->high_pmy), "critical_bytes",
                                       json_u64(total / 10000 * pc->critical_pmy)));
         json_object_set_new(o, "reclaim",
-                            json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "automatic_bytes", json_u64(h.last.automatic),
-                                      "hold_bytes", json_u64(h.last.hold), "requested_bytes",
-                                      json_u64(h.last.requested), "planned_bytes", json_u64(h.last.planned),
-                                      "commanded_bytes", json_u64(h.commanded), "reached_bytes", json_u64(h.reached),
+                            json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "automatic_bytes",
+                                      json_u64(h.last.automatic), "hold_bytes", json_u64(h.last.hold),
+                                      "requested_bytes", json_u64(h.last.requested), "planned_bytes",
+                                      json_u64(h.last.planned), "commanded_bytes", json_u64(h.commanded),
+                                      "reached_bytes", json_u64(h.reached), "confirmed_bytes", json_u64(h.confirmed),
                                       "shortfall_bytes", json_u64(h.last.shortfall)));
         PlanHold hold = ctl_hold(m->ctl);
         usec_t now = now_mono();

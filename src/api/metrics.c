@@ -63,6 +63,12 @@ static uint64_t f_stalls(const CtlVmView *v) {
 static uint64_t f_commands(const CtlVmView *v) {
         return v->commands;
 }
+static uint64_t f_rss(const CtlVmView *v) {
+        return v->host_rss;
+}
+static uint64_t f_confirmed(const CtlVmView *v) {
+        return v->host_confirmed;
+}
 
 static void per_vm(FILE *f, Manager *m, const char *name, const char *type, const char *help, vm_field get,
                    bool known_only) {
@@ -111,13 +117,14 @@ char *metrics_render(Manager *m, size_t *ret_len) {
 
         header(f, "ballast_reclaim_bytes", "gauge",
                "Reclaim by stage: requested (max of automatic and hold), planned, commanded (assigned - target), "
-               "reached (assigned - actual).");
+               "reached (assigned - actual), confirmed (hypervisor RSS given back).");
         fprintf(f, "ballast_reclaim_bytes{stage=\"automatic\"} %llu\n", (unsigned long long) h.last.automatic);
         fprintf(f, "ballast_reclaim_bytes{stage=\"hold\"} %llu\n", (unsigned long long) h.last.hold);
         fprintf(f, "ballast_reclaim_bytes{stage=\"requested\"} %llu\n", (unsigned long long) h.last.requested);
         fprintf(f, "ballast_reclaim_bytes{stage=\"planned\"} %llu\n", (unsigned long long) h.last.planned);
         fprintf(f, "ballast_reclaim_bytes{stage=\"commanded\"} %llu\n", (unsigned long long) h.commanded);
         fprintf(f, "ballast_reclaim_bytes{stage=\"reached\"} %llu\n", (unsigned long long) h.reached);
+        fprintf(f, "ballast_reclaim_bytes{stage=\"confirmed\"} %llu\n", (unsigned long long) h.confirmed);
         fprintf(f, "ballast_reclaim_bytes{stage=\"shortfall\"} %llu\n", (unsigned long long) h.last.shortfall);
         header(f, "ballast_reclaim_commanded_bytes_total", "counter",
                "Bytes of target changes commanded, by direction.");
@@ -152,6 +159,10 @@ char *metrics_render(Manager *m, size_t *ret_len) {
                false);
         per_vm(f, m, "ballast_vm_stalls_total", "counter", "Stalls of the VM.", f_stalls, false);
         per_vm(f, m, "ballast_vm_commands_total", "counter", "Balloon commands sent to the VM.", f_commands, false);
+        per_vm(f, m, "ballast_vm_host_rss_bytes", "gauge", "Resident memory of the VM's hypervisor process.", f_rss,
+               false);
+        per_vm(f, m, "ballast_vm_host_confirmed_bytes", "gauge",
+               "Fall of the hypervisor's resident memory since the VM was last at full size.", f_confirmed, false);
 
         HttpCounters hc = { 0 };
         if (m->http)

@@ -17,6 +17,7 @@ static const char usage[] = "Usage: ballastctl [--json] [--api PATH] [--timeout 
                             "  reclaim SIZE | --clear       reclaim memory now and hold it (--hold, --dry-run)\n"
                             "  history                      the journal of decisions (--limit N)\n"
                             "  park ID / unpark ID          shrink an idle VM to its park size / give it back\n"
+                            "  pool fill|acquire|release|status|drain NAME   a warm pool of parked VMs\n"
                             "\n"
                             "Commands that work without ballastd:\n"
                             "  balloon get|set|stats|caps   one VM's balloon, by QMP socket (--qmp) or VM name (--vm)\n"
@@ -102,5 +103,7 @@ int main(int argc, char **argv) {
                 return cmd_history(argc - 1, argv + 1);
         if (strcmp(cmd, "park") == 0 || strcmp(cmd, "unpark") == 0)
                 return cmd_park(argc - 1, argv + 1, cmd[0] == 'u');
+        if (strcmp(cmd, "pool") == 0)
+                return cmd_pool(argc - 1, argv + 1);
         return cli_usage_error("unknown command '%s'", cmd);
 }

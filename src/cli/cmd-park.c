@@ -19,6 +19,7 @@ static const char park_usage[] =
         "'stalled'), never pushed into OOM. unpark gives the VM SIZE back (default: the size it had\n"
         "before the park) and returns as soon as the command is accepted, or with --wait once the\n"
         "guest has the memory; the VM is then protected from automatic reclaim for a while.\n"
+        "Exit status: 0 reached (or sent), 3 the guest stopped short (stalled), 4 the deadline passed.\n"
         "\n"
         "Options:\n"
         "  --size SIZE            the size to park at / unpark to\n"
@@ -36,7 +37,9 @@ static int show(json_t *a) {
                cli_json_size(r, sizeof(r), json_object_get(a, "reached_bytes")),
                json_is_number(ms) ? json_number_value(ms) : 0.0, msg[0] && strcmp(msg, "-") ? ": " : "",
                msg[0] && strcmp(msg, "-") ? msg : "");
-        return EXIT_OK;
+        /* As `balloon set --wait`: 3 when the guest stopped short, 4 when the deadline came first. */
+        const char *res = cli_json_str(json_object_get(a, "result"));
+        return strcmp(res, "stalled") == 0 ? EXIT_STALLED : strcmp(res, "deadline") == 0 ? EXIT_DEADLINE : EXIT_OK;
 }
 
 int cmd_park(int argc, char **argv, bool unpark) {

@@ -15,6 +15,11 @@
 
 #define MiB                   (UINT64_C(1) << 20)
 
+/* A park never takes a guest closer than this to its non-reclaimable use (when its statistics are
+ * fresh). Smaller than the plan's guest_margin: parking is asked for, and an idle guest (30-50 MiB
+ * of use) must still reach the 128 MiB park size. */
+#define CTL_PARK_MARGIN       (32 * MiB)
+
 /* Back-off after a failed driver call: 1 s doubling to 30 s. */
 #define CTL_ERROR_BACKOFF_MIN (1 * USEC_PER_SEC)
 #define CTL_ERROR_BACKOFF_MAX (30 * USEC_PER_SEC)
@@ -62,7 +67,12 @@ struct CtlVm {
         void *park_ud;
         uint64_t park_report_prev;
         usec_t park_started;
-        char park_token; /* userdata of direct park-path driver calls */
+        char park_token;    /* userdata of direct park-path driver calls */
+        uint64_t park_size; /* asked for */
+        usec_t park_timeout;
+        bool park_capped;           /* parked at the guest's use + margin instead of park_size */
+        uint64_t park_started_rt_s; /* realtime seconds: only guest reports after this can stop it */
+        EvTimer *park_timer;        /* asking for fresh statistics before a park */
         /* Guest statistics (B5.4, B5.9). */
         bool stats_off, stats_period_set;
         usec_t last_stats;     /* when statistics were last asked for */
@@ -72,6 +82,7 @@ struct CtlVm {
         uint64_t guest_used;
         /* Host side (B5.7). */
         uint64_t host_rss;
+        uint64_t rss_base; /* host_rss when it last was at full size; 0 unknown */
         usec_t next_rss;
 };
 
@@ -384,7 +395,10 @@ static void vm_observe(CtlVm *vm, uint64_t actual, usec_t now) {
         if (absdiff(actual, vm->progress_actual) >= window_bytes) {
                 vm->progress_at = now;
                 vm->progress_actual = actual;
-        } else if (now - vm->progress_at >= c->cfg.stall_window && now >= vm->stalled_until) {
+        } else if (vm->sent_once && vm->sent_target == vm->target && now - vm->progress_at >= c->cfg.stall_window &&
+                   now >= vm->stalled_until) {
+                /* Only a target that was really sent can stall: one still queued behind another call
+                 * has not had its chance (its clock starts when it is sent, vm_send()). */
                 /* Stalled (B5.6): re-sync the target to where it is and skip it for a while. */
                 vm->stalls++;
                 c->stats.stalls++;
@@ -476,15 +490,17 @@ static void vm_on_stats_period(Hv *hv, const HvReply *reply, void *userdata) {
 }
 
 /* Guest statistics → what the plan may use (B5.4, B5.9). Fresh: reported within three periods.
- * Non-reclaimable use: total − available, minus the balloon when the guest counts it in its
- * total (deflate-on-oom keeps MemTotal). Pressure: swapping in, faulting hard, or nearly out. */
+ * Non-reclaimable use: actual − available. Pressure: swapping in, faulting hard, or nearly out. */
+static void on_park_wait(HvWait *w, const HvWaitOutcome *out, void *userdata);
+
 static void vm_take_stats(CtlVm *vm, const HvStats *st) {
         Controller *c = vm->c;
         uint64_t now_rt_s = now_usec(CLOCK_REALTIME) / USEC_PER_SEC;
         bool have = st->total != HV_STAT_UNSET && st->available != HV_STAT_UNSET && st->last_update != 0 &&
                     st->last_update != HV_STAT_UNSET;
-        uint64_t iv_s = MAX(vm->stats_interval / USEC_PER_SEC, (uint64_t) c->cfg.stats_period_s);
-        uint64_t max_age = 3 * iv_s + 1;
+        /* Fresh means the guest itself reported within three of its periods when we asked: a
+         * guest that stopped reporting is noticed at the next read, however rarely we read. */
+        uint64_t max_age = 3 * (uint64_t) c->cfg.stats_period_s + 1;
         bool fresh = have && st->last_update + max_age >= now_rt_s;
         bool pressure = false;
         if (fresh && vm->guest_have && st->last_update > vm->guest.last_update) {
@@ -499,13 +515,11 @@ static void vm_take_stats(CtlVm *vm, const HvStats *st) {
                 pressure = vm->guest_pressure; /* no new report: keep the last verdict */
         if (fresh && st->available < st->total / 32)
                 pressure = true;
-        uint64_t used = 0;
-        if (fresh) {
-                uint64_t balloon = vm->spec.assigned - MIN(vm->actual, vm->spec.assigned);
-                uint64_t in_total = st->total > vm->actual ? MIN(st->total - vm->actual, balloon) : 0;
-                uint64_t u = st->total > st->available ? st->total - st->available : 0;
-                used = u > in_total ? u - in_total : 0;
-        }
+        /* In the balloon's terms (guest memory the VM has now, kernel reservations included): what
+         * the guest could not give up is all of it but what it could free. MemTotal is not the
+         * frame: it lacks the kernel's reservations (30-50 MiB) and, with deflate-on-oom, still
+         * counts the balloon. */
+        uint64_t used = fresh && vm->actual > st->available ? vm->actual - st->available : 0;
         if (pressure && !vm->guest_pressure)
                 log_notice("VM %s: the guest shows memory pressure (available %llu MiB): it gives last and gets "
                            "back first",
@@ -515,6 +529,31 @@ static void vm_take_stats(CtlVm *vm, const HvStats *st) {
         vm->guest_fresh = fresh;
         vm->guest_used = used;
         vm->guest_pressure = pressure;
+        if (pressure && vm->parking && vm->park_wait && vm->parked && st->last_update >= vm->park_started_rt_s) {
+                /* The guest ran out while the balloon was still inflating: stop here, give it the
+                 * margin back, and answer as a stall (B4.1: never pushed into OOM). */
+                HvWaitOutcome out = { .result = HV_WAIT_STALLED, .target = vm->target, .reached = vm->actual };
+                snprintf(out.message, sizeof out.message,
+                         "the guest ran out of memory at %llu MiB (available %llu MiB): stopped there",
+                         (unsigned long long) (vm->actual / MiB), (unsigned long long) (st->available / MiB));
+                /* Not inside the wait's own callbacks here, so it can go now. */
+                HvWait *w = TAKE_PTR(vm->park_wait);
+                hv_wait_free(w);
+                on_park_wait(NULL, &out, vm);
+                return;
+        }
+        if (pressure && vm->parked && !vm->parking && vm->actual_known && vm->target < vm->spec.assigned) {
+                /* B5.9 for a parked VM (the plan leaves parked VMs alone): a parked guest that
+                 * runs out gets the guest margin back at once, and stays parked. */
+                uint64_t t = MIN(vm->target + c->cfg.plan.guest_margin, vm->spec.assigned);
+                log_notice("VM %s: parked guest under pressure, raising it %llu → %llu MiB", vm->spec.id,
+                           (unsigned long long) (vm->target / MiB), (unsigned long long) (t / MiB));
+                vm->target = t;
+                vm->last_dir = 1;
+                vm->last_move = now_mono();
+                if (c->hooks.target_changed)
+                        c->hooks.target_changed(c, vm, t, c->hooks.userdata);
+        }
         if (pressure)
                 ctl_kick(c, CTL_TRIGGER_DRIVER); /* B5.9: deflate at once, not at the next tick */
 }
@@ -592,8 +631,13 @@ static void vm_read_rss(CtlVm *vm, usec_t now, bool active) {
         }
         const char *p = strstr(buf, "\nVmRSS:");
         unsigned long long kb;
-        if (p && sscanf(p + 7, " %llu kB", &kb) == 1)
+        if (p && sscanf(p + 7, " %llu kB", &kb) == 1) {
                 vm->host_rss = (uint64_t) kb << 10;
+                /* The baseline for host-confirmed reclaim: the RSS while the VM is at full size. */
+                if (vm->actual_known && vm->actual + vm->c->cfg.tolerance >= vm->spec.assigned &&
+                    vm->target >= vm->spec.assigned)
+                        vm->rss_base = vm->host_rss;
+        }
 }
 
 static void vm_poll(CtlVm *vm, usec_t now) {
@@ -616,18 +660,25 @@ static void vm_poll(CtlVm *vm, usec_t now) {
         /* Guest statistics: enable the polling once, then read them every period. */
         if (vm->actual_known && c->cfg.stats_period_s && !vm->stats_off && !(vm->retry_at && now < vm->retry_at)) {
                 if (!vm->stats_period_set) {
-                        if (hv_set_stats_period(vm->hv, c->cfg.stats_period_s, c->cfg.op_timeout, vm_on_stats_period,
-                                                vm) >= 0)
-                                vm->op_busy = true;
-                        return;
-                }
-                if (now >= vm->last_stats + stats_iv) {
-                        vm->last_stats = now;
-                        vm->stats_interval = stats_iv;
-                        if (hv_get_stats(vm->hv, c->cfg.op_timeout, vm_on_stats, vm) >= 0) {
+                        int r = hv_set_stats_period(vm->hv, c->cfg.stats_period_s, c->cfg.op_timeout,
+                                                    vm_on_stats_period, vm);
+                        if (r >= 0) {
                                 vm->op_busy = true;
                                 return;
                         }
+                        /* Refused at once (Cloud Hypervisor has no statistics): carry on without. */
+                        vm->stats_off = true;
+                }
+                if (!vm->stats_off && now >= vm->last_stats + stats_iv) {
+                        vm->last_stats = now;
+                        vm->stats_interval = stats_iv;
+                        int r = hv_get_stats(vm->hv, c->cfg.op_timeout, vm_on_stats, vm);
+                        if (r >= 0) {
+                                vm->op_busy = true;
+                                return;
+                        }
+                        if (r == -EOPNOTSUPP)
+                                vm->stats_off = true;
                 }
         }
         if (vm->retry_at && now < vm->retry_at)
@@ -841,6 +892,8 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
                           plan_reason_to_string(d->reason), (unsigned long long) (d->desired / MiB));
                 vm->target = d->target;
                 vm->changed = true;
+                vm->progress_at = now; /* a new target: the stall clock restarts */
+                vm->progress_actual = vm->actual;
                 if (d->dir != 0) {
                         vm->last_dir = d->dir;
                         vm->last_move = now;
@@ -936,6 +989,7 @@ static void vm_free(CtlVm *vm) {
         vm_batch_done(vm, -ECANCELED);
         hv_wait_free(vm->park_wait);
         hv_wait_free(vm->park_done);
+        ev_timer_free(vm->park_timer);
         if (vm->park_cb) {
                 CtlParkOutcome o = { .error = -ECANCELED, .result = "error" };
                 snprintf(o.message, sizeof o.message, "VM %s was removed", vm->spec.id);
@@ -1127,6 +1181,10 @@ static void park_persist(CtlVm *vm) {
                 c->hooks.target_changed(c, vm, vm->target, c->hooks.userdata);
 }
 
+static uint64_t c_margin(const CtlVm *vm) {
+        return vm->c->cfg.plan.guest_margin;
+}
+
 static void on_park_wait(HvWait *w, const HvWaitOutcome *out, void *userdata) {
         CtlVm *vm = userdata;
         usec_t now = now_mono();
@@ -1146,12 +1204,24 @@ static void on_park_wait(HvWait *w, const HvWaitOutcome *out, void *userdata) {
         switch (out->result) {
         case HV_WAIT_REACHED:
                 o.result = "reached";
+                if (vm->park_capped && vm->parked) {
+                        /* It went as low as it safely can: that is a stall short of the size asked. */
+                        o.result = "stalled";
+                        snprintf(o.message, sizeof o.message,
+                                 "the guest uses %llu MiB it cannot give up: parked at %llu MiB (its use plus a "
+                                 "32 MiB margin), not %llu MiB",
+                                 (unsigned long long) (vm->guest_used / MiB), (unsigned long long) (out->target / MiB),
+                                 (unsigned long long) (vm->park_size / MiB));
+                        vm->stalls++;
+                }
                 break;
         case HV_WAIT_STALLED:
         case HV_WAIT_DEADLINE:
                 /* Left where it stopped, never pushed further (B4.1): the target follows it. */
                 o.result = out->result == HV_WAIT_STALLED ? "stalled" : "deadline";
-                vm->target = out->reached;
+                /* Where it stopped is where the guest ran out: leave it the guest margin above
+                 * that, or its next allocation is an OOM kill (seen with deflate-on-oom off). */
+                vm->target = MIN(usec_add(out->reached, c_margin(vm)), vm->spec.assigned);
                 vm->stalls += out->result == HV_WAIT_STALLED;
                 break;
         default:
@@ -1169,6 +1239,94 @@ static void on_park_wait(HvWait *w, const HvWaitOutcome *out, void *userdata) {
         park_report(vm, &o);
 }
 
+/* Starts the wait toward the park size, or toward what the guest can really give up when its
+ * statistics are fresh: its non-reclaimable use plus the guest margin. Parking an idle guest
+ * below that is what B4.1 forbids (a balloon that takes the last free page leaves the next
+ * allocation in the guest to the OOM killer; with deflate-on-oom off nothing gives it back). */
+static int park_begin(CtlVm *vm) {
+        Controller *c = vm->c;
+        uint64_t t = vm->park_size;
+        vm->park_capped = false;
+        if (vm->guest_fresh && vm->guest_used) {
+                uint64_t keep = MIN(vm->guest_used + CTL_PARK_MARGIN, vm->spec.assigned);
+                if (keep > t) {
+                        t = keep;
+                        vm->park_capped = true;
+                }
+        }
+        HvWaitOptions o;
+        hv_wait_options_init(&o);
+        o.tolerance = c->cfg.tolerance;
+        o.timeout = vm->park_timeout;
+        o.stall_window = c->cfg.stall_window;
+        o.op_timeout = c->cfg.op_timeout;
+        int r = hv_wait_start(vm->hv, t, &o, on_park_wait, vm, &vm->park_wait);
+        if (r < 0)
+                return r;
+        vm->target = t;
+        return 0;
+}
+
+static void park_fail(CtlVm *vm, int error, const char *msg) {
+        vm->parking = vm->parked = false;
+        vm->status = CTL_VM_OK;
+        CtlParkOutcome o = { .error = error, .result = "error", .previous = vm->park_report_prev };
+        snprintf(o.message, sizeof o.message, "%s", msg);
+        park_persist(vm);
+        park_report(vm, &o);
+}
+
+/* Before a park, the guest's own figures: a park of a guest whose working set is unknown could
+ * take its last free page. Asks until a report newer than the park request arrives (the guest
+ * reports once per stats period) is at hand, at most three periods, then parks with what it has. */
+static void park_ask_stats(CtlVm *vm);
+
+static void on_park_timer(EvTimer *t, void *userdata) {
+        CtlVm *vm = userdata;
+        (void) t;
+        park_ask_stats(vm);
+}
+
+static void park_go(CtlVm *vm) {
+        vm->park_timer = ev_timer_free(vm->park_timer);
+        int r = park_begin(vm);
+        if (r < 0)
+                park_fail(vm, r, "cannot start the park");
+}
+
+static void on_park_stats(Hv *hv, const HvReply *reply, void *userdata) {
+        CtlVm *vm = (CtlVm *) ((char *) userdata - offsetof(CtlVm, park_token));
+        Controller *c = vm->c;
+        (void) hv;
+        bool fresh_enough = false;
+        if (reply->op == HV_OP_SET_STATS_PERIOD) {
+                if (reply->error >= 0)
+                        vm->stats_period_set = true;
+                else
+                        vm->stats_off = true;
+        } else if (reply->error >= 0) {
+                vm_take_stats(vm, &reply->stats);
+                fresh_enough = vm->guest_fresh; /* the guest reported within three periods */
+        } else
+                vm->stats_off = reply->error == -EOPNOTSUPP;
+        usec_t waited = now_mono() - vm->park_started;
+        if (fresh_enough || vm->stats_off || waited >= 3 * (usec_t) c->cfg.stats_period_s * USEC_PER_SEC + USEC_PER_SEC)
+                return park_go(vm);
+        /* Not yet: ask again shortly. */
+        if (!vm->park_timer && ev_timer_add(c->ev, USEC_INFINITY, on_park_timer, vm, &vm->park_timer) < 0)
+                return park_go(vm);
+        ev_timer_set(vm->park_timer, usec_add(now_mono(), 250 * USEC_PER_MSEC));
+}
+
+static void park_ask_stats(CtlVm *vm) {
+        Controller *c = vm->c;
+        int r = vm->stats_period_set ? hv_get_stats(vm->hv, c->cfg.op_timeout, on_park_stats, &vm->park_token)
+                                     : hv_set_stats_period(vm->hv, c->cfg.stats_period_s, c->cfg.op_timeout,
+                                                           on_park_stats, &vm->park_token);
+        if (r < 0)
+                park_go(vm);
+}
+
 int ctl_vm_park(Controller *c, CtlVm *vm, uint64_t size, usec_t timeout, ctl_park_cb cb, void *userdata) {
         if (!vm->actual_known)
                 return -EAGAIN;
@@ -1176,15 +1334,20 @@ int ctl_vm_park(Controller *c, CtlVm *vm, uint64_t size, usec_t timeout, ctl_par
                 return -EBUSY;
         if (vm->parked)
                 return -EALREADY;
-        size = MIN(size, vm->spec.assigned);
-        HvWaitOptions o;
-        hv_wait_options_init(&o);
-        o.tolerance = c->cfg.tolerance;
-        o.timeout = timeout ? timeout : c->cfg.park_timeout;
-        o.stall_window = c->cfg.stall_window;
-        o.op_timeout = c->cfg.op_timeout;
+        vm->park_size = MIN(size, vm->spec.assigned);
+        vm->park_timeout = timeout ? timeout : c->cfg.park_timeout;
+        vm->park_started = now_mono();
+        vm->park_started_rt_s = now_usec(CLOCK_REALTIME) / USEC_PER_SEC + 1;
         uint64_t prev = vm->target;
-        int r = hv_wait_start(vm->hv, size, &o, on_park_wait, vm, &vm->park_wait);
+        int r;
+        /* Fresh figures first (the idle pace reads them only every 30 s). */
+        bool ask = c->cfg.stats_period_s && !vm->stats_off;
+        if (ask)
+                r = vm->stats_period_set ? hv_get_stats(vm->hv, c->cfg.op_timeout, on_park_stats, &vm->park_token)
+                                         : hv_set_stats_period(vm->hv, c->cfg.stats_period_s, c->cfg.op_timeout,
+                                                               on_park_stats, &vm->park_token);
+        else
+                r = park_begin(vm);
         if (r < 0)
                 return r;
         vm_batch_done(vm, -ECANCELED);
@@ -1192,10 +1355,10 @@ int ctl_vm_park(Controller *c, CtlVm *vm, uint64_t size, usec_t timeout, ctl_par
         vm->park_prev = prev;
         vm->park_report_prev = prev;
         vm->unparked_until = 0;
-        vm->target = size;
+        if (!vm->park_wait)
+                vm->target = vm->park_size;
         vm->last_dir = -1;
         vm->last_move = now_mono();
-        vm->park_started = now_mono();
         vm->park_cb = cb;
         vm->park_ud = userdata;
         vm->status = CTL_VM_PARKED;
@@ -1299,6 +1462,7 @@ void ctl_vm_view(const CtlVm *vm, CtlVmView *ret) {
                 .guest = vm->guest,
                 .hv_pid = vm->hv ? vm->hv->peer_pid : 0,
                 .host_rss = vm->host_rss,
+                .host_confirmed = vm->rss_base > vm->host_rss && vm->host_rss ? vm->rss_base - vm->host_rss : 0,
         };
         if (!vm->guest_have)
                 hv_stats_init(&ret->guest);
@@ -1406,6 +1570,8 @@ void ctl_host_view(const Controller *c, CtlHostView *ret) {
                         continue;
                 ret->commanded += vm->spec.assigned - MIN(vm->target, vm->spec.assigned);
                 ret->reached += vm->spec.assigned - MIN(vm->actual, vm->spec.assigned);
+                if (vm->rss_base > vm->host_rss && vm->host_rss)
+                        ret->confirmed += vm->rss_base - vm->host_rss;
         }
 }
 

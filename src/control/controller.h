@@ -149,11 +149,14 @@ typedef struct CtlVmView {
         usec_t unparked_until; /* monotonic; 0 none */
         /* Guest statistics (B5.4, B5.9) as last read; guest_fresh when recent enough to use. */
         bool guest_fresh, guest_pressure;
-        uint64_t guest_used; /* non-reclaimable estimate: total − available − balloon */
+        uint64_t guest_used; /* non-reclaimable estimate, in the balloon's terms: actual − available */
         HvStats guest;       /* the raw figures */
         /* Host side (B5.7): the hypervisor process's resident memory, 0 when unknown. */
         pid_t hv_pid;
         uint64_t host_rss;
+        /* B5.7: the fall of host_rss since the VM was last at full size (0 when unknown): memory
+         * the host really got back, next to commanded (target) and reached (actual). */
+        uint64_t host_confirmed;
 } CtlVmView;
 void ctl_vm_view(const CtlVm *vm, CtlVmView *ret);
 const char *ctl_vm_id(const CtlVm *vm);
@@ -187,6 +190,7 @@ typedef struct CtlHostView {
         PlanResult last;
         uint64_t transitions;
         uint64_t commanded, reached; /* Σ assigned − target, Σ assigned − actual */
+        uint64_t confirmed;          /* Σ host_confirmed: what the hypervisors' RSS really gave back */
         uint64_t ticks, plans_failed;
         bool has_psi_trigger;
 } CtlHostView;

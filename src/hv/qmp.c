@@ -322,6 +322,9 @@ static void qmp_on_reply(Qmp *q, const QmpMsg *m) {
                 }
                 rep->actual = (uint64_t) json_integer_value(a);
                 rep->caps.balloon = true;
+                /* QEMU's virtio-balloon always has the guest-stats properties (the guest fills
+                 * them once a polling interval is set). */
+                rep->caps.stats = true;
                 break;
         }
         case STEP_BALLOON_SET:
