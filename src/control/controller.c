@@ -1189,7 +1189,9 @@ static void on_park_wait(HvWait *w, const HvWaitOutcome *out, void *userdata) {
         CtlVm *vm = userdata;
         usec_t now = now_mono();
         vm->park_wait = NULL;
-        vm->park_done = w; /* freed at the next poll: not from inside its own callback */
+        /* Freed at the next poll, not from inside its own callback; an earlier finished one can go. */
+        hv_wait_free(vm->park_done);
+        vm->park_done = w;
         vm->parking = false;
         CtlParkOutcome o = {
                 .previous = vm->park_report_prev,

@@ -769,13 +769,18 @@ def _v_park(w):
     assert not t.is_alive() and "r" in out, "the park did not answer within 90 s"
     a = _park_answer("parkVm", out["r"])
     prev = parking["park_previous_bytes"]  # the target when the park was accepted
-    assert a["target_bytes"] == 128 * MiB and a["previous_bytes"] == prev, a
+    # The park size, or the guest's working set plus a margin when its statistics show more.
+    assert 128 * MiB <= a["target_bytes"] < prev and a["previous_bytes"] == prev, a
     assert a["reached_bytes"] < before["actual_bytes"], a
     parked = w.vm("vm-ok")
     assert parked["parked"] is True and parked["status"] == "parked", parked
     assert parked["park_previous_bytes"] == prev and parked["protected_until"] is None, parked
-    # the target follows a guest left short of it; otherwise it is the park size
-    assert parked["target_bytes"] == (128 * MiB if a["result"] == "reached" else a["reached_bytes"]), parked
+    # the target is where the park aimed when it got there; a guest left short keeps at least
+    # what it reached (plus room to live)
+    if a["result"] == "reached":
+        assert parked["target_bytes"] == a["target_bytes"], parked
+    else:
+        assert a["reached_bytes"] - PARK_TOLERANCE <= parked["target_bytes"] <= parked["assigned_bytes"], parked
     # A second park: 409, already parked; a manual target: still 409.
     check_error("parkVm", w.req("POST", "/v1/vms/vm-ok/park", {"size_bytes": 64 * MiB}), 409, "already parked")
     check_error("setVmTarget", w.req("PUT", "/v1/vms/vm-ok/target", {"target_bytes": 512 * MiB}), 409, "parked")
@@ -821,10 +826,10 @@ def _v_unpark(w):
     # (its target follows it), still parked.
     a = _park_answer("parkVm", w.req("POST", "/v1/vms/vm-ok/park", {"size_bytes": 128 * MiB, "timeout": "1ms"}),
                      results=("deadline",))
-    assert a["target_bytes"] == 128 * MiB and a["reached_bytes"] > a["target_bytes"] + PARK_TOLERANCE, a
+    assert a["target_bytes"] >= 128 * MiB and a["reached_bytes"] > a["target_bytes"] + PARK_TOLERANCE, a
     assert a["message"], a
     vm = w.vm("vm-ok")
-    assert vm["parked"] and vm["target_bytes"] == a["reached_bytes"], vm
+    assert vm["parked"] and a["reached_bytes"] <= vm["target_bytes"] <= vm["assigned_bytes"], vm
     a = _park_answer("unparkVm", w.req("POST", "/v1/vms/vm-ok/unpark", {"timeout": "10m"}), results=("sent",))
     assert a["target_bytes"] == vm["park_previous_bytes"] and a["previous_bytes"] == vm["target_bytes"], a
     assert w.vm("vm-ok")["parked"] is False
