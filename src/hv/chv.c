@@ -6,11 +6,11 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "hv/hv-req.h"
 #include "hv/qmp-proto.h"
 #include "shared/macro.h"
 #include "shared/strutil.h"
@@ -37,28 +37,21 @@ typedef struct Chv Chv;
 typedef struct ChvOp ChvOp;
 
 struct ChvOp {
+        HvReq req; /* first: HvReq* and ChvOp* convert; its timer starts the operation */
         Chv *chv;
-        HvOp op;
-        hv_reply_cb cb;
-        void *userdata;
-        HvReply reply;
-        uint64_t arg;
         unsigned step;
-        usec_t timeout, deadline;
-        EvTimer *timer; /* starts the operation from the loop */
-        uint64_t ram;   /* R from vm.info */
+        usec_t deadline;
+        uint64_t ram; /* R from vm.info */
         uint64_t desired_balloon;
         char label[64];
-        ChvOp *next;
 };
 
 struct Chv {
         Hv hv; /* first: Hv* and Chv* convert */
         Http1Client *http;
         char *path;
-        ChvOp *ops;
+        HvReqs reqs;
         unsigned busy;
-        bool dead;
 };
 
 static Chv *chv_of(Hv *hv) {
@@ -72,43 +65,14 @@ static void chv_enter(Chv *chv) {
 }
 
 static void chv_leave(Chv *chv) {
-        if (--chv->busy == 0 && chv->dead)
+        if (--chv->busy == 0 && chv->reqs.dead)
                 chv_free_now(chv);
 }
 
-static void op_unlink(ChvOp *o) {
-        for (ChvOp **p = &o->chv->ops; *p; p = &(*p)->next)
-                if (*p == o) {
-                        *p = o->next;
-                        return;
-                }
-}
-
-static void op_free(ChvOp *o) {
+/* The request in flight goes with the operation. */
+static void op_release(HvReq *r) {
+        ChvOp *o = (ChvOp *) r;
         http1_client_cancel(o->chv->http, o);
-        op_unlink(o);
-        ev_timer_free(o->timer);
-        free(o);
-}
-
-static void op_finish(ChvOp *o) {
-        Chv *chv = o->chv;
-        hv_reply_cb cb = o->cb;
-        void *ud = o->userdata;
-        HvReply reply = o->reply;
-        op_free(o);
-        if (cb && !chv->dead)
-                cb(&chv->hv, &reply, ud);
-}
-
-static void op_fail(ChvOp *o, int error, const char *fmt, ...) _printf_(3, 4);
-static void op_fail(ChvOp *o, int error, const char *fmt, ...) {
-        va_list ap;
-        o->reply.error = error < 0 ? error : -EIO;
-        va_start(ap, fmt);
-        vsnprintf(o->reply.message, sizeof(o->reply.message), fmt, ap);
-        va_end(ap);
-        op_finish(o);
 }
 
 /* --- Cloud Hypervisor's answers --- */
@@ -193,7 +157,7 @@ static void op_step(ChvOp *o);
 
 static void op_on_info(ChvOp *o, json_t *j) {
         Chv *chv = o->chv;
-        const char *op = hv_op_to_string(o->op);
+        const char *op = hv_op_to_string(o->req.op);
         json_t *config = json_object_get(j, "config");
         json_t *balloon = json_object_get(config, "balloon");
         const char *state = json_string_value(json_object_get(j, "state"));
@@ -202,41 +166,43 @@ static void op_on_info(ChvOp *o, json_t *j) {
         if (!json_is_object(config) || !chv_ram(json_object_get(config, "memory"), &o->ram) ||
             !get_u64(j, "memory_actual_size", CHV_SIZE_MAX, &actual) ||
             (balloon && !json_is_null(balloon) && !json_is_object(balloon))) {
-                op_fail(o, -EBADMSG,
-                        "Cloud Hypervisor %s: GET /api/v1/vm.info on %s has no valid memory configuration "
-                        "and memory_actual_size",
-                        op, chv->path);
+                hv_req_fail(&o->req, -EBADMSG,
+                            "Cloud Hypervisor %s: GET /api/v1/vm.info on %s has no valid memory configuration "
+                            "and memory_actual_size",
+                            op, chv->path);
                 return;
         }
         bool has_balloon = json_is_object(balloon);
-        switch (o->op) {
+        switch (o->req.op) {
         case HV_OP_GET_ACTUAL:
-                o->reply.actual = actual;
+                o->req.reply.actual = actual;
                 break;
         case HV_OP_GET_CAPS:
-                o->reply.caps.ram_bytes = o->ram;
-                o->reply.caps.balloon = has_balloon;
-                o->reply.caps.stats = false; /* no statistics virtqueue (§4.8) */
-                o->reply.caps.deflate_on_oom = has_balloon && json_is_true(json_object_get(balloon, "deflate_on_oom"));
-                o->reply.caps.free_page_reporting =
+                o->req.reply.caps.ram_bytes = o->ram;
+                o->req.reply.caps.balloon = has_balloon;
+                o->req.reply.caps.stats = false; /* no statistics virtqueue (§4.8) */
+                o->req.reply.caps.deflate_on_oom =
+                        has_balloon && json_is_true(json_object_get(balloon, "deflate_on_oom"));
+                o->req.reply.caps.free_page_reporting =
                         has_balloon && json_is_true(json_object_get(balloon, "free_page_reporting"));
                 break;
         case HV_OP_SET_TARGET:
                 /* A running VM without a balloon: let Cloud Hypervisor say so in its own words. A VM
                  * not yet booted would silently ignore the resize: refuse here. */
                 if (!has_balloon && !(state && strcmp(state, "Running") == 0)) {
-                        op_fail(o, -ENODEV, "Cloud Hypervisor %s on %s: the VM has no balloon device (state %s)", op,
-                                chv->path, state ?: "unknown");
+                        hv_req_fail(&o->req, -ENODEV,
+                                    "Cloud Hypervisor %s on %s: the VM has no balloon device (state %s)", op, chv->path,
+                                    state ?: "unknown");
                         return;
                 }
-                uint64_t g = o->arg;
+                uint64_t g = o->req.arg;
                 o->desired_balloon = g >= o->ram ? 0 : (o->ram - g) / CHV_PAGE * CHV_PAGE;
                 if (o->desired_balloon >= CHV_BALLOON_MAX) {
                         char b[FORMAT_SIZE_MAX];
-                        op_fail(o, -ERANGE,
-                                "Cloud Hypervisor %s: a balloon of %s is more than Cloud Hypervisor can "
-                                "express (16 TiB)",
-                                op, format_size(b, sizeof(b), o->desired_balloon));
+                        hv_req_fail(&o->req, -ERANGE,
+                                    "Cloud Hypervisor %s: a balloon of %s is more than Cloud Hypervisor can "
+                                    "express (16 TiB)",
+                                    op, format_size(b, sizeof(b), o->desired_balloon));
                         return;
                 }
                 break;
@@ -248,7 +214,7 @@ static void op_on_info(ChvOp *o, json_t *j) {
 }
 
 static void op_on_success(ChvOp *o, ChvStep step, const Http1Response *resp) {
-        const char *op = hv_op_to_string(o->op);
+        const char *op = hv_op_to_string(o->req.op);
         if (step == CHV_STEP_RESIZE) {
                 o->step++;
                 op_step(o);
@@ -257,14 +223,15 @@ static void op_on_success(ChvOp *o, ChvStep step, const Http1Response *resp) {
         json_t *j = chv_json(resp);
         if (!json_is_object(j)) {
                 json_decref(j);
-                op_fail(o, -EBADMSG, "Cloud Hypervisor %s: %s on %s answered %d with a body that is not a JSON object",
-                        op, o->label, o->chv->path, resp->status);
+                hv_req_fail(&o->req, -EBADMSG,
+                            "Cloud Hypervisor %s: %s on %s answered %d with a body that is not a JSON object", op,
+                            o->label, o->chv->path, resp->status);
                 return;
         }
         if (step == CHV_STEP_PING) {
                 const char *v = json_string_value(json_object_get(j, "version"));
                 const char *bv = json_string_value(json_object_get(j, "build_version"));
-                snprintf(o->reply.caps.version, sizeof(o->reply.caps.version), "Cloud Hypervisor %.40s",
+                snprintf(o->req.reply.caps.version, sizeof(o->req.reply.caps.version), "Cloud Hypervisor %.40s",
                          v ?: bv ?: "(unknown version)");
                 json_decref(j);
                 o->step++;
@@ -282,23 +249,23 @@ static void chv_on_http(Http1Client *c, int error, const Http1Response *resp, co
 
         chv_enter(chv);
         chv->hv.peer_pid = http1_client_peer_pid(chv->http); /* for host-side verification (B5.7) */
-        ChvStep step = op_steps[o->op][o->step];
-        const char *op = hv_op_to_string(o->op);
+        ChvStep step = op_steps[o->req.op][o->step];
+        const char *op = hv_op_to_string(o->req.op);
         if (error < 0) {
                 if (error == -ETIMEDOUT) {
                         char d[32];
-                        op_fail(o, error, "Cloud Hypervisor %s on %s: no response to %s within %s", op, chv->path,
-                                o->label, http1_format_timeout(d, sizeof(d), o->timeout));
+                        hv_req_fail(&o->req, error, "Cloud Hypervisor %s on %s: no response to %s within %s", op,
+                                    chv->path, o->label, http1_format_timeout(d, sizeof(d), o->req.timeout));
                 } else
-                        op_fail(o, error, "Cloud Hypervisor %s: %s", op, message);
+                        hv_req_fail(&o->req, error, "Cloud Hypervisor %s: %s", op, message);
         } else if (resp->status >= 200 && resp->status < 300)
                 op_on_success(o, step, resp);
         else {
                 char fault[CHV_FAULT_MAX];
                 chv_fault(resp, fault, sizeof(fault));
                 bool no_device = strstr(fault, "Missing virtio-balloon") || strstr(fault, "MissingVirtioBalloon");
-                op_fail(o, no_device ? -ENODEV : -EREMOTEIO, "Cloud Hypervisor %s: %s answered %d: %s", op, o->label,
-                        resp->status, fault);
+                hv_req_fail(&o->req, no_device ? -ENODEV : -EREMOTEIO, "Cloud Hypervisor %s: %s answered %d: %s", op,
+                            o->label, resp->status, fault);
         }
         chv_leave(chv);
 }
@@ -309,9 +276,9 @@ static void op_step(ChvOp *o) {
         const char *method = "GET", *path = NULL;
         size_t body_len = 0;
 
-        switch (op_steps[o->op][o->step]) {
+        switch (op_steps[o->req.op][o->step]) {
         case CHV_STEP_END:
-                op_finish(o);
+                hv_req_finish(&o->req);
                 return;
         case CHV_STEP_PING:
                 path = "/api/v1/vmm.ping";
@@ -331,15 +298,16 @@ static void op_step(ChvOp *o) {
         usec_t now = now_mono();
         if (now >= o->deadline) {
                 char d[32];
-                op_fail(o, -ETIMEDOUT, "Cloud Hypervisor %s on %s: deadline of %s passed before %s",
-                        hv_op_to_string(o->op), chv->path, http1_format_timeout(d, sizeof(d), o->timeout), o->label);
+                hv_req_fail(&o->req, -ETIMEDOUT, "Cloud Hypervisor %s on %s: deadline of %s passed before %s",
+                            hv_op_to_string(o->req.op), chv->path, http1_format_timeout(d, sizeof(d), o->req.timeout),
+                            o->label);
                 return;
         }
         int r = http1_client_request(chv->http, method, path, body_len ? body : NULL, body_len, o->deadline - now,
                                      chv_on_http, o);
         if (r < 0)
-                op_fail(o, r, "Cloud Hypervisor %s: cannot send %s: %s", hv_op_to_string(o->op), o->label,
-                        strerror(-r));
+                hv_req_fail(&o->req, r, "Cloud Hypervisor %s: cannot send %s: %s", hv_op_to_string(o->req.op), o->label,
+                            strerror(-r));
 }
 
 static void op_on_timer(EvTimer *t, void *userdata) {
@@ -353,20 +321,14 @@ static void op_on_timer(EvTimer *t, void *userdata) {
 
 static int chv_submit(Hv *hv, HvOp op, uint64_t arg, usec_t timeout, hv_reply_cb cb, void *userdata) {
         Chv *chv = chv_of(hv);
-        ChvOp *o = calloc(1, sizeof(ChvOp));
-        if (!o)
-                return -ENOMEM;
-        *o = (ChvOp){ .chv = chv, .op = op, .cb = cb, .userdata = userdata, .arg = arg, .timeout = timeout };
-        o->deadline = usec_add(now_mono(), timeout);
-        o->reply.op = op;
-        hv_stats_init(&o->reply.stats);
-        int r = ev_timer_add(hv->ev, 0, op_on_timer, o, &o->timer);
-        if (r < 0) {
-                free(o);
-                return r;
-        }
-        o->next = chv->ops;
-        chv->ops = o;
+        usec_t deadline = usec_add(now_mono(), timeout);
+        HvReq *r;
+        int k = hv_req_submit(&chv->reqs, sizeof(ChvOp), op, arg, timeout, cb, userdata, op_on_timer, &r);
+        if (k < 0)
+                return k;
+        ChvOp *o = (ChvOp *) r;
+        o->chv = chv;
+        o->deadline = deadline;
         return 0;
 }
 
@@ -395,17 +357,11 @@ static int chv_get_caps(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
 }
 
 static void chv_cancel(Hv *hv, void *userdata) {
-        Chv *chv = chv_of(hv);
-        for (ChvOp *o = chv->ops, *n; o; o = n) {
-                n = o->next;
-                if (o->userdata == userdata)
-                        op_free(o);
-        }
+        hv_reqs_cancel(&chv_of(hv)->reqs, userdata);
 }
 
 static void chv_free_now(Chv *chv) {
-        while (chv->ops)
-                op_free(chv->ops);
+        hv_reqs_clear(&chv->reqs);
         http1_client_free(chv->http);
         free(chv->path);
         free(chv);
@@ -413,7 +369,7 @@ static void chv_free_now(Chv *chv) {
 
 static void chv_free(Hv *hv) {
         Chv *chv = chv_of(hv);
-        chv->dead = true;
+        chv->reqs.dead = true;
         if (chv->busy == 0)
                 chv_free_now(chv);
 }
@@ -437,6 +393,7 @@ int chv_hv_new(Ev *ev, const ChvConfig *cfg, Hv **ret) {
                 return -ENOMEM;
         chv->hv.ops = &chv_ops;
         chv->hv.ev = ev;
+        hv_reqs_init(&chv->reqs, &chv->hv, op_release);
         chv->path = strdup(cfg->socket_path);
         Http1ClientConfig hc = { .socket_path = cfg->socket_path,
                                  .expected_uid = cfg->expected_uid,

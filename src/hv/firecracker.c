@@ -8,11 +8,11 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "hv/hv-req.h"
 #include "hv/qmp-proto.h"
 #include "shared/macro.h"
 #include "shared/strutil.h"
@@ -51,15 +51,11 @@ typedef struct Fc Fc;
 typedef struct FcOp FcOp;
 
 struct FcOp {
+        HvReq req; /* first: HvReq* and FcOp* convert; its timer fires at once to start, then for
+                    * retry delays */
         Fc *fc;
-        HvOp op;
-        hv_reply_cb cb;
-        void *userdata;
-        HvReply reply;
-        uint64_t arg;
         unsigned step;
-        usec_t timeout, deadline;
-        EvTimer *timer; /* fires at once to start, then for retry delays */
+        usec_t deadline;
         usec_t retry_delay;
         unsigned attempts;
         char last_fault[FC_FAULT_MAX]; /* the refusal being retried */
@@ -67,7 +63,6 @@ struct FcOp {
         json_t *balloon;               /* GET /balloon's answer, for the pre-boot PUT */
         uint64_t amount;               /* amount_mib being sent */
         char label[64];                /* the request in flight, "PATCH /balloon" */
-        FcOp *next;
 };
 
 struct Fc {
@@ -82,9 +77,8 @@ struct Fc {
         uint64_t guest_stats[FC_STATS_GUEST_MAX]; /* last values seen, for last_update */
         uint64_t guest_stats_rt;                  /* realtime seconds when they last changed */
 
-        FcOp *ops;
+        HvReqs reqs;
         unsigned busy;
-        bool dead;
         FcCounters counters;
 };
 
@@ -99,7 +93,7 @@ static void fc_enter(Fc *fc) {
 }
 
 static void fc_leave(Fc *fc) {
-        if (--fc->busy == 0 && fc->dead)
+        if (--fc->busy == 0 && fc->reqs.dead)
                 fc_free_now(fc);
 }
 
@@ -109,40 +103,11 @@ static uint64_t fc_connects(const Fc *fc) {
         return k.connects;
 }
 
-static void op_unlink(FcOp *o) {
-        for (FcOp **p = &o->fc->ops; *p; p = &(*p)->next)
-                if (*p == o) {
-                        *p = o->next;
-                        return;
-                }
-}
-
-static void op_free(FcOp *o) {
+/* The request in flight and the saved balloon configuration go with the operation. */
+static void op_release(HvReq *r) {
+        FcOp *o = (FcOp *) r;
         http1_client_cancel(o->fc->http, o);
-        op_unlink(o);
-        ev_timer_free(o->timer);
         json_decref(o->balloon);
-        free(o);
-}
-
-static void op_finish(FcOp *o) {
-        Fc *fc = o->fc;
-        hv_reply_cb cb = o->cb;
-        void *ud = o->userdata;
-        HvReply reply = o->reply;
-        op_free(o);
-        if (cb && !fc->dead)
-                cb(&fc->hv, &reply, ud);
-}
-
-static void op_fail(FcOp *o, int error, const char *fmt, ...) _printf_(3, 4);
-static void op_fail(FcOp *o, int error, const char *fmt, ...) {
-        va_list ap;
-        o->reply.error = error < 0 ? error : -EIO;
-        va_start(ap, fmt);
-        vsnprintf(o->reply.message, sizeof(o->reply.message), fmt, ap);
-        va_end(ap);
-        op_finish(o);
 }
 
 /* --- Firecracker's answers --- */
@@ -199,18 +164,19 @@ static void op_step(FcOp *o);
 /* The deadline passed: with Firecracker's last refusal when retrying, which says why. */
 static void op_fail_deadline(FcOp *o, const char *what) {
         char d[32];
-        http1_format_timeout(d, sizeof(d), o->timeout);
+        http1_format_timeout(d, sizeof(d), o->req.timeout);
         if (o->attempts > 0)
-                op_fail(o, -ETIMEDOUT, "Firecracker %s: %s still refused when the %s deadline passed (%u attempts): %s",
-                        hv_op_to_string(o->op), o->label, d, o->attempts, o->last_fault);
+                hv_req_fail(&o->req, -ETIMEDOUT,
+                            "Firecracker %s: %s still refused when the %s deadline passed (%u attempts): %s",
+                            hv_op_to_string(o->req.op), o->label, d, o->attempts, o->last_fault);
         else
-                op_fail(o, -ETIMEDOUT, "Firecracker %s on %s: %s within %s", hv_op_to_string(o->op), o->fc->path, what,
-                        d);
+                hv_req_fail(&o->req, -ETIMEDOUT, "Firecracker %s on %s: %s within %s", hv_op_to_string(o->req.op),
+                            o->fc->path, what, d);
 }
 
 static void op_retry_later(FcOp *o) {
         o->retry_delay = CLAMP(o->retry_delay * 2, FC_RETRY_MIN, FC_RETRY_MAX);
-        ev_timer_set(o->timer, usec_add(now_mono(), o->retry_delay));
+        ev_timer_set(o->req.timer, usec_add(now_mono(), o->retry_delay));
 }
 
 static void fc_parse_stats(Fc *fc, json_t *j, HvStats *s) {
@@ -245,16 +211,16 @@ static void fc_parse_stats(Fc *fc, json_t *j, HvStats *s) {
 
 static void op_on_success(FcOp *o, FcStep step, const Http1Response *resp) {
         Fc *fc = o->fc;
-        HvReply *rep = &o->reply;
+        HvReply *rep = &o->req.reply;
         json_t *j = NULL;
 
         if (resp->status != 204) {
                 j = fc_json(resp);
                 if (!json_is_object(j)) {
                         json_decref(j);
-                        op_fail(o, -EBADMSG,
-                                "Firecracker %s: %s on %s answered %d with a body that is not a JSON object",
-                                hv_op_to_string(o->op), o->label, fc->path, resp->status);
+                        hv_req_fail(&o->req, -EBADMSG,
+                                    "Firecracker %s: %s on %s answered %d with a body that is not a JSON object",
+                                    hv_op_to_string(o->req.op), o->label, fc->path, resp->status);
                         return;
                 }
         }
@@ -264,8 +230,9 @@ static void op_on_success(FcOp *o, FcStep step, const Http1Response *resp) {
                 /* Pages of the VM must fit u32 (Firecracker's own limit on amount_mib * 256). */
                 if (!get_u64(j, "mem_size_mib", UINT32_MAX / 256, &mib) || mib == 0) {
                         json_decref(j);
-                        op_fail(o, -EBADMSG, "Firecracker %s: GET /machine-config has no valid \"mem_size_mib\"",
-                                hv_op_to_string(o->op));
+                        hv_req_fail(&o->req, -EBADMSG,
+                                    "Firecracker %s: GET /machine-config has no valid \"mem_size_mib\"",
+                                    hv_op_to_string(o->req.op));
                         return;
                 }
                 if (mib != fc->mem_mib)
@@ -280,13 +247,13 @@ static void op_on_success(FcOp *o, FcStep step, const Http1Response *resp) {
                 if (!get_u64(j, "target_pages", UINT32_MAX, &target_pages) ||
                     !get_u64(j, "actual_pages", UINT32_MAX, &actual_pages)) {
                         json_decref(j);
-                        op_fail(o, -EBADMSG,
-                                "Firecracker %s: GET /balloon/statistics has no valid "
-                                "\"target_pages\"/\"actual_pages\"",
-                                hv_op_to_string(o->op));
+                        hv_req_fail(&o->req, -EBADMSG,
+                                    "Firecracker %s: GET /balloon/statistics has no valid "
+                                    "\"target_pages\"/\"actual_pages\"",
+                                    hv_op_to_string(o->req.op));
                         return;
                 }
-                if (o->op == HV_OP_GET_ACTUAL && fc->mem_connect != fc_connects(fc) && !o->refetched) {
+                if (o->req.op == HV_OP_GET_ACTUAL && fc->mem_connect != fc_connects(fc) && !o->refetched) {
                         /* Reconnected since the size was read: it may be another VMM now. */
                         json_decref(j);
                         o->refetched = true;
@@ -298,34 +265,34 @@ static void op_on_success(FcOp *o, FcStep step, const Http1Response *resp) {
                 fc->mem_frozen = true; /* statistics only answer after boot */
                 uint64_t balloon = actual_pages * FC_PAGE;
                 rep->actual = mem_bytes(fc) - MIN(balloon, mem_bytes(fc));
-                if (o->op == HV_OP_GET_STATS)
+                if (o->req.op == HV_OP_GET_STATS)
                         fc_parse_stats(fc, j, &rep->stats);
                 break;
         }
         case FC_STEP_PATCH_BALLOON:
                 fc->mem_frozen = true;
                 json_decref(j);
-                op_finish(o); /* done: the pre-boot steps are not needed */
+                hv_req_finish(&o->req); /* done: the pre-boot steps are not needed */
                 return;
         case FC_STEP_GET_BALLOON: {
                 uint64_t amount, period = 0;
                 if (!get_u64(j, "amount_mib", UINT32_MAX, &amount) ||
                     !json_is_boolean(json_object_get(j, "deflate_on_oom"))) {
                         json_decref(j);
-                        op_fail(o, -EBADMSG,
-                                "Firecracker %s: GET /balloon has no valid \"amount_mib\"/\"deflate_on_oom\"",
-                                hv_op_to_string(o->op));
+                        hv_req_fail(&o->req, -EBADMSG,
+                                    "Firecracker %s: GET /balloon has no valid \"amount_mib\"/\"deflate_on_oom\"",
+                                    hv_op_to_string(o->req.op));
                         return;
                 }
                 (void) get_u64(j, "stats_polling_interval_s", UINT16_MAX, &period);
-                if (o->op == HV_OP_GET_CAPS) {
+                if (o->req.op == HV_OP_GET_CAPS) {
                         rep->caps.balloon = true;
                         rep->caps.stats = period > 0;
                         rep->caps.deflate_on_oom = json_is_true(json_object_get(j, "deflate_on_oom"));
                         rep->caps.free_page_reporting = json_is_true(json_object_get(j, "free_page_reporting"));
-                } else if (o->op == HV_OP_GET_STATS)
+                } else if (o->req.op == HV_OP_GET_STATS)
                         rep->stats.period = (uint32_t) period;
-                else if (o->op == HV_OP_SET_TARGET) {
+                else if (o->req.op == HV_OP_SET_TARGET) {
                         json_decref(o->balloon);
                         o->balloon = TAKE_PTR(j);
                 }
@@ -353,7 +320,7 @@ static void op_on_refusal(FcOp *o, FcStep step, const Http1Response *resp) {
         Fc *fc = o->fc;
         char fault[FC_FAULT_MAX];
         fc_fault(resp, fault, sizeof(fault));
-        const char *op = hv_op_to_string(o->op);
+        const char *op = hv_op_to_string(o->req.op);
 
         if (step == FC_STEP_PATCH_BALLOON && strstr(fault, "not activated yet")) {
                 /* Right after boot, until the guest's virtio-balloon driver is up. */
@@ -374,20 +341,21 @@ static void op_on_refusal(FcOp *o, FcStep step, const Http1Response *resp) {
                 return;
         }
         bool no_device = strstr(fault, "No balloon device") || strstr(fault, "Device not found");
-        if (step == FC_STEP_GET_BALLOON && o->op == HV_OP_GET_CAPS && no_device) {
-                o->reply.caps.balloon = false;
-                op_finish(o);
+        if (step == FC_STEP_GET_BALLOON && o->req.op == HV_OP_GET_CAPS && no_device) {
+                o->req.reply.caps.balloon = false;
+                hv_req_finish(&o->req);
                 return;
         }
         if (step == FC_STEP_STATISTICS && strstr(fault, "stats are disabled")) {
-                op_fail(o, -EOPNOTSUPP,
+                hv_req_fail(
+                        &o->req, -EOPNOTSUPP,
                         "Firecracker %s: the balloon's statistics are disabled on this VM, and Firecracker reports the "
                         "balloon's actual size only with them (set stats_polling_interval_s > 0 before boot): %s",
                         op, fault);
                 return;
         }
-        op_fail(o, no_device ? -ENODEV : -EREMOTEIO, "Firecracker %s: %s answered %d: %s", op, o->label, resp->status,
-                fault);
+        hv_req_fail(&o->req, no_device ? -ENODEV : -EREMOTEIO, "Firecracker %s: %s answered %d: %s", op, o->label,
+                    resp->status, fault);
 }
 
 static void fc_on_http(Http1Client *c, int error, const Http1Response *resp, const char *message, void *userdata) {
@@ -397,14 +365,14 @@ static void fc_on_http(Http1Client *c, int error, const Http1Response *resp, con
 
         fc_enter(fc);
         fc->hv.peer_pid = http1_client_peer_pid(fc->http); /* for host-side verification (B5.7) */
-        FcStep step = op_steps[o->op][o->step];
+        FcStep step = op_steps[o->req.op][o->step];
         if (error < 0) {
                 if (error == -ETIMEDOUT) {
                         char what[96];
                         snprintf(what, sizeof(what), "no response to %s", o->label);
                         op_fail_deadline(o, what);
                 } else
-                        op_fail(o, error, "Firecracker %s: %s", hv_op_to_string(o->op), message);
+                        hv_req_fail(&o->req, error, "Firecracker %s: %s", hv_op_to_string(o->req.op), message);
         } else if (resp->status >= 200 && resp->status < 300)
                 op_on_success(o, step, resp);
         else
@@ -428,12 +396,12 @@ static void op_step(FcOp *o) {
 
         FcStep step;
         for (;;) {
-                step = op_steps[o->op][o->step];
+                step = op_steps[o->req.op][o->step];
                 if (step == FC_STEP_END) {
-                        op_finish(o);
+                        hv_req_finish(&o->req);
                         return;
                 }
-                if (step == FC_STEP_MACHINE_CONFIG && o->op != HV_OP_GET_CAPS && mem_cached(fc)) {
+                if (step == FC_STEP_MACHINE_CONFIG && o->req.op != HV_OP_GET_CAPS && mem_cached(fc)) {
                         o->step++;
                         continue;
                 }
@@ -451,7 +419,7 @@ static void op_step(FcOp *o) {
         case FC_STEP_PUT_BALLOON: {
                 /* Guest bytes → balloon MiB, rounded down: the guest keeps at least the target. */
                 uint64_t mem = mem_bytes(fc);
-                o->amount = o->arg >= mem ? 0 : (mem - o->arg) / MiB;
+                o->amount = o->req.arg >= mem ? 0 : (mem - o->req.arg) / MiB;
                 if (step == FC_STEP_PATCH_BALLOON) {
                         method = "PATCH";
                         path = "/balloon";
@@ -462,7 +430,7 @@ static void op_step(FcOp *o) {
                  * deny_unknown_fields, so send back exactly the fields this version knows). */
                 if (json_object_set_new(o->balloon, "amount_mib", json_integer((json_int_t) o->amount)) < 0 ||
                     !(dump = json_dumps(o->balloon, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
-                        op_fail(o, -ENOMEM, "out of memory");
+                        hv_req_fail(&o->req, -ENOMEM, "out of memory");
                         return;
                 }
                 method = "PUT";
@@ -476,7 +444,8 @@ static void op_step(FcOp *o) {
         case FC_STEP_PATCH_STATS:
                 method = "PATCH";
                 path = "/balloon/statistics";
-                body_len = (size_t) snprintf(body, sizeof(body), "{\"stats_polling_interval_s\":%" PRIu64 "}", o->arg);
+                body_len =
+                        (size_t) snprintf(body, sizeof(body), "{\"stats_polling_interval_s\":%" PRIu64 "}", o->req.arg);
                 break;
         case FC_STEP_INSTANCE_INFO:
                 path = "/";
@@ -498,7 +467,8 @@ static void op_step(FcOp *o) {
         int r = http1_client_request(fc->http, method, path, dump ?: (body_len ? body : NULL), body_len,
                                      o->deadline - now, fc_on_http, o);
         if (r < 0)
-                op_fail(o, r, "Firecracker %s: cannot send %s: %s", hv_op_to_string(o->op), o->label, strerror(-r));
+                hv_req_fail(&o->req, r, "Firecracker %s: cannot send %s: %s", hv_op_to_string(o->req.op), o->label,
+                            strerror(-r));
 }
 
 static void op_on_timer(EvTimer *t, void *userdata) {
@@ -512,21 +482,14 @@ static void op_on_timer(EvTimer *t, void *userdata) {
 
 static int fc_submit(Hv *hv, HvOp op, uint64_t arg, usec_t timeout, hv_reply_cb cb, void *userdata) {
         Fc *fc = fc_of(hv);
-        FcOp *o = calloc(1, sizeof(FcOp));
-        if (!o)
-                return -ENOMEM;
-        *o = (FcOp){ .fc = fc, .op = op, .cb = cb, .userdata = userdata, .arg = arg, .timeout = timeout };
-        o->deadline = usec_add(now_mono(), timeout);
-        o->reply.op = op;
-        hv_stats_init(&o->reply.stats);
-        /* Start from the loop: callbacks never run inside the caller. */
-        int r = ev_timer_add(hv->ev, 0, op_on_timer, o, &o->timer);
-        if (r < 0) {
-                free(o);
-                return r;
-        }
-        o->next = fc->ops;
-        fc->ops = o;
+        usec_t deadline = usec_add(now_mono(), timeout);
+        HvReq *r;
+        int k = hv_req_submit(&fc->reqs, sizeof(FcOp), op, arg, timeout, cb, userdata, op_on_timer, &r);
+        if (k < 0)
+                return k;
+        FcOp *o = (FcOp *) r;
+        o->fc = fc;
+        o->deadline = deadline;
         return 0;
 }
 
@@ -555,17 +518,11 @@ static int fc_get_caps(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
 }
 
 static void fc_cancel(Hv *hv, void *userdata) {
-        Fc *fc = fc_of(hv);
-        for (FcOp *o = fc->ops, *n; o; o = n) {
-                n = o->next;
-                if (o->userdata == userdata)
-                        op_free(o);
-        }
+        hv_reqs_cancel(&fc_of(hv)->reqs, userdata);
 }
 
 static void fc_free_now(Fc *fc) {
-        while (fc->ops)
-                op_free(fc->ops);
+        hv_reqs_clear(&fc->reqs);
         http1_client_free(fc->http);
         free(fc->path);
         free(fc);
@@ -573,7 +530,7 @@ static void fc_free_now(Fc *fc) {
 
 static void fc_free(Hv *hv) {
         Fc *fc = fc_of(hv);
-        fc->dead = true;
+        fc->reqs.dead = true;
         if (fc->busy == 0)
                 fc_free_now(fc);
 }
@@ -597,6 +554,7 @@ int fc_hv_new(Ev *ev, const FcConfig *cfg, Hv **ret) {
                 return -ENOMEM;
         fc->hv.ops = &fc_ops;
         fc->hv.ev = ev;
+        hv_reqs_init(&fc->reqs, &fc->hv, op_release);
         fc->path = strdup(cfg->socket_path);
         Http1ClientConfig hc = { .socket_path = cfg->socket_path,
                                  .expected_uid = cfg->expected_uid,

@@ -6,11 +6,11 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "hv/hv-req.h"
 #include "hv/qmp-proto.h"
 #include "shared/conn.h"
 #include "shared/macro.h"
@@ -60,18 +60,12 @@ typedef struct QmpCmd {
 } QmpCmd;
 
 struct QmpReq {
+        HvReq req; /* first: HvReq* and QmpReq* convert; its timer first fires at once to start the
+                    * request, then at its deadline */
         Qmp *q;
-        HvOp op;
-        hv_reply_cb cb;
-        void *userdata;
-        HvReply reply;
-        uint64_t arg;
         unsigned step;
-        usec_t timeout;
-        EvTimer *timer; /* first fires at once to start the request, then at its deadline */
         bool started;
         QmpCmd *cmd; /* the one command in flight */
-        QmpReq *next;
 };
 
 struct Qmp {
@@ -85,11 +79,10 @@ struct Qmp {
         Conn *conn;
         uint64_t next_id;
         QmpCmd *cmds; /* pending, in send order */
-        QmpReq *reqs;
+        HvReqs reqs;
         char version[64];
 
         unsigned busy;
-        bool dead;
         QmpCounters counters;
 };
 
@@ -104,7 +97,7 @@ static void qmp_enter(Qmp *q) {
 }
 
 static void qmp_leave(Qmp *q) {
-        if (--q->busy == 0 && q->dead)
+        if (--q->busy == 0 && q->reqs.dead)
                 qmp_free_now(q);
 }
 
@@ -123,45 +116,19 @@ static void cmd_unlink(Qmp *q, QmpCmd *c) {
                 }
 }
 
-static void req_unlink(Qmp *q, QmpReq *r) {
-        for (QmpReq **p = &q->reqs; *p; p = &(*p)->next)
-                if (*p == r) {
-                        *p = r->next;
-                        return;
-                }
-}
-
-/* Removes the request and its command (a later reply to it is then stale and dropped). */
-static void req_free(QmpReq *r) {
+/* The request's command goes with it (a later reply to it is then stale and dropped). */
+static void req_release(HvReq *req) {
+        QmpReq *r = (QmpReq *) req;
         if (r->cmd) {
                 cmd_unlink(r->q, r->cmd);
                 cmd_free(r->cmd);
         }
-        req_unlink(r->q, r);
-        ev_timer_free(r->timer);
-        free(r);
 }
 
 static void req_finish(QmpReq *r) {
-        Qmp *q = r->q;
-        hv_reply_cb cb = r->cb;
-        void *ud = r->userdata;
-        HvReply reply = r->reply;
-        if (reply.op == HV_OP_GET_CAPS && reply.error == 0)
-                strscpy(reply.caps.version, sizeof(reply.caps.version), q->version);
-        req_free(r);
-        if (cb && !q->dead)
-                cb(&q->hv, &reply, ud);
-}
-
-static void req_fail(QmpReq *r, int error, const char *fmt, ...) _printf_(3, 4);
-static void req_fail(QmpReq *r, int error, const char *fmt, ...) {
-        va_list ap;
-        r->reply.error = error < 0 ? error : -EIO;
-        va_start(ap, fmt);
-        vsnprintf(r->reply.message, sizeof(r->reply.message), fmt, ap);
-        va_end(ap);
-        req_finish(r);
+        if (r->req.reply.op == HV_OP_GET_CAPS && r->req.reply.error == 0)
+                strscpy(r->req.reply.caps.version, sizeof(r->req.reply.caps.version), r->q->version);
+        hv_req_finish(&r->req);
 }
 
 static void qmp_disconnect(Qmp *q, int error, const char *why) {
@@ -176,8 +143,8 @@ static void qmp_disconnect(Qmp *q, int error, const char *why) {
                 cmd_free(c);
                 if (r) {
                         r->cmd = NULL;
-                        req_fail(r, error ?: -ECONNRESET, "QMP connection to %s lost: %s", q->path, why);
-                        if (q->dead)
+                        hv_req_fail(&r->req, error ?: -ECONNRESET, "QMP connection to %s lost: %s", q->path, why);
+                        if (q->reqs.dead)
                                 return;
                 }
         }
@@ -279,15 +246,15 @@ static void qmp_on_reply(Qmp *q, const QmpMsg *m) {
         r->cmd = NULL;
         cmd_free(c);
 
-        QmpStep step = op_steps[r->op][r->step];
-        HvReply *rep = &r->reply;
+        QmpStep step = op_steps[r->req.op][r->step];
+        HvReply *rep = &r->req.reply;
 
         if (m->type == QMP_MSG_ERROR) {
                 const char *cls = m->error_class;
-                if (step == STEP_QUERY_BALLOON && r->op == HV_OP_GET_CAPS && strcmp(cls, "DeviceNotActive") == 0) {
+                if (step == STEP_QUERY_BALLOON && r->req.op == HV_OP_GET_CAPS && strcmp(cls, "DeviceNotActive") == 0) {
                         rep->caps.balloon = false;
                         r->step++; /* still read the memory size, then stop */
-                        if (op_steps[r->op][r->step] == STEP_MEM_SUMMARY) {
+                        if (op_steps[r->req.op][r->step] == STEP_MEM_SUMMARY) {
                                 qmp_step(r);
                                 return;
                         }
@@ -306,8 +273,8 @@ static void qmp_on_reply(Qmp *q, const QmpMsg *m) {
                         qmp_step(r);
                         return;
                 }
-                req_fail(r, strcmp(cls, "DeviceNotActive") == 0 ? -ENODEV : -EREMOTEIO, "QEMU refused %s: %s: %s",
-                         hv_op_to_string(r->op), cls, m->error_desc);
+                hv_req_fail(&r->req, strcmp(cls, "DeviceNotActive") == 0 ? -ENODEV : -EREMOTEIO,
+                            "QEMU refused %s: %s: %s", hv_op_to_string(r->req.op), cls, m->error_desc);
                 return;
         }
 
@@ -317,7 +284,7 @@ static void qmp_on_reply(Qmp *q, const QmpMsg *m) {
         case STEP_QUERY_BALLOON: {
                 json_t *a = json_object_get(v, "actual");
                 if (!json_is_integer(a) || json_integer_value(a) < 0) {
-                        req_fail(r, -EBADMSG, "query-balloon reply has no valid \"actual\"");
+                        hv_req_fail(&r->req, -EBADMSG, "query-balloon reply has no valid \"actual\"");
                         return;
                 }
                 rep->actual = (uint64_t) json_integer_value(a);
@@ -332,7 +299,7 @@ static void qmp_on_reply(Qmp *q, const QmpMsg *m) {
         case STEP_MEM_SUMMARY: {
                 json_t *b = json_object_get(v, "base-memory");
                 if (!json_is_integer(b) || json_integer_value(b) <= 0) {
-                        req_fail(r, -EBADMSG, "query-memory-size-summary reply has no valid \"base-memory\"");
+                        hv_req_fail(&r->req, -EBADMSG, "query-memory-size-summary reply has no valid \"base-memory\"");
                         return;
                 }
                 rep->caps.ram_bytes = (uint64_t) json_integer_value(b);
@@ -357,14 +324,15 @@ static void qmp_on_reply(Qmp *q, const QmpMsg *m) {
                                 free(q->balloon_path);
                                 q->balloon_path = strdup(path);
                                 if (!q->balloon_path) {
-                                        req_fail(r, -ENOMEM, "out of memory");
+                                        hv_req_fail(&r->req, -ENOMEM, "out of memory");
                                         return;
                                 }
                                 break;
                         }
                 }
                 if (step == STEP_DISCOVER_ANON && !q->balloon_path) {
-                        req_fail(r, -ENODEV, "no virtio-balloon device found under /machine/peripheral{,-anon}");
+                        hv_req_fail(&r->req, -ENODEV,
+                                    "no virtio-balloon device found under /machine/peripheral{,-anon}");
                         return;
                 }
                 break;
@@ -372,7 +340,7 @@ static void qmp_on_reply(Qmp *q, const QmpMsg *m) {
         case STEP_GET_STATS: {
                 int k = qmp_parse_guest_stats(v, &rep->stats, err, sizeof(err));
                 if (k < 0) {
-                        req_fail(r, k, "%s", err);
+                        hv_req_fail(&r->req, k, "%s", err);
                         return;
                 }
                 break;
@@ -410,7 +378,7 @@ static ssize_t qmp_on_data(Conn *c, const char *buf, size_t len, void *userdata)
         size_t off = 0;
         (void) c;
 
-        while (off < len && !q->dead && q->conn) {
+        while (off < len && !q->reqs.dead && q->conn) {
                 size_t line_len, consumed;
                 int r = qmp_next_line(buf + off, len - off, QMP_MAX_MESSAGE, &line_len, &consumed);
                 if (r < 0) {
@@ -510,7 +478,7 @@ static void qmp_step(QmpReq *r) {
         Qmp *q = r->q;
 
         for (;;) {
-                QmpStep step = op_steps[r->op][r->step];
+                QmpStep step = op_steps[r->req.op][r->step];
                 if (step == STEP_END) {
                         req_finish(r);
                         return;
@@ -522,7 +490,7 @@ static void qmp_step(QmpReq *r) {
                 break;
         }
 
-        QmpStep step = op_steps[r->op][r->step];
+        QmpStep step = op_steps[r->req.op][r->step];
         const char *name = NULL;
         json_t *args = NULL;
         switch (step) {
@@ -531,7 +499,7 @@ static void qmp_step(QmpReq *r) {
                 break;
         case STEP_BALLOON_SET:
                 name = "balloon";
-                args = json_pack("{s:I}", "value", (json_int_t) r->arg);
+                args = json_pack("{s:I}", "value", (json_int_t) r->req.arg);
                 break;
         case STEP_MEM_SUMMARY:
                 name = "query-memory-size-summary";
@@ -554,7 +522,7 @@ static void qmp_step(QmpReq *r) {
         case STEP_SET_PERIOD:
                 name = "qom-set";
                 args = json_pack("{s:s,s:s,s:I}", "path", q->balloon_path, "property", "guest-stats-polling-interval",
-                                 "value", (json_int_t) r->arg);
+                                 "value", (json_int_t) r->req.arg);
                 break;
         case STEP_END:
                 return;
@@ -565,13 +533,13 @@ static void qmp_step(QmpReq *r) {
                 int k = qmp_connect(q, err, sizeof(err));
                 if (k < 0) {
                         json_decref(args);
-                        req_fail(r, k, "%s", err);
+                        hv_req_fail(&r->req, k, "%s", err);
                         return;
                 }
         }
         r->cmd = qmp_queue(q, name, args, r);
         if (!r->cmd)
-                req_fail(r, -ENOMEM, "out of memory");
+                hv_req_fail(&r->req, -ENOMEM, "out of memory");
         else if (q->state == QMP_READY && !r->cmd->sent)
                 /* The write buffer is full or the socket broke: fail now, not at the deadline. */
                 qmp_disconnect(q, -EIO, "cannot write to the QMP socket");
@@ -586,47 +554,40 @@ static void qmp_on_req_timeout(EvTimer *t, void *userdata) {
         qmp_enter(q);
         if (!r->started) {
                 r->started = true;
-                ev_timer_set(r->timer, usec_add(ev_now(q->hv.ev), r->timeout));
+                ev_timer_set(r->req.timer, usec_add(ev_now(q->hv.ev), r->req.timeout));
                 qmp_step(r);
                 qmp_leave(q);
                 return;
         }
         q->counters.timeouts++;
-        format_duration(d, sizeof(d), r->timeout);
+        format_duration(d, sizeof(d), r->req.timeout);
         if (q->state == QMP_AWAIT_GREETING || q->state == QMP_NEGOTIATING) {
                 /* Nothing useful will come on this connection; the next operation reconnects. */
                 if (q->state == QMP_AWAIT_GREETING)
-                        req_fail(r, -ETIMEDOUT,
-                                 "no QMP greeting from %s within %s (hung peer, or another client holds the socket: "
-                                 "QEMU serves one QMP client at a time)",
-                                 q->path, d);
+                        hv_req_fail(&r->req, -ETIMEDOUT,
+                                    "no QMP greeting from %s within %s (hung peer, or another client holds the socket: "
+                                    "QEMU serves one QMP client at a time)",
+                                    q->path, d);
                 else
-                        req_fail(r, -ETIMEDOUT, "QMP capabilities negotiation with %s did not complete within %s",
-                                 q->path, d);
-                if (!q->dead && q->state != QMP_READY)
+                        hv_req_fail(&r->req, -ETIMEDOUT,
+                                    "QMP capabilities negotiation with %s did not complete within %s", q->path, d);
+                if (!q->reqs.dead && q->state != QMP_READY)
                         qmp_disconnect(q, -ETIMEDOUT, "greeting timeout");
         } else
-                req_fail(r, -ETIMEDOUT, "QMP %s on %s got no reply within %s", hv_op_to_string(r->op), q->path, d);
+                hv_req_fail(&r->req, -ETIMEDOUT, "QMP %s on %s got no reply within %s", hv_op_to_string(r->req.op),
+                            q->path, d);
         qmp_leave(q);
 }
 
 static int qmp_submit(Hv *hv, HvOp op, uint64_t arg, usec_t timeout, hv_reply_cb cb, void *userdata) {
         Qmp *q = qmp_of(hv);
-        QmpReq *r = calloc(1, sizeof(QmpReq));
-        if (!r)
-                return -ENOMEM;
-        *r = (QmpReq){ .q = q, .op = op, .cb = cb, .userdata = userdata, .arg = arg, .timeout = timeout };
-        r->reply.op = op;
-        hv_stats_init(&r->reply.stats);
+        HvReq *r;
         /* The first step runs from the loop, never inside the caller: callbacks are always
          * asynchronous, so callers need no re-entrancy care. */
-        int k = ev_timer_add(hv->ev, 0, qmp_on_req_timeout, r, &r->timer);
-        if (k < 0) {
-                free(r);
+        int k = hv_req_submit(&q->reqs, sizeof(QmpReq), op, arg, timeout, cb, userdata, qmp_on_req_timeout, &r);
+        if (k < 0)
                 return k;
-        }
-        r->next = q->reqs;
-        q->reqs = r;
+        ((QmpReq *) r)->q = q;
         return 0;
 }
 
@@ -654,17 +615,11 @@ static int qmp_get_caps(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
 }
 
 static void qmp_cancel(Hv *hv, void *userdata) {
-        Qmp *q = qmp_of(hv);
-        for (QmpReq *r = q->reqs, *n; r; r = n) {
-                n = r->next;
-                if (r->userdata == userdata)
-                        req_free(r);
-        }
+        hv_reqs_cancel(&qmp_of(hv)->reqs, userdata);
 }
 
 static void qmp_free_now(Qmp *q) {
-        while (q->reqs)
-                req_free(q->reqs);
+        hv_reqs_clear(&q->reqs);
         while (q->cmds) {
                 QmpCmd *c = q->cmds;
                 q->cmds = c->next;
@@ -678,7 +633,7 @@ static void qmp_free_now(Qmp *q) {
 
 static void qmp_free(Hv *hv) {
         Qmp *q = qmp_of(hv);
-        q->dead = true;
+        q->reqs.dead = true;
         if (q->busy == 0)
                 qmp_free_now(q);
 }
@@ -702,6 +657,7 @@ int qmp_hv_new(Ev *ev, const QmpConfig *cfg, Hv **ret) {
                 return -ENOMEM;
         q->hv.ops = &qmp_ops;
         q->hv.ev = ev;
+        hv_reqs_init(&q->reqs, &q->hv, req_release);
         q->expected_uid = cfg->expected_uid;
         q->path = strdup(cfg->socket_path);
         if (cfg->balloon_qom_path) {

@@ -30,87 +30,28 @@
 #include "hv/hv.h"
 #include "shared/ev.h"
 
+#define PEER_FIXTURE_HV
+#include "peer-fixture.h"
+
 #define MiB    (UINT64_C(1) << 20)
 #define GiB    (UINT64_C(1) << 30)
 #define NOBODY ((uid_t) 65534)
 
-typedef struct Fixture {
-        char dir[64];
-        char path[128];
-        pid_t pids[8];
-        size_t n_pids;
-        Ev *ev;
-} Fixture;
-
 static int setup(void **state) {
-        Fixture *f = calloc(1, sizeof(Fixture));
-        if (!f)
-                return -1;
-        snprintf(f->dir, sizeof(f->dir), "/tmp/ballast-test-chv-XXXXXX");
-        if (!mkdtemp(f->dir) || ev_new(&f->ev) < 0) {
-                free(f);
-                return -1;
-        }
-        snprintf(f->path, sizeof(f->path), "%s/api.sock", f->dir);
-        *state = f;
-        return 0;
-}
-
-static void kill_peer(Fixture *f, pid_t pid) {
-        for (size_t i = 0; i < f->n_pids; i++)
-                if (f->pids[i] == pid) {
-                        int st = 0;
-                        if (waitpid(pid, &st, WNOHANG) == pid && st != 0)
-                                fprintf(stderr, "peer %d had exited: status 0x%x\n", (int) pid, (unsigned) st);
-                        (void) kill(pid, SIGKILL);
-                        (void) waitpid(pid, NULL, 0);
-                        f->pids[i] = f->pids[--f->n_pids];
-                        return;
-                }
-}
-
-static int teardown(void **state) {
-        Fixture *f = *state;
-        while (f->n_pids > 0)
-                kill_peer(f, f->pids[0]);
-        char p[200];
-        snprintf(p, sizeof(p), "%s/api.sock", f->dir);
-        (void) unlink(p);
-        snprintf(p, sizeof(p), "%s/other.sock", f->dir);
-        (void) unlink(p);
-        (void) rmdir(f->dir);
-        ev_free(f->ev);
-        free(f);
-        return 0;
+        return fixture_setup(state, "chv", "api.sock");
 }
 
 /* Forks the fake Cloud Hypervisor on path (after dropping to drop_uid unless -1); returns once it
  * listens. */
 static pid_t spawn_at(Fixture *f, const char *path, const ChvPeerConfig *cfg, uid_t drop_uid) {
-        int ready[2];
-        assert_int_equal(pipe2(ready, O_CLOEXEC), 0);
-        assert_true(f->n_pids < ELEMENTSOF(f->pids));
-        pid_t pid = fork();
-        assert_true(pid >= 0);
+        int ready;
+        pid_t pid = fork_peer(f, drop_uid, "fake Cloud Hypervisor", &ready);
         if (pid == 0) {
-                close(ready[0]);
-                (void) prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
-                if (drop_uid != (uid_t) -1 && (setgroups(0, NULL) < 0 || setresgid(drop_uid, drop_uid, drop_uid) < 0 ||
-                                               setresuid(drop_uid, drop_uid, drop_uid) < 0))
-                        _exit(10);
                 ChvPeerConfig c = *cfg;
                 c.socket_path = path;
-                c.ready_fd = ready[1];
+                c.ready_fd = ready;
                 _exit(chv_peer_serve(&c) < 0 ? 11 : 0);
         }
-        close(ready[1]);
-        f->pids[f->n_pids++] = pid;
-        struct pollfd p = { .fd = ready[0], .events = POLLIN };
-        assert_int_equal(poll(&p, 1, 20000), 1);
-        char c = 0;
-        if (read(ready[0], &c, 1) != 1)
-                fail_msg("fake Cloud Hypervisor did not start listening");
-        close(ready[0]);
         return pid;
 }
 
@@ -127,33 +68,6 @@ static ChvPeerConfig peer_config(uint64_t pace) {
 
 /* --- parent side --- */
 
-typedef struct Got {
-        bool done;
-        HvReply r;
-        usec_t at;
-} Got;
-
-static bool in_call;
-
-static void on_reply(Hv *hv, const HvReply *r, void *userdata) {
-        Got *g = userdata;
-        (void) hv;
-        assert_false(in_call); /* never synchronous */
-        assert_false(g->done); /* exactly once */
-        g->r = *r;
-        g->at = now_mono();
-        g->done = true;
-}
-
-static void run_until(Ev *ev, const bool *done, usec_t timeout) {
-        usec_t deadline = usec_add(now_mono(), timeout);
-        while (!*done) {
-                if (now_mono() >= deadline)
-                        fail_msg("condition not met within %llu ms", (unsigned long long) (timeout / 1000));
-                assert_true(ev_run_once(ev, deadline) >= 0);
-        }
-}
-
 static Hv *new_hv_at(Fixture *f, const char *path, uid_t uid) {
         ChvConfig c = { .socket_path = path, .expected_uid = uid };
         Hv *hv = NULL;
@@ -167,98 +81,8 @@ static Hv *new_hv(Fixture *f) {
         return new_hv_at(f, f->path, UID_ANY);
 }
 
-typedef enum Call {
-        CALL_ACTUAL,
-        CALL_TARGET,
-        CALL_STATS,
-        CALL_PERIOD,
-        CALL_CAPS,
-} Call;
-
-/* Runs one operation to its end. */
-static HvReply call(Fixture *f, Hv *hv, Call what, uint64_t arg, usec_t timeout) {
-        Got g = { 0 };
-        int r = -EINVAL;
-        in_call = true;
-        switch (what) {
-        case CALL_ACTUAL:
-                r = hv_get_actual(hv, timeout, on_reply, &g);
-                break;
-        case CALL_TARGET:
-                r = hv_set_target(hv, arg, timeout, on_reply, &g);
-                break;
-        case CALL_STATS:
-                r = hv_get_stats(hv, timeout, on_reply, &g);
-                break;
-        case CALL_PERIOD:
-                r = hv_set_stats_period(hv, (uint32_t) arg, timeout, on_reply, &g);
-                break;
-        case CALL_CAPS:
-                r = hv_get_caps(hv, timeout, on_reply, &g);
-                break;
-        }
-        in_call = false;
-        assert_int_equal(r, 0);
-        run_until(f->ev, &g.done, timeout + 10 * USEC_PER_SEC);
-        return g.r;
-}
-
-static HvReply ok(Fixture *f, Hv *hv, Call what, uint64_t arg) {
-        HvReply r = call(f, hv, what, arg, 5 * USEC_PER_SEC);
-        if (r.error < 0)
-                fail_msg("%s: %s (%d)", hv_op_to_string(r.op), r.message, r.error);
-        return r;
-}
-
-/* Polls actual until it equals want. */
-static void wait_actual(Fixture *f, Hv *hv, uint64_t want) {
-        usec_t deadline = now_mono() + 20 * USEC_PER_SEC;
-        for (;;) {
-                HvReply r = ok(f, hv, CALL_ACTUAL, 0);
-                if (r.actual == want)
-                        return;
-                if (now_mono() > deadline)
-                        fail_msg("actual stayed at %llu, want %llu", (unsigned long long) r.actual,
-                                 (unsigned long long) want);
-                usec_t t = now_mono() + 20 * USEC_PER_MSEC;
-                while (now_mono() < t)
-                        (void) ev_run_once(f->ev, t);
-        }
-}
-
-/* One raw exchange with the peer: the exact response bytes (NUL-terminated, caller frees). */
-static char *raw(Fixture *f, const char *request) {
-        char err[256];
-        int fd = usock_connect(f->path, err, sizeof(err));
-        assert_true(fd >= 0);
-        assert_int_equal(fcntl(fd, F_SETFL, 0), 0);
-        assert_int_equal(write(fd, request, strlen(request)), (ssize_t) strlen(request));
-        char *buf = calloc(1, 65536);
-        assert_non_null(buf);
-        size_t n = 0;
-        for (;;) {
-                Http1Response resp;
-                if (n > 0 && http1_parse_response(buf, n, 60000, &resp) > 0)
-                        break;
-                struct pollfd p = { .fd = fd, .events = POLLIN };
-                assert_int_equal(poll(&p, 1, 10000), 1);
-                ssize_t k = read(fd, buf + n, 65535 - n);
-                assert_true(k > 0);
-                n += (size_t) k;
-        }
-        close(fd);
-        return buf;
-}
-
 #define CHV_RESPONSE(status) "HTTP/1.1 " #status " \r\nServer: Cloud Hypervisor API\r\nConnection: keep-alive\r\n"
 #define CHV_JSON(len)        "Content-Type: application/json\r\nContent-Length: " #len "\r\n\r\n"
-
-static void assert_raw(Fixture *f, const char *request, const char *want) {
-        char *got = raw(f, request);
-        if (strcmp(got, want) != 0)
-                fail_msg("request:\n%s\ngot:\n%s\nwant:\n%s", request, got, want);
-        free(got);
-}
 
 #define RESIZE_1G                                                                                                      \
         "PUT /api/v1/vm.resize HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: "              \
@@ -336,8 +160,7 @@ static void test_session(void **state) {
         assert_int_equal(hv_get_stats(hv, USEC_PER_SEC, on_reply, &g), -EOPNOTSUPP);
         assert_int_equal(hv_set_stats_period(hv, 2, USEC_PER_SEC, on_reply, &g), -EOPNOTSUPP);
         assert_int_equal(hv_set_target(hv, 0, USEC_PER_SEC, on_reply, &g), -EINVAL);
-        for (int i = 0; i < 3; i++)
-                (void) ev_run_once(f->ev, now_mono() + 10 * USEC_PER_MSEC);
+        run_idle(f->ev, 3, 10 * USEC_PER_MSEC);
         assert_false(g.done);
 
         assert_int_equal(hv->peer_pid, f->pids[0]);
@@ -445,7 +268,7 @@ static void test_not_booted(void **state) {
         hv_free(hv);
 
         /* Without a balloon, a VM not booted would ignore the resize silently: refused here. */
-        teardown(state);
+        fixture_teardown(state);
         assert_int_equal(setup(state), 0);
         f = *state;
         c.no_balloon = true;
@@ -472,29 +295,6 @@ static void test_huge_balloon(void **state) {
 }
 
 /* --- set and wait --- */
-
-typedef struct WaitGot {
-        bool done;
-        HvWaitOutcome o;
-} WaitGot;
-
-static void on_wait(HvWait *w, const HvWaitOutcome *o, void *userdata) {
-        WaitGot *g = userdata;
-        (void) w;
-        assert_false(g->done);
-        g->o = *o;
-        g->done = true;
-}
-
-static HvWaitOutcome set_and_wait(Fixture *f, Hv *hv, uint64_t target, const HvWaitOptions *o) {
-        WaitGot g = { 0 };
-        HvWait *w = NULL;
-        assert_int_equal(hv_wait_start(hv, target, o, on_wait, &g, &w), 0);
-        run_until(f->ev, &g.done, o->timeout + 20 * USEC_PER_SEC);
-        hv_wait_free(w);
-        assert_true(g.o.target == target);
-        return g.o;
-}
 
 static void test_wait(void **state) {
         Fixture *f = *state;
@@ -680,8 +480,7 @@ static void test_cancel_and_free_inside(void **state) {
         assert_int_equal(hv_get_caps(hv, 5 * USEC_PER_SEC, on_reply, &d), 0);
         assert_true(ev_run_once(f->ev, now_mono() + USEC_PER_SEC) >= 0);
         hv_free(hv);
-        for (int i = 0; i < 5; i++)
-                (void) ev_run_once(f->ev, now_mono() + 20 * USEC_PER_MSEC);
+        run_idle(f->ev, 5, 20 * USEC_PER_MSEC);
         assert_false(d.done);
         assert_int_equal(ev_timer_count(f->ev), 0);
 }
@@ -721,26 +520,26 @@ static void test_peer_program(void **state) {
 int main(void) {
         signal(SIGPIPE, SIG_IGN);
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(test_peer_bytes, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_peer_bytes_errors, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_session, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_zones, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_no_balloon, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_legacy_errors, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_not_created, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_not_booted, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_huge_balloon, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_wait, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_wait_deadline, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_hung, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_hung_does_not_block_healthy, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_oversized, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_close_mid_reply_then_reconnect, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_nobody_listening, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_peer_uid, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_cancel_and_free_inside, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_peer_program, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_peer_bytes, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_peer_bytes_errors, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_session, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_zones, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_no_balloon, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_legacy_errors, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_not_created, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_not_booted, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_huge_balloon, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_wait, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_wait_deadline, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_hung, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_hung_does_not_block_healthy, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_garbage, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_oversized, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_close_mid_reply_then_reconnect, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_nobody_listening, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_peer_uid, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_cancel_and_free_inside, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_peer_program, setup, fixture_teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

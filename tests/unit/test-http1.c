@@ -28,6 +28,8 @@
 #include "shared/macro.h"
 #include "shared/unix-sock.h"
 
+#include "peer-fixture.h"
+
 #define FC_HDR  "Server: Firecracker API\r\nConnection: keep-alive\r\n"
 #define CHV_HDR "Server: Cloud Hypervisor API\r\nConnection: keep-alive\r\n"
 #define JSON_CL "Content-Type: application/json\r\nContent-Length: "
@@ -423,47 +425,8 @@ static void test_format_timeout(void **state) {
 
 /* --- scripted servers in child processes --- */
 
-typedef struct Fixture {
-        char dir[64];
-        char path[128];
-        pid_t pids[8];
-        size_t n_pids;
-        Ev *ev;
-} Fixture;
-
 static int setup(void **state) {
-        Fixture *f = calloc(1, sizeof(Fixture));
-        if (!f)
-                return -1;
-        snprintf(f->dir, sizeof(f->dir), "/tmp/ballast-test-http1-XXXXXX");
-        if (!mkdtemp(f->dir) || ev_new(&f->ev) < 0) {
-                free(f);
-                return -1;
-        }
-        snprintf(f->path, sizeof(f->path), "%s/api.sock", f->dir);
-        *state = f;
-        return 0;
-}
-
-static void kill_child(Fixture *f, pid_t pid) {
-        for (size_t i = 0; i < f->n_pids; i++)
-                if (f->pids[i] == pid) {
-                        (void) kill(pid, SIGKILL);
-                        (void) waitpid(pid, NULL, 0);
-                        f->pids[i] = f->pids[--f->n_pids];
-                        return;
-                }
-}
-
-static int teardown(void **state) {
-        Fixture *f = *state;
-        while (f->n_pids > 0)
-                kill_child(f, f->pids[0]);
-        (void) unlink(f->path);
-        (void) rmdir(f->dir);
-        ev_free(f->ev);
-        free(f);
-        return 0;
+        return fixture_setup(state, "http1", "api.sock");
 }
 
 typedef void (*script_fn)(int lfd, const void *arg);
@@ -471,34 +434,18 @@ typedef void (*script_fn)(int lfd, const void *arg);
 /* Forks a child that listens on f->path (after dropping to drop_uid unless -1) and runs script
  * with the listening socket. Returns once it listens. */
 static pid_t spawn_script(Fixture *f, script_fn script, const void *arg, uid_t drop_uid) {
-        int ready[2];
-        assert_int_equal(pipe2(ready, O_CLOEXEC), 0);
-        assert_true(f->n_pids < ELEMENTSOF(f->pids));
-        pid_t pid = fork();
-        assert_true(pid >= 0);
+        int ready;
+        pid_t pid = fork_peer(f, drop_uid, "scripted server", &ready);
         if (pid == 0) {
-                close(ready[0]);
-                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
-                if (drop_uid != (uid_t) -1 && (setgroups(0, NULL) < 0 || setresgid(drop_uid, drop_uid, drop_uid) < 0 ||
-                                               setresuid(drop_uid, drop_uid, drop_uid) < 0))
-                        _exit(10);
                 char err[256];
                 int lfd = usock_listen(f->path, 0666, err, sizeof(err));
                 if (lfd < 0 || fcntl(lfd, F_SETFL, 0) < 0)
                         _exit(12);
-                (void) !write(ready[1], "R", 1);
-                close(ready[1]);
+                (void) !write(ready, "R", 1);
+                close(ready);
                 script(lfd, arg);
                 _exit(0);
         }
-        close(ready[1]);
-        f->pids[f->n_pids++] = pid;
-        struct pollfd p = { .fd = ready[0], .events = POLLIN };
-        assert_int_equal(poll(&p, 1, 20000), 1);
-        char c = 0;
-        if (read(ready[0], &c, 1) != 1)
-                fail_msg("scripted server did not start listening");
-        close(ready[0]);
         return pid;
 }
 
@@ -779,13 +726,11 @@ typedef struct Got {
         usec_t at;
 } Got;
 
-static bool in_request_call;
-
 static void on_response(Http1Client *c, int error, const Http1Response *resp, const char *message, void *userdata) {
         Got *g = userdata;
         (void) c;
-        assert_false(in_request_call); /* never synchronous */
-        assert_false(g->done);         /* exactly once */
+        assert_false(in_call); /* never synchronous */
+        assert_false(g->done); /* exactly once */
         g->done = true;
         g->error = error;
         g->at = now_mono();
@@ -801,19 +746,10 @@ static void on_response(Http1Client *c, int error, const Http1Response *resp, co
         }
 }
 
-static void run_until(Ev *ev, const bool *done, usec_t timeout) {
-        usec_t deadline = usec_add(now_mono(), timeout);
-        while (!*done) {
-                if (now_mono() >= deadline)
-                        fail_msg("condition not met within %llu ms", (unsigned long long) (timeout / 1000));
-                assert_true(ev_run_once(ev, deadline) >= 0);
-        }
-}
-
 static int request(Http1Client *c, const char *method, const char *path, const char *body, usec_t timeout, Got *g) {
-        in_request_call = true;
+        in_call = true;
         int r = http1_client_request(c, method, path, body, body ? strlen(body) : 0, timeout, on_response, g);
-        in_request_call = false;
+        in_call = false;
         return r;
 }
 
@@ -1151,26 +1087,26 @@ int main(void) {
                 cmocka_unit_test(test_parse_limits),
                 cmocka_unit_test(test_format_request),
                 cmocka_unit_test(test_format_timeout),
-                cmocka_unit_test_setup_teardown(test_roundtrip_ok, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_roundtrip_trickle_and_continue, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_roundtrip_errors, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_roundtrip_timeout, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_roundtrip_malformed, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_roundtrip_garbage, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_roundtrip_chunked, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_roundtrip_closed_mid_reply, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_roundtrip_oversized, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_roundtrip_early_answer, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_client_keep_alive_queue, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_client_reconnects, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_client_deadline, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_client_cancel_and_free_inside, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_client_free_inside_callback, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_client_errors, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_client_unsolicited, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_client_reconnects_after_non_json_error, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_client_peer_uid, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_client_closed_mid_reply, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_roundtrip_ok, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_roundtrip_trickle_and_continue, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_roundtrip_errors, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_roundtrip_timeout, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_roundtrip_malformed, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_roundtrip_garbage, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_roundtrip_chunked, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_roundtrip_closed_mid_reply, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_roundtrip_oversized, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_roundtrip_early_answer, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_client_keep_alive_queue, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_client_reconnects, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_client_deadline, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_client_cancel_and_free_inside, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_client_free_inside_callback, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_client_errors, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_client_unsolicited, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_client_reconnects_after_non_json_error, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_client_peer_uid, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_client_closed_mid_reply, setup, fixture_teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

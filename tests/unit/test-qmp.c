@@ -29,62 +29,15 @@
 #include "hv/qmp.h"
 #include "shared/ev.h"
 
+#define PEER_FIXTURE_HV
+#include "peer-fixture.h"
+
 #define MiB    (UINT64_C(1) << 20)
 #define GiB    (UINT64_C(1) << 30)
 #define NOBODY ((uid_t) 65534)
 
-typedef struct Fixture {
-        char dir[64];
-        char path[128];
-        pid_t pids[8];
-        size_t n_pids;
-        Ev *ev;
-} Fixture;
-
 static int setup(void **state) {
-        Fixture *f = calloc(1, sizeof(Fixture));
-        if (!f)
-                return -1;
-        snprintf(f->dir, sizeof(f->dir), "/tmp/ballast-test-qmp-XXXXXX");
-        if (!mkdtemp(f->dir) || ev_new(&f->ev) < 0) {
-                free(f);
-                return -1;
-        }
-        snprintf(f->path, sizeof(f->path), "%s/qmp.sock", f->dir);
-        *state = f;
-        return 0;
-}
-
-static void kill_peer(Fixture *f, pid_t pid) {
-        for (size_t i = 0; i < f->n_pids; i++)
-                if (f->pids[i] == pid) {
-                        int st = 0;
-                        /* A scripted peer exits non-zero when the client said something unexpected. */
-                        if (waitpid(pid, &st, WNOHANG) == pid && st != 0)
-                                fprintf(stderr, "peer %d had exited: status 0x%x\n", (int) pid, (unsigned) st);
-                        (void) kill(pid, SIGKILL);
-                        (void) waitpid(pid, NULL, 0);
-                        f->pids[i] = f->pids[--f->n_pids];
-                        return;
-                }
-}
-
-static int teardown(void **state) {
-        Fixture *f = *state;
-        while (f->n_pids > 0)
-                kill_peer(f, f->pids[0]);
-        DIR *d = opendir(f->dir);
-        if (d) {
-                struct dirent *de;
-                while ((de = readdir(d)))
-                        if (de->d_name[0] != '.')
-                                (void) unlinkat(dirfd(d), de->d_name, 0);
-                closedir(d);
-        }
-        (void) rmdir(f->dir);
-        ev_free(f->ev);
-        free(f);
-        return 0;
+        return fixture_setup(state, "qmp", "qmp.sock");
 }
 
 /* --- peers in child processes --- */
@@ -94,31 +47,21 @@ typedef void (*script_fn)(int fd);
 /* Forks a child that (optionally drops to drop_uid, then) listens on path and either runs the fake
  * QEMU with cfg or accepts one client and runs script on it. Returns once the socket listens. */
 static pid_t spawn(Fixture *f, const char *path, const PeerConfig *cfg, script_fn script, uid_t drop_uid) {
-        int ready[2];
-        assert_int_equal(pipe2(ready, O_CLOEXEC), 0);
-        assert_true(f->n_pids < ELEMENTSOF(f->pids));
-        pid_t pid = fork();
-        assert_true(pid >= 0);
+        int ready;
+        pid_t pid = fork_peer(f, drop_uid, "peer child", &ready);
         if (pid == 0) {
-                close(ready[0]);
-                (void) prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
-                if (drop_uid != (uid_t) -1) {
-                        if (setgroups(0, NULL) < 0 || setresgid(drop_uid, drop_uid, drop_uid) < 0 ||
-                            setresuid(drop_uid, drop_uid, drop_uid) < 0)
-                                _exit(10);
-                }
                 if (cfg) {
                         PeerConfig c = *cfg;
                         c.socket_path = path;
-                        c.ready_fd = ready[1];
+                        c.ready_fd = ready;
                         _exit(peer_serve(&c) < 0 ? 11 : 0);
                 }
                 char err[256];
                 int lfd = usock_listen(path, 0600, err, sizeof(err));
                 if (lfd < 0 || fcntl(lfd, F_SETFL, 0) < 0) /* blocking accept */
                         _exit(12);
-                (void) !write(ready[1], "R", 1);
-                close(ready[1]);
+                (void) !write(ready, "R", 1);
+                close(ready);
                 int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
                 if (fd < 0)
                         _exit(13);
@@ -129,14 +72,6 @@ static pid_t spawn(Fixture *f, const char *path, const PeerConfig *cfg, script_f
                         ;
                 _exit(0);
         }
-        close(ready[1]);
-        f->pids[f->n_pids++] = pid;
-        struct pollfd p = { .fd = ready[0], .events = POLLIN };
-        assert_int_equal(poll(&p, 1, 20000), 1);
-        char c = 0;
-        if (read(ready[0], &c, 1) != 1)
-                fail_msg("peer child did not start listening");
-        close(ready[0]);
         return pid;
 }
 
@@ -210,30 +145,6 @@ static void sc_handshake(int fd) {
         "\"data\": {\"actual\": " #actual "}}\r\n"
 
 /* --- parent side --- */
-
-typedef struct Got {
-        bool done;
-        HvReply r;
-        usec_t at;
-} Got;
-
-static void on_reply(Hv *hv, const HvReply *r, void *userdata) {
-        Got *g = userdata;
-        (void) hv;
-        assert_false(g->done); /* exactly once */
-        g->r = *r;
-        g->at = now_mono();
-        g->done = true;
-}
-
-static void run_until(Ev *ev, const bool *done, usec_t timeout) {
-        usec_t deadline = usec_add(now_mono(), timeout);
-        while (!*done) {
-                if (now_mono() >= deadline)
-                        fail_msg("condition not met within %llu ms", (unsigned long long) (timeout / 1000));
-                assert_true(ev_run_once(ev, deadline) >= 0);
-        }
-}
 
 static Hv *new_hv(Fixture *f, const char *path, uid_t uid) {
         QmpConfig c = { .socket_path = path, .expected_uid = uid };
@@ -549,18 +460,6 @@ static void test_garbage_peer(void **state) {
         hv_free(hv);
 }
 
-static uint64_t rss_kib(void) {
-        FILE *fp = fopen("/proc/self/status", "re");
-        assert_non_null(fp);
-        char line[256];
-        uint64_t v = 0;
-        while (fgets(line, sizeof(line), fp))
-                if (sscanf(line, "VmRSS: %" SCNu64, &v) == 1)
-                        break;
-        fclose(fp);
-        return v;
-}
-
 static void test_flood_peer(void **state) {
         Fixture *f = *state;
         spawn_peer(f, PEER_FLOOD, 256, 0, -1);
@@ -665,31 +564,6 @@ static void test_hung_does_not_block_healthy(void **state) {
 
 /* --- set and wait against the simulated guest --- */
 
-typedef struct WaitGot {
-        bool done;
-        HvWaitOutcome o;
-        usec_t at;
-} WaitGot;
-
-static void on_wait(HvWait *w, const HvWaitOutcome *o, void *userdata) {
-        WaitGot *g = userdata;
-        (void) w;
-        assert_false(g->done);
-        g->o = *o;
-        g->at = now_mono();
-        g->done = true;
-}
-
-static HvWaitOutcome set_and_wait(Fixture *f, Hv *hv, uint64_t target, const HvWaitOptions *o) {
-        WaitGot g = { 0 };
-        HvWait *w = NULL;
-        assert_int_equal(hv_wait_start(hv, target, o, on_wait, &g, &w), 0);
-        run_until(f->ev, &g.done, o->timeout + 20 * USEC_PER_SEC);
-        hv_wait_free(w);
-        assert_true(g.o.target == target);
-        return g.o;
-}
-
 static void test_wait_reached(void **state) {
         Fixture *f = *state;
         int reached[2];
@@ -786,24 +660,24 @@ static void test_wait_error(void **state) {
 int main(void) {
         signal(SIGPIPE, SIG_IGN);
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(test_normal_session, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_no_balloon_device, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_events_interleaved, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_stale_replies, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_idless_error_answers_oldest, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_no_greeting_first, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_hung_peer, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_greet_only_peer, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_garbage_peer, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_flood_peer, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_close_mid_reply_then_reconnect, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_nobody_listening, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_peer_uid, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_hung_does_not_block_healthy, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_wait_reached, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_wait_stalled, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_wait_deadline, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_wait_error, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_normal_session, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_no_balloon_device, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_events_interleaved, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_stale_replies, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_idless_error_answers_oldest, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_no_greeting_first, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_hung_peer, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_greet_only_peer, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_garbage_peer, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_flood_peer, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_close_mid_reply_then_reconnect, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_nobody_listening, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_peer_uid, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_hung_does_not_block_healthy, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_wait_reached, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_wait_stalled, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_wait_deadline, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_wait_error, setup, fixture_teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
