@@ -37,8 +37,9 @@ struct CtlVm {
         uint64_t sent_target; /* the target of the last set_target sent */
         bool sent_once;
         uint64_t resume_target;
-        bool op_busy;  /* one driver call in flight */
-        bool removing; /* forgotten by the registry; freed once its last call returns */
+        bool op_busy;         /* one driver call in flight */
+        bool removing;        /* forgotten by the registry; freed once its last call returns */
+        CtlVm *next_removing; /* in Controller.removing while so */
         int8_t last_dir;
         usec_t last_move;
         PlanDecision last;
@@ -106,7 +107,8 @@ struct Controller {
         ctl_driver_factory factory;
         CtlHooks hooks;
 
-        CtlVm **vms; /* sorted by id */
+        CtlVm **vms;     /* sorted by id */
+        CtlVm *removing; /* unregistered VMs whose last call (the give-back) is still out */
         size_t n_vms, cap_vms;
         PlanScratch *scratch;
         PlanVm *pvms;
@@ -986,6 +988,12 @@ oom:
 static void vm_free(CtlVm *vm) {
         if (!vm)
                 return;
+        if (vm->removing)
+                for (CtlVm **p = &vm->c->removing; *p; p = &(*p)->next_removing)
+                        if (*p == vm) {
+                                *p = vm->next_removing;
+                                break;
+                        }
         vm_batch_done(vm, -ECANCELED);
         hv_wait_free(vm->park_wait);
         hv_wait_free(vm->park_done);
@@ -1011,6 +1019,8 @@ Controller *ctl_free(Controller *c) {
                 return NULL;
         for (size_t i = 0; i < c->n_vms; i++)
                 vm_free(c->vms[i]);
+        while (c->removing)
+                vm_free(c->removing); /* unlinks itself */
         free(c->vms);
         ev_timer_free(c->tick_timer);
         for (size_t i = 0; i < CTL_PRESSURE_FDS; i++) {
@@ -1110,6 +1120,8 @@ int ctl_vm_remove(Controller *c, const char *id) {
         c->n_vms--;
         vm_batch_done(vm, -ECANCELED);
         vm->removing = true;
+        vm->next_removing = c->removing;
+        c->removing = vm;
         vm->retry_at = 0;
         if (vm->op_busy)
                 return 0; /* vm_after_call() gives it back and frees it */

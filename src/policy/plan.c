@@ -336,7 +336,8 @@ typedef struct Shape {
         const PlanConfig *c;
         usec_t now;
         bool critical;
-        bool pressure; /* state is not healthy: the host is short now */
+        bool pressure;    /* state is not healthy: the host is short now */
+        bool hold_active; /* a manual hold asks for reclaim now */
         bool hold_dominates;
         bool want_more; /* the split still wants reclaim from this tier */
 } Shape;
@@ -365,9 +366,10 @@ static void plan_shape(const Shape *sh, const PlanVm *v, PlanDecision *d) {
         }
 
         /* The dead band prevents churn around a target; it must not stop reclaim the host needs
-         * now, or a need split into pieces smaller than the band would never be met. */
+         * now (pressure, or a manual hold), or a need split into pieces smaller than the band
+         * would never be met. */
         bool exact_end = want == f || want == a;
-        bool needed_now = dir < 0 && sh->pressure;
+        bool needed_now = dir < 0 && (sh->pressure || sh->hold_active);
         if (err < c->dead_band && !exact_end && !needed_now) {
                 d->reason = PLAN_REASON_DEAD_BAND;
                 return;
@@ -561,6 +563,7 @@ int plan_compute(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vm
                 .now = now,
                 .critical = critical,
                 .pressure = state != PLAN_STATE_HEALTHY,
+                .hold_active = hold > 0,
                 .hold_dominates = hold > automatic,
                 .want_more = want > 0,
         };

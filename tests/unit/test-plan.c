@@ -1062,6 +1062,17 @@ static void test_dead_band(void **state) {
         }
         assert_int_equal(sum, 60 * MiB);
 
+        /* A hold on a healthy host: its last pieces are made too, below the band. */
+        fx(3, 8 * GiB);
+        for (size_t i = 0; i < 3; i++)
+                V[i].target = V[i].actual = 8 * GiB - 700 * MiB;
+        I.hold = (PlanHold){ .bytes = 2100 * MiB + 60 * MiB, .until = NOW + 60 * SEC };
+        run();
+        uint64_t held = 0;
+        for (size_t i = 0; i < 3; i++)
+                held += 8 * GiB - D[i].target;
+        assert_int_equal(held, 2160 * MiB);
+
         fx(1, 8 * GiB);
         pressure_gap(32 * MiB);
         run();
