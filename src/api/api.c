@@ -113,14 +113,6 @@ static int get_string(json_t *j, const char *name, size_t max, const char **ret,
         return 1;
 }
 
-static size_t utf8_chars(const char *s) {
-        size_t n = 0;
-        for (; *s; s++)
-                if (((unsigned char) *s & 0xC0) != 0x80)
-                        n++;
-        return n;
-}
-
 int api_parse_vm_create(const char *body, size_t len, CtlVmSpec *ret, char *err, size_t errlen) {
         json_t *j = NULL;
         int r = body_load(body, len, &j, err, errlen);
@@ -262,7 +254,7 @@ int api_parse_reclaim(const char *body, size_t len, ApiReclaim *ret, char *err, 
                         a.dry_run = json_is_true(dr);
         }
         if (r >= 0 && (r = get_string(j, "reason", 4 * API_REASON_MAX, &reason, err, errlen)) > 0) {
-                if (utf8_chars(reason) > API_REASON_MAX) {
+                if (utf8_count(reason, strlen(reason)) > API_REASON_MAX) {
                         snprintf(err, errlen, "field \"reason\" is longer than %d characters", API_REASON_MAX);
                         r = -EINVAL;
                 } else

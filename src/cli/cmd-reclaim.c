@@ -27,14 +27,6 @@ static const char reclaim_usage[] =
         "  --reason TEXT          why, for the journal (at most 256 characters)\n"
         "  --clear                end the current hold (reclaim 0 with hold 0s)\n" CTL_API_USAGE_OPTIONS;
 
-/* Characters, not bytes: UTF-8 continuation bytes do not count. */
-static size_t utf8_length(const char *s) {
-        size_t n = 0;
-        for (; *s; s++)
-                n += ((unsigned char) *s & 0xC0) != 0x80;
-        return n;
-}
-
 static int reclaim_show(json_t *a) {
         char b[FORMAT_SIZE_MAX];
         bool dry = json_is_true(json_object_get(a, "dry_run"));
@@ -112,8 +104,10 @@ int cmd_reclaim(int argc, char **argv) {
                         dry = true;
                         break;
                 case OPT_REASON:
-                        if (utf8_length(optarg) > RECLAIM_REASON_MAX)
-                                return cli_usage_error("--reason is at most %d characters", RECLAIM_REASON_MAX);
+                        if (utf8_count(optarg, strlen(optarg)) < 0 ||
+                            utf8_count(optarg, strlen(optarg)) > RECLAIM_REASON_MAX)
+                                return cli_usage_error("--reason is at most %d characters of UTF-8",
+                                                       RECLAIM_REASON_MAX);
                         reason = optarg;
                         break;
                 case OPT_CLEAR:

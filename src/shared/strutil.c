@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "shared/strutil.h"
+
+#include <sys/types.h>
 #include "shared/macro.h"
 
 #include <ctype.h>
@@ -216,4 +218,38 @@ size_t strscpy(char *dst, size_t len, const char *src) {
                 dst[c] = '\0';
         }
         return n;
+}
+
+ssize_t utf8_count(const char *s, size_t n) {
+        const unsigned char *p = (const unsigned char *) s;
+        ssize_t count = 0;
+        for (size_t i = 0; i < n; count++) {
+                unsigned c = p[i];
+                size_t len;
+                uint32_t cp, min;
+                if (c == 0)
+                        return -1;
+                if (c < 0x80) {
+                        i++;
+                        continue;
+                } else if ((c & 0xe0) == 0xc0) {
+                        len = 2, cp = c & 0x1f, min = 0x80;
+                } else if ((c & 0xf0) == 0xe0) {
+                        len = 3, cp = c & 0x0f, min = 0x800;
+                } else if ((c & 0xf8) == 0xf0) {
+                        len = 4, cp = c & 0x07, min = 0x10000;
+                } else
+                        return -1;
+                if (n - i < len)
+                        return -1;
+                for (size_t k = 1; k < len; k++) {
+                        if ((p[i + k] & 0xc0) != 0x80)
+                                return -1;
+                        cp = (cp << 6) | (p[i + k] & 0x3f);
+                }
+                if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+                        return -1;
+                i += len;
+        }
+        return count;
 }

@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "shared/time-util.h"
 
@@ -34,3 +35,7 @@ bool name_is_valid(const char *s);
 
 /* Bounded strlcpy-like copy; always NUL-terminates when len > 0. Returns strlen(src). */
 size_t strscpy(char *dst, size_t len, const char *src);
+
+/* Strict UTF-8 (no overlongs, surrogates, code points above U+10FFFF or NUL) in the n bytes at s:
+ * what jansson accepts. Returns the number of code points, or -1 when s is not valid UTF-8. */
+ssize_t utf8_count(const char *s, size_t n);

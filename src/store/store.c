@@ -17,6 +17,7 @@
 #include <sqlite3.h>
 
 #include "shared/macro.h"
+#include "shared/strutil.h"
 
 /* A second writer (only ever a tool: ballastd holds the directory lock) waits this long at most. */
 #define STORE_BUSY_TIMEOUT_MS 2000
@@ -192,43 +193,21 @@ static int sql_fail(Store *s, int rc, const char *what, char *err, size_t errlen
         return r < 0 ? r : -EIO;
 }
 
-/* ---- validation ---- */
-
-/* Strict UTF-8 (no overlongs, surrogates or code points above U+10FFFF, no NUL): what jansson
- * will accept when the API serves the string. Returns the number of code points, or -1. */
-static ssize_t utf8_count(const char *s, size_t n) {
-        const unsigned char *p = (const unsigned char *) s;
-        ssize_t count = 0;
-        for (size_t i = 0; i < n; count++) {
-                unsigned c = p[i];
-                size_t len;
-                uint32_t cp, min;
-                if (c == 0)
-                        return -1;
-                if (c < 0x80) {
-                        i++;
-                        continue;
-                } else if ((c & 0xe0) == 0xc0) {
-                        len = 2, cp = c & 0x1f, min = 0x80;
-                } else if ((c & 0xf0) == 0xe0) {
-                        len = 3, cp = c & 0x0f, min = 0x800;
-                } else if ((c & 0xf8) == 0xf0) {
-                        len = 4, cp = c & 0x07, min = 0x10000;
-                } else
-                        return -1;
-                if (n - i < len)
-                        return -1;
-                for (size_t k = 1; k < len; k++) {
-                        if ((p[i + k] & 0xc0) != 0x80)
-                                return -1;
-                        cp = (cp << 6) | (p[i + k] & 0x3f);
-                }
-                if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-                        return -1;
-                i += len;
-        }
-        return count;
+/* Room for at least `want` elements of `size` bytes in *a (capacity *cap, doubling from 16).
+ * Returns 0 or -ENOMEM (then *a is untouched). */
+static int array_reserve(void **a, size_t *cap, size_t want, size_t size) {
+        if (want <= *cap)
+                return 0;
+        size_t ncap = MAX(want, *cap ? *cap * 2 : 16);
+        void *p = reallocarray(*a, ncap, size);
+        if (!p)
+                return -ENOMEM;
+        *a = p;
+        *cap = ncap;
+        return 0;
 }
+
+/* ---- validation ---- */
 
 static bool text_is_valid(const char *s, size_t max_bytes) {
         size_t n = strnlen(s, max_bytes + 1);
@@ -1083,16 +1062,9 @@ int store_vm_load_all(Store *s, StoreVm **ret, size_t *ret_n, char *err, size_t 
                         r = sql_fail(s, rc, "read VMs", err, errlen);
                         goto fail;
                 }
-                if (n == cap) {
-                        size_t ncap = cap ? cap * 2 : 16;
-                        StoreVm *a = reallocarray(vms, ncap, sizeof(StoreVm));
-                        if (!a) {
-                                r = -ENOMEM;
-                                goto fail;
-                        }
-                        vms = a;
-                        cap = ncap;
-                }
+                r = array_reserve((void **) &vms, &cap, n + 1, sizeof(StoreVm));
+                if (r < 0)
+                        goto fail;
                 r = vm_from_row(s, st, &vms[n], err, errlen);
                 if (r < 0)
                         goto fail;
@@ -1286,16 +1258,9 @@ int store_journal_list(Store *s, size_t limit, StoreJournalEntry **ret, size_t *
                         r = sql_fail(s, rc, "read journal", err, errlen);
                         goto fail;
                 }
-                if (n == cap) {
-                        size_t ncap = cap ? cap * 2 : 16;
-                        StoreJournalEntry *a = reallocarray(es, ncap, sizeof(StoreJournalEntry));
-                        if (!a) {
-                                r = -ENOMEM;
-                                goto fail;
-                        }
-                        es = a;
-                        cap = ncap;
-                }
+                r = array_reserve((void **) &es, &cap, n + 1, sizeof(StoreJournalEntry));
+                if (r < 0)
+                        goto fail;
                 r = journal_from_row(s, st, &es[n], err, errlen);
                 if (r < 0)
                         goto fail;

@@ -224,12 +224,26 @@ static void test_strscpy(void **state) {
         assert_string_equal(b, "ab");
 }
 
+static void test_utf8_count(void **state) {
+        (void) state;
+        assert_int_equal(utf8_count("", 0), 0);
+        assert_int_equal(utf8_count("abc", 3), 3);
+        assert_int_equal(utf8_count("\xc3\xa9t\xc3\xa9", 5), 3); /* été */
+        assert_int_equal(utf8_count("\xf0\x9f\x98\x80", 4), 1);  /* U+1F600 */
+        assert_int_equal(utf8_count("\xc3", 1), -1);             /* truncated */
+        assert_int_equal(utf8_count("\xc0\xaf", 2), -1);         /* overlong */
+        assert_int_equal(utf8_count("\xed\xa0\x80", 3), -1);     /* surrogate */
+        assert_int_equal(utf8_count("\xf4\x90\x80\x80", 4), -1); /* above U+10FFFF */
+        assert_int_equal(utf8_count("a\0b", 3), -1);             /* NUL */
+        assert_int_equal(utf8_count("\x80", 1), -1);             /* lone continuation */
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_parse_size),    cmocka_unit_test(test_parse_duration),
                 cmocka_unit_test(test_parse_boolean), cmocka_unit_test(test_parse_u64),
                 cmocka_unit_test(test_name_is_valid), cmocka_unit_test(test_format_size),
-                cmocka_unit_test(test_strscpy),
+                cmocka_unit_test(test_strscpy),       cmocka_unit_test(test_utf8_count),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
