@@ -1386,10 +1386,13 @@ static void case_cancel(Ctx *c) {
         /* A request in flight, then cancelled: its late answer is dropped, the next one is fine. */
         CHECK(c, submit_cb(hv, CALL_ACTUAL, 0, 10 * SEC, on_count, &cancelled) == 0, "get_actual refused");
         (void) ev_run_once(c->ev, now_mono() + 2 * MS);
+        /* A fast hypervisor may have answered inside those 2 ms: only a callback after the cancel
+         * is a failure. */
+        unsigned before = cancelled;
         hv_cancel(hv, &cancelled);
         uint64_t a = ok(c, hv, CALL_ACTUAL, 0).actual;
         run_for(c, 300 * MS);
-        CHECK(c, cancelled == 0, "a cancelled request in flight still called back");
+        CHECK(c, cancelled == before, "a cancelled request in flight still called back");
         CHECK(c, a == c->ram, "after a cancel: actual %" PRIu64, a);
         note(c, "cancelled requests never called back; the others answered");
 }
