@@ -181,49 +181,74 @@ int vm_find_image(const char *image_dir, char *kernel, char *initrd, size_t len,
         return -ENOENT;
 }
 
-/* Whether QEMU can really run a KVM vCPU here. An openable /dev/kvm is not enough: under some
- * nested hypervisors QEMU aborts while setting up the vCPU ("failed to set MSR"). So QEMU itself is
- * asked, once per process: start paused with KVM, negotiate QMP, quit; exit 0 means usable.
- * BALLAST_ACCEL=kvm|tcg overrides the probe. */
-static bool kvm_probe(const char *qemu) {
-        int in[2];
-        if (pipe2(in, O_CLOEXEC) < 0)
+/* Whether QEMU can really run a KVM guest here. An openable /dev/kvm is not enough: under some
+ * nested hypervisors QEMU aborts while setting up the vCPU ("failed to set MSR"), and under others
+ * the vCPU runs real-mode firmware but hangs when the kernel enters protected mode. So the guest
+ * kernel itself is booted with KVM, without an initramfs, printing to a pipe: KVM is usable if the
+ * kernel proper starts ("Linux version", well under a second where KVM works) within 5 s. */
+#define KVM_PROBE_TIMEOUT (5 * USEC_PER_SEC)
+
+static bool kvm_probe(const char *qemu, const char *kernel) {
+        int out[2];
+        if (pipe2(out, O_CLOEXEC) < 0)
                 return false;
         pid_t pid = fork();
         if (pid < 0) {
-                close(in[0]);
-                close(in[1]);
+                close(out[0]);
+                close(out[1]);
                 return false;
         }
         if (pid == 0) {
                 (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
                 int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-                if (dup2(in[0], 0) < 0 || null < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
+                if (null < 0 || dup2(null, 0) < 0 || dup2(out[1], 1) < 0 || dup2(null, 2) < 0)
                         _exit(127);
-                execlp(qemu, qemu, "-M", "q35", "-accel", "kvm", "-cpu", "host", "-m", "64", "-nodefaults", "-display",
-                       "none", "-S", "-qmp", "stdio", (char *) NULL);
+                execlp(qemu, qemu, "-M", "q35", "-accel", "kvm", "-cpu", "host", "-m", "128", "-nodefaults",
+                       "-display", "none", "-no-reboot", "-kernel", kernel, "-append",
+                       "console=ttyS0 earlyprintk=ttyS0 panic=-1 quiet", "-serial", "stdio", (char *) NULL);
                 _exit(127);
         }
-        close(in[0]);
-        static const char cmds[] = "{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n";
-        (void) !write(in[1], cmds, sizeof cmds - 1);
-        close(in[1]);
-        /* A healthy QEMU quits in well under a second; give it 10 s on a loaded machine. */
-        int status = -1;
-        for (int i = 0; i < 1000; i++) {
-                pid_t w = waitpid(pid, &status, WNOHANG);
-                if (w == pid)
-                        return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-                if (w < 0)
-                        return false;
-                usleep(10000);
+        close(out[1]);
+        static const char mark[] = "Linux version";
+        char buf[8192];
+        size_t len = 0;
+        bool ok = false;
+        usec_t deadline = now_mono() + KVM_PROBE_TIMEOUT;
+        for (;;) {
+                usec_t now = now_mono();
+                if (now >= deadline)
+                        break;
+                struct pollfd p = { .fd = out[0], .events = POLLIN };
+                int k = poll(&p, 1, (int) ((deadline - now) / USEC_PER_MSEC) + 1);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k <= 0)
+                        break;
+                if (len == sizeof buf - 1) { /* keep the tail, where a split mark would be */
+                        memmove(buf, buf + len - (sizeof mark - 1), sizeof mark - 1);
+                        len = sizeof mark - 1;
+                }
+                ssize_t n = read(out[0], buf + len, sizeof buf - 1 - len);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        break; /* QEMU exited (or failed to start) before the kernel spoke */
+                len += (size_t) n;
+                buf[len] = 0;
+                if (memmem(buf, len, mark, sizeof mark - 1)) {
+                        ok = true;
+                        break;
+                }
         }
+        close(out[0]);
         (void) kill(pid, SIGKILL);
         (void) waitpid(pid, NULL, 0);
-        return false;
+        return ok;
 }
 
-static bool kvm_usable(const char *qemu) {
+/* The probe's answer is kept in the run root for the rest of this boot of the host, so that only
+ * the first VM start pays for it. BALLAST_ACCEL=kvm|tcg overrides the probe. */
+static bool kvm_usable(const char *qemu, const char *kernel) {
         static int cached = -1;
         const char *e = getenv("BALLAST_ACCEL");
         if (e && strcmp(e, "tcg") == 0)
@@ -236,7 +261,41 @@ static bool kvm_usable(const char *qemu) {
         if (fd < 0)
                 return (cached = 0);
         close(fd);
-        cached = kvm_probe(qemu);
+
+        char boot_id[64] = "", root[PATH_MAX], path[PATH_MAX + 16], line[128];
+        FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+        if (f) {
+                if (!fgets(boot_id, sizeof boot_id, f))
+                        boot_id[0] = 0;
+                fclose(f);
+                boot_id[strcspn(boot_id, "\n")] = 0;
+        }
+        bool have_path = boot_id[0] && vm_run_root(root, sizeof root) >= 0;
+        if (have_path) {
+                snprintf(path, sizeof path, "%s/.kvm-probe", root);
+                f = fopen(path, "re");
+                if (f) {
+                        char id[64];
+                        int v;
+                        bool hit = fgets(line, sizeof line, f) && sscanf(line, "%63s %d", id, &v) == 2 &&
+                                   strcmp(id, boot_id) == 0 && (v == 0 || v == 1);
+                        fclose(f);
+                        if (hit)
+                                return (cached = v);
+                }
+        }
+        cached = kvm_probe(qemu, kernel);
+        if (have_path) {
+                char tmp[PATH_MAX + 32];
+                snprintf(tmp, sizeof tmp, "%s.%d", path, (int) getpid());
+                f = fopen(tmp, "we");
+                if (f) {
+                        fprintf(f, "%s %d\n", boot_id, cached);
+                        if (fclose(f) == 0 && rename(tmp, path) == 0)
+                                return cached;
+                }
+                (void) unlink(tmp);
+        }
         return cached;
 }
 
@@ -453,7 +512,7 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
                 }
         }
 
-        const char *accel = kvm_usable(s->qemu_binary ?: "qemu-system-x86_64") ? "kvm" : "tcg";
+        const char *accel = kvm_usable(s->qemu_binary ?: "qemu-system-x86_64", kernel) ? "kvm" : "tcg";
         r = write_vm_json(dir, s, kernel, initrd, accel);
         if (r < 0) {
                 snprintf(err, errlen, "cannot write vm.json: %s", strerror(-r));

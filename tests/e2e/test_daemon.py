@@ -755,8 +755,26 @@ def test_hung_qmp_socket_delays_nobody(vms, daemons, fake_qemus, tmp_path):  # n
 
     # A hold the real VMs can carry alone (2 x 768 MiB above their floors), split over three.
     hold = 1536 * MiB
+    # The real VMs' balloons are watched from QEMU while the request is in flight (it answers only
+    # when every VM has answered or the deadline passed): when each starts to move is the real
+    # effect that shows whether the hung VM held the others up.
+    moved, sampling = {}, threading.Event()
+
+    def sample_moves():
+        while not sampling.is_set() and len(moved) < len(real):
+            for n in real:
+                if n not in moved and vms.actual(n) < ASSIGNED - 2 * TOL:
+                    moved[n] = time.monotonic() - t0
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample_moves, daemon=True)
     t0 = time.monotonic()
-    r = d.reclaim(hold, hold_for="5m", reason="hung peer")
+    sampler.start()
+    try:
+        r = d.reclaim(hold, hold_for="5m", reason="hung peer")
+    except BaseException:
+        sampling.set()
+        raise
     t_resp = time.monotonic() - t0
     acts = {a["vm"]: a for a in r["actions"]}
     print(f"reclaim answered in {t_resp:.2f} s:",
@@ -770,18 +788,24 @@ def test_hung_qmp_socket_delays_nobody(vms, daemons, fake_qemus, tmp_path):  # n
     assert d.request("GET", "/v1/health", timeout=10).status == 200
     assert time.monotonic() - t < 1.0, "GET /v1/health was held up by the hung VM"
 
-    # The real VMs get to their first targets within one operation deadline (plus inflation time).
+    # Reclaim on the real VMs starts well within one operation deadline. How long the inflation
+    # then takes depends on how loaded this machine is under TCG, so reaching the first target only
+    # has a generous deadline.
     reached = {}
-    deadline = t0 + op_timeout + 8
+    deadline = t0 + op_timeout + 30
     while len(reached) < len(real) and time.monotonic() < deadline:
         for n in real:
             if n not in reached and vms.actual(n) <= acts[n]["new_target_bytes"] + TOL:
                 reached[n] = time.monotonic() - t0
         time.sleep(0.05)
-    print("real VMs reached their first targets after (s):", {n: round(x, 2) for n, x in reached.items()})
-    assert set(reached) == set(real), f"only {reached} reached their targets within {op_timeout + 8} s: " \
+    sampling.set()
+    sampler.join(10)
+    print("real VMs started moving after (s):", {n: round(x, 2) for n, x in moved.items()},
+          "reached their first targets after (s):", {n: round(x, 2) for n, x in reached.items()})
+    assert set(reached) == set(real), f"only {reached} reached their targets within {op_timeout + 30} s: " \
                                       f"{ {n: vms.actual(n) for n in real} }\n{d.log_tail(30)}"
-    assert max(reached.values()) <= op_timeout + 2, reached
+    assert set(moved) == set(real) and max(moved.values()) < op_timeout, \
+        f"reclaim on the real VMs started late (op deadline {op_timeout} s): {moved}"
     assert hang.hung.is_set(), f"the hanging fake never got a shrinking balloon command ({hang.commands})"
 
     v = d.wait_vms(lambda v: v["fhang"]["status"] == "error", op_timeout + 10, "the hung fake to be 'error'")
