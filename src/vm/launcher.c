@@ -203,8 +203,8 @@ static bool kvm_probe(const char *qemu, const char *kernel) {
                 int null = open("/dev/null", O_RDWR | O_CLOEXEC);
                 if (null < 0 || dup2(null, 0) < 0 || dup2(out[1], 1) < 0 || dup2(null, 2) < 0)
                         _exit(127);
-                execlp(qemu, qemu, "-M", "q35", "-accel", "kvm", "-cpu", "host", "-m", "128", "-nodefaults",
-                       "-display", "none", "-no-reboot", "-kernel", kernel, "-append",
+                execlp(qemu, qemu, "-M", "q35", "-accel", "kvm", "-cpu", "host", "-m", "128", "-nodefaults", "-display",
+                       "none", "-no-reboot", "-kernel", kernel, "-append",
                        "console=ttyS0 earlyprintk=ttyS0 panic=-1 quiet", "-serial", "stdio", (char *) NULL);
                 _exit(127);
         }
