@@ -25,6 +25,7 @@ typedef struct Manager {
         bool hold_set;
         StoreHold hold;
         uint64_t store_errors;
+        EvTimer *trim_timer;
 } Manager;
 
 /* Opens the store, starts sensing, re-adopts every registered VM, restores the hold, and starts

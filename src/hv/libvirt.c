@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "shared/log.h"
 #include "shared/macro.h"
 #include "shared/strutil.h"
@@ -874,7 +875,7 @@ static const HvOps lv_ops = {
         .free = lv_free,
 };
 
-int libvirt_hv_new(Ev *ev, const LibvirtConfig *cfg, Hv **ret) {
+static int lv_hv_new(Ev *ev, const LibvirtConfig *cfg, Hv **ret) {
         if (!cfg->domain || !*cfg->domain)
                 return -EINVAL;
 
@@ -930,9 +931,16 @@ fail:
         return r;
 }
 
-void libvirt_hv_counters(Hv *hv, LibvirtCounters *ret) {
+static void lv_hv_counters(Hv *hv, LibvirtCounters *ret) {
         LvShared *s = lv_of(hv)->s;
         pthread_mutex_lock(&s->lock);
         *ret = s->counters;
         pthread_mutex_unlock(&s->lock);
 }
+
+const LibvirtModule ballast_libvirt_module = {
+        .abi = LIBVIRT_MODULE_ABI,
+        .version = BALLAST_VERSION,
+        .hv_new = lv_hv_new,
+        .hv_counters = lv_hv_counters,
+};

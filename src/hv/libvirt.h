@@ -35,8 +35,16 @@ typedef struct LibvirtConfig {
 } LibvirtConfig;
 
 /* Creates a libvirt driver and starts its worker thread. Nothing is connected until the first
- * operation. Returns 0 or a negative errno (-EINVAL without a domain). */
+ * operation. Returns 0 or a negative errno (-EINVAL without a domain, -ELIBACC when the driver
+ * module cannot be loaded: libvirt_module_error() says why).
+ *
+ * The driver is a module, ballast-libvirt.so, loaded on first use (src/hv/libvirt-load.c), so a
+ * daemon with no libvirt VM never maps libvirt and its dependency tree (about 12 MiB of RSS). It
+ * is looked for in $BALLAST_MODULE_DIR, then in the build tree when the running program is in it,
+ * then in the installed module directory. Programs that load it export their symbols
+ * (-rdynamic): the module uses the loop, the log and the string helpers of the program. */
 int libvirt_hv_new(Ev *ev, const LibvirtConfig *cfg, Hv **ret);
+const char *libvirt_module_error(void);
 
 typedef struct LibvirtCounters {
         uint64_t connects;     /* successful virConnectOpen */
@@ -47,3 +55,15 @@ typedef struct LibvirtCounters {
         uint64_t skipped;      /* operations dropped before the worker reached them */
 } LibvirtCounters;
 void libvirt_hv_counters(Hv *hv, LibvirtCounters *ret);
+
+/* What the module itself exports (resolved with dlsym by the loader). The ABI number changes
+ * whenever Hv, HvOps, HvReply, Ev or LibvirtConfig change shape. */
+#define LIBVIRT_MODULE_ABI  1
+#define LIBVIRT_MODULE_FILE "ballast-libvirt.so"
+typedef struct LibvirtModule {
+        unsigned abi;
+        const char *version; /* BALLAST_VERSION */
+        int (*hv_new)(Ev *ev, const LibvirtConfig *cfg, Hv **ret);
+        void (*hv_counters)(Hv *hv, LibvirtCounters *ret);
+} LibvirtModule;
+extern const LibvirtModule ballast_libvirt_module;

@@ -9,7 +9,6 @@ installed). Without them the tests skip loudly, or fail when BALLAST_REQUIRE_VM 
 
 import json
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -45,43 +44,13 @@ def virsh(*args, check=True, timeout=120):
 # --- the probe ---------------------------------------------------------------------------------
 
 
-def build_probe(out_dir):
-    """Builds the probe from the build tree when meson did not (tests/meson.build not wired yet):
-    the flags of another peer from compile_commands.json, linked against libballast-internal.a."""
-    db = os.path.join(BUILD, "compile_commands.json")
-    lib = os.path.join(BUILD, "src", "libballast-internal.a")
-    if not (os.path.exists(db) and os.path.exists(lib)):
-        return None, f"no build tree at {BUILD}"
-    members = subprocess.run(["ar", "t", lib], capture_output=True, text=True).stdout
-    if "hv_libvirt.c.o" not in members:
-        return None, f"{lib} has no libvirt driver (libvirt-dev was not installed at meson setup)"
-    entry = next((c for c in json.load(open(db)) if c["file"].endswith("qmp-peer.c")), None)
-    if not entry:
-        return None, "no compile command to copy in compile_commands.json"
-    args, skip = [], False
-    for a in shlex.split(entry["command"])[1:]:
-        if skip:
-            skip = False
-        elif a in ("-MQ", "-MF", "-o"):
-            skip = True
-        elif a not in ("-MD", "-c") and not a.endswith("qmp-peer.c"):
-            args.append(a)
-    libs = subprocess.run(["pkg-config", "--libs", "libvirt", "jansson"], capture_output=True, text=True)
-    if libs.returncode != 0:
-        return None, "pkg-config does not know libvirt"
-    exe = os.path.join(out_dir, "libvirt-probe")
-    cmd = ["cc", *args, os.path.join(SRC, "tests", "peers", "libvirt-probe.c"), lib, *libs.stdout.split(), "-o", exe]
-    p = subprocess.run(cmd, cwd=entry["directory"], capture_output=True, text=True, timeout=120)
-    if p.returncode != 0:
-        return None, f"cannot build libvirt-probe: {p.stderr[-2000:]}"
-    return exe, None
-
-
 @pytest.fixture(scope="module")
-def probe_bin(tmp_path_factory):
+def probe_bin():
+    """The probe meson builds with the driver (tests/meson.build); it loads the driver module."""
     exe = os.path.join(BUILD, "tests", "libvirt-probe")
-    if os.access(exe, os.X_OK):
-        return exe
+    if not os.access(exe, os.X_OK):
+        unavailable(f"{exe} is not built (libvirt-dev was not installed at meson setup)")
+    return exe
     exe, why = build_probe(str(tmp_path_factory.mktemp("probe")))
     if not exe:
         unavailable(f"libvirt-probe is not built and cannot be: {why}")

@@ -154,7 +154,8 @@ static void on_wait(HvWait *w, const HvWaitOutcome *o, void *userdata) {
 static int probe_open(Probe *p) {
         int r = libvirt_hv_new(p->ev, &p->cfg, &p->hv);
         if (r < 0)
-                fprintf(stderr, "libvirt-probe: cannot create the driver: %s\n", strerror(-r));
+                fprintf(stderr, "libvirt-probe: cannot create the driver: %s\n",
+                        r == -ELIBACC ? libvirt_module_error() : strerror(-r));
         return r;
 }
 
