@@ -75,8 +75,11 @@ def test_inflate_deflate_cycles_land_at_same_rss(ctl, vm):
     assert max(samples) - min(samples) <= 20 * MiB, samples
 
 
-def fresh_stats(ctl, name, newer_than):
-    """Guest statistics with last-update after `newer_than` (QEMU reports whole seconds)."""
+def fresh_stats(ctl, name, newer_than=None):
+    """Guest statistics with last-update after `newer_than` (QEMU reports whole seconds); without
+    it, after the update current now, so that the answer was taken wholly after what just happened."""
+    if newer_than is None:
+        newer_than = ctl.json("balloon", "stats", "--vm", name)["last_update"]
     return wait_until(lambda: (lambda s: s if s["last_update"] > newer_than else None)(
         ctl.json("balloon", "stats", "--vm", name)), 15, 0.2, "a fresh guest statistics update")
 
@@ -89,15 +92,15 @@ def test_guest_statistics_follow_guest_activity(ctl, vm):
 
     # Touching memory in the guest shows up as minor faults.
     assert ctl.agent("s", "fill", "64", "--no-hold")["ok"]
-    s1 = fresh_stats(ctl, "s", s0["last_update"])
+    s1 = fresh_stats(ctl, "s")
     assert s1["minor_faults"] > s0["minor_faults"], (s0, s1)
 
     # Inflating takes free and available memory away; deflating gives it back.
     assert ctl.json("balloon", "set", "--vm", "s", "--wait", "256M")["result"] == "reached"
-    s2 = fresh_stats(ctl, "s", s1["last_update"])
+    s2 = fresh_stats(ctl, "s")
     assert s2["free"] < s1["free"] - 200 * MiB and s2["available"] < s1["available"] - 200 * MiB, (s1, s2)
     assert ctl.json("balloon", "set", "--vm", "s", "--wait", "512M")["result"] == "reached"
-    s3 = fresh_stats(ctl, "s", s2["last_update"])
+    s3 = fresh_stats(ctl, "s")
     assert s3["free"] > s2["free"] + 200 * MiB and s3["available"] > s2["available"] + 200 * MiB, (s2, s3)
 
 
