@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +13,6 @@
 
 #include "config.h"
 #include "shared/log.h"
-#include "shared/strutil.h"
 
 static const LibvirtModule *module;
 static char module_error[PATH_MAX + 256];
@@ -82,8 +82,6 @@ static int load(void) {
 }
 
 int libvirt_hv_new(Ev *ev, const LibvirtConfig *cfg, Hv **ret) {
-        if (!cfg->domain || !*cfg->domain)
-                return -EINVAL;
         int r = load();
         if (r < 0)
                 return r;

@@ -219,7 +219,7 @@ static bool kvm_probe(const char *qemu, const char *kernel) {
                 if (now >= deadline)
                         break;
                 struct pollfd p = { .fd = out[0], .events = POLLIN };
-                int k = poll(&p, 1, (int) ((deadline - now) / USEC_PER_MSEC) + 1);
+                int k = poll(&p, 1, usec_to_poll_timeout(deadline, now));
                 if (k < 0 && errno == EINTR)
                         continue;
                 if (k <= 0)
