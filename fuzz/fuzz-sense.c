@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT */
-/* Fuzzes the /proc and cgroup file parsers: meminfo, PSI, cgroup limits and memory.stat. */
+/* Fuzzes the /proc and cgroup file parsers: meminfo, PSI, cgroup limits, memory.stat, and a VM
+ * process's status (VmRSS) and smaps (guest RAM resident). */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sense/sense.h"
+#include "sense/vm-mem.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -22,6 +24,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         (void) psi_parse(buf, size, &p);
         (void) cgroup_parse_limit(buf, size, &a);
         (void) cgroup_stat_get(buf, size, "inactive_file", &a);
+        (void) vmmem_status_parse(buf, size, &a);
+        (void) vmmem_smaps_parse(buf, size, UINT64_C(512) << 20, &a);
+        (void) vmmem_smaps_parse(buf, size, UINT64_MAX, &b);
         free(buf);
         return 0;
 }

@@ -365,9 +365,8 @@ static json_t *vm_json(const CtlVm *vm) {
         json_object_set_new(o, "target_bytes", v.actual_known ? json_u64(v.target) : json_null());
         json_object_set_new(o, "actual_bytes", v.actual_known ? json_u64(v.actual) : json_null());
         json_object_set_new(o, "desired_bytes", v.actual_known ? json_u64(v.last.desired) : json_null());
-        json_object_set_new(o, "effective_floor_bytes", v.actual_known ? json_u64(v.last.floor) : json_null());
-        json_object_set_new(o, "reason",
-                            v.actual_known ? json_string(plan_reason_to_string(v.last.reason)) : json_null());
+        json_object_set_new(o, "effective_floor_bytes", json_u64(v.last.floor));
+        json_object_set_new(o, "reason", json_string(plan_reason_to_string(v.last.reason)));
         json_object_set_new(o, "last_error", v.last_error[0] ? json_string(v.last_error) : json_null());
         json_object_set_new(o, "errors", json_u64(v.errors));
         json_object_set_new(o, "commands", json_u64(v.commands));
@@ -389,6 +388,8 @@ static json_t *vm_json(const CtlVm *vm) {
         json_object_set_new(o, "hypervisor_pid", v.hv_pid > 0 ? json_integer(v.hv_pid) : json_null());
         json_object_set_new(o, "host_rss_bytes", v.host_rss ? json_u64(v.host_rss) : json_null());
         json_object_set_new(o, "host_confirmed_bytes", v.host_rss ? json_u64(v.host_confirmed) : json_null());
+        json_object_set_new(o, "resident_bytes", v.resident ? json_u64(v.resident) : json_null());
+        json_object_set_new(o, "returnable_bytes", v.actual_known ? json_u64(v.last.returnable) : json_null());
         return o;
 }
 
@@ -427,13 +428,21 @@ static json_t *host_json(Manager *m) {
                             json_pack("{s:o,s:o,s:o}", "low_bytes", json_u64(total / 10000 * pc->low_pmy), "high_bytes",
                                       json_u64(total / 10000 * pc->high_pmy), "critical_bytes",
                                       json_u64(total / 10000 * pc->critical_pmy)));
-        json_object_set_new(o, "reclaim",
-                            json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "automatic_bytes",
-                                      json_u64(h.last.automatic), "hold_bytes", json_u64(h.last.hold),
-                                      "requested_bytes", json_u64(h.last.requested), "planned_bytes",
-                                      json_u64(h.last.planned), "commanded_bytes", json_u64(h.commanded),
-                                      "reached_bytes", json_u64(h.reached), "confirmed_bytes", json_u64(h.confirmed),
-                                      "shortfall_bytes", json_u64(h.last.shortfall)));
+        json_t *rc = json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "automatic_bytes", json_u64(h.last.automatic),
+                               "hold_bytes", json_u64(h.last.hold), "requested_bytes", json_u64(h.last.requested),
+                               "planned_bytes", json_u64(h.last.planned), "commanded_bytes", json_u64(h.commanded),
+                               "reached_bytes", json_u64(h.reached), "confirmed_bytes", json_u64(h.confirmed),
+                               "shortfall_bytes", json_u64(h.last.shortfall));
+        /* Host side: reached is what the host got back; the balloons' side is guest_reached, and
+         * their ratio says how much of what the guests gave up the host really received. */
+        json_object_set_new(rc, "guest_reached_bytes", json_u64(h.guest_reached));
+        json_object_set_new(rc, "efficiency",
+                            h.guest_reached ? json_real((double) h.reached / (double) h.guest_reached) : json_null());
+        json_object_set_new(rc, "need_bytes", json_integer((json_int_t) h.last.need));
+        json_object_set_new(rc, "expected_bytes", json_u64(h.last.expected));
+        json_object_set_new(rc, "returnable_bytes", json_u64(h.last.returnable));
+        json_object_set_new(rc, "emergency_bytes", json_u64(h.last.emergency));
+        json_object_set_new(o, "reclaim", rc);
         PlanHold hold = ctl_hold(m->ctl);
         usec_t now = now_mono();
         if (hold.bytes && now < hold.until && m->hold_set)
@@ -804,6 +813,36 @@ static void route_vm(Manager *m, HttpCall *call, const HttpRequest *req, const c
         http_call_reply_error(call, 404, "not_found", "no route %s", req->path);
 }
 
+/* GET /v1/capacity?size=SIZE: how many more VMs of SIZE fit now (the admission hint). */
+static void route_capacity(Manager *m, HttpCall *call, const HttpRequest *req) {
+        if (!method_is(req, "GET"))
+                return reply_method(call, "GET");
+        uint64_t size = 0;
+        const char *q = req->query ? req->query : "";
+        if (strncmp(q, "size=", 5) != 0 || strchr(q, '&') || parse_size(q + 5, &size) < 0 || size == 0 ||
+            size > PLAN_BYTES_MAX)
+                return http_call_reply_error(call, 400, "bad_request",
+                                             "query: size=SIZE is required (bytes, or with a K/M/G/T suffix; "
+                                             "1 byte to 4 EiB), got \"%.64s\"",
+                                             q);
+        PlanCapacity cap;
+        PlanResult plan;
+        int r = ctl_capacity(m->ctl, size, &cap, &plan);
+        if (r == -ENODATA)
+                return http_call_reply_error(call, 503, "unavailable", "no sample of the scope yet");
+        if (r < 0)
+                return http_call_reply_error(call, 500, "internal", "capacity: %s", strerror(-r));
+        CtlHostView h;
+        ctl_host_view(m->ctl, &h);
+        http_call_reply_json(call, 200,
+                             json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:s}", "size_bytes", json_u64(cap.size),
+                                       "fit", json_u64(cap.fit), "fit_free", json_u64(cap.fit_free), "total_bytes",
+                                       json_u64(h.sample.total), "available_bytes", json_u64(h.sample.available),
+                                       "reserve_bytes", json_u64(cap.reserve), "free_bytes", json_u64(cap.free),
+                                       "returnable_bytes", json_u64(cap.returnable), "vm_count",
+                                       json_u64(ctl_vm_count(m->ctl)), "state", plan_state_to_string(plan.ctl.state)));
+}
+
 static void route_history(Manager *m, HttpCall *call, const HttpRequest *req) {
         if (!method_is(req, "GET"))
                 return reply_method(call, "GET");
@@ -865,6 +904,8 @@ void api_handle(HttpCall *call, const HttpRequest *req, void *userdata) {
                 return route_reclaim(m, call, req);
         if (strcmp(p, "/v1/history") == 0)
                 return route_history(m, call, req);
+        if (strcmp(p, "/v1/capacity") == 0)
+                return route_capacity(m, call, req);
         if (strcmp(p, "/v1/vms") == 0 || strcmp(p, "/v1/vms/") == 0)
                 return route_vms(m, call, req);
         if (strncmp(p, "/v1/vms/", 8) == 0) {

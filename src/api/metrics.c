@@ -117,15 +117,28 @@ char *metrics_render(Manager *m, size_t *ret_len) {
 
         header(f, "ballast_reclaim_bytes", "gauge",
                "Reclaim by stage: requested (max of automatic and hold), planned, commanded (assigned - target), "
-               "reached (assigned - actual), confirmed (hypervisor RSS given back).");
+               "reached (host memory given back: fall of the hypervisors' RSS), guest (assigned - actual, the "
+               "balloons' side), confirmed (older name of reached).");
         fprintf(f, "ballast_reclaim_bytes{stage=\"automatic\"} %llu\n", (unsigned long long) h.last.automatic);
         fprintf(f, "ballast_reclaim_bytes{stage=\"hold\"} %llu\n", (unsigned long long) h.last.hold);
         fprintf(f, "ballast_reclaim_bytes{stage=\"requested\"} %llu\n", (unsigned long long) h.last.requested);
         fprintf(f, "ballast_reclaim_bytes{stage=\"planned\"} %llu\n", (unsigned long long) h.last.planned);
         fprintf(f, "ballast_reclaim_bytes{stage=\"commanded\"} %llu\n", (unsigned long long) h.commanded);
         fprintf(f, "ballast_reclaim_bytes{stage=\"reached\"} %llu\n", (unsigned long long) h.reached);
+        fprintf(f, "ballast_reclaim_bytes{stage=\"guest\"} %llu\n", (unsigned long long) h.guest_reached);
         fprintf(f, "ballast_reclaim_bytes{stage=\"confirmed\"} %llu\n", (unsigned long long) h.confirmed);
         fprintf(f, "ballast_reclaim_bytes{stage=\"shortfall\"} %llu\n", (unsigned long long) h.last.shortfall);
+        /* The admission hint in bytes, so a fleet's Prometheus can add hosts up: VMs of size S that
+         * fit on a host = floor((free + returnable) / S). */
+        PlanCapacity cap;
+        if (ctl_capacity(m->ctl, 1, &cap, NULL) >= 0) {
+                header(f, "ballast_capacity_free_bytes", "gauge",
+                       "Available memory of the scope above its low watermark: room for new VMs now.");
+                fprintf(f, "ballast_capacity_free_bytes %llu\n", (unsigned long long) cap.free);
+                header(f, "ballast_capacity_returnable_bytes", "gauge",
+                       "Host memory reclaim could return from the VMs above their floors.");
+                fprintf(f, "ballast_capacity_returnable_bytes %llu\n", (unsigned long long) cap.returnable);
+        }
         header(f, "ballast_reclaim_commanded_bytes_total", "counter",
                "Bytes of target changes commanded, by direction.");
         fprintf(f, "ballast_reclaim_commanded_bytes_total{direction=\"reclaim\"} %llu\n",

@@ -18,6 +18,7 @@ static const char usage[] = "Usage: ballastctl [--json] [--api PATH] [--timeout 
                             "  history                      the journal of decisions (--limit N)\n"
                             "  park ID / unpark ID          shrink an idle VM to its park size / give it back\n"
                             "  pool fill|acquire|release|status|drain NAME   a warm pool of parked VMs\n"
+                            "  capacity SIZE                how many more VMs of SIZE fit now (admission hint)\n"
                             "\n"
                             "Commands that work without ballastd:\n"
                             "  balloon get|set|stats|caps   one VM's balloon, by QMP socket (--qmp) or VM name (--vm)\n"
@@ -95,6 +96,8 @@ int main(int argc, char **argv) {
                 return cmd_vm(argc - 1, argv + 1);
         if (strcmp(cmd, "host") == 0)
                 return cmd_host(argc - 1, argv + 1);
+        if (strcmp(cmd, "capacity") == 0)
+                return cmd_capacity(argc - 1, argv + 1);
         if (strcmp(cmd, "vms") == 0)
                 return cmd_vms(argc - 1, argv + 1);
         if (strcmp(cmd, "reclaim") == 0)

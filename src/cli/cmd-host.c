@@ -28,10 +28,16 @@ static void show_reclaim(json_t *rc) {
                   cli_json_size(h, sizeof(h), json_object_get(rc, "hold_bytes")),
                   cli_json_size(q, sizeof(q), json_object_get(rc, "requested_bytes")),
                   cli_json_size(p, sizeof(p), json_object_get(rc, "planned_bytes")));
-        cli_field("", "commanded %s, reached %s, shortfall %s",
-                  cli_json_size(a, sizeof(a), json_object_get(rc, "commanded_bytes")),
-                  cli_json_size(h, sizeof(h), json_object_get(rc, "reached_bytes")),
+        cli_field("", "commanded %s, shortfall %s", cli_json_size(a, sizeof(a), json_object_get(rc, "commanded_bytes")),
                   cli_json_size(q, sizeof(q), json_object_get(rc, "shortfall_bytes")));
+        json_t *eff = json_object_get(rc, "efficiency");
+        char e[32] = "";
+        if (json_is_number(eff))
+                snprintf(e, sizeof e, " (%.0f%%)", 100.0 * json_number_value(eff));
+        cli_field("", "host got back %s of %s the guests gave up%s; returnable %s",
+                  cli_json_size(h, sizeof(h), json_object_get(rc, "reached_bytes")),
+                  cli_json_size(p, sizeof(p), json_object_get(rc, "guest_reached_bytes")), e,
+                  cli_json_size(a, sizeof(a), json_object_get(rc, "returnable_bytes")));
 }
 
 static void show_hold(json_t *hold) {

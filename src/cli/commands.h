@@ -10,6 +10,7 @@ int cmd_vm(int argc, char **argv);
 
 /* Commands that talk to ballastd's API (cli/api-client.h). */
 int cmd_host(int argc, char **argv);
+int cmd_capacity(int argc, char **argv);
 int cmd_vms(int argc, char **argv);
 int cmd_reclaim(int argc, char **argv);
 int cmd_history(int argc, char **argv);

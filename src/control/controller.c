@@ -12,17 +12,21 @@
 #include "shared/log.h"
 #include "shared/macro.h"
 #include "shared/strutil.h"
+#include "sense/vm-mem.h"
 
-#define MiB                   (UINT64_C(1) << 20)
+#define MiB                    (UINT64_C(1) << 20)
 
 /* A park never takes a guest closer than this to its non-reclaimable use (when its statistics are
  * fresh). Smaller than the plan's guest_margin: parking is asked for, and an idle guest (30-50 MiB
  * of use) must still reach the 128 MiB park size. */
-#define CTL_PARK_MARGIN       (32 * MiB)
+#define CTL_PARK_MARGIN        (32 * MiB)
 
 /* Back-off after a failed driver call: 1 s doubling to 30 s. */
-#define CTL_ERROR_BACKOFF_MIN (1 * USEC_PER_SEC)
-#define CTL_ERROR_BACKOFF_MAX (30 * USEC_PER_SEC)
+#define CTL_ERROR_BACKOFF_MIN  (1 * USEC_PER_SEC)
+#define CTL_ERROR_BACKOFF_MAX  (30 * USEC_PER_SEC)
+
+/* smaps reads (a few ms each on a QEMU process) per tick, fleet-wide. */
+#define CTL_RAM_READS_PER_TICK 2
 
 typedef struct ApplyBatch ApplyBatch;
 
@@ -85,6 +89,12 @@ struct CtlVm {
         uint64_t host_rss;
         uint64_t rss_base; /* host_rss when it last was at full size; 0 unknown */
         usec_t next_rss;
+        /* Guest RAM resident on the host = host_rss − ram_overhead: the overhead (the hypervisor's
+         * own memory, a TCG code buffer included) is measured from smaps now and then, since
+         * smaps costs milliseconds and VmRSS nothing. */
+        bool ram_known;
+        uint64_t ram_overhead;
+        usec_t next_ram;
 };
 
 struct ApplyBatch {
@@ -130,6 +140,8 @@ struct Controller {
 
         EvTimer *tick_timer;
         usec_t last_tick;
+        unsigned ram_budget; /* smaps reads left in this tick */
+        bool applying;       /* inside the tick's apply loop: a command sent now answers a sample */
         CtlTrigger pending_trigger;
         bool kicked;
 
@@ -186,6 +198,10 @@ static const char *const trigger_names[_CTL_TRIGGER_MAX] = {
 };
 const char *ctl_trigger_to_string(CtlTrigger t) {
         return t >= 0 && t < _CTL_TRIGGER_MAX ? trigger_names[t] : NULL;
+}
+
+static uint64_t sat_add_u64(uint64_t a, uint64_t b) {
+        return a > UINT64_MAX - b ? UINT64_MAX : a + b;
 }
 
 static uint64_t absdiff(uint64_t a, uint64_t b) {
@@ -372,6 +388,8 @@ static void vm_observe(CtlVm *vm, uint64_t actual, usec_t now) {
                 vm->sent_once = vm->resume_target != 0;
                 vm->progress_at = now;
                 vm->progress_actual = actual;
+                if (vm->last.reason == PLAN_REASON_UNREACHABLE)
+                        vm->last.reason = PLAN_REASON_UNCHANGED;
                 log_info("VM %s: adopted at %llu MiB (target %llu MiB)", vm->spec.id,
                          (unsigned long long) (actual / MiB), (unsigned long long) (t / MiB));
                 ctl_kick(c, CTL_TRIGGER_DRIVER);
@@ -605,7 +623,7 @@ static void vm_send(CtlVm *vm) {
                 vm->move_started = now;
         vm->progress_at = now;
         vm->progress_actual = vm->actual;
-        if (t < vm->actual && c->reaction_start) {
+        if (t < vm->actual && c->reaction_start && c->applying) {
                 usec_t sent = now_mono(); /* ev_now() is the loop's cached time: older than the sample */
                 usec_t d = sent - MIN(sent, c->reaction_start);
                 hist_observe(&c->stats.reaction, d);
@@ -618,28 +636,47 @@ static void vm_send(CtlVm *vm) {
 static void vm_on_stats_period(Hv *hv, const HvReply *reply, void *userdata);
 static void vm_on_stats(Hv *hv, const HvReply *reply, void *userdata);
 
-/* Host-side verification (B5.7): the hypervisor process's resident memory, from /proc. */
+/* Host-side verification (B5.7): the hypervisor process's resident memory, from /proc, and how
+ * much of it is guest RAM (what shrinking the guest can return). */
 static void vm_read_rss(CtlVm *vm, usec_t now, bool active) {
         if (now < vm->next_rss || vm->hv->peer_pid <= 0)
                 return;
+        Controller *c = vm->c;
         /* Every second while memory moves, every 30 s otherwise: /proc reads add up at 1,000 VMs. */
         vm->next_rss = now + (active ? 1 : 30) * USEC_PER_SEC;
-        char path[64], buf[4096];
-        snprintf(path, sizeof path, "/proc/%d/status", (int) vm->hv->peer_pid);
-        int n = sense_read_file(path, buf, sizeof buf);
-        if (n < 0) {
+        uint64_t rss;
+        if (vmmem_read_rss("", vm->hv->peer_pid, &rss) < 0) {
                 vm->host_rss = 0;
+                vm->ram_known = false;
                 return;
         }
-        const char *p = strstr(buf, "\nVmRSS:");
-        unsigned long long kb;
-        if (p && sscanf(p + 7, " %llu kB", &kb) == 1) {
-                vm->host_rss = (uint64_t) kb << 10;
-                /* The baseline for host-confirmed reclaim: the RSS while the VM is at full size. */
-                if (vm->actual_known && vm->actual + vm->c->cfg.tolerance >= vm->spec.assigned &&
-                    vm->target >= vm->spec.assigned)
-                        vm->rss_base = vm->host_rss;
+        vm->host_rss = rss;
+        /* The baseline for host-confirmed reclaim: the RSS while the VM is at full size. */
+        if (vm->actual_known && vm->actual + c->cfg.tolerance >= vm->spec.assigned && vm->target >= vm->spec.assigned)
+                vm->rss_base = rss;
+        /* The overhead drifts slowly (QEMU's TCG buffer fills as the guest runs new code): re-measure
+         * it every minute while the VM matters to a plan, every ten otherwise, and only a few VMs
+         * per tick so a fleet adopted at once does not stall the loop. */
+        if ((!vm->ram_known || now >= vm->next_ram) && c->ram_budget > 0) {
+                uint64_t ram;
+                c->ram_budget--;
+                int r = vmmem_read_ram("", vm->hv->peer_pid, vm->spec.assigned, &ram);
+                if (r < 0 && (vm->ram_known || vm->next_ram == 0))
+                        log_debug("VM %s: guest RAM not found in smaps (%s); planning on its size", vm->spec.id,
+                                  strerror(-r));
+                vm->next_ram = now + (r >= 0 && active ? 60 : 600) * USEC_PER_SEC;
+                vm->ram_known = r >= 0;
+                if (r >= 0)
+                        vm->ram_overhead = rss > ram ? rss - ram : 0;
         }
+}
+
+/* Guest RAM the host holds for the VM; 0 when unknown (the plan then uses the guest's size). */
+static uint64_t vm_resident(const CtlVm *vm) {
+        if (!vm->ram_known || !vm->host_rss)
+                return 0;
+        uint64_t r = vm->host_rss > vm->ram_overhead ? vm->host_rss - vm->ram_overhead : 1;
+        return MAX(MIN(r, vm->spec.assigned), (uint64_t) 1);
 }
 
 static void vm_poll(CtlVm *vm, usec_t now) {
@@ -654,7 +691,9 @@ static void vm_poll(CtlVm *vm, usec_t now) {
          * normal pace. A state change re-arms everything at once (ctl_tick). */
         bool ballooned = vm->actual_known && (vm->target + c->cfg.tolerance < vm->spec.assigned ||
                                               vm->actual + c->cfg.tolerance < vm->spec.assigned);
-        bool active = ballooned || vm->parked || c->ctl.state != PLAN_STATE_HEALTHY;
+        /* A guest under pressure is watched at the normal pace until it is not: a full-size VM
+         * reported "pressure" for 28 s after its job ended when read every 30 s. */
+        bool active = ballooned || vm->parked || vm->guest_pressure || c->ctl.state != PLAN_STATE_HEALTHY;
         usec_t refresh = active ? c->cfg.refresh_interval : 12 * c->cfg.refresh_interval;
         usec_t stats_iv = active ? (usec_t) c->cfg.stats_period_s * USEC_PER_SEC
                                  : MAX((usec_t) c->cfg.stats_period_s * USEC_PER_SEC, 30 * USEC_PER_SEC);
@@ -747,6 +786,7 @@ static void ctl_fill_plan(Controller *c, usec_t now) {
                         .guest_fresh = vm->guest_fresh,
                         .guest_used = vm->guest_used,
                         .guest_pressure = vm->guest_pressure,
+                        .resident = vm_resident(vm),
                 };
                 vm->plan_fixed = false;
                 if (!vm->actual_known) {
@@ -761,9 +801,10 @@ static void ctl_fill_plan(Controller *c, usec_t now) {
                         p->stalled_until = usec_add(now, 1);
                         vm->plan_fixed = true;
                 } else if (vm->status == CTL_VM_ERROR) {
-                        p->target = p->actual;
+                        /* Dead or failing: outside every total (its reclaim may be gone with its
+                         * process), untouched until it answers again. */
+                        p->parked = true;
                         p->in_flight = false;
-                        p->stalled_until = usec_add(now, 1);
                         vm->plan_fixed = true;
                 }
         }
@@ -797,6 +838,7 @@ static int ctl_run_plan(Controller *c, const PlanHold *hold, usec_t now, PlanRes
  * size, not parked, no guest pressure, nothing in flight. */
 static bool ctl_poll_all(Controller *c, usec_t now) {
         bool idle = true;
+        c->ram_budget = CTL_RAM_READS_PER_TICK;
         for (size_t i = 0; i < c->n_vms; i++) {
                 CtlVm *vm = c->vms[i];
                 vm_poll(vm, now);
@@ -814,6 +856,7 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
         c->last_tick = now;
 
         (void) ctl_sample(c, now);
+        c->ram_budget = CTL_RAM_READS_PER_TICK;
 
         /* Nothing to decide on a healthy host above the low watermark with every VM at full size
          * and no hold: skip the plan (it would change nothing) and only poll. */
@@ -876,10 +919,13 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
         c->ctl = res.ctl;
         c->last = res;
 
+        c->applying = true;
         for (size_t i = 0; i < c->n_vms; i++) {
                 CtlVm *vm = c->vms[i];
                 const PlanDecision *d = &c->dec[i];
                 vm->last = *d;
+                if (!vm->actual_known || vm->status == CTL_VM_ERROR)
+                        vm->last.reason = PLAN_REASON_UNREACHABLE;
                 vm->changed = false;
                 if (c->pvms[i].parked || vm->plan_fixed)
                         continue;
@@ -905,6 +951,7 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
                         c->hooks.target_changed(c, vm, vm->target, c->hooks.userdata);
                 vm_send(vm);
         }
+        c->applying = false;
         if (res.automatic == 0)
                 c->reaction_start = 0;
         for (size_t i = 0; i < c->n_vms; i++)
@@ -1087,6 +1134,12 @@ int ctl_vm_add(Controller *c, const CtlVmSpec *spec, uint64_t resume_target, Ctl
         vm->status = CTL_VM_CONNECTING;
         vm->resume_target = resume_target;
         vm->target = spec->assigned;
+        /* Until it answers and a plan runs, the view shows its configured floor and why it is
+         * left alone (never "parked", never a floor of 0). */
+        vm->last = (PlanDecision){ .target = spec->assigned,
+                                   .desired = spec->assigned,
+                                   .floor = plan_floor(&c->cfg.plan, spec->assigned, spec->floor),
+                                   .reason = PLAN_REASON_UNREACHABLE };
         r = c->factory(c->ev, spec, &vm->hv, err, errlen);
         if (r < 0) {
                 free(vm);
@@ -1477,6 +1530,7 @@ void ctl_vm_view(const CtlVm *vm, CtlVmView *ret) {
                 .hv_pid = vm->hv ? vm->hv->peer_pid : 0,
                 .host_rss = vm->host_rss,
                 .host_confirmed = vm->rss_base > vm->host_rss && vm->host_rss ? vm->rss_base - vm->host_rss : 0,
+                .resident = vm_resident(vm),
         };
         if (!vm->guest_have)
                 hv_stats_init(&ret->guest);
@@ -1578,15 +1632,33 @@ void ctl_host_view(const Controller *c, CtlHostView *ret) {
                 .has_psi_trigger = c->pressure_fds[0] >= 0,
         };
         strscpy(ret->sample_error, sizeof ret->sample_error, c->sample_error);
+        /* Totals over the VMs that answer: a dead VM's numbers mean nothing any more. Sums
+         * saturate (legal sizes go up to 2^62 each). */
         for (size_t i = 0; i < c->n_vms; i++) {
                 const CtlVm *vm = c->vms[i];
-                if (!vm->actual_known)
+                if (!vm->actual_known || vm->status == CTL_VM_ERROR)
                         continue;
-                ret->commanded += vm->spec.assigned - MIN(vm->target, vm->spec.assigned);
-                ret->reached += vm->spec.assigned - MIN(vm->actual, vm->spec.assigned);
+                ret->commanded = sat_add_u64(ret->commanded, vm->spec.assigned - MIN(vm->target, vm->spec.assigned));
+                ret->guest_reached =
+                        sat_add_u64(ret->guest_reached, vm->spec.assigned - MIN(vm->actual, vm->spec.assigned));
                 if (vm->rss_base > vm->host_rss && vm->host_rss)
-                        ret->confirmed += vm->rss_base - vm->host_rss;
+                        ret->confirmed = sat_add_u64(ret->confirmed, vm->rss_base - vm->host_rss);
         }
+        ret->reached = ret->confirmed;
+}
+
+int ctl_capacity(Controller *c, uint64_t size, PlanCapacity *ret, PlanResult *ret_plan) {
+        usec_t now = now_mono();
+        (void) ctl_sample(c, now);
+        PlanResult res;
+        PlanHold none = { 0 };
+        int r = ctl_run_plan(c, &none, now, &res);
+        if (r < 0)
+                return r;
+        r = plan_capacity(&c->cfg.plan, c->sample.total, c->sample.available, res.returnable, size, ret);
+        if (r >= 0 && ret_plan)
+                *ret_plan = res;
+        return r;
 }
 
 const CtlConfig *ctl_config(const Controller *c) {

@@ -157,6 +157,9 @@ typedef struct CtlVmView {
         /* B5.7: the fall of host_rss since the VM was last at full size (0 when unknown): memory
          * the host really got back, next to commanded (target) and reached (actual). */
         uint64_t host_confirmed;
+        /* Guest RAM the host holds for it (host_rss less the hypervisor's own memory), 0 unknown:
+         * what shrinking the guest can return. */
+        uint64_t resident;
 } CtlVmView;
 void ctl_vm_view(const CtlVm *vm, CtlVmView *ret);
 const char *ctl_vm_id(const CtlVm *vm);
@@ -189,13 +192,20 @@ typedef struct CtlHostView {
         PlanCtl ctl;
         PlanResult last;
         uint64_t transitions;
-        uint64_t commanded, reached; /* Σ assigned − target, Σ assigned − actual */
-        uint64_t confirmed;          /* Σ host_confirmed: what the hypervisors' RSS really gave back */
+        uint64_t commanded;     /* Σ assigned − target over the VMs that answer */
+        uint64_t guest_reached; /* Σ assigned − actual: what the guests gave up (balloon side) */
+        uint64_t reached;       /* what the host really got back: Σ host_confirmed */
+        uint64_t confirmed;     /* the same (older name) */
         uint64_t ticks, plans_failed;
         bool has_psi_trigger;
 } CtlHostView;
 void ctl_host_view(const Controller *c, CtlHostView *ret);
 const CtlConfig *ctl_config(const Controller *c);
+
+/* Admission hint for a VM of `size` bytes, on a fresh sample and a plan run without applying it:
+ * fills *ret (and *ret_plan when not NULL). Returns 0, -ENODATA (no sample of the scope), or
+ * -EINVAL (size 0). */
+int ctl_capacity(Controller *c, uint64_t size, PlanCapacity *ret, PlanResult *ret_plan);
 
 /* Latency figures (B8): scope crossed a watermark / PSI fired → first balloon command sent. */
 #define CTL_HIST_BUCKETS 12

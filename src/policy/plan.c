@@ -16,6 +16,9 @@ struct PlanScratch {
         size_t capacity;
         uint32_t *idx, *tidx;
         uint64_t *key, *tkey;
+        uint64_t *lo, *hi, *val; /* water-filling intervals and results */
+        uint64_t *rho;           /* host-resident guest memory once in-flight commands land */
+        uint8_t *cls;            /* VmClass */
 };
 
 void plan_config_default(PlanConfig *c) {
@@ -90,7 +93,12 @@ PlanScratch *plan_scratch_new(size_t capacity) {
         s->tidx = malloc(n * sizeof(uint32_t));
         s->key = malloc(n * sizeof(uint64_t));
         s->tkey = malloc(n * sizeof(uint64_t));
-        if (!s->idx || !s->tidx || !s->key || !s->tkey)
+        s->lo = malloc(n * sizeof(uint64_t));
+        s->hi = malloc(n * sizeof(uint64_t));
+        s->val = malloc(n * sizeof(uint64_t));
+        s->rho = malloc(n * sizeof(uint64_t));
+        s->cls = malloc(n);
+        if (!s->idx || !s->tidx || !s->key || !s->tkey || !s->lo || !s->hi || !s->val || !s->rho || !s->cls)
                 return plan_scratch_free(s);
         return s;
 }
@@ -102,6 +110,11 @@ PlanScratch *plan_scratch_free(PlanScratch *s) {
         free(s->tidx);
         free(s->key);
         free(s->tkey);
+        free(s->lo);
+        free(s->hi);
+        free(s->val);
+        free(s->rho);
+        free(s->cls);
         free(s);
         return NULL;
 }
@@ -171,15 +184,18 @@ static uint64_t plan_key(uint64_t head, uint32_t shares) {
         return ((uint64_t) bits << 57) | ((uint64_t) m & ((UINT64_C(1) << 57) - 1));
 }
 
+/* Water filling works on intervals [lo_i, hi_i] per VM, writing val_i ∈ [lo_i, hi_i]: the same
+ * routine splits what stays above the floors (reclaim), what stays reclaimed (give-back) and what a
+ * hold adds. */
 typedef struct Fill {
-        const PlanVm *vms;
-        PlanDecision *out; /* .floor is set; .desired is written here */
+        const PlanVm *vms; /* shares */
+        const uint64_t *lo, *hi;
+        uint64_t *val;
 } Fill;
 
 static uint64_t fill_head(const Fill *f, uint32_t i) {
-        return f->vms[i].assigned - f->out[i].floor;
+        return f->hi[i] - f->lo[i];
 }
-
 /* Exact: b_i < b_j, i.e. h_i·s_j < h_j·s_i. */
 static bool fill_less(const Fill *f, uint32_t i, uint32_t j) {
         return (u128) fill_head(f, i) * f->vms[j].shares < (u128) fill_head(f, j) * f->vms[i].shares;
@@ -277,9 +293,9 @@ static void fill_sort(const Fill *f, uint32_t *idx, uint64_t *key, PlanScratch *
  * their breakpoint head/shares; a VM whose breakpoint is at or below the level the rest would
  * reach keeps its whole headroom. The others get floor(rem·s_i/S) and the < m leftover bytes go
  * one each to the first of them, which stays within headroom because head_i > μ·s_i strictly.
- * Requires keep ≤ Σ head. Sets out[i].desired exactly: Σ (desired − floor) == keep. */
-static void fill_tier(const Fill *f, PlanScratch *s, uint32_t *idx, uint64_t *key, size_t m, uint64_t keep,
-                      uint64_t total_head) {
+ * Requires keep ≤ Σ head. Sets val[i] exactly: Σ (val − lo) == keep. */
+static void fill_tier(const Fill *f, PlanScratch *s, uint32_t *idx, uint64_t *key, size_t m, u128 keep,
+                      u128 total_head) {
         size_t k = 0;
 
         if (m == 0)
@@ -287,7 +303,7 @@ static void fill_tier(const Fill *f, PlanScratch *s, uint32_t *idx, uint64_t *ke
         if (keep == total_head || keep == 0) {
                 for (; k < m; k++) {
                         uint32_t i = idx[k];
-                        f->out[i].desired = keep ? f->vms[i].assigned : f->out[i].floor;
+                        f->val[i] = keep ? f->hi[i] : f->lo[i];
                 }
                 return;
         }
@@ -304,7 +320,7 @@ static void fill_tier(const Fill *f, PlanScratch *s, uint32_t *idx, uint64_t *ke
                 uint32_t sh = f->vms[i].shares;
                 if ((u128) h * S > rem * sh)
                         break;
-                f->out[i].desired = f->vms[i].assigned;
+                f->val[i] = f->hi[i];
                 rem -= h;
                 S -= sh;
         }
@@ -323,11 +339,11 @@ static void fill_tier(const Fill *f, PlanScratch *s, uint32_t *idx, uint64_t *ke
                         last_q = p <= UINT64_MAX ? (uint64_t) p / (uint64_t) S : (uint64_t) (p / S);
                         last_sh = sh;
                 }
-                f->out[i].desired = f->out[i].floor + last_q;
+                f->val[i] = f->lo[i] + last_q;
                 given += last_q;
         }
         for (size_t j = k; given < rem; j++, given++)
-                f->out[idx[j]].desired++;
+                f->val[idx[j]]++;
 }
 
 /* ---- B5.5: shaping ---- */
@@ -406,8 +422,9 @@ static void plan_shape(const Shape *sh, const PlanVm *v, PlanDecision *d) {
 
 typedef enum VmClass {
         VM_MOVABLE,
-        VM_MOVABLE_LAST, /* guest pressure in critical: gives last, gets back first */
-        VM_FIXED,        /* parked, protected, stalled, guest pressure outside critical */
+        VM_MOVABLE_LAST, /* guest pressure in critical: gives last */
+        VM_FIXED,        /* protected, stalled, guest emergency: the split does not move it */
+        VM_PARKED,
 } VmClass;
 
 static int plan_validate(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vms, PlanResult *ret) {
@@ -427,18 +444,39 @@ static int plan_validate(const PlanInput *in, PlanScratch *scratch, PlanDecision
         if (in->host.at < in->now && in->now - in->host.at > in->config->sample_max_age)
                 return -ESTALE;
 
-        uint64_t sum = 0;
+        /* Fleet totals are 128-bit inside: any number of legal VMs (each ≤ 2^62) is planned. */
         for (size_t i = 0; i < in->n_vms; i++) {
                 const PlanVm *v = in->vms + i;
                 if (v->shares == 0)
                         return -EINVAL;
                 if (v->assigned > PLAN_BYTES_MAX)
                         return -ERANGE;
-                if (sum > UINT64_MAX - v->assigned)
-                        return -EOVERFLOW;
-                sum += v->assigned;
         }
         return 0;
+}
+
+static int64_t s128_to_s64_sat(s128 v) {
+        return v > INT64_MAX ? INT64_MAX : v < INT64_MIN ? INT64_MIN : (int64_t) v;
+}
+
+/* Splits `take` bytes off the tier VMs' intervals [lo, hi] (tier 2 gives last): val = what each
+ * keeps. Returns what could be placed (≤ take). */
+static u128 plan_take(Fill *f, PlanScratch *s, uint32_t *idx, size_t m1, size_t m2, u128 take) {
+        u128 head1 = 0, head2 = 0;
+        for (size_t k = 0; k < m1 + m2; k++) {
+                uint32_t i = idx[k];
+                if (k < m1)
+                        head1 += f->hi[i] - f->lo[i];
+                else
+                        head2 += f->hi[i] - f->lo[i];
+        }
+        u128 head = head1 + head2;
+        u128 placed = MIN(take, head);
+        u128 keep = head - placed;
+        u128 keep2 = MIN(keep, head2);
+        fill_tier(f, s, idx, s->key, m1, keep - keep2, head1);
+        fill_tier(f, s, idx + m1, s->key + m1, m2, keep2, head2);
+        return placed;
 }
 
 int plan_compute(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vms, PlanResult *ret) {
@@ -460,22 +498,29 @@ int plan_compute(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vm
         const size_t n = in->n_vms;
         PlanDecision *out = ret_vms;
         PlanResult res = { .requested = 0 };
+        uint64_t *lo = scratch->lo, *hi = scratch->hi, *val = scratch->val, *rho = scratch->rho;
+        uint8_t *cls = scratch->cls;
 
         PlanState prev = in->ctl.state >= 0 && in->ctl.state < _PLAN_STATE_MAX ? in->ctl.state : PLAN_STATE_HEALTHY;
         PlanState state = plan_next_state(c, host, prev);
         res.ctl.state = state;
         res.ctl.since = state == in->ctl.state ? in->ctl.since : now;
         bool critical = state == PLAN_STATE_CRITICAL;
+        uint64_t avail = MIN(host->available, host->total);
 
-        /* Pass 1: classify, floors, and the accounting. expected = where the VM will be once what
-         * is in flight lands; pending = Σ(actual − expected) is what the host will still gain. */
+        /* Pass 1: classes, floors and the host-side accounting. For each VM:
+         *   e   = its guest size once what is in flight lands (target, else actual);
+         *   R   = its host-resident guest memory (the caller's measure; actual when unknown);
+         *   rho = min(R, e): what stays resident once the command in flight lands. Shrinking the
+         *         guest from e to t returns max(rho − t, 0) to the host, not e − t: memory the
+         *         guest freed and free page reporting already returned gives nothing twice.
+         * pending = what the host will still gain (or, for raises, lose) from commands in flight. */
         s128 pending = 0;
-        u128 fleet = 0; /* Σ (assigned − expected) over non-parked VMs: reclaim in effect */
-        u128 fixed = 0; /* Σ (assigned − new target) over non-parked VMs the split cannot move */
-        uint64_t head1 = 0, head2 = 0;
-        size_t m1 = 0, m2 = 0;
+        u128 fleet = 0;      /* Σ (assigned − e) over non-parked VMs: guest-side reclaim in effect */
+        u128 returnable = 0; /* Σ max(rho − floor, 0) over the VMs reclaim may take from */
+        size_t m1 = 0, m2 = 0, n_em = 0;
         uint32_t *idx = scratch->idx;
-        uint32_t *idx2 = scratch->tidx; /* tier 2 indices, collected here then moved after tier 1 */
+        uint32_t *idx2 = scratch->tidx; /* tier 2, moved after tier 1 below */
 
         for (size_t i = 0; i < n; i++) {
                 const PlanVm *v = in->vms + i;
@@ -483,79 +528,141 @@ int plan_compute(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vm
                 uint64_t a = v->assigned, t = MIN(v->target, a), x = MIN(v->actual, a);
                 bool stalled = now < v->stalled_until;
                 uint64_t e = v->in_flight && !stalled ? t : x;
+                uint64_t res_now = v->resident ? MIN(v->resident, a) : x;
 
-                pending += (s128) x - (s128) e;
+                rho[i] = MIN(res_now, e);
+                if (e <= x)
+                        pending += (s128) MIN(res_now, x) - (s128) rho[i];
+                else
+                        pending -= (s128) (e - x);
 
+                /* The guest margin holds in critical too: below it a guest swaps and thrashes. */
                 uint64_t f = MAX(MIN(v->floor, a), mul_pmy_ceil(a, critical ? c->hard_floor_pmy : c->floor_pmy));
                 if (v->guest_fresh)
-                        f = MAX(f, MIN(critical ? v->guest_used : sat_add(v->guest_used, c->guest_margin), a));
+                        f = MAX(f, MIN(sat_add(v->guest_used, c->guest_margin), a));
 
                 *d = (PlanDecision){ .target = t, .desired = t, .floor = f, .reason = PLAN_REASON_UNCHANGED };
-
                 if (v->parked) {
                         d->reason = PLAN_REASON_PARKED;
+                        cls[i] = VM_PARKED;
                         continue;
                 }
                 fleet += a - e;
-
-                VmClass cls = VM_MOVABLE;
+                cls[i] = VM_MOVABLE;
                 if (now < v->unparked_until)
-                        d->reason = PLAN_REASON_PROTECTED, cls = VM_FIXED;
+                        d->reason = PLAN_REASON_PROTECTED, cls[i] = VM_FIXED;
                 else if (stalled) {
-                        d->reason = PLAN_REASON_STALLED, cls = VM_FIXED;
+                        d->reason = PLAN_REASON_STALLED, cls[i] = VM_FIXED;
                         d->target = d->desired = x;
                         d->dir = x < t ? -1 : x > t ? 1 : 0;
                 } else if (v->guest_pressure && !critical) {
-                        /* B5.9: deflate at once, whatever the host state, without shaping. */
-                        d->reason = PLAN_REASON_GUEST_PRESSURE, cls = VM_FIXED;
-                        d->target = d->desired = a;
-                        d->dir = t < a ? 1 : 0;
+                        d->reason = PLAN_REASON_GUEST_PRESSURE, cls[i] = VM_FIXED;
+                        idx2[n - 1 - n_em++] = (uint32_t) i; /* raised below, within what the host can give */
                 } else if (v->guest_pressure)
-                        cls = VM_MOVABLE_LAST;
-
-                if (cls == VM_FIXED) {
-                        fixed += a - d->target;
+                        cls[i] = VM_MOVABLE_LAST;
+                if (cls[i] == VM_FIXED)
                         continue;
-                }
-                if (f == a) {
-                        d->desired = a; /* no headroom: nothing to split */
-                        continue;
-                }
-                if (cls == VM_MOVABLE) {
+                lo[i] = f;
+                hi[i] = MAX(rho[i], f);
+                d->returnable = hi[i] - f;
+                returnable += hi[i] - f;
+                if (cls[i] == VM_MOVABLE)
                         idx[m1++] = (uint32_t) i;
-                        head1 += a - f;
-                } else {
+                else
                         idx2[m2++] = (uint32_t) i;
-                        head2 += a - f;
-                }
         }
         memmove(idx + m1, idx2, m2 * sizeof(*idx));
 
-        /* B5.3: the target. need = what brings available to the high watermark, measured on the
-         * actual sizes; minus what in-flight commands will still free; added to what is already
-         * reclaimed (fleet, on expected sizes). Everything is counted once: the measured available
-         * reflects actual, fleet reflects expected, pending is the difference. */
-        uint64_t avail = MIN(host->available, host->total);
-        s128 need = (s128) mul_pmy_ceil(host->total, c->high_pmy) - (s128) avail;
-        s128 delta = need - pending;
-        u128 automatic;
-        if (state == PLAN_STATE_HEALTHY)
-                automatic = delta >= 0 ? fleet : (u128) (-delta) >= fleet ? 0 : fleet - (u128) (-delta);
-        else
-                automatic = fleet + (delta > 0 ? (u128) delta : 0);
+        /* need: host bytes that bring available to the high watermark, less what is in flight. */
+        s128 need = (s128) mul_pmy_ceil(host->total, c->high_pmy) - (s128) avail - pending;
+
+        /* Guest emergencies: a guest under pressure gets its memory back at once, but never more
+         * than the host can give: what is above the low watermark, plus what the other VMs can
+         * really return (taken from them in this same plan). Several emergencies at once must not
+         * push the host from pressure into critical. */
+        s128 room = (s128) avail + pending - (s128) mul_pmy_ceil(host->total, c->low_pmy);
+        u128 em_budget = (room > 0 ? (u128) room : 0) + returnable, em_cost = 0;
+        for (size_t k = 0; k < n_em; k++) {
+                uint32_t i = idx2[n - 1 - k];
+                const PlanVm *v = in->vms + i;
+                PlanDecision *d = out + i;
+                uint64_t a = v->assigned, t = MIN(v->target, a);
+                uint64_t raise = (uint64_t) MIN((u128) (a - t), em_budget - em_cost);
+                d->target = d->desired = t + raise;
+                d->dir = raise ? 1 : 0;
+                em_cost += raise;
+        }
+
+        /* The automatic part, in the state's mode:
+         *  - pressure / critical: take `need` (plus what emergencies cost) in host bytes, from the
+         *    VMs whose shrinking returns the most; a VM that would return nothing is not asked;
+         *    nothing is given back (the reclaim in effect is frozen);
+         *  - healthy: give back only the slack above the high watermark (less what emergencies
+         *    take), to the VMs with the most reclaimed first; nothing is taken, except to pay for
+         *    an emergency. Between the watermarks nothing moves. */
+        Fill fill = { .vms = in->vms, .lo = lo, .hi = hi, .val = val };
+        s128 take = state == PLAN_STATE_HEALTHY ? (s128) em_cost - (need < 0 ? -need : 0) : need + (s128) em_cost;
+        u128 placed = 0;
+        for (size_t k = 0; k < m1 + m2; k++)
+                val[idx[k]] = hi[idx[k]];
+        if (take > 0)
+                placed = plan_take(&fill, scratch, idx, m1, m2, (u128) take);
+        for (size_t k = 0; k < m1 + m2; k++) {
+                uint32_t i = idx[k];
+                PlanDecision *d = out + i;
+                uint64_t t = d->target;
+                /* Keeps all it can return: stays where it is (never raised here). */
+                d->desired = val[i] < rho[i] ? MIN(val[i], t) : t;
+                if (d->desired < d->floor)
+                        d->desired = d->floor; /* a VM below its floor is raised to it */
+        }
+        uint64_t host_shortfall = take > 0 ? u128_to_u64_sat((u128) take - placed) : 0;
 
         uint64_t hold = in->hold.bytes > 0 && now < in->hold.until ? in->hold.bytes : 0;
-        u128 requested = MAX(automatic, (u128) hold);
-        u128 want = requested > fixed ? requested - fixed : 0; /* from the movable VMs */
+        if (state == PLAN_STATE_HEALTHY && take < 0 && m1 > 0) {
+                /* Give back: what stays reclaimed is water-filled over each VM's reclaim, so the
+                 * most-reclaimed get back first; a hold keeps its bytes reclaimed. */
+                u128 give = (u128) -take, rec = 0;
+                give = fleet > hold ? MIN(give, fleet - hold) : 0;
+                for (size_t k = 0; k < m1; k++) {
+                        uint32_t i = idx[k];
+                        lo[i] = 0;
+                        hi[i] = in->vms[i].assigned - out[i].desired;
+                        rec += hi[i];
+                }
+                give = MIN(give, rec);
+                if (give > 0) {
+                        fill_tier(&fill, scratch, idx, scratch->key, m1, rec - give, rec);
+                        for (size_t k = 0; k < m1; k++) {
+                                uint32_t i = idx[k];
+                                out[i].desired = MAX(in->vms[i].assigned - val[i], out[i].floor);
+                        }
+                }
+        }
 
-        /* B5.4: the split. Keep the rest of the headroom, tier 2 (guest pressure) first. */
-        uint64_t head = head1 + head2; /* ≤ Σ assigned, validated to fit */
-        uint64_t placed = (uint64_t) MIN(want, (u128) head);
-        uint64_t keep = head - placed;
-        uint64_t keep2 = MIN(keep, head2);
-        Fill fill = { .vms = in->vms, .out = out };
-        fill_tier(&fill, scratch, idx, scratch->key, m1, keep - keep2, head1);
-        fill_tier(&fill, scratch, idx + m1, scratch->key + m1, m2, keep2, head2);
+        /* Holds: at least `hold` bytes stay reclaimed (guest side, non-parked VMs). The larger of
+         * the automatic reclaim and the hold wins; they never add up. */
+        u128 automatic = host_shortfall; /* what pressure asks: what it got, and what the floors refused */
+        for (size_t i = 0; i < n; i++)
+                if (cls[i] != VM_PARKED)
+                        automatic += in->vms[i].assigned - out[i].desired;
+        u128 hold_shortfall = 0;
+        bool hold_dominates = false;
+        if (hold > automatic && m1 + m2 > 0) {
+                u128 deficit = hold - automatic;
+                for (size_t k = 0; k < m1 + m2; k++) {
+                        uint32_t i = idx[k];
+                        lo[i] = out[i].floor;
+                        hi[i] = MAX(out[i].desired, out[i].floor);
+                }
+                u128 got = plan_take(&fill, scratch, idx, m1, m2, deficit);
+                for (size_t k = 0; k < m1 + m2; k++)
+                        out[idx[k]].desired = val[idx[k]];
+                hold_shortfall = deficit - got;
+                hold_dominates = got > 0;
+        } else if (hold > automatic)
+                hold_shortfall = hold - automatic;
+        u128 requested = MAX(automatic, (u128) hold);
 
         /* B5.5: shaping, and the totals. */
         Shape sh = {
@@ -564,30 +671,64 @@ int plan_compute(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vm
                 .critical = critical,
                 .pressure = state != PLAN_STATE_HEALTHY,
                 .hold_active = hold > 0,
-                .hold_dominates = hold > automatic,
-                .want_more = want > 0,
+                .hold_dominates = hold_dominates,
+                .want_more = host_shortfall > 0 || hold_shortfall > 0,
         };
-        u128 planned = 0;
+        u128 planned = 0, desired = 0, expected = 0;
         for (size_t i = 0; i < n; i++) {
                 const PlanVm *v = in->vms + i;
-                if (v->parked)
-                        continue;
                 PlanDecision *d = out + i;
-                if (d->reason == PLAN_REASON_UNCHANGED)
+                if (cls[i] == VM_PARKED)
+                        continue;
+                if (cls[i] != VM_FIXED) {
+                        bool no_gain = sh.pressure && d->desired == d->target && d->returnable == 0 &&
+                                       d->target > d->floor && rho[i] < d->target;
                         plan_shape(&sh, v, d);
+                        if (no_gain && d->reason == PLAN_REASON_UNCHANGED)
+                                d->reason = PLAN_REASON_NO_GAIN;
+                }
+                d->gain = rho[i] > d->target ? rho[i] - d->target : 0;
+                expected += d->gain;
+                desired += v->assigned - d->desired;
                 planned += v->assigned - d->target;
         }
 
         res.automatic = u128_to_u64_sat(automatic);
         res.hold = hold;
         res.requested = u128_to_u64_sat(requested);
-        res.desired = u128_to_u64_sat(fixed + placed);
+        res.desired = u128_to_u64_sat(desired);
         res.planned = u128_to_u64_sat(planned);
-        res.shortfall = u128_to_u64_sat(want - placed);
-        res.pending = pending > INT64_MAX ? INT64_MAX : pending < INT64_MIN ? INT64_MIN : (int64_t) pending;
+        res.shortfall = u128_to_u64_sat(requested > desired ? requested - desired : 0);
+        res.pending = s128_to_s64_sat(pending);
+        res.need = s128_to_s64_sat(need + pending);
+        res.expected = u128_to_u64_sat(expected);
+        res.returnable = u128_to_u64_sat(returnable);
+        res.emergency = u128_to_u64_sat(em_cost);
         *ret = res;
 
         plan_scratch_free(own);
+        return 0;
+}
+
+uint64_t plan_floor(const PlanConfig *c, uint64_t assigned, uint64_t configured) {
+        return MAX(MIN(configured, assigned), mul_pmy_ceil(assigned, c->floor_pmy));
+}
+
+int plan_capacity(const PlanConfig *c, uint64_t total, uint64_t available, uint64_t returnable, uint64_t size,
+                  PlanCapacity *ret) {
+        if (!c || !ret || total == 0 || size == 0 || plan_config_validate(c, NULL) < 0)
+                return -EINVAL;
+        uint64_t avail = MIN(available, total);
+        uint64_t reserve = mul_pmy_ceil(total, c->low_pmy);
+        uint64_t free_bytes = avail > reserve ? avail - reserve : 0;
+        *ret = (PlanCapacity){
+                .size = size,
+                .reserve = reserve,
+                .free = free_bytes,
+                .returnable = returnable,
+                .fit_free = free_bytes / size,
+                .fit = u128_to_u64_sat(((u128) free_bytes + returnable) / size),
+        };
         return 0;
 }
 
@@ -614,6 +755,8 @@ static const char *const plan_reason_table[_PLAN_REASON_MAX] = {
         [PLAN_REASON_STALLED] = "stalled",
         [PLAN_REASON_PARKED] = "parked",
         [PLAN_REASON_GUEST_PRESSURE] = "guest-pressure",
+        [PLAN_REASON_NO_GAIN] = "no-gain",
+        [PLAN_REASON_UNREACHABLE] = "unreachable",
 };
 
 static int table_lookup(const char *const *table, int n, const char *s) {

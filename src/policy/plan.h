@@ -40,7 +40,10 @@ typedef enum PlanReason {
         PLAN_REASON_PROTECTED,      /* recently unparked (B4.2): not touched until unparked_until */
         PLAN_REASON_STALLED,        /* in stall back-off (B5.6): target re-synced to actual */
         PLAN_REASON_PARKED,         /* parked (B4.1): not touched */
-        PLAN_REASON_GUEST_PRESSURE, /* the guest is under pressure: deflated to full at once (B5.9) */
+        PLAN_REASON_GUEST_PRESSURE, /* the guest is under pressure: raised at once, as far as the host can give */
+        PLAN_REASON_NO_GAIN,        /* the host is short, but shrinking this guest would return nothing to it */
+        PLAN_REASON_UNREACHABLE, /* not read yet, or its last call failed: outside every total (set by the controller)
+                                  */
         _PLAN_REASON_MAX,
         _PLAN_REASON_INVALID = -EINVAL,
 } PlanReason;
@@ -108,6 +111,11 @@ typedef struct PlanVm {
         bool guest_fresh;      /* guest statistics are recent enough to use */
         uint64_t guest_used;   /* guest non-reclaimable use (anon + shmem + unevictable), if fresh */
         bool guest_pressure;   /* the guest shows pressure (major faults, swap-in, low available) */
+        /* Host-resident guest memory (bytes the host really holds for this guest, the hypervisor's
+         * own overhead excluded); 0 = unknown, then taken as `actual`. Shrinking the guest to t
+         * returns about max(resident − t, 0) to the host: what free page reporting already
+         * returned gives nothing twice. */
+        uint64_t resident;
 } PlanVm;
 
 /* The plan's decision for one VM (same index as the input). */
@@ -116,7 +124,9 @@ typedef struct PlanDecision {
         uint64_t desired; /* where the split wants it, before shaping */
         uint64_t floor;   /* the floor in force for this VM in this plan */
         PlanReason reason;
-        int8_t dir; /* sign(target − previous target): store as last_dir (with last_move = now) if ≠ 0 */
+        int8_t dir;          /* sign(target − previous target): store as last_dir (with last_move = now) if ≠ 0 */
+        uint64_t returnable; /* host bytes this VM could return above its floor (0 for fixed VMs) */
+        uint64_t gain;       /* host bytes its target is expected to return, beyond what is in flight */
 } PlanDecision;
 
 typedef struct PlanInput {
@@ -137,8 +147,13 @@ typedef struct PlanResult {
         uint64_t requested; /* max(automatic, hold): holds and pressure never add up */
         uint64_t desired;   /* what the split could place above the floors (≤ requested + fixed VMs) */
         uint64_t planned;   /* what the new targets amount to, after shaping */
-        uint64_t shortfall; /* requested − desired when the floors do not allow more */
+        uint64_t shortfall; /* what the floors did not allow: host bytes short of the need, plus hold bytes */
         int64_t pending;    /* bytes the host will still gain from in-flight commands (may be < 0) */
+        /* Host side. */
+        int64_t need;        /* bytes that bring available to the high watermark (< 0: slack above it) */
+        uint64_t expected;   /* host bytes the new targets are expected to return (Σ gain) */
+        uint64_t returnable; /* host bytes the movable VMs could return above their floors */
+        uint64_t emergency;  /* bytes raised for guests under pressure in this plan */
 } PlanResult;
 
 /* Reusable working memory for up to `capacity` VMs, so plan_compute() does not allocate. */
@@ -161,11 +176,30 @@ PlanScratch *plan_scratch_free(PlanScratch *s); /* accepts NULL, returns NULL */
  * *ret; on error nothing is written and it returns:
  *   -EINVAL     bad config (see plan_config_validate), NULL pointers, total == 0, shares == 0
  *   -ERANGE     a VM larger than PLAN_BYTES_MAX, or more than PLAN_VMS_MAX VMs
- *   -EOVERFLOW  the VMs' assigned sizes add up to more than 2^64 − 1
  *   -ESTALE     the host sample is older than config->sample_max_age
  *   -ENOBUFS    the scratch object is smaller than n_vms
  *   -ENOMEM     scratch == NULL and allocation failed */
 int plan_compute(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vms, PlanResult *ret);
+
+/* The floor a VM has outside critical and without guest statistics: the larger of its configured
+ * floor (capped at assigned) and floor_pmy of assigned. */
+uint64_t plan_floor(const PlanConfig *c, uint64_t assigned, uint64_t configured);
+
+/* Admission hint: how many more VMs of `size` bytes fit now. A new VM is counted at its full size
+ * (it may touch all of it); the host keeps its low watermark free; reclaim can add what the
+ * registered VMs could return above their floors (PlanResult.returnable). */
+typedef struct PlanCapacity {
+        uint64_t size;       /* the VM size asked about */
+        uint64_t reserve;    /* the low watermark of the scope: never handed out */
+        uint64_t free;       /* available above the reserve */
+        uint64_t returnable; /* what reclaim could return above the floors */
+        uint64_t fit_free;   /* VMs of `size` that fit in free memory alone */
+        uint64_t fit;        /* VMs of `size` that fit in free memory plus what reclaim returns */
+} PlanCapacity;
+
+/* Returns 0, or -EINVAL (NULL, total or size 0, bad config); writes *ret only on success. */
+int plan_capacity(const PlanConfig *c, uint64_t total, uint64_t available, uint64_t returnable, uint64_t size,
+                  PlanCapacity *ret);
 
 const char *plan_state_to_string(PlanState s);
 PlanState plan_state_from_string(const char *s);

@@ -886,8 +886,19 @@ def v_metrics(w):
         assert line.startswith("# HELP ballast_") or line.startswith("# TYPE ballast_") or sample.match(line), line
 
 
+def v_capacity(w):
+    r = check("getCapacity", w.req("GET", "/v1/capacity?size=256M"), 200)
+    c = r.json
+    assert c["size_bytes"] == 256 * MiB and c["vm_count"] >= 2, c
+    assert c["fit_free"] == c["free_bytes"] // c["size_bytes"], c
+    assert c["fit"] == (c["free_bytes"] + c["returnable_bytes"]) // c["size_bytes"], c
+    assert c["free_bytes"] == max(0, c["available_bytes"] - c["reserve_bytes"]), c
+    r = check("getCapacity", w.req("GET", f"/v1/capacity?size={c['available_bytes'] * 2}"), 200)
+    assert r.json["fit_free"] == 0, r
+
+
 VALID = {
-    "getHealth": v_health, "getHost": v_host, "listVms": v_list, "registerVm": v_register, "getVm": v_get,
+    "getHealth": v_health, "getCapacity": v_capacity, "getHost": v_host, "listVms": v_list, "registerVm": v_register, "getVm": v_get,
     "updateVm": v_patch, "deleteVm": v_delete, "setVmTarget": v_target, "getVmStats": v_stats, "parkVm": v_park,
     "unparkVm": v_unpark, "reclaimMemory": v_reclaim, "reclaimMemoryResources": v_reclaim_resources,
     "getHistory": v_history, "getMetrics": v_metrics,
@@ -1212,6 +1223,13 @@ def test_history_query_is_checked(world):
         check_error("getHistory", world.req("GET", f"/v1/history?{q}"), 400, "limit")
     r = check("getHistory", world.req("GET", f"/v1/history?limit={s['minimum']}"), 200)
     assert len(r.json["entries"]) <= s["minimum"]
+
+
+def test_capacity_query_is_checked(world):
+    for q in ("", "size=", "size=0", "size=abc", "size=1G&foo=2", "foo=1", "size=-1", "size=99999999999999999999",
+              "size=5E"):
+        check_error("getCapacity", world.req("GET", f"/v1/capacity?{q}" if q else "/v1/capacity"), 400, "size")
+    check("getCapacity", world.req("GET", "/v1/capacity?size=1"), 200)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -685,7 +685,7 @@ static void test_floor_table(void **state) {
                 { 20 * GiB, false, 0, false, 8 * GiB },           /* configured above assigned */
                 { 0, false, 0, true, (8 * GiB + 9) / 10 },        /* hard: ceil(10% of 8 GiB) */
                 { 3 * GiB, false, 0, true, 3 * GiB },             /* configured honoured in critical */
-                { 0, true, 3 * GiB, true, 3 * GiB },              /* critical: guest use, no margin */
+                { 0, true, 3 * GiB, true, 3 * GiB + 128 * MiB },  /* critical keeps the guest margin */
         };
         for (size_t k = 0; k < sizeof(t) / sizeof(t[0]); k++) {
                 fx(1, 8 * GiB);
@@ -905,9 +905,23 @@ static void test_overflow_sized_vms(void **state) {
                 assert_int_equal(D[i].desired, D[i].floor);
         assert_int_equal(R.shortfall, 0);
 
-        fx(4, big); /* 2^64: the sum does not fit */
+        /* Four legal VMs add up to 2^64: the fleet is still planned (totals saturate), and one VM
+         * of that size must not stop the controller for everyone. */
+        fx(4, big);
         I.host.total = UINT64_MAX;
-        assert_int_equal(plan_compute(&I, NULL, D, &R), -EOVERFLOW);
+        I.host.available = UINT64_MAX / 2;
+        I.hold = (PlanHold){ .bytes = 2 * GiB, .until = NOW + SEC };
+        assert_int_equal(plan_compute(&I, NULL, D, &R), 0);
+        assert_int_equal(R.requested, 2 * GiB);
+        assert_int_equal(desired_reclaim_of(4), 2 * GiB);
+        pressure_gap(0);
+        I.host.total = UINT64_MAX;
+        I.host.available = UINT64_MAX / 100; /* critical: a need near 2^64 */
+        assert_int_equal(plan_compute(&I, NULL, D, &R), 0);
+        assert_int_equal(R.ctl.state, PLAN_STATE_CRITICAL);
+        assert_true(R.need > 0);
+        assert_int_equal(R.planned, (uint64_t) R.need); /* no rate limit in critical: all of it, exact */
+        assert_int_equal(R.shortfall, 0);
         fx(1, big + 1);
         assert_int_equal(plan_compute(&I, NULL, D, &R), -ERANGE);
 }
@@ -1017,24 +1031,147 @@ static void test_guest_pressure_gives_last_in_critical(void **state) {
         assert_int_equal(D[1].target, 3 * GiB);
 }
 
+/* A guest under pressure outside critical gets its memory back at once, paid for by the VMs that
+ * can really return memory. */
 static void test_guest_pressure_gets_back_first(void **state) {
         (void) state;
-        uint64_t hard = (8 * GiB + 9) / 10;
         fx(2, 8 * GiB);
         for (size_t i = 0; i < 2; i++)
                 V[i].target = V[i].actual = 4 * GiB; /* 8 GiB reclaimed */
         V[0].guest_pressure = true;
-        I.host.available = HIGH; /* no further need, but critical by PSI: hard floors */
-        I.host.has_psi = true;
-        I.host.psi_full_avg10 = 2000;
+        pressure_gap(0); /* at the high watermark: no need of its own */
         run();
-        assert_int_equal(R.ctl.state, PLAN_STATE_CRITICAL);
-        assert_int_equal(R.requested, 8 * GiB);
-        /* The 8 GiB stay reclaimed, as much as possible from VM 1: VM 0 gets memory back first. */
-        assert_int_equal(D[1].target, hard);
-        assert_int_equal(D[0].target, 8 * GiB - hard); /* VM 0 gives only the remaining 0.8 GiB */
-        assert_true(D[0].target > 4 * GiB);
-        assert_int_equal(D[0].dir, 1);
+        assert_int_equal(D[0].target, 8 * GiB);
+        assert_int_equal(D[0].reason, PLAN_REASON_GUEST_PRESSURE);
+        assert_int_equal(R.emergency, 4 * GiB);
+        /* VM 1 pays what it can (down to its 25% floor); the rest is reported, not forced. */
+        assert_int_equal(D[1].desired, 2 * GiB);
+        assert_int_equal(R.shortfall, 2 * GiB);
+}
+
+/* Several guests in emergency at once may not take more than the host can give: what lies above
+ * the low watermark plus what the others can return. Raising them all to full pushed a host from
+ * pressure to critical in a second, and into OOM kills. */
+static void test_emergencies_bounded_by_host(void **state) {
+        (void) state;
+        fx(4, 8 * GiB);
+        for (size_t i = 0; i < 4; i++) {
+                V[i].target = V[i].actual = 4 * GiB;
+                V[i].resident = 2 * GiB; /* nothing above the 25% floor to return */
+        }
+        for (size_t i = 0; i < 3; i++)
+                V[i].guest_pressure = true;
+        I.ctl.state = PLAN_STATE_PRESSURE;
+        I.host.available = 11 * GiB; /* 1 GiB above the low watermark (10 GiB) */
+        run();
+        uint64_t raised = 0;
+        for (size_t i = 0; i < 3; i++) {
+                assert_int_equal(D[i].reason, PLAN_REASON_GUEST_PRESSURE);
+                assert_true(D[i].target >= 4 * GiB);
+                raised += D[i].target - 4 * GiB;
+        }
+        assert_int_equal(raised, 1 * GiB);
+        assert_int_equal(R.emergency, 1 * GiB);
+        assert_int_equal(D[3].target, 4 * GiB); /* it has nothing to give: not squeezed */
+        assert_int_equal(D[3].reason, PLAN_REASON_NO_GAIN);
+
+        /* With a VM that can return memory, the budget grows by what it returns, and it pays. */
+        V[3].resident = 4 * GiB; /* 2 GiB above its floor */
+        run();
+        raised = 0;
+        for (size_t i = 0; i < 3; i++)
+                raised += D[i].target - 4 * GiB;
+        assert_int_equal(raised, 3 * GiB);
+        assert_int_equal(D[3].desired, 2 * GiB);
+}
+
+/* ---- host-side gain ---- */
+
+/* Shrinking a guest returns only what the host holds for it: the VM with the most resident memory
+ * gives, the one whose free memory free page reporting already returned is not asked. */
+static void test_reclaim_follows_host_gain(void **state) {
+        (void) state;
+        fx(2, 8 * GiB);
+        V[0].resident = 2 * GiB + 512 * MiB; /* idle, reported: 512 MiB above its 2 GiB floor */
+        V[1].resident = 7 * GiB;             /* page cache: 5 GiB above its floor */
+        critical_gap(11 * GiB);
+        I.host.available = HIGH - 3 * GiB;
+        I.ctl.state = PLAN_STATE_PRESSURE;
+        run();
+        assert_int_equal(R.returnable, 512 * MiB + 5 * GiB);
+        assert_int_equal(D[0].returnable, 512 * MiB);
+        assert_int_equal(D[1].returnable, 5 * GiB);
+        /* Water filling over what each can return: VM 0 keeps its 512 MiB (below the level) and is
+         * left at full size instead of being squeezed through memory that gives nothing back. */
+        assert_int_equal(D[0].desired, 8 * GiB);
+        assert_int_equal(D[1].desired, 4 * GiB);
+        uint64_t gain = 0;
+        for (size_t i = 0; i < 2; i++)
+                gain += D[i].desired < V[i].resident ? V[i].resident - D[i].desired : 0;
+        assert_int_equal(gain, 3 * GiB);
+        assert_int_equal(R.need, (int64_t) (3 * GiB));
+}
+
+/* Free page reporting has already returned the idle guests' free memory: inflating them frees
+ * nothing, so the gap never closes. The plan must not lower targets tick after tick to the floors
+ * (409 → 744 → 1,057 MiB commanded for a 131 MiB gap); it says no VM can return anything. */
+static void test_no_gain_not_squeezed(void **state) {
+        (void) state;
+        fx(4, 512 * MiB);
+        I.host.total = 2 * GiB;
+        for (size_t i = 0; i < 4; i++) {
+                V[i].resident = 150 * MiB; /* below what the floor keeps: nothing to return */
+                V[i].guest_fresh = true;
+                V[i].guest_used = 60 * MiB; /* floor = 188 MiB */
+        }
+        I.ctl.state = PLAN_STATE_PRESSURE;
+        I.host.available = 2 * GiB * 15 / 100 - 131 * MiB;
+        for (int tick = 0; tick < 10; tick++) {
+                I.now = I.host.at = NOW + (usec_t) tick * SEC;
+                run();
+                for (size_t i = 0; i < 4; i++) {
+                        assert_int_equal(D[i].target, 512 * MiB);
+                        assert_int_equal(D[i].reason, PLAN_REASON_NO_GAIN);
+                        assert_int_equal(D[i].returnable, 0);
+                }
+                assert_int_equal(R.planned, 0);
+                assert_true(R.shortfall >= 131 * MiB);
+                I.ctl = R.ctl;
+        }
+}
+
+/* On a healthy host only slack is given back: no VM is shrunk to pay another's give-back (a frozen
+ * total re-split took 512 → 456 → 386 → 351 MiB from a VM at 286 MiB available, 230 MiB high). */
+static void test_healthy_never_takes(void **state) {
+        (void) state;
+        fx(2, 8 * GiB);
+        V[0].target = V[0].actual = 6 * GiB; /* 2 GiB reclaimed */
+        V[0].last_move = NOW - 60 * SEC;
+        I.host.available = HIGH + 1 * GiB;
+        run();
+        assert_int_equal(R.ctl.state, PLAN_STATE_HEALTHY);
+        assert_int_equal(D[0].target, 7 * GiB);
+        assert_int_equal(D[0].reason, PLAN_REASON_GIVE_BACK);
+        assert_int_equal(D[1].target, 8 * GiB);
+        assert_int_equal(D[1].dir, 0);
+        for (int round = 0; round < 200; round++) {
+                size_t n = (size_t) rnd_range(1, SMALL);
+                fx(n, 0);
+                for (size_t i = 0; i < n; i++) {
+                        V[i] = vm_full(rnd_range(128, 32 * 1024) * MiB);
+                        V[i].shares = (uint32_t) rnd_range(1, 10000);
+                        V[i].target = V[i].actual = rnd_range(V[i].assigned / 4, V[i].assigned);
+                        V[i].resident = rnd() % 2 ? rnd_range(0, V[i].assigned) : 0;
+                }
+                I.host.total = 64 * GiB;
+                I.host.available = rnd_range(10 * GiB, 64 * GiB);
+                run();
+                if (R.ctl.state != PLAN_STATE_HEALTHY)
+                        continue;
+                for (size_t i = 0; i < n; i++)
+                        if (D[i].target < V[i].target)
+                                fail_msg("round %d: vm %zu shrunk on a healthy host", round, i);
+        }
 }
 
 /* ---- B5.5 shaping ---- */
@@ -1384,6 +1521,10 @@ int main(void) {
                 cmocka_unit_test(test_guest_pressure_deflates_at_once),
                 cmocka_unit_test(test_guest_pressure_gives_last_in_critical),
                 cmocka_unit_test(test_guest_pressure_gets_back_first),
+                cmocka_unit_test(test_emergencies_bounded_by_host),
+                cmocka_unit_test(test_reclaim_follows_host_gain),
+                cmocka_unit_test(test_no_gain_not_squeezed),
+                cmocka_unit_test(test_healthy_never_takes),
                 cmocka_unit_test(test_dead_band),
                 cmocka_unit_test(test_dead_band_exact_ends),
                 cmocka_unit_test(test_rate_limit_window),

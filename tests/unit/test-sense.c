@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "sense/sense.h"
+#include "sense/vm-mem.h"
 
 #define MiB (UINT64_C(1) << 20)
 
@@ -259,6 +260,60 @@ static void test_cgroup1_pressure_event(void **state) {
         close(efd);
 }
 
+/* ---- a VM process's memory ---- */
+
+static char *read_fixture(const char *name, size_t *ret_len) {
+        const char *dir = getenv("BALLAST_SOURCEDIR");
+        char path[4096];
+        snprintf(path, sizeof path, "%s/tests/fixtures/vm-mem/%s", dir ? dir : ".", name);
+        FILE *f = fopen(path, "re");
+        assert_non_null(f);
+        static char buf[64 * 1024];
+        size_t n = fread(buf, 1, sizeof buf, f);
+        fclose(f);
+        *ret_len = n;
+        return buf;
+}
+
+static void test_vm_status(void **state) {
+        (void) state;
+        static const char st[] =
+                "Name:\tqemu-system-x86\nVmPeak:\t 2000000 kB\nVmRSS:\t  238768 kB\nRssAnon:\t 215236 kB\n";
+        uint64_t v = 0;
+        assert_int_equal(vmmem_status_parse(st, strlen(st), &v), 0);
+        assert_true(v == UINT64_C(238768) * 1024);
+        assert_int_equal(vmmem_status_parse("VmRSS:\n", 7, &v), -ENODATA);
+        assert_int_equal(vmmem_status_parse("VmRSS: 99999999999999999999 kB\n", 31, &v), -ENODATA);
+}
+
+/* A 512 MiB TCG guest: the RAM block is the 512 MiB rw-p mapping (126 MiB resident); the 1 GiB TCG
+ * code buffer (rwx), the heap and small mappings are the hypervisor's own. */
+static void test_vm_smaps(void **state) {
+        (void) state;
+        size_t len;
+        const char *buf = read_fixture("qemu-tcg-512M.smaps", &len);
+        uint64_t ram = 0;
+        assert_int_equal(vmmem_smaps_parse(buf, len, 512 * MiB, &ram), 0);
+        assert_true(ram == UINT64_C(129024) * 1024);
+        /* A 256 MiB guest has no 512 MiB mapping; the 64 MiB minimum and the size cap leave none. */
+        assert_int_equal(vmmem_smaps_parse(buf, len, 256 * MiB, &ram), -ENODATA);
+        assert_int_equal(vmmem_smaps_parse(buf, len, 0, &ram), -EINVAL);
+        /* Cut anywhere: never a read past the end, never a crash. */
+        for (size_t cut = 0; cut < len; cut += 97)
+                (void) vmmem_smaps_parse(buf, cut, 512 * MiB, &ram);
+}
+
+static void test_vm_live_self(void **state) {
+        (void) state;
+        uint64_t rss = 0, ram = 0;
+        assert_int_equal(vmmem_read_rss("", getpid(), &rss), 0);
+        assert_true(rss > 0);
+        assert_int_equal(vmmem_read_rss("", 0x7ffffff0, &rss), -ESRCH);
+        /* This test has no guest-sized mapping of 1 TiB. */
+        int r = vmmem_read_ram("", getpid(), UINT64_C(1) << 40, &ram);
+        assert_true(r == 0 || r == -ENODATA);
+}
+
 static int setup(void **state) {
         (void) state;
         return mkdtemp(tmpdir) ? 0 : -1;
@@ -278,6 +333,8 @@ int main(void) {
                 cmocka_unit_test(test_cgroup_trees),   cmocka_unit_test(test_oversized_file),
                 cmocka_unit_test(test_live_host),      cmocka_unit_test(test_live_cgroup_v1),
                 cmocka_unit_test(test_psi_trigger),    cmocka_unit_test(test_cgroup1_pressure_event),
+                cmocka_unit_test(test_vm_status),      cmocka_unit_test(test_vm_smaps),
+                cmocka_unit_test(test_vm_live_self),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
