@@ -89,6 +89,7 @@ struct CtlVm {
         uint64_t host_rss;
         uint64_t rss_base; /* host_rss when it last was at full size; 0 unknown */
         usec_t next_rss;
+        uint32_t rng; /* xorshift state: spreads each VM's periodic reads (seeded from its id) */
         /* Guest RAM resident on the host = host_rss − ram_overhead: the overhead (the hypervisor's
          * own memory, a TCG code buffer included) is measured from smaps now and then, since
          * smaps costs milliseconds and VmRSS nothing. */
@@ -206,6 +207,17 @@ static uint64_t sat_add_u64(uint64_t a, uint64_t b) {
 
 static uint64_t absdiff(uint64_t a, uint64_t b) {
         return a > b ? a - b : b - a;
+}
+
+/* A random share of `period` in [0, period): added to the idle pace of a VM's periodic reads, so
+ * that a fleet adopted in the same second does not re-read itself in one burst every 30 s. */
+static usec_t vm_jitter(CtlVm *vm, usec_t period) {
+        uint32_t x = vm->rng ? vm->rng : 0x9e3779b9u;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        vm->rng = x;
+        return period ? (usec_t) x % period : 0;
 }
 
 /* ---- sensing ---- */
@@ -471,7 +483,7 @@ static void vm_on_get_actual(Hv *hv, const HvReply *reply, void *userdata) {
                 vm_ok(vm);
                 if (!vm->removing)
                         vm_observe(vm, reply->actual, now);
-                vm->last_read = now;
+                vm->last_read = usec_sub_floor(now, vm_jitter(vm, vm->c->cfg.refresh_interval * 4));
         }
         vm_after_call(vm);
 }
@@ -643,7 +655,7 @@ static void vm_read_rss(CtlVm *vm, usec_t now, bool active) {
                 return;
         Controller *c = vm->c;
         /* Every second while memory moves, every 30 s otherwise: /proc reads add up at 1,000 VMs. */
-        vm->next_rss = now + (active ? 1 : 30) * USEC_PER_SEC;
+        vm->next_rss = active ? now + USEC_PER_SEC : now + 20 * USEC_PER_SEC + vm_jitter(vm, 20 * USEC_PER_SEC);
         uint64_t rss;
         if (vmmem_read_rss("", vm->hv->peer_pid, &rss) < 0) {
                 vm->host_rss = 0;
@@ -711,7 +723,8 @@ static void vm_poll(CtlVm *vm, usec_t now) {
                         vm->stats_off = true;
                 }
                 if (!vm->stats_off && now >= vm->last_stats + stats_iv) {
-                        vm->last_stats = now;
+                        /* At the idle pace, the next read comes 20-30 s later (spread). */
+                        vm->last_stats = active ? now : usec_sub_floor(now, vm_jitter(vm, stats_iv / 3));
                         vm->stats_interval = stats_iv;
                         int r = hv_get_stats(vm->hv, c->cfg.op_timeout, vm_on_stats, vm);
                         if (r >= 0) {
@@ -1133,6 +1146,9 @@ int ctl_vm_add(Controller *c, const CtlVmSpec *spec, uint64_t resume_target, Ctl
         vm->spec = *spec;
         vm->status = CTL_VM_CONNECTING;
         vm->resume_target = resume_target;
+        for (const char *p = spec->id; *p; p++)
+                vm->rng = vm->rng * 31u + (uint8_t) *p;
+        vm->rng |= 1;
         vm->target = spec->assigned;
         /* Until it answers and a plan runs, the view shows its configured floor and why it is
          * left alone (never "parked", never a floor of 0). */

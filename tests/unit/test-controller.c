@@ -297,11 +297,83 @@ static void test_stall_resyncs(void **state) {
         assert_true(v.target >= 900 * MiB - 16 * MiB && v.target <= 900 * MiB + 16 * MiB);
 }
 
+static bool vm_adopted(Fixture *f, void *arg) {
+        CtlVm *vm = arg;
+        CtlVmView v;
+        ctl_vm_view(vm, &v);
+        (void) f;
+        return v.actual_known;
+}
+
+/* Before a VM first answers, and on a healthy host where plans are skipped, its view shows its real
+ * floor and why it is left alone: it was shown "parked" with a floor of 0 B. */
+static void test_view_before_first_plan(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 6 * GiB);
+        spawn_peer(f, "hung", PEER_HANG, 1 * GiB, 0);
+        spawn_peer(f, "late", PEER_NORMAL, 1 * GiB, 0);
+        start(f, 2 * USEC_PER_SEC);
+        CtlVm *hung = add(f, "hung", 1 * GiB, 300 * MiB);
+        CtlVmView v;
+        ctl_vm_view(hung, &v);
+        assert_int_equal(v.last.reason, PLAN_REASON_UNREACHABLE);
+        assert_true(v.last.floor == 300 * MiB);
+        /* Registered last on an idle healthy host: adopted, never planned, floor 25% of 1 GiB. */
+        CtlVm *late = add(f, "late", 1 * GiB, 0);
+        assert_true(run_until(f, vm_adopted, late, 10 * USEC_PER_SEC));
+        for (int i = 0; i < 10; i++)
+                assert_true(ev_run_once(f->ev, now_mono() + 20 * USEC_PER_MSEC) >= 0);
+        ctl_vm_view(late, &v);
+        assert_int_not_equal(v.last.reason, PLAN_REASON_PARKED);
+        assert_int_not_equal(v.last.reason, PLAN_REASON_UNREACHABLE);
+        assert_true(v.last.floor == 256 * MiB);
+        ctl_vm_view(hung, &v);
+        assert_int_equal(v.last.reason, PLAN_REASON_UNREACHABLE);
+}
+
+/* A VM whose hypervisor died leaves every total, and its retries are not reactions: a dead QEMU
+ * stayed in commanded/planned and its 30 s retry showed up as a 3.5 s "reaction". */
+static void test_dead_vm_leaves_totals(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 4 * GiB);
+        spawn_peer(f, "a", PEER_NORMAL, 1 * GiB, 0);
+        spawn_peer(f, "b", PEER_NORMAL, 1 * GiB, 0);
+        start(f, 1 * USEC_PER_SEC);
+        CtlVm *a = add(f, "a", 1 * GiB, 256 * MiB), *b = add(f, "b", 1 * GiB, 256 * MiB);
+        assert_true(run_until(f, all_known, (void *) 2, 10 * USEC_PER_SEC));
+        write_meminfo(f, 8 * GiB, 8 * GiB / 20 + 1);
+        assert_true(run_until(f, vm_reached_below, a, 10 * USEC_PER_SEC));
+        assert_true(run_until(f, vm_reached_below, b, 10 * USEC_PER_SEC));
+
+        /* b's hypervisor dies while the host is still short. */
+        (void) kill(f->pids[1], SIGKILL);
+        (void) waitpid(f->pids[1], NULL, 0);
+        f->pids[1] = f->pids[--f->n_pids];
+        assert_true(run_until(f, vm_failed, b, 10 * USEC_PER_SEC));
+        uint64_t reactions = ctl_stats(f->c)->reaction.count;
+        /* Let its back-off retries run (1 s, 2 s, …) and a few plans happen. */
+        usec_t until = now_mono() + 4 * USEC_PER_SEC;
+        while (now_mono() < until)
+                assert_true(ev_run_once(f->ev, now_mono() + 50 * USEC_PER_MSEC) >= 0);
+        CtlVmView va, vb;
+        ctl_vm_view(a, &va);
+        ctl_vm_view(b, &vb);
+        assert_int_equal(vb.status, CTL_VM_ERROR);
+        assert_int_equal(vb.last.reason, PLAN_REASON_UNREACHABLE);
+        CtlHostView h;
+        ctl_host_view(f->c, &h);
+        assert_true(h.commanded == va.spec->assigned - va.target);
+        assert_true(h.guest_reached == va.spec->assigned - MIN(va.actual, va.spec->assigned));
+        assert_true(ctl_stats(f->c)->reaction.count == reactions);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_reclaim_and_give_back, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_hung_vm_does_not_delay_others, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_stall_resyncs, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_view_before_first_plan, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_dead_vm_leaves_totals, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
