@@ -25,6 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         (void) cgroup_parse_limit(buf, size, &a);
         (void) cgroup_stat_get(buf, size, "inactive_file", &a);
         (void) vmmem_status_parse(buf, size, &a);
+        (void) vmmem_statm_parse(buf, size, 4096, &a);
         (void) vmmem_smaps_parse(buf, size, UINT64_C(512) << 20, &a);
         (void) vmmem_smaps_parse(buf, size, UINT64_MAX, &b);
         free(buf);

@@ -698,17 +698,19 @@ static void vm_poll(CtlVm *vm, usec_t now) {
                 return;
         Controller *c = vm->c;
         /* What costs nothing when nothing happens (the idle goal is ≤ 0.1% of a core with 1,000
-         * VMs): a VM at full size on a healthy host cannot change by itself, so it is re-read every
-         * minute and its statistics every 30 s; a ballooned, parked or pressured one at the
-         * normal pace. A state change re-arms everything at once (ctl_tick). */
+         * VMs): a VM at full size on a healthy host cannot change by itself (its hypervisor reports
+         * any change as an event on the connection ballast keeps open), so it is re-read and its
+         * statistics read every 5 minutes, spread; a ballooned, parked or pressured one at the
+         * normal pace. A state change re-arms everything at once (ctl_tick), and QEMU polls the
+         * guest's statistics by itself every period, so those read then are fresh. */
         bool ballooned = vm->actual_known && (vm->target + c->cfg.tolerance < vm->spec.assigned ||
                                               vm->actual + c->cfg.tolerance < vm->spec.assigned);
         /* A guest under pressure is watched at the normal pace until it is not: a full-size VM
          * reported "pressure" for 28 s after its job ended when read every 30 s. */
         bool active = ballooned || vm->parked || vm->guest_pressure || c->ctl.state != PLAN_STATE_HEALTHY;
-        usec_t refresh = active ? c->cfg.refresh_interval : 12 * c->cfg.refresh_interval;
+        usec_t refresh = active ? c->cfg.refresh_interval : 60 * c->cfg.refresh_interval;
         usec_t stats_iv = active ? (usec_t) c->cfg.stats_period_s * USEC_PER_SEC
-                                 : MAX((usec_t) c->cfg.stats_period_s * USEC_PER_SEC, 30 * USEC_PER_SEC);
+                                 : MAX((usec_t) c->cfg.stats_period_s * USEC_PER_SEC, 300 * USEC_PER_SEC);
         vm_read_rss(vm, now, active);
         /* Guest statistics: enable the polling once, then read them every period. */
         if (vm->actual_known && c->cfg.stats_period_s && !vm->stats_off && !(vm->retry_at && now < vm->retry_at)) {
@@ -723,7 +725,7 @@ static void vm_poll(CtlVm *vm, usec_t now) {
                         vm->stats_off = true;
                 }
                 if (!vm->stats_off && now >= vm->last_stats + stats_iv) {
-                        /* At the idle pace, the next read comes 20-30 s later (spread). */
+                        /* At the idle pace, the next read comes 200-300 s later (spread). */
                         vm->last_stats = active ? now : usec_sub_floor(now, vm_jitter(vm, stats_iv / 3));
                         vm->stats_interval = stats_iv;
                         int r = hv_get_stats(vm->hv, c->cfg.op_timeout, vm_on_stats, vm);
@@ -944,6 +946,13 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
                         continue;
                 if (d->target == vm->target)
                         continue;
+                if (d->target < vm->target && vm->target >= vm->spec.assigned && vm->hv->peer_pid > 0 &&
+                    vm->actual + c->cfg.tolerance >= vm->spec.assigned) {
+                        /* Leaving full size: the baseline for what the host gets back is now. */
+                        uint64_t rss;
+                        if (vmmem_read_rss("", vm->hv->peer_pid, &rss) >= 0)
+                                vm->host_rss = vm->rss_base = rss;
+                }
                 if (d->target < vm->target)
                         c->stats.reclaimed_commanded_bytes += vm->target - d->target;
                 else

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sense/sense.h"
 #include "shared/macro.h"
@@ -51,6 +52,27 @@ int vmmem_status_parse(const char *buf, size_t len, uint64_t *ret_rss) {
                 p += l + 1;
         }
         return -ENODATA;
+}
+
+int vmmem_statm_parse(const char *buf, size_t len, uint64_t page_size, uint64_t *ret_rss) {
+        uint64_t v[2] = { 0, 0 };
+        size_t i = 0, k = 0;
+        for (; k < 2; k++) {
+                bool any = false;
+                for (; i < len && buf[i] >= '0' && buf[i] <= '9'; i++) {
+                        if (v[k] > (UINT64_MAX - 9) / 10)
+                                return -EINVAL;
+                        v[k] = v[k] * 10 + (uint64_t) (buf[i] - '0');
+                        any = true;
+                }
+                if (!any || i >= len || (buf[i] != ' ' && buf[i] != '\n'))
+                        return -EINVAL;
+                i++;
+        }
+        if (page_size == 0 || v[1] > UINT64_MAX / page_size)
+                return -EINVAL;
+        *ret_rss = v[1] * page_size;
+        return 0;
 }
 
 typedef struct Mapping {
@@ -127,12 +149,13 @@ int vmmem_smaps_parse(const char *buf, size_t len, uint64_t assigned, uint64_t *
 }
 
 int vmmem_read_rss(const char *root, pid_t pid, uint64_t *ret_rss) {
-        char path[PATH_MAX], buf[4096];
-        snprintf(path, sizeof path, "%s/proc/%d/status", root ? root : "", (int) pid);
+        char path[PATH_MAX], buf[256];
+        snprintf(path, sizeof path, "%s/proc/%d/statm", root ? root : "", (int) pid);
         int n = sense_read_file(path, buf, sizeof buf);
         if (n < 0)
                 return n == -ENOENT ? -ESRCH : n;
-        return vmmem_status_parse(buf, (size_t) n, ret_rss);
+        long ps = sysconf(_SC_PAGESIZE);
+        return vmmem_statm_parse(buf, (size_t) n, ps > 0 ? (uint64_t) ps : 4096, ret_rss);
 }
 
 int vmmem_read_ram(const char *root, pid_t pid, uint64_t assigned, uint64_t *ret_ram_rss) {

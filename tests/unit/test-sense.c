@@ -283,6 +283,12 @@ static void test_vm_status(void **state) {
         assert_int_equal(vmmem_status_parse(st, strlen(st), &v), 0);
         assert_true(v == UINT64_C(238768) * 1024);
         assert_int_equal(vmmem_status_parse("VmRSS:\n", 7, &v), -ENODATA);
+        static const char statm[] = "1234567 59692 5883 1437 0 80421 0\n";
+        assert_int_equal(vmmem_statm_parse(statm, strlen(statm), 4096, &v), 0);
+        assert_true(v == UINT64_C(59692) * 4096);
+        static const char *const bad[] = { "", "12", "12 ", "x 1 2\n", "1 y\n", "1 99999999999999999999 0\n" };
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+                assert_int_equal(vmmem_statm_parse(bad[i], strlen(bad[i]), 4096, &v), -EINVAL);
         assert_int_equal(vmmem_status_parse("VmRSS: 99999999999999999999 kB\n", 31, &v), -ENODATA);
 }
 
