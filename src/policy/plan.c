@@ -622,8 +622,11 @@ int plan_compute(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vm
         if (state == PLAN_STATE_HEALTHY && take < 0 && m1 > 0) {
                 /* Give back: what stays reclaimed is water-filled over each VM's reclaim, so the
                  * most-reclaimed get back first; a hold keeps its bytes reclaimed. */
-                u128 give = (u128) -take, rec = 0;
-                give = fleet > hold ? MIN(give, fleet - hold) : 0;
+                u128 give = (u128) -take, rec = 0, held = 0;
+                for (size_t i = 0; i < n; i++)
+                        if (cls[i] != VM_PARKED)
+                                held += in->vms[i].assigned - out[i].desired;
+                give = held > hold ? MIN(give, held - hold) : 0;
                 for (size_t k = 0; k < m1; k++) {
                         uint32_t i = idx[k];
                         lo[i] = 0;

@@ -1085,6 +1085,25 @@ static void test_emergencies_bounded_by_host(void **state) {
         assert_int_equal(D[3].desired, 2 * GiB);
 }
 
+/* A hypervisor that rounds in the guest's favour reports an actual above the target (Firecracker:
+ * MiB): give-back must still reach full size, not stop one MiB short inside the dead band. */
+static void test_give_back_reaches_full_despite_rounding(void **state) {
+        (void) state;
+        fx(2, 1 * GiB);
+        for (size_t i = 0; i < 2; i++) {
+                V[i].target = 1000 * MiB;
+                V[i].actual = 1001 * MiB;
+                V[i].last_dir = 1;
+                V[i].last_move = NOW - 2 * SEC;
+        }
+        run(); /* healthy, half the host available */
+        for (size_t i = 0; i < 2; i++) {
+                assert_int_equal(D[i].desired, 1 * GiB);
+                assert_int_equal(D[i].target, 1 * GiB);
+                assert_int_equal(D[i].reason, PLAN_REASON_GIVE_BACK);
+        }
+}
+
 /* ---- host-side gain ---- */
 
 /* Shrinking a guest returns only what the host holds for it: the VM with the most resident memory
@@ -1525,6 +1544,7 @@ int main(void) {
                 cmocka_unit_test(test_reclaim_follows_host_gain),
                 cmocka_unit_test(test_no_gain_not_squeezed),
                 cmocka_unit_test(test_healthy_never_takes),
+                cmocka_unit_test(test_give_back_reaches_full_despite_rounding),
                 cmocka_unit_test(test_dead_band),
                 cmocka_unit_test(test_dead_band_exact_ends),
                 cmocka_unit_test(test_rate_limit_window),
