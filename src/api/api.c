@@ -93,6 +93,30 @@ static int get_size(json_t *j, const char *name, uint64_t min, uint64_t max, uin
         return 1;
 }
 
+/* Whether utf8_sanitize() would leave s as it is. */
+static bool text_is_clean(const char *s) {
+        size_t n = strlen(s);
+        char *t = malloc(n + 1);
+        bool clean = t && utf8_sanitize(t, n + 1, s, n, 0) == n && memcmp(s, t, n) == 0;
+        free(t);
+        return clean;
+}
+
+/* A JSON string of text that crossed a trust boundary (a hypervisor's or a client's words): valid
+ * UTF-8 without control characters, so json_string() cannot fail and drop the key. */
+static json_t *json_text(const char *s) {
+        char buf[1024];
+        size_t n = strlen(s);
+        char *t = n < sizeof buf ? buf : malloc(n + 1);
+        if (!t)
+                return json_string("?");
+        size_t k = utf8_sanitize(t, n + 1, s, n, 0);
+        json_t *j = json_stringn(t, k);
+        if (t != buf)
+                free(t);
+        return j;
+}
+
 static int get_string(json_t *j, const char *name, size_t max, const char **ret, char *err, size_t errlen) {
         json_t *v = json_object_get(j, name);
         if (!v)
@@ -107,6 +131,12 @@ static int get_string(json_t *j, const char *name, size_t max, const char **ret,
         }
         if (strlen(json_string_value(v)) != json_string_length(v)) {
                 snprintf(err, errlen, "field \"%s\" contains a NUL character", name);
+                return -EINVAL;
+        }
+        /* Paths, names and durations have no business holding control characters: they would
+         * come back in answers, logs and terminals. (Free text, "reason", is cleaned instead.) */
+        if (strcmp(name, "reason") != 0 && !text_is_clean(json_string_value(v))) {
+                snprintf(err, errlen, "field \"%s\" contains a control character", name);
                 return -EINVAL;
         }
         *ret = json_string_value(v);
@@ -258,7 +288,7 @@ int api_parse_reclaim(const char *body, size_t len, ApiReclaim *ret, char *err, 
                         snprintf(err, errlen, "field \"reason\" is longer than %d characters", API_REASON_MAX);
                         r = -EINVAL;
                 } else
-                        strscpy(a.reason, sizeof a.reason, reason);
+                        utf8_sanitize(a.reason, sizeof a.reason, reason, strlen(reason), 0);
         } else if (r == -EINVAL && strstr(err, "\"reason\" is longer"))
                 snprintf(err, errlen, "field \"reason\" is longer than %d characters", API_REASON_MAX);
         if (r >= 0) {
@@ -349,13 +379,13 @@ static json_t *vm_json(const CtlVm *vm) {
         CtlVmView v;
         ctl_vm_view(vm, &v);
         json_t *o = json_object();
-        json_object_set_new(o, "id", json_string(v.spec->id));
-        json_object_set_new(o, "driver", json_string(v.spec->driver));
+        json_object_set_new(o, "id", json_text(v.spec->id));
+        json_object_set_new(o, "driver", json_text(v.spec->driver));
         if (strcmp(v.spec->driver, "libvirt") == 0) {
-                json_object_set_new(o, "uri", json_string(v.spec->uri));
-                json_object_set_new(o, "domain", json_string(v.spec->domain));
+                json_object_set_new(o, "uri", json_text(v.spec->uri));
+                json_object_set_new(o, "domain", json_text(v.spec->domain));
         } else
-                json_object_set_new(o, "socket", json_string(v.spec->socket));
+                json_object_set_new(o, "socket", json_text(v.spec->socket));
         json_object_set_new(o, "expected_uid",
                             v.spec->expected_uid < 0 ? json_null() : json_integer(v.spec->expected_uid));
         json_object_set_new(o, "assigned_bytes", json_u64(v.spec->assigned));
@@ -368,7 +398,7 @@ static json_t *vm_json(const CtlVm *vm) {
         json_object_set_new(o, "effective_floor_bytes", v.actual_known ? json_u64(v.last.floor) : json_null());
         json_object_set_new(o, "reason",
                             v.actual_known ? json_string(plan_reason_to_string(v.last.reason)) : json_null());
-        json_object_set_new(o, "last_error", v.last_error[0] ? json_string(v.last_error) : json_null());
+        json_object_set_new(o, "last_error", v.last_error[0] ? json_text(v.last_error) : json_null());
         json_object_set_new(o, "errors", json_u64(v.errors));
         json_object_set_new(o, "commands", json_u64(v.commands));
         json_object_set_new(o, "stalls", json_u64(v.stalls));
@@ -409,7 +439,7 @@ static json_t *host_json(Manager *m) {
         else
                 snprintf(scope, sizeof scope, "host");
         (void) cfg;
-        json_object_set_new(o, "scope", json_string(scope));
+        json_object_set_new(o, "scope", json_text(scope));
         json_object_set_new(o, "total_bytes", h.sample_ok ? json_u64(h.sample.total) : json_null());
         json_object_set_new(o, "available_bytes", h.sample_ok ? json_u64(h.sample.available) : json_null());
         if (h.sample_ok && h.sample.has_psi)
@@ -418,7 +448,7 @@ static json_t *host_json(Manager *m) {
                                               h.sample.psi.has_full ? pct(h.sample.psi.full.avg10) : 0.0));
         else
                 json_object_set_new(o, "psi", json_null());
-        json_object_set_new(o, "sample_error", h.sample_ok ? json_null() : json_string(h.sample_error));
+        json_object_set_new(o, "sample_error", h.sample_ok ? json_null() : json_text(h.sample_error));
         json_object_set_new(o, "state", json_string(plan_state_to_string(h.ctl.state)));
         json_object_set_new(o, "state_since", h.ctl.since ? json_time(manager_mono_to_rt(h.ctl.since)) : json_null());
         json_object_set_new(o, "transitions", json_u64(h.transitions));
@@ -438,10 +468,10 @@ static json_t *host_json(Manager *m) {
         usec_t now = now_mono();
         if (hold.bytes && now < hold.until && m->hold_set)
                 json_object_set_new(o, "hold",
-                                    json_pack("{s:o,s:o,s:f,s:s}", "bytes", json_u64(hold.bytes), "until",
+                                    json_pack("{s:o,s:o,s:f,s:o}", "bytes", json_u64(hold.bytes), "until",
                                               json_time(m->hold.until), "remaining_s",
                                               (double) (hold.until - now) / (double) USEC_PER_SEC, "reason",
-                                              m->hold.reason));
+                                              json_text(m->hold.reason)));
         else
                 json_object_set_new(o, "hold", json_null());
         json_object_set_new(o, "vm_count", json_integer((json_int_t) ctl_vm_count(m->ctl)));
@@ -543,10 +573,11 @@ static void on_park(Controller *c, CtlVm *vm, const CtlParkOutcome *o, void *use
                                       o->message[0] ? o->message : strerror(-o->error));
         else
                 http_call_reply_json(pc->call, 200,
-                                     json_pack("{s:s,s:s,s:o,s:o,s:o,s:f,s:s}", "vm", ctl_vm_id(vm), "result",
+                                     json_pack("{s:s,s:s,s:o,s:o,s:o,s:f,s:o}", "vm", ctl_vm_id(vm), "result",
                                                o->result, "previous_bytes", json_u64(o->previous), "target_bytes",
                                                json_u64(o->target), "reached_bytes", json_u64(o->reached), "elapsed_ms",
-                                               (double) (now_mono() - pc->started) / 1000.0, "message", o->message));
+                                               (double) (now_mono() - pc->started) / 1000.0, "message",
+                                               json_text(o->message)));
         free(pc);
 }
 
@@ -574,12 +605,12 @@ static json_t *reclaim_answer(Manager *m, const ApiReclaim *a, const PlanResult 
                         action = "error";
                         new_target = previous[i];
                         json_decref(error);
-                        error = json_string(v.last_error[0] ? v.last_error : "actual size not known yet");
+                        error = json_text(v.last_error[0] ? v.last_error : "actual size not known yet");
                 } else if (results && results[i] < 0) {
                         action = results[i] == -EOPNOTSUPP ? "unsupported" : "error";
                         new_target = previous[i];
                         json_decref(error);
-                        error = json_string(v.last_error[0] ? v.last_error : strerror(-results[i]));
+                        error = json_text(v.last_error[0] ? v.last_error : strerror(-results[i]));
                 } else if (d[i].reason == PLAN_REASON_STALLED)
                         action = "stalled";
                 else if (d[i].target == previous[i])
