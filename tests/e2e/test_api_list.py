@@ -50,5 +50,8 @@ def test_large_list_is_cheap_and_fresh(daemons, tmp_path):  # noqa: F811
         assert r.status == 200 and len(r.json["vms"]) == N
     per = (cpu_ticks(d.proc.pid) - c0) / hz / repeat * 1000
     print(f"GET /v1/vms with {N} VMs: {per:.2f} ms of daemon CPU per request, {len(r.body)} bytes")
-    assert per < 7, f"GET /v1/vms costs {per:.2f} ms of daemon CPU with {N} VMs"
+    # Under AddressSanitizer everything costs several times more.
+    asan = "libasan" in open(f"/proc/{d.proc.pid}/maps").read()
+    limit = 20 if asan else 7
+    assert per < limit, f"GET /v1/vms costs {per:.2f} ms of daemon CPU with {N} VMs (limit {limit} ms)"
     d.stop()
