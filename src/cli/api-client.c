@@ -142,6 +142,8 @@ int ctl_api_request(const char *method, const char *path, json_t *body, json_t *
                 return cli_error(EXIT_FAIL, "ballastd at %s answered HTTP %d with JSON that is not an object", sock,
                                  resp.status);
         }
+        if (!arg_json)
+                cli_json_sanitize(j); /* for humans: see cli_text_sanitize() */
         *ret = j;
         return 0;
 }

@@ -17,10 +17,44 @@ const char *cli_command = NULL;
 
 static int vreport(int code, const char *fmt, va_list ap) _printf_(2, 0);
 static int vreport(int code, const char *fmt, va_list ap) {
-        fputs("ballastctl: ", stderr);
-        vfprintf(stderr, fmt, ap);
-        fputc('\n', stderr);
+        /* Messages quote the daemon, which quotes hypervisors: no control character reaches the
+         * terminal. */
+        _cleanup_free_ char *s = NULL;
+        if (vasprintf(&s, fmt, ap) < 0)
+                s = NULL;
+        if (s)
+                cli_text_sanitize(s);
+        fprintf(stderr, "ballastctl: %s\n", s ?: fmt);
         return code;
+}
+
+char *cli_text_sanitize(char *s) {
+        size_t n = strlen(s);
+        utf8_sanitize(s, n + 1, s, n, 0);
+        return s;
+}
+
+void cli_json_sanitize(json_t *j) {
+        const char *key;
+        json_t *v;
+        size_t i;
+        if (json_is_string(j)) {
+                size_t n = json_string_length(j);
+                _cleanup_free_ char *s = malloc(n + 1);
+                if (!s)
+                        return;
+                size_t k = utf8_sanitize(s, n + 1, json_string_value(j), n, 0);
+                if (k != n || memcmp(s, json_string_value(j), n) != 0)
+                        (void) json_string_setn(j, s, k);
+        } else if (json_is_object(j)) {
+                json_object_foreach(j, key, v) {
+                        cli_json_sanitize(v);
+                }
+        } else if (json_is_array(j)) {
+                json_array_foreach(j, i, v) {
+                        cli_json_sanitize(v);
+                }
+        }
 }
 
 int cli_error(int code, const char *fmt, ...) {
@@ -125,12 +159,14 @@ const char *cli_json_str(json_t *v) {
 
 void cli_field(const char *key, const char *fmt, ...) {
         va_list ap;
-        int n = key[0] ? printf("%s:", key) : 0; /* "": a continuation line */
+        _cleanup_free_ char *k = strdup(key), *s = NULL;
+        int n = k && k[0] ? printf("%s:", cli_text_sanitize(k)) : 0; /* "": a continuation line */
         printf("%*s", n < 18 ? 18 - n : 1, "");
         va_start(ap, fmt);
-        vprintf(fmt, ap);
+        if (vasprintf(&s, fmt, ap) < 0)
+                s = NULL;
         va_end(ap);
-        putchar('\n');
+        puts(s ? cli_text_sanitize(s) : "?");
 }
 
 const char *cli_format_size_compact(char *buf, size_t len, uint64_t bytes) {
@@ -195,6 +231,7 @@ static int table_add_va(CliTable *t, va_list ap) {
                                 free(row[--i]);
                         return -ENOMEM;
                 }
+                cli_text_sanitize(row[i]);
         }
         t->nrows++;
         return 0;

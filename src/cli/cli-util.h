@@ -33,6 +33,14 @@ int cli_parse_bool(const char *opt, const char *s, bool *ret);
 /* "any", a number, or a user name. */
 int cli_parse_uid(const char *opt, const char *s, uid_t *ret);
 
+/* What the daemon says crossed a trust boundary (it quotes hypervisors and API clients): before a
+ * string reaches a terminal, control characters and invalid UTF-8 become '?', tab and newline a
+ * space (utf8_sanitize()). cli_text_sanitize() does it in place and returns s; cli_json_sanitize()
+ * does it to every string value in j. cli_field(), cli_table_*() and cli_error() apply it to what
+ * they print. */
+char *cli_text_sanitize(char *s);
+void cli_json_sanitize(json_t *j);
+
 /* Prints j as indented JSON on stdout and steals it. */
 void cli_print_json(json_t *j);
 

@@ -90,7 +90,7 @@ static const char *ready_summary(json_t *ping, char *buf, size_t len) {
                  json_is_integer(ds) ? format_size(zs, sizeof(zs), (uint64_t) json_integer_value(ds)) : "-",
                  json_is_true(json_object_get(b, "present")) ? json_string_value(json_object_get(b, "device")) ?: "yes"
                                                              : "absent");
-        return buf;
+        return cli_text_sanitize(buf); /* the guest's words */
 }
 
 /* --foreground: stay until the VM ends; SIGINT/SIGTERM stop it. If we are killed outright, the

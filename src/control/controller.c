@@ -366,7 +366,7 @@ static void vm_fail(CtlVm *vm, const HvReply *reply, usec_t now) {
                 c->stats.driver_timeouts++;
         if (strcmp(vm->last_error, reply->message) != 0 || vm->status != CTL_VM_ERROR)
                 log_warning("VM %s: %s failed: %s", vm->spec.id, hv_op_to_string(reply->op), reply->message);
-        strscpy(vm->last_error, sizeof vm->last_error, reply->message);
+        utf8_sanitize(vm->last_error, sizeof vm->last_error, reply->message, strlen(reply->message), 0);
         vm->status = CTL_VM_ERROR;
         vm->backoff = vm->backoff ? MIN(vm->backoff * 2, CTL_ERROR_BACKOFF_MAX) : CTL_ERROR_BACKOFF_MIN;
         vm->retry_at = now + vm->backoff;

@@ -305,6 +305,7 @@ static int manager_restore(Manager *m, char *err, size_t errlen) {
 #define TRIM_INTERVAL (60 * USEC_PER_SEC)
 static void on_trim(EvTimer *t, void *userdata) {
         (void) userdata;
+        api_vm_cache_trim(false);
         (void) malloc_trim(0);
         ev_timer_set(t, usec_add(now_mono(), TRIM_INTERVAL));
 }
@@ -398,6 +399,7 @@ Manager *manager_free(Manager *m) {
                 return NULL;
         /* The API first (it aborts calls that point into the controller), then the drivers. */
         m->http = http_server_free(m->http);
+        api_vm_cache_trim(true);
         m->ctl = ctl_free(m->ctl);
         m->store = store_close(m->store);
         ev_timer_free(m->trim_timer);

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "shared/strutil.h"
+
 void hv_reqs_init(HvReqs *rs, Hv *hv, void (*release)(HvReq *r)) {
         *rs = (HvReqs){ .hv = hv, .release = release };
 }
@@ -60,7 +62,9 @@ void hv_req_fail(HvReq *r, int error, const char *fmt, ...) {
         va_list ap;
         r->reply.error = error < 0 ? error : -EIO;
         va_start(ap, fmt);
-        vsnprintf(r->reply.message, sizeof(r->reply.message), fmt, ap);
+        char raw[2 * HV_MESSAGE_MAX]; /* the peer's words: cut and cleaned by utf8_sanitize() */
+        vsnprintf(raw, sizeof(raw), fmt, ap);
+        utf8_sanitize(r->reply.message, sizeof(r->reply.message), raw, strlen(raw), 0);
         va_end(ap);
         hv_req_finish(r);
 }

@@ -161,7 +161,9 @@ static void lv_fail(HvReply *rep, int error, const char *fmt, ...) {
         va_list ap;
         rep->error = error < 0 ? error : -EIO;
         va_start(ap, fmt);
-        vsnprintf(rep->message, sizeof(rep->message), fmt, ap);
+        char raw[2 * HV_MESSAGE_MAX]; /* libvirt's words: cut and cleaned by utf8_sanitize() */
+        vsnprintf(raw, sizeof(raw), fmt, ap);
+        utf8_sanitize(rep->message, sizeof(rep->message), raw, strlen(raw), 0);
         va_end(ap);
 }
 

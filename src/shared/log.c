@@ -6,6 +6,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "shared/strutil.h"
+
 static int max_level = LOG_LEVEL_INFO;
 static const char *log_prefix = NULL;
 
@@ -74,16 +76,18 @@ int log_internal(int level, int error, const char *file, int line, const char *f
 #pragma GCC diagnostic pop
         va_end(ap);
 
-        /* One line per event: fold embedded newlines so journald sees one record. */
-        for (char *c = text; *c; c++)
-                if (*c == '\n')
-                        *c = ' ';
+        /* Messages quote hypervisors, guests and API clients. One line per event, so journald
+         * sees one record: newlines fold into spaces; ESC and every other control character, and
+         * bytes that are not UTF-8, are written as \xHH so nobody forges log lines or terminal
+         * sequences. */
+        char safe[2 * sizeof(text)];
+        utf8_sanitize(safe, sizeof(safe), text, strlen(text), UTF8_ESCAPE);
 
         if (getenv("JOURNAL_STREAM"))
-                fprintf(stderr, "<%d>%s%s%s\n", level, log_prefix ?: "", log_prefix ? ": " : "", text);
+                fprintf(stderr, "<%d>%s%s%s\n", level, log_prefix ?: "", log_prefix ? ": " : "", safe);
         else if (level == LOG_LEVEL_DEBUG)
-                fprintf(stderr, "%s%sdebug: %s (%s:%d)\n", log_prefix ?: "", log_prefix ? ": " : "", text, file, line);
+                fprintf(stderr, "%s%sdebug: %s (%s:%d)\n", log_prefix ?: "", log_prefix ? ": " : "", safe, file, line);
         else
-                fprintf(stderr, "%s%s%s\n", log_prefix ?: "", log_prefix ? ": " : "", text);
+                fprintf(stderr, "%s%s%s\n", log_prefix ?: "", log_prefix ? ": " : "", safe);
         return -e;
 }

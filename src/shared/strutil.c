@@ -253,3 +253,76 @@ ssize_t utf8_count(const char *s, size_t n) {
         }
         return count;
 }
+
+/* Length of the valid, non-NUL UTF-8 sequence at p (at most n bytes), its code point in *ret_cp;
+ * 0 when invalid or cut short. */
+static size_t utf8_decode(const unsigned char *p, size_t n, uint32_t *ret_cp) {
+        unsigned c = p[0];
+        size_t len;
+        uint32_t cp, min;
+        if (c == 0)
+                return 0;
+        if (c < 0x80) {
+                *ret_cp = c;
+                return 1;
+        } else if ((c & 0xe0) == 0xc0)
+                len = 2, cp = c & 0x1f, min = 0x80;
+        else if ((c & 0xf0) == 0xe0)
+                len = 3, cp = c & 0x0f, min = 0x800;
+        else if ((c & 0xf8) == 0xf0)
+                len = 4, cp = c & 0x07, min = 0x10000;
+        else
+                return 0;
+        if (n < len)
+                return 0;
+        for (size_t k = 1; k < len; k++) {
+                if ((p[k] & 0xc0) != 0x80)
+                        return 0;
+                cp = (cp << 6) | (p[k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+                return 0;
+        *ret_cp = cp;
+        return len;
+}
+
+static bool utf8_is_unsafe(uint32_t cp) {
+        return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029 ||
+               (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
+}
+
+size_t utf8_sanitize(char *dst, size_t size, const char *src, size_t n, unsigned flags) {
+        const unsigned char *p = (const unsigned char *) src;
+        size_t o = 0;
+        if (size == 0)
+                return 0;
+        for (size_t i = 0; i < n;) {
+                uint32_t cp = 0;
+                size_t len = utf8_decode(p + i, n - i, &cp);
+                size_t bad = len ? len : 1; /* bytes to replace or escape */
+                if (len && !utf8_is_unsafe(cp)) {
+                        if (size - o <= len)
+                                break;
+                        memmove(dst + o, p + i, len); /* dst may equal src: o <= i */
+                        o += len;
+                } else if (len == 1 && (cp == '\t' || cp == '\n' || cp == '\r')) {
+                        if (size - o <= 1)
+                                break;
+                        dst[o++] = ' ';
+                } else if (flags & UTF8_ESCAPE) {
+                        if (size - o <= 4 * bad)
+                                break;
+                        for (size_t k = 0; k < bad; k++) {
+                                snprintf(dst + o, 5, "\\x%02x", p[i + k]);
+                                o += 4;
+                        }
+                } else {
+                        if (size - o <= 1)
+                                break;
+                        dst[o++] = '?';
+                }
+                i += bad;
+        }
+        dst[o] = '\0';
+        return o;
+}

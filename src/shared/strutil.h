@@ -39,3 +39,16 @@ size_t strscpy(char *dst, size_t len, const char *src);
 /* Strict UTF-8 (no overlongs, surrogates, code points above U+10FFFF or NUL) in the n bytes at s:
  * what jansson accepts. Returns the number of code points, or -1 when s is not valid UTF-8. */
 ssize_t utf8_count(const char *s, size_t n);
+
+/* Text that crossed a trust boundary (a hypervisor's error message, a guest's or an API client's
+ * string) made safe for JSON, logs and terminals. Copies the n bytes at src into dst (size bytes,
+ * always NUL-terminated when size > 0) so that dst is valid UTF-8 as utf8_count() accepts it and
+ * holds no control characters: C0 (including NUL), DEL and C1 controls, and the characters that
+ * reorder or break lines on a terminal (U+2028, U+2029, the bidirectional overrides U+202A–U+202E
+ * and isolates U+2066–U+2069). Tab, newline and carriage return become a space; every other such
+ * character, and every byte that is not part of valid UTF-8, becomes '?', or with UTF8_ESCAPE its
+ * bytes are written as "\xHH" (for logs: nothing is lost). Output is cut only between characters
+ * (or whole escapes). Without UTF8_ESCAPE the output is never longer than the input, so dst may
+ * equal src. Returns the length written to dst. */
+#define UTF8_ESCAPE (1u << 0)
+size_t utf8_sanitize(char *dst, size_t size, const char *src, size_t n, unsigned flags);

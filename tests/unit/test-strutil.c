@@ -5,10 +5,13 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
+#include "shared/log.h"
 #include "shared/macro.h"
 #include "shared/strutil.h"
 
@@ -238,12 +241,124 @@ static void test_utf8_count(void **state) {
         assert_int_equal(utf8_count("\x80", 1), -1);             /* lone continuation */
 }
 
+static void check_sanitize(const char *in, size_t n, size_t size, unsigned flags, const char *expect) {
+        char out[256];
+        assert_true(size <= sizeof(out));
+        memset(out, 'X', sizeof(out));
+        size_t k = utf8_sanitize(out, size, in, n, flags);
+        if (k != strlen(expect) || strcmp(out, expect) != 0)
+                fail_msg("utf8_sanitize(\"%.*s\", %zu, %#x) = \"%s\" (%zu), expected \"%s\"", (int) n, in, size, flags,
+                         out, k, expect);
+        assert_true(utf8_count(out, k) >= 0);
+        assert_true(k < size);
+}
+
+static void test_utf8_sanitize(void **state) {
+        (void) state;
+        static const struct {
+                const char *in;
+                size_t n; /* 0: strlen(in) */
+                size_t size;
+                unsigned flags;
+                const char *expect;
+        } table[] = {
+                { "", 0, 16, 0, "" },
+                { "plain text", 0, 64, 0, "plain text" },
+                { "\xc3\xa9t\xc3\xa9 \xf0\x9f\x98\x80", 0, 64, 0, "\xc3\xa9t\xc3\xa9 \xf0\x9f\x98\x80" },
+                /* Cut only between characters: "été" in 5 bytes + NUL needs 6. */
+                { "\xc3\xa9t\xc3\xa9", 0, 6, 0, "\xc3\xa9t\xc3\xa9" },
+                { "\xc3\xa9t\xc3\xa9", 0, 5, 0, "\xc3\xa9t" },
+                { "\xc3\xa9t\xc3\xa9", 0, 2, 0, "" },
+                { "\xf0\x9f\x98\x80x", 0, 4, 0, "" },
+                /* Whitespace controls become a space, others '?'. */
+                { "a\nb\rc\td", 0, 64, 0, "a b c d" },
+                { "\x1b[31mred\x1b[0m", 0, 64, 0, "?[31mred?[0m" },
+                { "bell\x07 del\x7f", 0, 64, 0, "bell? del?" },
+                { "a\0b", 3, 64, 0, "a?b" },
+                /* C1 controls (U+0085 NEL, U+009B CSI) as UTF-8, and raw C1 bytes. */
+                { "x\xc2\x85y\xc2\x9bz", 0, 64, 0, "x?y?z" },
+                { "x\x9b"
+                  "31m",
+                  0, 64, 0, "x?31m" },
+                /* Line separators and bidirectional overrides. */
+                { "a\xe2\x80\xa8"
+                  "b\xe2\x80\xae"
+                  "c\xe2\x81\xa6"
+                  "d",
+                  0, 64, 0, "a?b?c?d" },
+                /* Invalid UTF-8: truncated, overlong, surrogate, above U+10FFFF, lone continuation. */
+                { "ab\xc3", 0, 64, 0, "ab?" },
+                { "\xe2\x82", 0, 64, 0, "??" },
+                { "\xc0\xaf", 0, 64, 0, "??" },
+                { "\xed\xa0\x80", 0, 64, 0, "???" },
+                { "\xf4\x90\x80\x80", 0, 64, 0, "????" },
+                { "\x80z", 0, 64, 0, "?z" },
+                /* Escapes for logs: whole escapes only. */
+                { "\x1b[0m", 0, 64, UTF8_ESCAPE, "\\x1b[0m" },
+                { "x\xc2\x9b", 0, 64, UTF8_ESCAPE, "x\\xc2\\x9b" },
+                { "a\nb", 0, 64, UTF8_ESCAPE, "a b" },
+                { "ab\xff", 0, 64, UTF8_ESCAPE, "ab\\xff" },
+                { "\x1b\x1b", 0, 8, UTF8_ESCAPE, "\\x1b" },
+                { "\xc3\xa9", 0, 1, UTF8_ESCAPE, "" },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(table); i++)
+                check_sanitize(table[i].in, table[i].n ?: strlen(table[i].in), table[i].size, table[i].flags,
+                               table[i].expect);
+
+        /* In place, as the drivers use it. */
+        char b[32] = "\x1b]0;pwned\x07\xc3\xa9\xc3";
+        assert_int_equal(utf8_sanitize(b, sizeof(b), b, strlen(b), 0), 13);
+        assert_string_equal(b, "?]0;pwned?\xc3\xa9?");
+
+        /* size 0 writes nothing. */
+        char z = 'Z';
+        assert_int_equal(utf8_sanitize(&z, 0, "abc", 3, 0), 0);
+        assert_int_equal(z, 'Z');
+
+        /* 600 bytes of 2- and 3-byte characters into 512: valid, under the size, on a boundary. */
+        char big[600], out[512];
+        for (size_t i = 0; i < 600; i += 3)
+                memcpy(big + i, i % 2 ? "\xe2\x82\xac" : "\xc3\xa9\n", 3);
+        size_t k = utf8_sanitize(out, sizeof(out), big, sizeof(big), 0);
+        assert_true(k <= 511 && k >= 508);
+        assert_int_equal(strlen(out), k);
+        assert_true(utf8_count(out, k) > 0);
+        assert_null(strchr(out, '\n'));
+}
+
+/* The logger runs every message through utf8_sanitize(UTF8_ESCAPE): a hypervisor's ESC or newline
+ * cannot colour the terminal or forge a record. */
+static void test_log_escapes(void **state) {
+        (void) state;
+        char path[] = "/tmp/ballast-test-log-XXXXXX";
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        fflush(stderr);
+        int saved = dup(STDERR_FILENO);
+        assert_true(saved >= 0 && dup2(fd, STDERR_FILENO) == STDERR_FILENO);
+        unsetenv("JOURNAL_STREAM");
+        log_set_prefix("t");
+        log_info("peer said: %s", "\x1b[31mred\x1b[0m\nt: forged\x07 \xc3\xa9 \xc2\x9b \xff");
+        fflush(stderr);
+        assert_true(dup2(saved, STDERR_FILENO) == STDERR_FILENO);
+        close(saved);
+        log_set_prefix(NULL);
+
+        char buf[512] = "";
+        ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+        close(fd);
+        unlink(path);
+        assert_true(n > 0);
+        assert_string_equal(buf, "t: peer said: \\x1b[31mred\\x1b[0m t: forged\\x07 \xc3\xa9 \\xc2\\x9b \\xff\n");
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_parse_size),    cmocka_unit_test(test_parse_duration),
                 cmocka_unit_test(test_parse_boolean), cmocka_unit_test(test_parse_u64),
                 cmocka_unit_test(test_name_is_valid), cmocka_unit_test(test_format_size),
                 cmocka_unit_test(test_strscpy),       cmocka_unit_test(test_utf8_count),
+                cmocka_unit_test(test_utf8_sanitize), cmocka_unit_test(test_log_escapes),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
