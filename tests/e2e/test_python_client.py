@@ -577,16 +577,29 @@ def test_real_vms_park_unpark_and_warm_pool(vm_pool, daemons):  # noqa: F811
     def fmt(b):
         return f"{b / MiB:.0f} MiB"
 
+    def check_parked(r, n):
+        """A park of an idle guest ends at 128 MiB (`reached`), or, when the guest's statistics show
+        a bigger working set, at that set plus a margin (`stalled`, the reason in the message; seen
+        right after an unpark, while the statistics still lag the deflation). Either way the
+        answer says where the VM is: QEMU's balloon and the guest's own size agree with it."""
+        q, g = sizes(n)
+        assert r.operation == "park" and r.vm == n and r.gap_bytes <= TOL, r
+        if r.result == "reached":
+            assert r.target_bytes == PARK, r
+        else:
+            assert r.result == "stalled" and PARK < r.target_bytes < ASSIGNED - TOL and r.message, r
+        assert abs(q - r.reached_bytes) <= TOL and abs(g - q) <= TOL, (n, r, fmt(q), fmt(g))
+        v = c.vm(n)
+        assert v["parked"] and v["status"] == "parked", v
+        return q, g
+
     # Client.park / unpark on pc1.
     r = c.park("pc1", PARK, within="60s")
-    qemu, guest = sizes("pc1")
-    print(f"\npark pc1: {r.result} at {fmt(r.reached_bytes)} in {r.elapsed_ms:.0f} ms (round trip "
-          f"{r.round_trip_ms:.0f} ms); QEMU {fmt(qemu)}, guest {fmt(guest)}")
-    assert r.result == "reached" and r.previous_bytes == ASSIGNED and r.target_bytes == PARK, r
-    assert abs(r.reached_bytes - PARK) <= TOL and r.freed_bytes >= ASSIGNED - PARK - TOL, r
-    assert abs(qemu - PARK) <= TOL and abs(guest - PARK) <= TOL, (fmt(qemu), fmt(guest))
-    v = c.vm("pc1")
-    assert v["parked"] and v["status"] == "parked" and v["park_previous_bytes"] == ASSIGNED, v
+    qemu, guest = check_parked(r, "pc1")
+    print(f"\npark pc1: {r.result} at {fmt(r.reached_bytes)} (target {fmt(r.target_bytes)}) in {r.elapsed_ms:.0f} "
+          f"ms (round trip {r.round_trip_ms:.0f} ms); QEMU {fmt(qemu)}, guest {fmt(guest)} {r.message}")
+    assert r.previous_bytes == ASSIGNED and r.requested_bytes == PARK and r.freed_bytes >= 300 * MiB, r
+    assert c.vm("pc1")["park_previous_bytes"] == ASSIGNED
 
     r = c.unpark("pc1", wait=True, within="60s")
     qemu, guest = sizes("pc1")
@@ -600,11 +613,9 @@ def test_real_vms_park_unpark_and_warm_pool(vm_pool, daemons):  # noqa: F811
     async def pool_flow():
         pool = warm_pool.WarmPool(AsyncClient(d.socket), PARK, within="60s")
         parked = await asyncio.gather(*(pool.add(n) for n in names))
-        for p in parked:
-            assert p.result == "reached" and abs(p.reached_bytes - PARK) <= TOL, p
-        for n in names:
-            q, g = sizes(n)
-            assert abs(q - PARK) <= TOL and abs(g - PARK) <= TOL, (n, fmt(q), fmt(g))
+        for n, p in zip(names, parked):
+            check_parked(p, n)
+            assert pool.results[n] is p
         t0 = time.monotonic()
         vm_id, r = await pool.acquire()
         acquire_ms = (time.monotonic() - t0) * 1000
@@ -618,13 +629,15 @@ def test_real_vms_park_unpark_and_warm_pool(vm_pool, daemons):  # noqa: F811
     back_s = time.monotonic() - t0
     ex = vm_pool.ctl.run("vm", "exec", got, "--", "cat", "/proc/meminfo")
     assert "MemTotal" in ex.stdout
-    q, g = sizes(other)
+    q, g = check_parked(pool.results[other], other)
     print(f"warm pool: acquired {got} in {acquire_ms:.1f} ms (ballastd {r.elapsed_ms:.1f} ms, {r.result}); its "
           f"guest was at full size {back_s:.2f} s later; {other} still at QEMU {fmt(q)}, guest {fmt(g)}")
-    assert abs(q - PARK) <= TOL and c.vm(other)["parked"], (fmt(q), c.vm(other))
+    assert c.vm(other)["parked"], c.vm(other)
 
     rel = asyncio.run(pool.release(got))
-    assert rel.result == "reached" and abs(sizes(got)[0] - PARK) <= TOL, rel
+    q, g = check_parked(rel, got)
+    print(f"warm pool: {got} released and parked again: {rel.result} at {fmt(rel.reached_bytes)} "
+          f"(target {fmt(rel.target_bytes)}) {rel.message}")
     assert [c.vm(n)["parked"] for n in names] == [True, True]
 
     # The example as a command: both unparked first (it parks what it is given).
@@ -639,6 +652,6 @@ def test_real_vms_park_unpark_and_warm_pool(vm_pool, daemons):  # noqa: F811
     assert p.stderr.count("unparked (sent)") == 3 and p.stderr.count("job ") == 3, p.stderr
     for n in names:
         v = c.vm(n)
-        assert v["parked"] and abs(sizes(n)[0] - PARK) <= TOL, v
-        assert f"{n}: park reached" in p.stdout, p.stdout
+        assert v["parked"] and abs(sizes(n)[0] - v["actual_bytes"]) <= TOL and v["actual_bytes"] < ASSIGNED - TOL, v
+        assert f"{n}: park reached" in p.stdout or f"{n}: park stalled" in p.stdout, p.stdout
     d.stop()

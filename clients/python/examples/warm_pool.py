@@ -60,9 +60,9 @@ class WarmPool:
         self.results[vm_id] = r
         if r.reached:
             log.info("%s parked at %d MiB in %.0f ms", vm_id, r.reached_bytes // MiB, r.elapsed_ms)
-        else:  # stalled or deadline: parked all the same, at a larger size
-            log.warning("%s parked at %d MiB, not %d MiB (%s): %s", vm_id, r.reached_bytes // MiB,
-                        r.target_bytes // MiB, r.result, r.message or "no message")
+        else:  # stalled or deadline: parked all the same, at a larger size (the message says why)
+            log.warning("%s parked at %d MiB, not the %d MiB asked (%s): %s", vm_id, r.reached_bytes // MiB,
+                        self.park_size // MiB, r.result, r.message or "no message")
         self.idle.put_nowait(vm_id)
         return r
 
