@@ -410,6 +410,8 @@ def test_default_address_and_unreachable_daemon(world, monkeypatch):
         asyncio.run(AsyncClient(missing).health())
     with pytest.raises(ValueError):
         Client("ftp://127.0.0.1:1")
+    with pytest.raises(ValueError):  # nothing can be smuggled into the request line
+        Client(world.d.socket).request("GET", "/v1/health HTTP/1.1\r\nX-Evil: 1\r\n")
 
 
 def test_timeouts(world):

@@ -123,6 +123,9 @@ def vm_path(vm_id: str, suffix: str = "") -> str:
 
 def build_request(addr: Address, method: str, path: str, body: Any = None, token: str | None = None) -> bytes:
     """The bytes of one request; body (a dict) is sent as JSON, None sends no body."""
+    for what, text in (("method", method), ("path", path)):
+        if not text or any(not (0x21 <= ord(ch) <= 0x7e) for ch in text):
+            raise ValueError(f"the request {what} must be printable ASCII without spaces: {text!r}")
     head = [f"{method} {path} HTTP/1.1", f"Host: {addr.host_header()}", f"User-Agent: {USER_AGENT}",
             "Accept: application/json, text/plain", "Connection: close"]
     if token is not None:

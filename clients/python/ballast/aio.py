@@ -80,6 +80,7 @@ class AsyncClient(_Routes):
             await asyncio.sleep(interval)
 
     async def wait_ready(self, vm_id: str, *, timeout: float = 60.0, interval: float = 0.1) -> VM:
-        """Waits until ballastd knows the VM's actual size (status ok or parked)."""
+        """Waits until ballastd knows the VM's actual size and its driver is connected (status ok,
+        parked or stalled)."""
         return await self.wait_vm(vm_id, self._ready, timeout=timeout, interval=interval, what="ready")
 

@@ -196,7 +196,7 @@ class _Routes:
 
     @staticmethod
     def _ready(v: VM) -> bool:
-        return v.get("actual_bytes") is not None and v.get("status") in ("ok", "parked")
+        return v.get("actual_bytes") is not None and v.get("status") in ("ok", "parked", "stalled")
 
     def _timeout_error(self, vm_id: str, what: str, timeout: float, last: Optional[VM]) -> BallastTimeout:
         state = "never answered" if last is None else \
@@ -280,6 +280,6 @@ class Client(_Routes):
             time.sleep(interval)
 
     def wait_ready(self, vm_id: str, *, timeout: float = 60.0, interval: float = 0.1) -> VM:
-        """Waits until ballastd knows the VM's actual size (status ok or parked): from then on it
-        can be parked, unparked and given targets."""
+        """Waits until ballastd knows the VM's actual size and its driver is connected (status ok,
+        parked or stalled): from then on it can be parked, unparked and given targets."""
         return self.wait_vm(vm_id, self._ready, timeout=timeout, interval=interval, what="ready")
