@@ -539,6 +539,19 @@ def test_response_parser_framing():
     with pytest.raises(TransportError):
         ResponseParser("GET").feed(b"SSH-2.0-OpenSSH\r\n\r\n")
 
+    # Every status of docs/api.md's error table, with the API's body: its class, code and message.
+    table = {400: ("bad_request", BadRequestError), 401: ("unauthorized", UnauthorizedError),
+             403: ("forbidden", ForbiddenError), 404: ("not_found", NotFoundError),
+             405: ("method_not_allowed", MethodNotAllowedError), 409: ("conflict", ConflictError),
+             413: ("payload_too_large", PayloadTooLargeError), 414: ("uri_too_long", URITooLongError),
+             415: ("unsupported_media_type", ballast.UnsupportedMediaTypeError),
+             500: ("internal", ballast.InternalServerError), 501: ("not_implemented", NotImplementedAPIError),
+             503: ("unavailable", UnavailableError)}
+    for status, (code, cls) in table.items():
+        body = ('{"error": {"code": "%s", "message": "m%d"}}' % (code, status)).encode()
+        e = ballast.errors.error_for(status, body, method="GET", path="/p")
+        assert type(e) is cls and (e.status, e.code, e.message) == (status, code, f"m{status}"), e
+        assert str(e) == f"GET /p: {status} {code}: m{status}"
     e = ballast.errors.error_for(418, b'{"error": {"code": "teapot", "message": "no"}}')
     assert type(e) is APIError and (e.status, e.code, e.message) == (418, "teapot", "no")
     e = ballast.errors.error_for(400, b"<html><body>Bad Content-Length</body></html>")
