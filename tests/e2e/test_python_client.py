@@ -122,7 +122,8 @@ def world():
         _peer(root, [FC_PEER, socks["fc"], "--mem-mib", "1024", "--stats-interval", "0"], socks["fc"], procs)
         port = free_tcp_port()
         d = Daemon(root, "d", {"api": {"listen": f"127.0.0.1:{port}", "tokens_file": tokens},
-                               "driver": {"stall_window": "1s"}, "park": {"protect_for": "1s"}}, binary)
+                               "driver": {"stall_window": "1s"}, "park": {"protect_for": "1s"},
+                               "policy": {"dwell": "0s"}}, binary)
         d.start()
         uid = os.geteuid()
         d.register("vm-ok", socks["qmp"], GiB, expected_uid=uid)
@@ -312,7 +313,8 @@ def test_reclaim_hold_dry_run_and_clear(world):
     assert {x["action"] for x in a["actions"]} <= {"planned", "unchanged", "error", "stalled", "unsupported"}, a
     assert world.d.host()["hold"] is None, "a dry run stored a hold"
 
-    # A hold that must move a target (unparked VMs are protected from reclaim for a while: 1 s here).
+    # A hold that must move a target (unparked VMs are protected from reclaim for a while, 1 s here,
+    # and no dwell holds back a VM whose target just went up).
     world.d.wait_vms(lambda v: all(v[n]["protected_until"] is None for n in ("vm-ok", "vm-floor")), 10,
                      "the unpark protection to end")
     want = world.d.host()["reclaim"]["commanded_bytes"] + 96 * MiB
