@@ -1058,6 +1058,11 @@ static void route_vm(Manager *m, HttpCall *call, const HttpRequest *req, const c
                 int r = hv_get_stats(ctl_vm_hv(vm), m->cfg->driver.op_timeout, on_stats, sc);
                 if (r < 0) {
                         free(sc);
+                        /* Refused at once because the driver has none (Cloud Hypervisor): 501, as
+                         * when the hypervisor itself says so. */
+                        if (r == -EOPNOTSUPP || r == -ENOTSUP)
+                                return http_call_reply_error(call, 501, "not_implemented",
+                                                             "VM %s: the driver has no guest statistics", id);
                         return http_call_reply_error(call, 503, "unavailable", "VM %s: %s", id, strerror(-r));
                 }
                 return;

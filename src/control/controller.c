@@ -85,6 +85,9 @@ struct CtlVm {
         HvStats guest;
         bool guest_have, guest_fresh, guest_pressure;
         uint64_t guest_used;
+        /* Realtime second of the last change of actual: a guest report from that second or before
+         * describes the guest at another size, so its figures do not go with the current actual. */
+        uint64_t actual_changed_rt_s;
         /* Host side (B5.7). */
         uint64_t host_rss;
         uint64_t rss_base; /* host_rss when it last was at full size; 0 unknown */
@@ -387,6 +390,8 @@ static void vm_observe(CtlVm *vm, uint64_t actual, usec_t now) {
         if (actual + c->cfg.tolerance < vm->spec.assigned)
                 c->fleet_idle = false;
         bool first = !vm->actual_known;
+        if (first || absdiff(actual, vm->actual) > c->cfg.tolerance)
+                vm->actual_changed_rt_s = now_usec(CLOCK_REALTIME) / USEC_PER_SEC;
         vm->actual = actual;
         vm->actual_known = true;
         vm->updated = now;
@@ -552,6 +557,11 @@ static void vm_take_stats(CtlVm *vm, const HvStats *st) {
          * frame: it lacks the kernel's reservations (30-50 MiB) and, with deflate-on-oom, still
          * counts the balloon. */
         uint64_t used = fresh && vm->actual > st->available ? vm->actual - st->available : 0;
+        /* A report taken before the guest's size last changed is in another frame (right after
+         * an unpark: the old, small available against the new, full actual would make the whole
+         * guest look used): keep the use measured in the last consistent report. */
+        if (fresh && st->last_update <= vm->actual_changed_rt_s && vm->guest_have && vm->guest_fresh)
+                used = vm->guest_used;
         if (pressure && !vm->guest_pressure)
                 log_notice("VM %s: the guest shows memory pressure (available %llu MiB): it gives last and gets "
                            "back first",
@@ -1398,7 +1408,8 @@ static void on_park_stats(Hv *hv, const HvReply *reply, void *userdata) {
                         vm->stats_off = true;
         } else if (reply->error >= 0) {
                 vm_take_stats(vm, &reply->stats);
-                fresh_enough = vm->guest_fresh; /* the guest reported within three periods */
+                /* The guest reported within three periods, and since its size last changed. */
+                fresh_enough = vm->guest_fresh && reply->stats.last_update > vm->actual_changed_rt_s;
         } else
                 vm->stats_off = reply->error == -EOPNOTSUPP;
         usec_t waited = now_mono() - vm->park_started;

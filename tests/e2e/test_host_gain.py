@@ -97,7 +97,7 @@ def test_reclaim_goes_where_the_host_gains(mem_cgroup, pool, daemons):  # noqa: 
 
     # 2. The admission hint counts what really comes back: the held guest's resident memory above
     # its floor, not its size.
-    cap = d.get("/v1/capacity?size=512M").json
+    cap = d.get("/v1/capacity?size=512M")
     floor_held = max(FLOOR, vms[HELD]["effective_floor_bytes"])
     assert cap["returnable_bytes"] <= sum(max(vms[n]["resident_bytes"] - FLOOR, 0) for n in NAMES) + 32 * MiB, cap
     assert cap["returnable_bytes"] >= vms[HELD]["resident_bytes"] - floor_held - 64 * MiB, (cap, vms[HELD])
@@ -118,9 +118,22 @@ def test_reclaim_goes_where_the_host_gains(mem_cgroup, pool, daemons):  # noqa: 
     except AssertionError as e:
         raise AssertionError(f"{e}\nhost {d.host()}\nvms {d.vms()}\n{d.log_tail(40)}") from None
     took = time.time() - t0
+
+    # Once the balloon has landed and ballastd has re-read QEMU's RSS (every second while memory
+    # moves), its `reached` is what the host got back.
+    def settled_gain():
+        v = d.vms()[HELD]
+        rc = d.host()["reclaim"]
+        fell = rss0[HELD] - vm_rss(pid[HELD])
+        if abs(v["actual_bytes"] - v["target_bytes"]) > 16 * MiB or abs(rc["reached_bytes"] - fell) > 48 * MiB:
+            return None
+        return rc
+
+    try:
+        rc = wait_until(settled_gain, 60, 0.5, "ballastd's reached agreeing with QEMU's RSS")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nhost {d.host()}\nvms {d.vms()}\n{d.log_tail(40)}") from None
     vms = d.vms()
-    host = d.host()
-    rc = host["reclaim"]
     gain = {n: rss0[n] - vm_rss(pid[n]) for n in NAMES}
     print(f"relieved in {took:.1f} s; targets {({n: vms[n]['target_bytes'] // MiB for n in NAMES})} MiB, reasons "
           f"{({n: vms[n]['reason'] for n in NAMES})}; QEMU RSS fell {({n: gain[n] // MiB for n in NAMES})} MiB; "
@@ -128,11 +141,11 @@ def test_reclaim_goes_where_the_host_gains(mem_cgroup, pool, daemons):  # noqa: 
     # Taken where the host gains: the held guest, not the one whose free memory is already back.
     assert vms[HELD]["target_bytes"] < ASSIGNED - 32 * MiB, vms[HELD]
     assert vms[FPR]["target_bytes"] == ASSIGNED, vms[FPR]
+    assert vms[FPR]["reason"] in ("no-gain", "unchanged"), vms[FPR]
     assert gain[HELD] >= 0.05 * limit, gain
-    # reached is host memory: what QEMU's RSS gave back, not the balloon's size.
+    # reached is host memory (what QEMU's RSS gave back), next to the balloon's side.
     assert rc["reached_bytes"] > 0 and rc["guest_reached_bytes"] > 0, rc
     assert rc["reached_bytes"] <= rc["guest_reached_bytes"] + 32 * MiB, rc
-    assert abs(rc["reached_bytes"] - (rss0[HELD] - vm_rss(pid[HELD]))) <= 64 * MiB, (rc, gain)
     assert rc["efficiency"] is not None and rc["efficiency"] >= 0.8, rc
     assert cg.oom_control().get("oom_kill", 0) == 0
     d.stop()
