@@ -1359,7 +1359,10 @@ static int park_begin(CtlVm *vm) {
         HvWaitOptions o;
         hv_wait_options_init(&o);
         o.tolerance = c->cfg.tolerance;
-        o.timeout = vm->park_timeout;
+        /* The park's deadline counts from the request: waiting for fresh guest statistics used
+         * part of it already. */
+        usec_t waited = usec_sub_floor(now_mono(), vm->park_started);
+        o.timeout = vm->park_timeout > waited ? vm->park_timeout - waited : 1;
         o.stall_window = c->cfg.stall_window;
         o.op_timeout = c->cfg.op_timeout;
         int r = hv_wait_start(vm->hv, t, &o, on_park_wait, vm, &vm->park_wait);

@@ -840,3 +840,25 @@ def test_hung_qmp_socket_delays_nobody(vms, daemons, fake_qemus, tmp_path):  # n
     t0 = time.monotonic()
     d.stop(timeout=op_timeout + 20)
     print(f"SIGTERM to exit: {time.monotonic() - t0:.2f} s")
+
+
+def test_legal_huge_sizes_do_not_disable_the_controller(daemons, tmp_path):  # noqa: F811
+    """Four VMs of the largest legal size (2^62 bytes each) add up to 2^64. The plan must still run
+    for everyone: a dry-run reclaim answers 200 with a plan (it answered 503), a held reclaim is
+    stored and planned, and the daemon's log has no failed plan (it failed with EOVERFLOW four times
+    a second)."""
+    d = daemons({"pressure": {"sample_interval": "250ms"}}).start()
+    for i in range(4):
+        d.register(f"huge{i}", str(tmp_path / f"none{i}.sock"), 1 << 62)
+    r = d.request("POST", "/v1/memory/reclaim", {"reclaim_bytes": 1 << 30, "dry_run": True})
+    assert r.status == 200, r
+    assert r.json["dry_run"] is True and r.json["requested_bytes"] == 1 << 30, r.json
+    r = d.request("POST", "/v1/memory/reclaim", {"reclaim_bytes": 1 << 30, "hold_for": "1m"})
+    assert r.status == 200 and r.json["hold_until"], r
+    cap = d.get("/v1/capacity?size=1G")
+    assert cap["vm_count"] == 4 and cap["fit"] >= cap["fit_free"], cap
+    time.sleep(1.0)  # a few ticks (250 ms each) with the hold in force
+    log = d.log_tail(400)
+    assert "Plan failed" not in log, log
+    assert d.host()["vm_count"] == 4
+    d.stop()
