@@ -76,6 +76,7 @@ struct CtlVm {
         uint64_t park_size; /* asked for */
         usec_t park_timeout;
         bool park_capped;           /* parked at the guest's use + margin instead of park_size */
+        uint64_t park_used;         /* the guest's use that capped it */
         uint64_t park_started_rt_s; /* realtime seconds: only guest reports after this can stop it */
         EvTimer *park_timer;        /* asking for fresh statistics before a park */
         /* Guest statistics (B5.4, B5.9). */
@@ -1312,7 +1313,7 @@ static void on_park_wait(HvWait *w, const HvWaitOutcome *out, void *userdata) {
                         snprintf(o.message, sizeof o.message,
                                  "the guest uses %llu MiB it cannot give up: parked at %llu MiB (its use plus a "
                                  "32 MiB margin), not %llu MiB",
-                                 (unsigned long long) (vm->guest_used / MiB), (unsigned long long) (out->target / MiB),
+                                 (unsigned long long) (vm->park_used / MiB), (unsigned long long) (out->target / MiB),
                                  (unsigned long long) (vm->park_size / MiB));
                         vm->stalls++;
                 }
@@ -1354,14 +1355,27 @@ static int park_begin(CtlVm *vm) {
                 if (keep > t) {
                         t = keep;
                         vm->park_capped = true;
+                        vm->park_used = vm->guest_used;
                 }
+        }
+        /* The deadline passed while fresh statistics were awaited: nothing is sent, the VM stays
+         * where it is (parked), and the outcome says so. */
+        usec_t waited = usec_sub_floor(now_mono(), vm->park_started);
+        if (vm->parking && waited >= vm->park_timeout) {
+                HvWaitOutcome out = { .result = HV_WAIT_DEADLINE,
+                                      .start = vm->actual,
+                                      .target = vm->actual,
+                                      .reached = vm->actual };
+                snprintf(out.message, sizeof out.message,
+                         "the deadline passed before the guest's statistics were fresh: nothing was sent");
+                on_park_wait(NULL, &out, vm);
+                return 0;
         }
         HvWaitOptions o;
         hv_wait_options_init(&o);
         o.tolerance = c->cfg.tolerance;
         /* The park's deadline counts from the request: waiting for fresh guest statistics used
          * part of it already. */
-        usec_t waited = usec_sub_floor(now_mono(), vm->park_started);
         o.timeout = vm->park_timeout > waited ? vm->park_timeout - waited : 1;
         o.stall_window = c->cfg.stall_window;
         o.op_timeout = c->cfg.op_timeout;
@@ -1461,8 +1475,9 @@ int ctl_vm_park(Controller *c, CtlVm *vm, uint64_t size, usec_t timeout, ctl_par
         vm->park_prev = prev;
         vm->park_report_prev = prev;
         vm->unparked_until = 0;
-        if (!vm->park_wait)
-                vm->target = vm->park_size;
+        /* While fresh statistics are awaited the target stays where it is: the park's wait sends
+         * it (park_begin), and a target set here would be sent by the normal path at once, below
+         * what the guest may need. */
         vm->last_dir = -1;
         vm->last_move = now_mono();
         vm->park_cb = cb;

@@ -1104,6 +1104,44 @@ static void test_give_back_reaches_full_despite_rounding(void **state) {
         }
 }
 
+/* ---- admission hint ---- */
+
+static void test_capacity_table(void **state) {
+        (void) state;
+        PlanConfig c;
+        plan_config_default(&c); /* low watermark 10% */
+        static const struct {
+                uint64_t total, available, returnable, size, fit_free, fit;
+        } t[] = {
+                { 1536 * MiB, 1536 * MiB, 0, 512 * MiB, 2, 2 },
+                { 1536 * MiB, 700 * MiB, 0, 512 * MiB, 1, 1 },
+                { 1536 * MiB, 700 * MiB, 600 * MiB, 512 * MiB, 1, 2 },
+                { 1536 * MiB, 100 * MiB, 600 * MiB, 512 * MiB, 0, 1 }, /* below the watermark: free 0 */
+                { 1536 * MiB, 9 * GiB, 0, 512 * MiB, 2, 2 },           /* available counts up to total */
+                { UINT64_MAX, UINT64_MAX, UINT64_MAX, 1, UINT64_MAX - (UINT64_MAX / 10 + 1),
+                  UINT64_MAX }, /* saturates */
+        };
+        for (size_t k = 0; k < sizeof t / sizeof t[0]; k++) {
+                PlanCapacity cap;
+                assert_int_equal(plan_capacity(&c, t[k].total, t[k].available, t[k].returnable, t[k].size, &cap), 0);
+                uint64_t reserve = (uint64_t) (((u128) t[k].total * 1000 + 9999) / 10000);
+                uint64_t avail = t[k].available < t[k].total ? t[k].available : t[k].total;
+                assert_true(cap.reserve == reserve);
+                assert_true(cap.free == (avail > reserve ? avail - reserve : 0));
+                if (cap.fit_free != t[k].fit_free)
+                        fail_msg("row %zu: fit_free %" PRIu64 ", want %" PRIu64, k, cap.fit_free, t[k].fit_free);
+                if (cap.fit != t[k].fit)
+                        fail_msg("row %zu: fit %" PRIu64 ", want %" PRIu64, k, cap.fit, t[k].fit);
+        }
+        PlanCapacity cap;
+        assert_int_equal(plan_capacity(&c, 0, 1, 1, 1, &cap), -EINVAL);
+        assert_int_equal(plan_capacity(&c, 1, 1, 1, 0, &cap), -EINVAL);
+        assert_int_equal(plan_capacity(NULL, 1, 1, 1, 1, &cap), -EINVAL);
+        assert_true(plan_floor(&c, 512 * MiB, 0) == 128 * MiB);
+        assert_true(plan_floor(&c, 512 * MiB, 300 * MiB) == 300 * MiB);
+        assert_true(plan_floor(&c, 512 * MiB, 1 * GiB) == 512 * MiB);
+}
+
 /* ---- host-side gain ---- */
 
 /* Shrinking a guest returns only what the host holds for it: the VM with the most resident memory
@@ -1545,6 +1583,7 @@ int main(void) {
                 cmocka_unit_test(test_no_gain_not_squeezed),
                 cmocka_unit_test(test_healthy_never_takes),
                 cmocka_unit_test(test_give_back_reaches_full_despite_rounding),
+                cmocka_unit_test(test_capacity_table),
                 cmocka_unit_test(test_dead_band),
                 cmocka_unit_test(test_dead_band_exact_ends),
                 cmocka_unit_test(test_rate_limit_window),
