@@ -1362,10 +1362,9 @@ static int park_begin(CtlVm *vm) {
          * where it is (parked), and the outcome says so. */
         usec_t waited = usec_sub_floor(now_mono(), vm->park_started);
         if (vm->parking && waited >= vm->park_timeout) {
-                HvWaitOutcome out = { .result = HV_WAIT_DEADLINE,
-                                      .start = vm->actual,
-                                      .target = vm->actual,
-                                      .reached = vm->actual };
+                HvWaitOutcome out = {
+                        .result = HV_WAIT_DEADLINE, .start = vm->actual, .target = t, .reached = vm->actual
+                };
                 snprintf(out.message, sizeof out.message,
                          "the deadline passed before the guest's statistics were fresh: nothing was sent");
                 on_park_wait(NULL, &out, vm);
