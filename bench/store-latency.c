@@ -66,8 +66,12 @@ int main(int argc, char **argv) {
         for (int i = 0; i < NVMS; i++) {
                 char id[16];
                 snprintf(id, sizeof(id), "vm%03d", i);
-                StoreVm vm = { .expected_uid = -1, .assigned = UINT64_C(512) << 20, .floor = UINT64_C(128) << 20,
-                               .shares = 1, .last_target = UINT64_C(512) << 20, .created = 1 };
+                StoreVm vm = { .expected_uid = -1,
+                               .assigned = UINT64_C(512) << 20,
+                               .floor = UINT64_C(128) << 20,
+                               .shares = 1,
+                               .last_target = UINT64_C(512) << 20,
+                               .created = 1 };
                 snprintf(vm.id, sizeof(vm.id), "%s", id);
                 snprintf(vm.driver, sizeof(vm.driver), "qemu");
                 char sock[64];
@@ -94,8 +98,9 @@ int main(int argc, char **argv) {
                         snprintf(id, sizeof(id), "vm%03ld", (i / 2) % NVMS);
                         r = store_vm_set_target(s, id, (UINT64_C(256) << 20) + (uint64_t) i * 4096, err, sizeof(err));
                 } else {
-                        StoreJournalEntry e = { .time = (uint64_t) i, .available = 1, .requested = 2, .planned = 3,
-                                                .targets = targets };
+                        StoreJournalEntry e = {
+                                .time = (uint64_t) i, .available = 1, .requested = 2, .planned = 3, .targets = targets
+                        };
                         snprintf(e.trigger, sizeof(e.trigger), "timer");
                         snprintf(e.state, sizeof(e.state), "pressure");
                         r = store_journal_append(s, &e, err, sizeof(err));
