@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
+#include "shared/log.h"
 #include "shared/macro.h"
 #include "shared/strutil.h"
 
@@ -123,7 +124,8 @@ static const char *const stmt_sql[_STMT_MAX] = {
 struct Store {
         sqlite3 *db;
         char *dir;
-        char *path;
+        char *path;    /* <dir>/state.db, as given: for messages */
+        char *db_path; /* the same through the directory's real path: for SQLite */
         int lock_fd;
         uint64_t journal_max;
         sqlite3_stmt *stmt[_STMT_MAX];
@@ -558,40 +560,92 @@ static int vm_from_row(Store *s, sqlite3_stmt *st, StoreVm *ret, char *err, size
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(Store *, store_close);
 
-/* Refuses, before SQLite sees it, a file that is not a SQLite database: SQLite would refuse it
- * too, but this way nothing of ours (not even a -wal or -shm file) is created next to it. An
- * empty or missing file is a new database. */
-static int check_file(Store *s, char *err, size_t errlen) {
-        _cleanup_close_ int fd = open(s->path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+/* Checks one of the store's files (the database, its -wal or its -shm) before SQLite opens it:
+ * it must not be a symbolic link (SQLite would follow it, and create or write the file where it
+ * points), must be a regular file owned by our uid, and is made 0600 if it was readable or
+ * writable by others (files of older versions were 0644). The database itself is also refused,
+ * before anything is changed or created next to it, if it is not a SQLite database: SQLite would
+ * refuse it too, but this way nothing of ours (not even a -wal or -shm file) appears next to it.
+ * An empty or missing file is fine (a new database). Sets *ret_exists. */
+static int check_state_file(const char *path, bool is_db, bool *ret_exists, char *err, size_t errlen) {
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
         if (fd < 0) {
-                if (errno == ENOENT)
+                if (errno == ENOENT) {
+                        *ret_exists = false;
                         return 0;
+                }
                 int r = negative_errno();
-                seterr(err, errlen, "Failed to open %s: %s", s->path, strerror(-r));
+                if (r == -ELOOP)
+                        seterr(err, errlen, "%s is a symbolic link; refusing to use it", path);
+                else
+                        seterr(err, errlen, "Failed to open %s: %s", path, strerror(-r));
                 return r;
         }
         struct stat st;
         if (fstat(fd, &st) < 0) {
                 int r = negative_errno();
-                seterr(err, errlen, "Failed to stat %s: %s", s->path, strerror(-r));
+                seterr(err, errlen, "Failed to stat %s: %s", path, strerror(-r));
                 return r;
         }
         if (!S_ISREG(st.st_mode)) {
-                seterr(err, errlen, "%s is not a regular file; refusing to use it", s->path);
+                seterr(err, errlen, "%s is not a regular file; refusing to use it", path);
                 return -EBADMSG;
         }
-        if (st.st_size == 0)
+        if (st.st_uid != geteuid()) {
+                seterr(err, errlen, "%s is owned by uid %u, not by this process's uid %u; refusing to use it", path,
+                       (unsigned) st.st_uid, (unsigned) geteuid());
+                return -EPERM;
+        }
+        if (is_db && st.st_size > 0) {
+                char head[sizeof(sqlite_magic)];
+                ssize_t n = pread(fd, head, sizeof(head), 0);
+                if (n < 0) {
+                        int r = negative_errno();
+                        seterr(err, errlen, "Failed to read %s: %s", path, strerror(-r));
+                        return r;
+                }
+                if ((size_t) n < sizeof(head) || memcmp(head, sqlite_magic, sizeof(head)) != 0) {
+                        seterr(err, errlen, "%s is not a SQLite database; refusing to use or overwrite it", path);
+                        return -EBADMSG;
+                }
+        }
+        if (st.st_mode & 0077) {
+                if (fchmod(fd, 0600) < 0) {
+                        int r = negative_errno();
+                        seterr(err, errlen, "Failed to make %s private (mode 0600): %s", path, strerror(-r));
+                        return r;
+                }
+                log_notice("%s had mode %04o: made it 0600, the state is for ballastd alone", path,
+                           (unsigned) (st.st_mode & 07777));
+        }
+        *ret_exists = true;
+        return 0;
+}
+
+/* Checks the database and its -wal and -shm files (check_state_file()), and creates a missing
+ * database as an empty 0600 file, so that SQLite never creates it with its own 0644 (and the -wal
+ * and -shm files, which SQLite gives the database's mode, are 0600 too). */
+static int check_files(Store *s, char *err, size_t errlen) {
+        static const char *const suffixes[] = { "", "-wal", "-shm" };
+        bool db_exists = false;
+        for (size_t i = 0; i < ELEMENTSOF(suffixes); i++) {
+                _cleanup_free_ char *path = NULL;
+                bool e;
+                if (asprintf(&path, "%s%s", s->path, suffixes[i]) < 0)
+                        return -ENOMEM;
+                int r = check_state_file(path, i == 0, &e, err, errlen);
+                if (r < 0)
+                        return r;
+                if (i == 0)
+                        db_exists = e;
+        }
+        if (db_exists)
                 return 0;
-        char head[sizeof(sqlite_magic)];
-        ssize_t n = pread(fd, head, sizeof(head), 0);
-        if (n < 0) {
+        _cleanup_close_ int fd = open(s->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
+        if (fd < 0 || fchmod(fd, 0600) < 0) {
                 int r = negative_errno();
-                seterr(err, errlen, "Failed to read %s: %s", s->path, strerror(-r));
+                seterr(err, errlen, "Failed to create %s: %s", s->path, strerror(-r));
                 return r;
-        }
-        if ((size_t) n < sizeof(head) || memcmp(head, sqlite_magic, sizeof(head)) != 0) {
-                seterr(err, errlen, "%s is not a SQLite database; refusing to use or overwrite it", s->path);
-                return -EBADMSG;
         }
         return 0;
 }
@@ -735,7 +789,13 @@ static int inspect(Store *s, char *err, size_t errlen) {
 static int store_open_db(Store *s, char *err, size_t errlen) {
         int rc, r;
 
-        rc = sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+        /* Not SQLITE_OPEN_CREATE: check_files() made the file. NOFOLLOW: a link put in its place
+         * since is refused, not followed. */
+        rc = sqlite3_open_v2(s->db_path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, NULL);
+        if (rc == SQLITE_CANTOPEN_SYMLINK) {
+                seterr(err, errlen, "%s is a symbolic link; refusing to use it", s->path);
+                return -ELOOP;
+        }
         if (rc != SQLITE_OK)
                 return sql_fail(s, rc, "open", err, errlen);
         sqlite3_extended_result_codes(s->db, 1);
@@ -787,6 +847,41 @@ static int store_open_db(Store *s, char *err, size_t errlen) {
         return 0;
 }
 
+/* The state directory (s->lock_fd, opened without following a link) must be ours and writable
+ * by nobody else: whoever can write to it can replace state.db. SQLite is then given the
+ * directory's real path, so that SQLITE_OPEN_NOFOLLOW only refuses a link put in later. */
+static int check_dir(Store *s, char *err, size_t errlen) {
+        struct stat st;
+        if (fstat(s->lock_fd, &st) < 0) {
+                int r = negative_errno();
+                seterr(err, errlen, "Failed to stat state directory %s: %s", s->dir, strerror(-r));
+                return r;
+        }
+        if (st.st_uid != geteuid()) {
+                seterr(err, errlen,
+                       "State directory %s is owned by uid %u, not by this process's uid %u; refusing to use it",
+                       s->dir, (unsigned) st.st_uid, (unsigned) geteuid());
+                return -EPERM;
+        }
+        if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+                seterr(err, errlen,
+                       "State directory %s is writable by its group or others (mode %04o); refusing to use it", s->dir,
+                       (unsigned) (st.st_mode & 07777));
+                return -EPERM;
+        }
+        _cleanup_free_ char *real = realpath(s->dir, NULL);
+        if (!real) {
+                int r = negative_errno();
+                seterr(err, errlen, "Failed to resolve state directory %s: %s", s->dir, strerror(-r));
+                return r;
+        }
+        if (asprintf(&s->db_path, "%s/%s", real, STORE_DB_NAME) < 0) {
+                s->db_path = NULL;
+                return -ENOMEM;
+        }
+        return 0;
+}
+
 int store_open(const char *dir, Store **ret, char *err, size_t errlen) {
         int r;
 
@@ -810,9 +905,15 @@ int store_open(const char *dir, Store **ret, char *err, size_t errlen) {
                 seterr(err, errlen, "Failed to create state directory %s: %s", dir, strerror(-r));
                 return r;
         }
-        s->lock_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        s->lock_fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (s->lock_fd < 0) {
                 r = negative_errno();
+                struct stat st;
+                /* With O_DIRECTORY, a link fails as ENOTDIR, not ELOOP. */
+                if (r == -ELOOP || (r == -ENOTDIR && lstat(dir, &st) == 0 && S_ISLNK(st.st_mode))) {
+                        seterr(err, errlen, "State directory %s is a symbolic link; refusing to use it", dir);
+                        return -ELOOP;
+                }
                 seterr(err, errlen, "Failed to open state directory %s: %s", dir, strerror(-r));
                 return r;
         }
@@ -829,7 +930,10 @@ int store_open(const char *dir, Store **ret, char *err, size_t errlen) {
                 return r;
         }
 
-        r = check_file(s, err, errlen);
+        r = check_dir(s, err, errlen);
+        if (r < 0)
+                return r;
+        r = check_files(s, err, errlen);
         if (r < 0)
                 return r;
         r = store_open_db(s, err, errlen);
@@ -849,6 +953,7 @@ Store *store_close(Store *s) {
         sqlite3_close(s->db);
         safe_close(s->lock_fd);
         free(s->path);
+        free(s->db_path);
         free(s->dir);
         free(s);
         return NULL;

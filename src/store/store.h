@@ -93,8 +93,13 @@ typedef struct StoreJournalEntry {
  * program is refused with -EBADMSG; a database written by a newer ballastd (user_version above
  * STORE_SCHEMA_VERSION) with -EPROTONOSUPPORT; in both cases `err` names the path and the file is
  * left untouched. -ENOTDIR: dir is not a directory; -EBUSY: another process has this store open;
- * -EOPNOTSUPP: the file system cannot do WAL. On success *ret is a new Store owned by the caller
- * (store_close()). `dir` is copied. */
+ * -EOPNOTSUPP: the file system cannot do WAL. The state directory and the files in it
+ * (state.db, state.db-wal, state.db-shm) are refused with -ELOOP if they are symbolic links (never
+ * followed: a dangling link would have SQLite create the database where it points), with -EPERM
+ * if they are not owned by this process's uid or the directory is writable by its group or
+ * others; `err` names the path. The files are created 0600 whatever the umask, and an existing
+ * file readable by others (0644 before) is made 0600, with a log line. On success *ret is a new
+ * Store owned by the caller (store_close()). `dir` is copied. */
 int store_open(const char *dir, Store **ret, char *err, size_t errlen);
 
 /* Closes the database and frees s. Accepts NULL; returns NULL. Nothing is lost: every successful

@@ -1039,6 +1039,131 @@ static void test_set_target_timing(void **state) {
         store_vm_done(&got);
 }
 
+/* ---- the state directory and files: no links, ours alone, 0600 ---- */
+
+#define NOBODY 65534
+
+static mode_t mode_of(const char *path) {
+        struct stat st;
+        if (lstat(path, &st) < 0)
+                fail_msg("lstat %s: %s", path, strerror(errno));
+        return st.st_mode & 07777;
+}
+
+/* Opening must fail with `expect` and an err naming `path` and saying `why`. */
+static void assert_refused(Fx *f, int expect, const char *path, const char *why) {
+        Store *s = (Store *) 0x1;
+        f->err[0] = 0;
+        int r = store_open(f->dir, &s, f->err, sizeof(f->err));
+        print_message("refused (%d): %s\n", r, f->err);
+        if (r == 0)
+                s = store_close(s);
+        assert_int_equal(r, expect);
+        assert_ptr_equal(s, (Store *) 0x1);
+        assert_non_null(strstr(f->err, path));
+        assert_non_null(strstr(f->err, why));
+}
+
+/* A dangling link at state.db would make SQLite create the database where it points. */
+static void test_symlinks_refused(void **state) {
+        Fx *f = *state;
+        char target[PATH_MAX], side[PATH_MAX + 8];
+        assert_int_equal(mkdir(f->dir, 0700), 0);
+        snprintf(target, sizeof(target), "%s/elsewhere.db", f->tmp);
+        assert_int_equal(symlink(target, f->db), 0);
+        assert_refused(f, -ELOOP, f->db, "symbolic link");
+        assert_false(exists(target));
+        snprintf(side, sizeof(side), "%s-wal", target);
+        assert_false(exists(side));
+
+        /* A link to a real database is refused just the same. */
+        assert_int_equal(unlink(f->db), 0);
+        fx_open(f);
+        f->s = store_close(f->s);
+        assert_int_equal(rename(f->db, target), 0);
+        assert_int_equal(symlink(target, f->db), 0);
+        assert_refused(f, -ELOOP, f->db, "symbolic link");
+        assert_int_equal(unlink(f->db), 0);
+
+        /* The -wal and -shm files: SQLite would follow them too. */
+        for (int i = 0; i < 2; i++) {
+                snprintf(side, sizeof(side), "%s%s", f->db, i ? "-shm" : "-wal");
+                assert_int_equal(symlink(target, side), 0);
+                assert_refused(f, -ELOOP, side, "symbolic link");
+                assert_int_equal(unlink(side), 0);
+        }
+
+        /* The state directory itself. */
+        char real[PATH_MAX];
+        snprintf(real, sizeof(real), "%s/real", f->tmp);
+        assert_int_equal(rename(f->dir, real), 0);
+        assert_int_equal(symlink(real, f->dir), 0);
+        assert_refused(f, -ELOOP, f->dir, "symbolic link");
+        assert_int_equal(unlink(f->dir), 0);
+}
+
+static void test_owner_and_mode_refused(void **state) {
+        Fx *f = *state;
+        fx_open(f);
+        f->s = store_close(f->s);
+
+        assert_int_equal(chmod(f->dir, 0777), 0);
+        assert_refused(f, -EPERM, f->dir, "writable");
+        assert_int_equal(chmod(f->dir, 0700), 0);
+
+        if (geteuid() != 0)
+                skip(); /* giving a file to another user needs root */
+        assert_int_equal(chown(f->dir, NOBODY, NOBODY), 0);
+        assert_refused(f, -EPERM, f->dir, "owned by uid 65534");
+        assert_int_equal(chown(f->dir, 0, 0), 0);
+        assert_int_equal(chown(f->db, NOBODY, NOBODY), 0);
+        assert_refused(f, -EPERM, f->db, "owned by uid 65534");
+        assert_int_equal(chown(f->db, 0, 0), 0);
+        fx_open(f);
+}
+
+/* New files are 0600 whatever the umask; old 0644 ones (and their -wal and -shm) become 0600. */
+static void test_files_private(void **state) {
+        Fx *f = *state;
+        char wal[PATH_MAX + 8], shm[PATH_MAX + 8];
+        snprintf(wal, sizeof(wal), "%s-wal", f->db);
+        snprintf(shm, sizeof(shm), "%s-shm", f->db);
+        mode_t old = umask(022);
+        fx_open(f);
+        StoreVm vm = vm_make("vm1", "qemu");
+        assert_int_equal(store_vm_put(f->s, &vm, f->err, sizeof(f->err)), 0);
+        assert_int_equal(mode_of(f->db), 0600);
+        assert_int_equal(mode_of(wal), 0600);
+        assert_int_equal(mode_of(shm), 0600);
+        f->s = store_close(f->s);
+
+        /* A store left open by a dead process keeps its -wal and -shm: make all three 0644. */
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                Store *s = NULL;
+                char err[512];
+                StoreVm v2 = vm_make("vm2", "qemu");
+                _exit(store_open(f->dir, &s, err, sizeof(err)) == 0 && store_vm_put(s, &v2, err, sizeof(err)) == 0 ? 0
+                                                                                                                   : 1);
+        }
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        assert_true(exists(wal) && exists(shm));
+        assert_int_equal(chmod(f->db, 0644), 0);
+        assert_int_equal(chmod(wal, 0644), 0);
+        assert_int_equal(chmod(shm, 0644), 0);
+        fx_open(f);
+        umask(old);
+        assert_int_equal(mode_of(f->db), 0600);
+        assert_int_equal(mode_of(wal), 0600);
+        assert_int_equal(mode_of(shm), 0600);
+        StoreVm got;
+        assert_int_equal(store_vm_get(f->s, "vm2", &got, f->err, sizeof(f->err)), 0);
+        store_vm_done(&got);
+}
+
 int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
         const struct CMUnitTest tests[] = {
@@ -1059,6 +1184,9 @@ int main(void) {
                 T(test_foreign_database_refused),
                 T(test_corrupt_rows),
                 T(test_set_target_timing),
+                T(test_symlinks_refused),
+                T(test_owner_and_mode_refused),
+                T(test_files_private),
         };
 #undef T
         return cmocka_run_group_tests(tests, NULL, NULL);
