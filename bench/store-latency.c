@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -115,6 +116,11 @@ int main(int argc, char **argv) {
                         usleep((useconds_t) interval_us);
         }
         double secs = (double) (now_ns() - t_start) / 1e9;
+        /* The WAL's size now, before closing checkpoints it away: it must stay bounded. */
+        char wal[4300];
+        struct stat st;
+        snprintf(wal, sizeof(wal), "%s-wal", store_path(s));
+        long long wal_kib = stat(wal, &st) == 0 ? (long long) st.st_size / 1024 : -1;
         s = store_close(s);
 
         long over_1ms = 0;
@@ -127,6 +133,7 @@ int main(int argc, char **argv) {
         printf("p50 %.0f us  p99 %.0f us  p99.9 %.0f us  max %.0f us  over 1 ms: %ld\n",
                pct_us(lat, (size_t) writes, 50), pct_us(lat, (size_t) writes, 99), pct_us(lat, (size_t) writes, 99.9),
                (double) lat[writes - 1] / 1000.0, over_1ms);
+        printf("WAL at the end: %lld KiB\n", wal_kib);
         free(lat);
 
         char cmd[4300];

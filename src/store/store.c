@@ -5,12 +5,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -20,10 +22,23 @@
 #include "shared/macro.h"
 #include "shared/strutil.h"
 
+#define STRINGIFY_(x)         #x
+#define STRINGIFY(x)          STRINGIFY_(x)
+
 /* A second writer (only ever a tool: ballastd holds the directory lock) waits this long at most. */
 #define STORE_BUSY_TIMEOUT_MS 2000
 /* After a checkpoint the WAL file is truncated back to this size, so it does not stay at its peak. */
-#define STORE_WAL_SIZE_LIMIT  (4 << 20)
+#define STORE_WAL_SIZE_LIMIT  (16 << 20)
+/* Checkpoints run on their own thread (store.h, Threads). A commit that leaves at least this many
+ * pages in the WAL (4 MiB of 4 KiB pages, SQLite's own default) wakes the checkpointer; it also
+ * wakes by itself this often, so that commits reach the disk within that time even when few are
+ * made. */
+#define STORE_CKPT_PAGES      1000
+#define STORE_CKPT_INTERVAL_S 30
+/* Passive checkpoint rounds per wake-up, to catch up with commits made meanwhile. */
+#define STORE_CKPT_ROUNDS     8
+/* The bound on the WAL (16 MiB of 4 KiB pages), beyond which writers are held back. */
+#define STORE_WAL_PAGES_MAX   4096
 
 static const char sqlite_magic[16] = "SQLite format 3";
 
@@ -129,6 +144,19 @@ struct Store {
         int lock_fd;
         uint64_t journal_max;
         sqlite3_stmt *stmt[_STMT_MAX];
+
+        /* The checkpointer. ckpt_db is the thread's own connection: opened before the thread
+         * starts and closed after it is joined, used by nobody else in between. The fields after
+         * ckpt_lock are guarded by it. */
+        sqlite3 *ckpt_db;
+        unsigned wal_pages_mark; /* the loop's alone: the WAL's size at the last request */
+        pthread_t ckpt_thread;
+        bool ckpt_sync_init, ckpt_started;
+        pthread_mutex_t ckpt_lock;
+        pthread_cond_t ckpt_cond; /* on CLOCK_MONOTONIC */
+        bool ckpt_wanted, ckpt_stop;
+        int ckpt_rc;       /* the last checkpoint's SQLite result */
+        int ckpt_rc_shown; /* the last result the loop has logged */
 };
 
 static const char *const drivers[] = { "qemu", "firecracker", "cloud-hypervisor", "libvirt" };
@@ -786,6 +814,182 @@ static int inspect(Store *s, char *err, size_t errlen) {
         return 0;
 }
 
+/* ---- the checkpointer ---- */
+
+/* Runs after every commit, on the committing (loop) thread, with the WAL's size in pages: wakes
+ * the checkpointer when the WAL is big enough, and reports a failed checkpoint once. Never waits
+ * on anything but the checkpointer's mutex, which the thread holds only for a few instructions. */
+static int store_wal_hook(void *userdata, sqlite3 *db, const char *name, int pages) {
+        Store *s = userdata;
+        (void) db, (void) name;
+        /* `pages` counts the whole WAL, checkpointed or not: ask again only when it has grown by
+         * STORE_CKPT_PAGES since the last request, or since it restarted from the beginning. */
+        if ((unsigned) pages < s->wal_pages_mark)
+                s->wal_pages_mark = 0;
+        if ((unsigned) pages < s->wal_pages_mark + STORE_CKPT_PAGES)
+                return SQLITE_OK;
+        s->wal_pages_mark = (unsigned) pages;
+        pthread_mutex_lock(&s->ckpt_lock);
+        if (!s->ckpt_wanted) {
+                s->ckpt_wanted = true;
+                pthread_cond_signal(&s->ckpt_cond);
+        }
+        int rc = s->ckpt_rc, shown = s->ckpt_rc_shown;
+        s->ckpt_rc_shown = rc;
+        pthread_mutex_unlock(&s->ckpt_lock);
+        if (rc != shown && rc != SQLITE_OK)
+                log_warning("%s: checkpoint failed: %s; the WAL grows until one succeeds", s->path, sqlite3_errstr(rc));
+        return SQLITE_OK;
+}
+
+static void *ckpt_main(void *userdata) {
+        Store *s = userdata;
+        pthread_mutex_lock(&s->ckpt_lock);
+        while (!s->ckpt_stop) {
+                if (!s->ckpt_wanted) {
+                        struct timespec deadline;
+                        clock_gettime(CLOCK_MONOTONIC, &deadline);
+                        deadline.tv_sec += STORE_CKPT_INTERVAL_S;
+                        int k = pthread_cond_timedwait(&s->ckpt_cond, &s->ckpt_lock, &deadline);
+                        if (s->ckpt_stop)
+                                break;
+                        if (k != ETIMEDOUT && !s->ckpt_wanted)
+                                continue; /* spurious */
+                }
+                s->ckpt_wanted = false;
+                pthread_mutex_unlock(&s->ckpt_lock);
+
+                /* PASSIVE copies what it can without waiting for anyone: the loop's reads and
+                 * commits go on beside it (WAL), and its fsyncs stall only this thread. It copies
+                 * the WAL as it was when it began; commits made meanwhile are left for another
+                 * round, so it goes again until a round finds nothing new (such a round costs no
+                 * fsync). Each round has less to do than the one before. */
+                int log = -1, done = -1, prev = -1, rc = SQLITE_OK;
+                bool caught_up = false;
+                for (int round = 0; round < STORE_CKPT_ROUNDS && !caught_up; round++) {
+                        rc = sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+                        if (rc != SQLITE_OK || log <= 0) {
+                                caught_up = true; /* nothing to do, or nothing this can do */
+                                break;
+                        }
+                        caught_up = done >= log && log == prev;
+                        prev = log;
+                }
+                /* Under a steady stream of commits the rounds may not find the WAL still: then
+                 * the next wake-up tries again. Past STORE_WAL_PAGES_MAX the WAL is bounded the
+                 * hard way, with writers held back (RESTART: the loop's commits wait for it). */
+                if (rc == SQLITE_OK && !caught_up && log >= STORE_WAL_PAGES_MAX) {
+                        rc = sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_RESTART, &log, &done);
+                        caught_up = rc == SQLITE_OK && done >= log;
+                }
+                /* A WAL checkpointed to its end is started again from its beginning by the next
+                 * commit, which first writes a new WAL header and fsyncs it (so that a power loss
+                 * cannot mix old and new frames). That commit is made here, rewriting page 1 as it
+                 * is, so that the fsync is this thread's too. A loop commit that comes meanwhile
+                 * waits for it (store_busy()); one that comes first restarts the WAL itself. */
+                if (caught_up && rc == SQLITE_OK && log > 0) {
+                        rc = sqlite3_exec(
+                                s->ckpt_db,
+                                "BEGIN IMMEDIATE; PRAGMA user_version = " STRINGIFY(STORE_SCHEMA_VERSION) "; COMMIT",
+                                NULL, NULL, NULL);
+                        if (rc != SQLITE_OK && !sqlite3_get_autocommit(s->ckpt_db))
+                                (void) sqlite3_exec(s->ckpt_db, "ROLLBACK", NULL, NULL, NULL);
+                }
+
+                pthread_mutex_lock(&s->ckpt_lock);
+                /* BUSY: another checkpoint (a tool's) was running; the next wake-up will do. */
+                s->ckpt_rc = rc == SQLITE_BUSY ? SQLITE_OK : rc;
+        }
+        pthread_mutex_unlock(&s->ckpt_lock);
+        return NULL;
+}
+
+/* Opens the checkpointer's connection and starts its thread, then takes checkpoints away from the
+ * loop's connection (the WAL hook replaces SQLite's automatic checkpoints). */
+static int ckpt_start(Store *s, char *err, size_t errlen) {
+        pthread_condattr_t attr;
+        int k;
+        if (!sqlite3_threadsafe()) {
+                /* A SQLite built without threads: checkpoints stay on the loop, as SQLite does them. */
+                return 0;
+        }
+        if ((k = pthread_condattr_init(&attr)) != 0)
+                return -k;
+        k = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        if (k == 0)
+                k = pthread_cond_init(&s->ckpt_cond, &attr);
+        pthread_condattr_destroy(&attr);
+        if (k != 0)
+                return -k;
+        if ((k = pthread_mutex_init(&s->ckpt_lock, NULL)) != 0) {
+                pthread_cond_destroy(&s->ckpt_cond);
+                return -k;
+        }
+        s->ckpt_sync_init = true;
+
+        int rc = sqlite3_open_v2(s->db_path, &s->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, NULL);
+        if (rc != SQLITE_OK) {
+                seterr(err, errlen, "%s: open for checkpoints: %s", s->path,
+                       s->ckpt_db ? sqlite3_errmsg(s->ckpt_db) : sqlite3_errstr(rc));
+                return rc == SQLITE_NOMEM ? -ENOMEM : -EIO;
+        }
+        sqlite3_extended_result_codes(s->ckpt_db, 1);
+        sqlite3_db_config(s->ckpt_db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
+        sqlite3_db_config(s->ckpt_db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
+        sqlite3_db_config(s->ckpt_db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, NULL);
+        /* The loop's connection is the last to close, and checkpoints then. */
+        sqlite3_db_config(s->ckpt_db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+        /* For a RESTART checkpoint, which waits for the writer. */
+        sqlite3_busy_timeout(s->ckpt_db, STORE_BUSY_TIMEOUT_MS);
+        /* Checkpoints fsync the WAL before copying it and the database after. */
+        rc = sqlite3_exec(s->ckpt_db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
+        if (rc != SQLITE_OK) {
+                seterr(err, errlen, "%s: checkpoint connection: %s", s->path, sqlite3_errmsg(s->ckpt_db));
+                return -EIO;
+        }
+
+        if ((k = pthread_create(&s->ckpt_thread, NULL, ckpt_main, s)) != 0) {
+                seterr(err, errlen, "%s: cannot start the checkpoint thread: %s", s->path, strerror(k));
+                return -k;
+        }
+        s->ckpt_started = true;
+        sqlite3_wal_hook(s->db, store_wal_hook, s);
+        return 0;
+}
+
+static void ckpt_stop(Store *s) {
+        if (s->ckpt_started) {
+                pthread_mutex_lock(&s->ckpt_lock);
+                s->ckpt_stop = true;
+                pthread_cond_signal(&s->ckpt_cond);
+                pthread_mutex_unlock(&s->ckpt_lock);
+                pthread_join(s->ckpt_thread, NULL);
+                s->ckpt_started = false;
+        }
+        if (s->db)
+                sqlite3_wal_hook(s->db, NULL, NULL);
+        sqlite3_close(s->ckpt_db);
+        s->ckpt_db = NULL;
+        if (s->ckpt_sync_init) {
+                pthread_cond_destroy(&s->ckpt_cond);
+                pthread_mutex_destroy(&s->ckpt_lock);
+                s->ckpt_sync_init = false;
+        }
+}
+
+/* The loop's busy handler: the lock it waits for is held for a few milliseconds at most (the
+ * checkpointer restarting the WAL), so it looks again every 50 us rather than SQLite's 1, 2, 5,
+ * 10 ms steps, up to STORE_BUSY_TIMEOUT_MS. */
+#define STORE_BUSY_STEP_US 50
+static int store_busy(void *userdata, int count) {
+        (void) userdata;
+        if ((long) count * STORE_BUSY_STEP_US >= (long) STORE_BUSY_TIMEOUT_MS * 1000)
+                return 0;
+        struct timespec ts = { .tv_nsec = STORE_BUSY_STEP_US * 1000 };
+        (void) nanosleep(&ts, NULL);
+        return 1;
+}
+
 static int store_open_db(Store *s, char *err, size_t errlen) {
         int rc, r;
 
@@ -806,7 +1010,7 @@ static int store_open_db(Store *s, char *err, size_t errlen) {
         sqlite3_db_config(s->db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, NULL);
         /* Until it is known to be ours, closing must not checkpoint into the file. */
         sqlite3_db_config(s->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
-        sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
+        sqlite3_busy_handler(s->db, store_busy, s);
 
         r = inspect(s, err, errlen);
         if (r < 0)
@@ -844,7 +1048,7 @@ static int store_open_db(Store *s, char *err, size_t errlen) {
                 if (rc != SQLITE_OK)
                         return sql_fail(s, rc, "prepare", err, errlen);
         }
-        return 0;
+        return ckpt_start(s, err, errlen);
 }
 
 /* The state directory (s->lock_fd, opened without following a link) must be ours and writable
@@ -947,6 +1151,9 @@ int store_open(const char *dir, Store **ret, char *err, size_t errlen) {
 Store *store_close(Store *s) {
         if (!s)
                 return NULL;
+        /* The checkpointer first: the loop's connection, closed last, checkpoints the WAL into the
+         * database and removes it. */
+        ckpt_stop(s);
         for (int i = 0; i < _STMT_MAX; i++)
                 sqlite3_finalize(s->stmt[i]);
         /* sqlite3_close() fails only with unfinalized statements, and there are none left. */

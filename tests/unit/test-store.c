@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1164,6 +1166,105 @@ static void test_files_private(void **state) {
         store_vm_done(&got);
 }
 
+/* ---- who syncs: the store's commits must never wait for an fsync of the database ---- */
+
+/* Every fdatasync() and fsync() of this process: SQLite, a shared library, calls them through the
+ * dynamic linker, so these definitions take the place of libc's. A call on the watched file is
+ * counted by thread: the watching (test, "loop") thread or any other. */
+static pthread_mutex_t sync_lock = PTHREAD_MUTEX_INITIALIZER;
+static char sync_path[PATH_MAX];
+static pid_t sync_tid;
+static unsigned sync_by_caller, sync_by_others;
+
+static void sync_note(int fd) {
+        char link[64], target[PATH_MAX];
+        snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(link, target, sizeof(target) - 1);
+        if (n < 0)
+                return;
+        target[n] = 0;
+        pthread_mutex_lock(&sync_lock);
+        if (sync_path[0] && strcmp(target, sync_path) == 0) {
+                if ((pid_t) syscall(SYS_gettid) == sync_tid)
+                        sync_by_caller++;
+                else
+                        sync_by_others++;
+        }
+        pthread_mutex_unlock(&sync_lock);
+}
+
+int fdatasync(int fd) {
+        sync_note(fd);
+        return (int) syscall(SYS_fdatasync, fd);
+}
+
+int fsync(int fd) {
+        sync_note(fd);
+        return (int) syscall(SYS_fsync, fd);
+}
+
+static void sync_watch(const char *path) {
+        pthread_mutex_lock(&sync_lock);
+        if (path) {
+                assert_non_null(realpath(path, sync_path));
+                sync_tid = (pid_t) syscall(SYS_gettid);
+        } else
+                sync_path[0] = 0;
+        sync_by_caller = sync_by_others = 0;
+        pthread_mutex_unlock(&sync_lock);
+}
+
+static void sync_counts(unsigned *ret_caller, unsigned *ret_others) {
+        pthread_mutex_lock(&sync_lock);
+        *ret_caller = sync_by_caller;
+        *ret_others = sync_by_others;
+        pthread_mutex_unlock(&sync_lock);
+}
+
+/* Thousands of commits: enough WAL for several checkpoints. Each checkpoint fsyncs the database
+ * file; none of those may happen on the committing thread (the daemon's event loop), and they
+ * must happen on another one. */
+static void test_checkpoints_off_the_caller(void **state) {
+        Fx *f = *state;
+        fx_open(f);
+        char targets[2048];
+        size_t n = 0;
+        n += (size_t) snprintf(targets + n, sizeof(targets) - n, "{");
+        for (int i = 0; i < 40; i++)
+                n += (size_t) snprintf(targets + n, sizeof(targets) - n, "%s\"vm%03d\": %d", i ? ", " : "", i,
+                                       268435456 + i);
+        snprintf(targets + n, sizeof(targets) - n, "}");
+
+        sync_watch(f->db);
+        for (uint64_t t = 1; t <= 3000; t++) {
+                StoreJournalEntry e = entry_make(t, "timer", targets);
+                int r = store_journal_append(f->s, &e, f->err, sizeof(f->err));
+                if (r < 0)
+                        fail_msg("store_journal_append(%" PRIu64 ") = %d: %s", t, r, f->err);
+        }
+        unsigned caller, others;
+        sync_counts(&caller, &others);
+        print_message("fsyncs of %s after 3000 commits: %u on the committing thread, %u on others\n", f->db, caller,
+                      others);
+        assert_int_equal(caller, 0);
+
+        /* The checkpointer syncs the database by itself (it was woken long ago). */
+        struct timespec start, now;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        for (;;) {
+                sync_counts(&caller, &others);
+                if (others > 0)
+                        break;
+                clock_gettime(CLOCK_MONOTONIC, &now);
+                if (now.tv_sec - start.tv_sec > 30)
+                        fail_msg("no checkpoint synced %s within 30 s", f->db);
+                struct pollfd none;
+                (void) poll(&none, 0, 10);
+        }
+        assert_int_equal(caller, 0);
+        sync_watch(NULL);
+}
+
 int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
         const struct CMUnitTest tests[] = {
@@ -1187,6 +1288,7 @@ int main(void) {
                 T(test_symlinks_refused),
                 T(test_owner_and_mode_refused),
                 T(test_files_private),
+                T(test_checkpoints_off_the_caller),
         };
 #undef T
         return cmocka_run_group_tests(tests, NULL, NULL);
