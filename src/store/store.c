@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -948,7 +949,15 @@ static int ckpt_start(Store *s, char *err, size_t errlen) {
                 return -EIO;
         }
 
-        if ((k = pthread_create(&s->ckpt_thread, NULL, ckpt_main, s)) != 0) {
+        /* The thread takes no signals: the daemon handles them on its loop (signalfd), and a
+         * signal sent to the process must never land here and kill it by default action. The
+         * thread inherits the mask it is created with. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        k = pthread_create(&s->ckpt_thread, NULL, ckpt_main, s);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (k != 0) {
                 seterr(err, errlen, "%s: cannot start the checkpoint thread: %s", s->path, strerror(k));
                 return -k;
         }

@@ -3,6 +3,7 @@
  * journal bounds, schema versions, refusal of foreign/corrupt/newer files, and validation of rows
  * edited behind the store's back. Each test runs in its own mkdtemp directory, removed by the
  * teardown whether the test passed or not. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -1265,6 +1266,68 @@ static void test_checkpoints_off_the_caller(void **state) {
         sync_watch(NULL);
 }
 
+/* The daemon blocks SIGTERM after opening its store and takes it on its loop (signalfd): a store
+ * thread that did not block it could be the one the kernel gives a SIGTERM to, and die of it
+ * with the whole process. Every thread but the caller must block every signal. */
+static void test_signals_stay_with_the_caller(void **state) {
+        Fx *f = *state;
+        sigset_t term, old;
+        sigemptyset(&term);
+        sigaddset(&term, SIGTERM);
+        /* As a daemon starts: SIGTERM not blocked (whatever the test runner had). */
+        assert_int_equal(pthread_sigmask(SIG_UNBLOCK, &term, &old), 0);
+        fx_open(f);
+        pid_t me = (pid_t) syscall(SYS_gettid);
+        /* A new thread starts with every signal blocked and sets the mask it inherited when it
+         * first runs: look once every other thread has gone to sleep (the checkpointer waits for
+         * work at once). */
+        unsigned others = 0;
+        struct timespec start, now;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        for (bool settled = false; !settled;) {
+                DIR *d = opendir("/proc/self/task");
+                assert_non_null(d);
+                settled = true;
+                others = 0;
+                struct dirent *de;
+                while ((de = readdir(d))) {
+                        if (de->d_name[0] == '.' || atoi(de->d_name) == me)
+                                continue;
+                        char path[PATH_MAX], line[256];
+                        snprintf(path, sizeof(path), "/proc/self/task/%s/status", de->d_name);
+                        FILE *fp = fopen(path, "re");
+                        if (!fp)
+                                continue; /* gone meanwhile */
+                        unsigned long long blocked = 0;
+                        char st = '?';
+                        while (fgets(line, sizeof(line), fp)) {
+                                (void) sscanf(line, "State: %c", &st);
+                                (void) sscanf(line, "SigBlk: %llx", &blocked);
+                        }
+                        fclose(fp);
+                        others++;
+                        if (st != 'S') {
+                                settled = false;
+                                continue;
+                        }
+                        for (int sig = 1; sig < 32; sig++)
+                                if (sig != SIGKILL && sig != SIGSTOP && !(blocked & (1ULL << (sig - 1))))
+                                        fail_msg("thread %s does not block signal %d (%s): mask %016llx", de->d_name,
+                                                 sig, strsignal(sig), blocked);
+                }
+                closedir(d);
+                clock_gettime(CLOCK_MONOTONIC, &now);
+                if (!settled && now.tv_sec - start.tv_sec > 10)
+                        fail_msg("the store's threads did not settle within 10 s");
+                if (!settled) {
+                        struct pollfd none;
+                        (void) poll(&none, 0, 1);
+                }
+        }
+        assert_true(others >= 1); /* the checkpointer */
+        assert_int_equal(pthread_sigmask(SIG_SETMASK, &old, NULL), 0);
+}
+
 int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
         const struct CMUnitTest tests[] = {
@@ -1289,6 +1352,7 @@ int main(void) {
                 T(test_owner_and_mode_refused),
                 T(test_files_private),
                 T(test_checkpoints_off_the_caller),
+                T(test_signals_stay_with_the_caller),
         };
 #undef T
         return cmocka_run_group_tests(tests, NULL, NULL);
