@@ -174,7 +174,7 @@ int fs_check_safe_parent(const char *path, uid_t uid, char *err, size_t errlen) 
                 return -ENOTDIR;
         }
         if (st.st_uid != uid && st.st_uid != 0) {
-                fs_seterr(err, errlen, "refusing to use '%s': it is owned by uid %u, neither by uid %u nor by root",
+                fs_seterr(err, errlen, "refusing to use '%s': it is owned by uid %u (only uid %u or root may own it)",
                           path, (unsigned) st.st_uid, (unsigned) uid);
                 return -EPERM;
         }

@@ -14,7 +14,8 @@
  * Threads: one Store per process, and every function below is called from one thread (the
  * daemon's event loop), which never waits for an fsync of the database. Checkpoints, which copy
  * the WAL into the database and fsync both, run on a thread of the Store's own, started by
- * store_open() and joined by store_close(), with its own SQLite connection; the two share only a
+ * store_open() and joined by store_close(), with its own SQLite connection and every signal
+ * blocked (signals stay with the daemon's loop); the two share only a
  * mutex-guarded flag (the loop's commits wake the checkpointer through SQLite's WAL hook) and
  * SQLite's own locking of the files. When a checkpoint has caught up, the checkpointer also makes
  * the commit that starts the WAL again from its beginning (SQLite fsyncs the new WAL header
