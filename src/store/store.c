@@ -5,24 +5,41 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
 #include <sqlite3.h>
 
+#include "shared/log.h"
 #include "shared/macro.h"
 #include "shared/strutil.h"
+
+#define STRINGIFY_(x)         #x
+#define STRINGIFY(x)          STRINGIFY_(x)
 
 /* A second writer (only ever a tool: ballastd holds the directory lock) waits this long at most. */
 #define STORE_BUSY_TIMEOUT_MS 2000
 /* After a checkpoint the WAL file is truncated back to this size, so it does not stay at its peak. */
-#define STORE_WAL_SIZE_LIMIT  (4 << 20)
+#define STORE_WAL_SIZE_LIMIT  (16 << 20)
+/* Checkpoints run on their own thread (store.h, Threads). A commit that leaves at least this many
+ * pages in the WAL (4 MiB of 4 KiB pages, SQLite's own default) wakes the checkpointer; it also
+ * wakes by itself this often, so that commits reach the disk within that time even when few are
+ * made. */
+#define STORE_CKPT_PAGES      1000
+#define STORE_CKPT_INTERVAL_S 30
+/* Passive checkpoint rounds per wake-up, to catch up with commits made meanwhile. */
+#define STORE_CKPT_ROUNDS     8
+/* The bound on the WAL (16 MiB of 4 KiB pages), beyond which writers are held back. */
+#define STORE_WAL_PAGES_MAX   4096
 
 static const char sqlite_magic[16] = "SQLite format 3";
 
@@ -123,10 +140,24 @@ static const char *const stmt_sql[_STMT_MAX] = {
 struct Store {
         sqlite3 *db;
         char *dir;
-        char *path;
+        char *path;    /* <dir>/state.db, as given: for messages */
+        char *db_path; /* the same through the directory's real path: for SQLite */
         int lock_fd;
         uint64_t journal_max;
         sqlite3_stmt *stmt[_STMT_MAX];
+
+        /* The checkpointer. ckpt_db is the thread's own connection: opened before the thread
+         * starts and closed after it is joined, used by nobody else in between. The fields after
+         * ckpt_lock are guarded by it. */
+        sqlite3 *ckpt_db;
+        unsigned wal_pages_mark; /* the loop's alone: the WAL's size at the last request */
+        pthread_t ckpt_thread;
+        bool ckpt_sync_init, ckpt_started;
+        pthread_mutex_t ckpt_lock;
+        pthread_cond_t ckpt_cond; /* on CLOCK_MONOTONIC */
+        bool ckpt_wanted, ckpt_stop;
+        int ckpt_rc;       /* the last checkpoint's SQLite result */
+        int ckpt_rc_shown; /* the last result the loop has logged */
 };
 
 static const char *const drivers[] = { "qemu", "firecracker", "cloud-hypervisor", "libvirt" };
@@ -558,40 +589,92 @@ static int vm_from_row(Store *s, sqlite3_stmt *st, StoreVm *ret, char *err, size
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(Store *, store_close);
 
-/* Refuses, before SQLite sees it, a file that is not a SQLite database: SQLite would refuse it
- * too, but this way nothing of ours (not even a -wal or -shm file) is created next to it. An
- * empty or missing file is a new database. */
-static int check_file(Store *s, char *err, size_t errlen) {
-        _cleanup_close_ int fd = open(s->path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+/* Checks one of the store's files (the database, its -wal or its -shm) before SQLite opens it:
+ * it must not be a symbolic link (SQLite would follow it, and create or write the file where it
+ * points), must be a regular file owned by our uid, and is made 0600 if it was readable or
+ * writable by others (files of older versions were 0644). The database itself is also refused,
+ * before anything is changed or created next to it, if it is not a SQLite database: SQLite would
+ * refuse it too, but this way nothing of ours (not even a -wal or -shm file) appears next to it.
+ * An empty or missing file is fine (a new database). Sets *ret_exists. */
+static int check_state_file(const char *path, bool is_db, bool *ret_exists, char *err, size_t errlen) {
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
         if (fd < 0) {
-                if (errno == ENOENT)
+                if (errno == ENOENT) {
+                        *ret_exists = false;
                         return 0;
+                }
                 int r = negative_errno();
-                seterr(err, errlen, "Failed to open %s: %s", s->path, strerror(-r));
+                if (r == -ELOOP)
+                        seterr(err, errlen, "%s is a symbolic link; refusing to use it", path);
+                else
+                        seterr(err, errlen, "Failed to open %s: %s", path, strerror(-r));
                 return r;
         }
         struct stat st;
         if (fstat(fd, &st) < 0) {
                 int r = negative_errno();
-                seterr(err, errlen, "Failed to stat %s: %s", s->path, strerror(-r));
+                seterr(err, errlen, "Failed to stat %s: %s", path, strerror(-r));
                 return r;
         }
         if (!S_ISREG(st.st_mode)) {
-                seterr(err, errlen, "%s is not a regular file; refusing to use it", s->path);
+                seterr(err, errlen, "%s is not a regular file; refusing to use it", path);
                 return -EBADMSG;
         }
-        if (st.st_size == 0)
+        if (st.st_uid != geteuid()) {
+                seterr(err, errlen, "%s is owned by uid %u, not by this process's uid %u; refusing to use it", path,
+                       (unsigned) st.st_uid, (unsigned) geteuid());
+                return -EPERM;
+        }
+        if (is_db && st.st_size > 0) {
+                char head[sizeof(sqlite_magic)];
+                ssize_t n = pread(fd, head, sizeof(head), 0);
+                if (n < 0) {
+                        int r = negative_errno();
+                        seterr(err, errlen, "Failed to read %s: %s", path, strerror(-r));
+                        return r;
+                }
+                if ((size_t) n < sizeof(head) || memcmp(head, sqlite_magic, sizeof(head)) != 0) {
+                        seterr(err, errlen, "%s is not a SQLite database; refusing to use or overwrite it", path);
+                        return -EBADMSG;
+                }
+        }
+        if (st.st_mode & 0077) {
+                if (fchmod(fd, 0600) < 0) {
+                        int r = negative_errno();
+                        seterr(err, errlen, "Failed to make %s private (mode 0600): %s", path, strerror(-r));
+                        return r;
+                }
+                log_notice("%s had mode %04o: made it 0600, the state is for ballastd alone", path,
+                           (unsigned) (st.st_mode & 07777));
+        }
+        *ret_exists = true;
+        return 0;
+}
+
+/* Checks the database and its -wal and -shm files (check_state_file()), and creates a missing
+ * database as an empty 0600 file, so that SQLite never creates it with its own 0644 (and the -wal
+ * and -shm files, which SQLite gives the database's mode, are 0600 too). */
+static int check_files(Store *s, char *err, size_t errlen) {
+        static const char *const suffixes[] = { "", "-wal", "-shm" };
+        bool db_exists = false;
+        for (size_t i = 0; i < ELEMENTSOF(suffixes); i++) {
+                _cleanup_free_ char *path = NULL;
+                bool e;
+                if (asprintf(&path, "%s%s", s->path, suffixes[i]) < 0)
+                        return -ENOMEM;
+                int r = check_state_file(path, i == 0, &e, err, errlen);
+                if (r < 0)
+                        return r;
+                if (i == 0)
+                        db_exists = e;
+        }
+        if (db_exists)
                 return 0;
-        char head[sizeof(sqlite_magic)];
-        ssize_t n = pread(fd, head, sizeof(head), 0);
-        if (n < 0) {
+        _cleanup_close_ int fd = open(s->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
+        if (fd < 0 || fchmod(fd, 0600) < 0) {
                 int r = negative_errno();
-                seterr(err, errlen, "Failed to read %s: %s", s->path, strerror(-r));
+                seterr(err, errlen, "Failed to create %s: %s", s->path, strerror(-r));
                 return r;
-        }
-        if ((size_t) n < sizeof(head) || memcmp(head, sqlite_magic, sizeof(head)) != 0) {
-                seterr(err, errlen, "%s is not a SQLite database; refusing to use or overwrite it", s->path);
-                return -EBADMSG;
         }
         return 0;
 }
@@ -732,10 +815,200 @@ static int inspect(Store *s, char *err, size_t errlen) {
         return 0;
 }
 
+/* ---- the checkpointer ---- */
+
+/* Runs after every commit, on the committing (loop) thread, with the WAL's size in pages: wakes
+ * the checkpointer when the WAL is big enough, and reports a failed checkpoint once. Never waits
+ * on anything but the checkpointer's mutex, which the thread holds only for a few instructions. */
+static int store_wal_hook(void *userdata, sqlite3 *db, const char *name, int pages) {
+        Store *s = userdata;
+        (void) db, (void) name;
+        /* `pages` counts the whole WAL, checkpointed or not: ask again only when it has grown by
+         * STORE_CKPT_PAGES since the last request, or since it restarted from the beginning. */
+        if ((unsigned) pages < s->wal_pages_mark)
+                s->wal_pages_mark = 0;
+        if ((unsigned) pages < s->wal_pages_mark + STORE_CKPT_PAGES)
+                return SQLITE_OK;
+        s->wal_pages_mark = (unsigned) pages;
+        pthread_mutex_lock(&s->ckpt_lock);
+        if (!s->ckpt_wanted) {
+                s->ckpt_wanted = true;
+                pthread_cond_signal(&s->ckpt_cond);
+        }
+        int rc = s->ckpt_rc, shown = s->ckpt_rc_shown;
+        s->ckpt_rc_shown = rc;
+        pthread_mutex_unlock(&s->ckpt_lock);
+        if (rc != shown && rc != SQLITE_OK)
+                log_warning("%s: checkpoint failed: %s; the WAL grows until one succeeds", s->path, sqlite3_errstr(rc));
+        return SQLITE_OK;
+}
+
+static void *ckpt_main(void *userdata) {
+        Store *s = userdata;
+        pthread_mutex_lock(&s->ckpt_lock);
+        while (!s->ckpt_stop) {
+                if (!s->ckpt_wanted) {
+                        struct timespec deadline;
+                        clock_gettime(CLOCK_MONOTONIC, &deadline);
+                        deadline.tv_sec += STORE_CKPT_INTERVAL_S;
+                        int k = pthread_cond_timedwait(&s->ckpt_cond, &s->ckpt_lock, &deadline);
+                        if (s->ckpt_stop)
+                                break;
+                        if (k != ETIMEDOUT && !s->ckpt_wanted)
+                                continue; /* spurious */
+                }
+                s->ckpt_wanted = false;
+                pthread_mutex_unlock(&s->ckpt_lock);
+
+                /* PASSIVE copies what it can without waiting for anyone: the loop's reads and
+                 * commits go on beside it (WAL), and its fsyncs stall only this thread. It copies
+                 * the WAL as it was when it began; commits made meanwhile are left for another
+                 * round, so it goes again until a round finds nothing new (such a round costs no
+                 * fsync). Each round has less to do than the one before. */
+                int log = -1, done = -1, prev = -1, rc = SQLITE_OK;
+                bool caught_up = false;
+                for (int round = 0; round < STORE_CKPT_ROUNDS && !caught_up; round++) {
+                        rc = sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+                        if (rc != SQLITE_OK || log <= 0) {
+                                caught_up = true; /* nothing to do, or nothing this can do */
+                                break;
+                        }
+                        caught_up = done >= log && log == prev;
+                        prev = log;
+                }
+                /* Under a steady stream of commits the rounds may not find the WAL still: then
+                 * the next wake-up tries again. Past STORE_WAL_PAGES_MAX the WAL is bounded the
+                 * hard way, with writers held back (RESTART: the loop's commits wait for it). */
+                if (rc == SQLITE_OK && !caught_up && log >= STORE_WAL_PAGES_MAX) {
+                        rc = sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_RESTART, &log, &done);
+                        caught_up = rc == SQLITE_OK && done >= log;
+                }
+                /* A WAL checkpointed to its end is started again from its beginning by the next
+                 * commit, which first writes a new WAL header and fsyncs it (so that a power loss
+                 * cannot mix old and new frames). That commit is made here, rewriting page 1 as it
+                 * is, so that the fsync is this thread's too. A loop commit that comes meanwhile
+                 * waits for it (store_busy()); one that comes first restarts the WAL itself. */
+                if (caught_up && rc == SQLITE_OK && log > 0) {
+                        rc = sqlite3_exec(
+                                s->ckpt_db,
+                                "BEGIN IMMEDIATE; PRAGMA user_version = " STRINGIFY(STORE_SCHEMA_VERSION) "; COMMIT",
+                                NULL, NULL, NULL);
+                        if (rc != SQLITE_OK && !sqlite3_get_autocommit(s->ckpt_db))
+                                (void) sqlite3_exec(s->ckpt_db, "ROLLBACK", NULL, NULL, NULL);
+                }
+
+                pthread_mutex_lock(&s->ckpt_lock);
+                /* BUSY: another checkpoint (a tool's) was running; the next wake-up will do. */
+                s->ckpt_rc = rc == SQLITE_BUSY ? SQLITE_OK : rc;
+        }
+        pthread_mutex_unlock(&s->ckpt_lock);
+        return NULL;
+}
+
+/* Opens the checkpointer's connection and starts its thread, then takes checkpoints away from the
+ * loop's connection (the WAL hook replaces SQLite's automatic checkpoints). */
+static int ckpt_start(Store *s, char *err, size_t errlen) {
+        pthread_condattr_t attr;
+        int k;
+        if (!sqlite3_threadsafe()) {
+                /* A SQLite built without threads: checkpoints stay on the loop, as SQLite does them. */
+                return 0;
+        }
+        if ((k = pthread_condattr_init(&attr)) != 0)
+                return -k;
+        k = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        if (k == 0)
+                k = pthread_cond_init(&s->ckpt_cond, &attr);
+        pthread_condattr_destroy(&attr);
+        if (k != 0)
+                return -k;
+        if ((k = pthread_mutex_init(&s->ckpt_lock, NULL)) != 0) {
+                pthread_cond_destroy(&s->ckpt_cond);
+                return -k;
+        }
+        s->ckpt_sync_init = true;
+
+        int rc = sqlite3_open_v2(s->db_path, &s->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, NULL);
+        if (rc != SQLITE_OK) {
+                seterr(err, errlen, "%s: open for checkpoints: %s", s->path,
+                       s->ckpt_db ? sqlite3_errmsg(s->ckpt_db) : sqlite3_errstr(rc));
+                return rc == SQLITE_NOMEM ? -ENOMEM : -EIO;
+        }
+        sqlite3_extended_result_codes(s->ckpt_db, 1);
+        sqlite3_db_config(s->ckpt_db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
+        sqlite3_db_config(s->ckpt_db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
+        sqlite3_db_config(s->ckpt_db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, NULL);
+        /* The loop's connection is the last to close, and checkpoints then. */
+        sqlite3_db_config(s->ckpt_db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+        /* For a RESTART checkpoint, which waits for the writer. */
+        sqlite3_busy_timeout(s->ckpt_db, STORE_BUSY_TIMEOUT_MS);
+        /* Checkpoints fsync the WAL before copying it and the database after. */
+        rc = sqlite3_exec(s->ckpt_db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
+        if (rc != SQLITE_OK) {
+                seterr(err, errlen, "%s: checkpoint connection: %s", s->path, sqlite3_errmsg(s->ckpt_db));
+                return -EIO;
+        }
+
+        /* The thread takes no signals: the daemon handles them on its loop (signalfd), and a
+         * signal sent to the process must never land here and kill it by default action. The
+         * thread inherits the mask it is created with. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        k = pthread_create(&s->ckpt_thread, NULL, ckpt_main, s);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (k != 0) {
+                seterr(err, errlen, "%s: cannot start the checkpoint thread: %s", s->path, strerror(k));
+                return -k;
+        }
+        s->ckpt_started = true;
+        sqlite3_wal_hook(s->db, store_wal_hook, s);
+        return 0;
+}
+
+static void ckpt_stop(Store *s) {
+        if (s->ckpt_started) {
+                pthread_mutex_lock(&s->ckpt_lock);
+                s->ckpt_stop = true;
+                pthread_cond_signal(&s->ckpt_cond);
+                pthread_mutex_unlock(&s->ckpt_lock);
+                pthread_join(s->ckpt_thread, NULL);
+                s->ckpt_started = false;
+        }
+        if (s->db)
+                sqlite3_wal_hook(s->db, NULL, NULL);
+        sqlite3_close(s->ckpt_db);
+        s->ckpt_db = NULL;
+        if (s->ckpt_sync_init) {
+                pthread_cond_destroy(&s->ckpt_cond);
+                pthread_mutex_destroy(&s->ckpt_lock);
+                s->ckpt_sync_init = false;
+        }
+}
+
+/* The loop's busy handler: the lock it waits for is held for a few milliseconds at most (the
+ * checkpointer restarting the WAL), so it looks again every 50 us rather than SQLite's 1, 2, 5,
+ * 10 ms steps, up to STORE_BUSY_TIMEOUT_MS. */
+#define STORE_BUSY_STEP_US 50
+static int store_busy(void *userdata, int count) {
+        (void) userdata;
+        if ((long) count * STORE_BUSY_STEP_US >= (long) STORE_BUSY_TIMEOUT_MS * 1000)
+                return 0;
+        struct timespec ts = { .tv_nsec = STORE_BUSY_STEP_US * 1000 };
+        (void) nanosleep(&ts, NULL);
+        return 1;
+}
+
 static int store_open_db(Store *s, char *err, size_t errlen) {
         int rc, r;
 
-        rc = sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+        /* Not SQLITE_OPEN_CREATE: check_files() made the file. NOFOLLOW: a link put in its place
+         * since is refused, not followed. */
+        rc = sqlite3_open_v2(s->db_path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, NULL);
+        if (rc == SQLITE_CANTOPEN_SYMLINK) {
+                seterr(err, errlen, "%s is a symbolic link; refusing to use it", s->path);
+                return -ELOOP;
+        }
         if (rc != SQLITE_OK)
                 return sql_fail(s, rc, "open", err, errlen);
         sqlite3_extended_result_codes(s->db, 1);
@@ -746,7 +1019,7 @@ static int store_open_db(Store *s, char *err, size_t errlen) {
         sqlite3_db_config(s->db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, NULL);
         /* Until it is known to be ours, closing must not checkpoint into the file. */
         sqlite3_db_config(s->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
-        sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
+        sqlite3_busy_handler(s->db, store_busy, s);
 
         r = inspect(s, err, errlen);
         if (r < 0)
@@ -784,6 +1057,41 @@ static int store_open_db(Store *s, char *err, size_t errlen) {
                 if (rc != SQLITE_OK)
                         return sql_fail(s, rc, "prepare", err, errlen);
         }
+        return ckpt_start(s, err, errlen);
+}
+
+/* The state directory (s->lock_fd, opened without following a link) must be ours and writable
+ * by nobody else: whoever can write to it can replace state.db. SQLite is then given the
+ * directory's real path, so that SQLITE_OPEN_NOFOLLOW only refuses a link put in later. */
+static int check_dir(Store *s, char *err, size_t errlen) {
+        struct stat st;
+        if (fstat(s->lock_fd, &st) < 0) {
+                int r = negative_errno();
+                seterr(err, errlen, "Failed to stat state directory %s: %s", s->dir, strerror(-r));
+                return r;
+        }
+        if (st.st_uid != geteuid()) {
+                seterr(err, errlen,
+                       "State directory %s is owned by uid %u, not by this process's uid %u; refusing to use it",
+                       s->dir, (unsigned) st.st_uid, (unsigned) geteuid());
+                return -EPERM;
+        }
+        if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+                seterr(err, errlen,
+                       "State directory %s is writable by its group or others (mode %04o); refusing to use it", s->dir,
+                       (unsigned) (st.st_mode & 07777));
+                return -EPERM;
+        }
+        _cleanup_free_ char *real = realpath(s->dir, NULL);
+        if (!real) {
+                int r = negative_errno();
+                seterr(err, errlen, "Failed to resolve state directory %s: %s", s->dir, strerror(-r));
+                return r;
+        }
+        if (asprintf(&s->db_path, "%s/%s", real, STORE_DB_NAME) < 0) {
+                s->db_path = NULL;
+                return -ENOMEM;
+        }
         return 0;
 }
 
@@ -810,9 +1118,15 @@ int store_open(const char *dir, Store **ret, char *err, size_t errlen) {
                 seterr(err, errlen, "Failed to create state directory %s: %s", dir, strerror(-r));
                 return r;
         }
-        s->lock_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        s->lock_fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (s->lock_fd < 0) {
                 r = negative_errno();
+                struct stat st;
+                /* With O_DIRECTORY, a link fails as ENOTDIR, not ELOOP. */
+                if (r == -ELOOP || (r == -ENOTDIR && lstat(dir, &st) == 0 && S_ISLNK(st.st_mode))) {
+                        seterr(err, errlen, "State directory %s is a symbolic link; refusing to use it", dir);
+                        return -ELOOP;
+                }
                 seterr(err, errlen, "Failed to open state directory %s: %s", dir, strerror(-r));
                 return r;
         }
@@ -829,7 +1143,10 @@ int store_open(const char *dir, Store **ret, char *err, size_t errlen) {
                 return r;
         }
 
-        r = check_file(s, err, errlen);
+        r = check_dir(s, err, errlen);
+        if (r < 0)
+                return r;
+        r = check_files(s, err, errlen);
         if (r < 0)
                 return r;
         r = store_open_db(s, err, errlen);
@@ -843,12 +1160,16 @@ int store_open(const char *dir, Store **ret, char *err, size_t errlen) {
 Store *store_close(Store *s) {
         if (!s)
                 return NULL;
+        /* The checkpointer first: the loop's connection, closed last, checkpoints the WAL into the
+         * database and removes it. */
+        ckpt_stop(s);
         for (int i = 0; i < _STMT_MAX; i++)
                 sqlite3_finalize(s->stmt[i]);
         /* sqlite3_close() fails only with unfinalized statements, and there are none left. */
         sqlite3_close(s->db);
         safe_close(s->lock_fd);
         free(s->path);
+        free(s->db_path);
         free(s->dir);
         free(s);
         return NULL;

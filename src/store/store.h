@@ -3,12 +3,27 @@
 
 /* The daemon's persistent state (B7): the VM registry with each VM's settings, last commanded
  * target and parking state, the manual reclaim hold (B5.8) and a bounded journal of decisions, in
- * one SQLite database (WAL, synchronous=NORMAL: every call that returned 0 survives a SIGKILL of
- * the process; only a power loss can take the last commits) at <dir>/state.db.
+ * one SQLite database at <dir>/state.db.
  *
- * Synchronous and single-threaded: one Store per process, used from one thread. The store reads
- * no clock: every time is given by the caller, in wall-clock (CLOCK_REALTIME) microseconds, since
- * monotonic time does not survive a restart.
+ * Durability: WAL with synchronous=NORMAL. A call that returned 0 has written its commit to the
+ * WAL (in the kernel's page cache, not fsynced): it survives the death of the process, SIGKILL
+ * included, and a restart of ballastd. A power loss or kernel crash can take the commits made
+ * since the last checkpoint (one starts after every 4 MiB of WAL and at least every 30 s; the
+ * kernel also writes dirty pages back by itself), never the consistency of the database.
+ *
+ * Threads: one Store per process, and every function below is called from one thread (the
+ * daemon's event loop), which never waits for an fsync of the database. Checkpoints, which copy
+ * the WAL into the database and fsync both, run on a thread of the Store's own, started by
+ * store_open() and joined by store_close(), with its own SQLite connection and every signal
+ * blocked (signals stay with the daemon's loop); the two share only a
+ * mutex-guarded flag (the loop's commits wake the checkpointer through SQLite's WAL hook) and
+ * SQLite's own locking of the files. When a checkpoint has caught up, the checkpointer also makes
+ * the commit that starts the WAL again from its beginning (SQLite fsyncs the new WAL header
+ * there): a loop commit arriving meanwhile waits for it, polling every 50 us, which costs that one
+ * commit about one fsync. Under commits with no pause the WAL may grow; at 16 MiB the
+ * checkpointer holds commits back while it catches up. store_close() checkpoints on the calling
+ * thread. The store reads no clock: every time is given by the caller, in wall-clock
+ * (CLOCK_REALTIME) microseconds, since monotonic time does not survive a restart.
  *
  * Conventions for every function below: the return value is 0 (or the documented non-negative
  * value) on success and a negative errno on failure; ret_* outputs are written only on success;
@@ -93,12 +108,18 @@ typedef struct StoreJournalEntry {
  * program is refused with -EBADMSG; a database written by a newer ballastd (user_version above
  * STORE_SCHEMA_VERSION) with -EPROTONOSUPPORT; in both cases `err` names the path and the file is
  * left untouched. -ENOTDIR: dir is not a directory; -EBUSY: another process has this store open;
- * -EOPNOTSUPP: the file system cannot do WAL. On success *ret is a new Store owned by the caller
- * (store_close()). `dir` is copied. */
+ * -EOPNOTSUPP: the file system cannot do WAL. The state directory and the files in it
+ * (state.db, state.db-wal, state.db-shm) are refused with -ELOOP if they are symbolic links (never
+ * followed: a dangling link would have SQLite create the database where it points), with -EPERM
+ * if they are not owned by this process's uid or the directory is writable by its group or
+ * others; `err` names the path. The files are created 0600 whatever the umask, and an existing
+ * file readable by others (0644 before) is made 0600, with a log line. On success *ret is a new
+ * Store owned by the caller (store_close()). `dir` is copied. */
 int store_open(const char *dir, Store **ret, char *err, size_t errlen);
 
-/* Closes the database and frees s. Accepts NULL; returns NULL. Nothing is lost: every successful
- * call was already durable. */
+/* Stops the checkpointer, closes the database (checkpointing the WAL into it and fsyncing, on the
+ * calling thread) and frees s. Accepts NULL; returns NULL. Nothing is lost: every successful call
+ * was already in the WAL. */
 Store *store_close(Store *s);
 
 /* The database file's path, owned by s (valid until store_close()). */

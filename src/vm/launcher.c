@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "shared/fs-util.h"
 #include "shared/macro.h"
 #include "shared/strutil.h"
 
@@ -68,6 +69,7 @@ int vm_socket_path(const char *name, const char *which, char *buf, size_t len) {
         return n < 0 || (size_t) n >= len ? -ENAMETOOLONG : 0;
 }
 
+/* Creates path and its missing parents with `mode`. */
 static int mkdir_p(const char *path, mode_t mode) {
         char tmp[PATH_MAX];
         if (strscpy(tmp, sizeof(tmp), path) >= sizeof(tmp))
@@ -75,7 +77,7 @@ static int mkdir_p(const char *path, mode_t mode) {
         for (char *p = tmp + 1; *p; p++)
                 if (*p == '/') {
                         *p = '\0';
-                        if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+                        if (mkdir(tmp, mode) < 0 && errno != EEXIST)
                                 return negative_errno();
                         *p = '/';
                 }
@@ -84,29 +86,51 @@ static int mkdir_p(const char *path, mode_t mode) {
         return 0;
 }
 
-static int rm_rf(const char *path) {
-        DIR *d = opendir(path);
-        if (!d)
-                return errno == ENOENT ? 0 : negative_errno();
-        struct dirent *de;
-        int r = 0;
-        while ((de = readdir(d))) {
-                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-                        continue;
-                if (unlinkat(dirfd(d), de->d_name, 0) < 0) {
-                        if (errno == EISDIR || errno == EPERM) {
-                                char sub[PATH_MAX + 256];
-                                snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name);
-                                int k = rm_rf(sub);
-                                if (k < 0 && r == 0)
-                                        r = k;
-                        } else if (errno != ENOENT && r == 0)
-                                r = negative_errno();
-                }
+/* Everything the launcher does in the run root (reading pid files, removing a VM's directory)
+ * assumes that no other user can put anything there: a link at RUN_ROOT/NAME would otherwise
+ * make 'vm stop NAME' act on a directory of that user's choosing. So the run root must be a real
+ * directory of ours that nobody else can write to, in a parent where nobody else can rename it
+ * (/tmp is fine: it is sticky). With those two checks passed, the entries checked below cannot
+ * change behind our back, except by root. Returns 0, -ENOENT if it does not exist, or another
+ * negative errno with a message naming the path in err. */
+static int run_root_check(const char *root, char *err, size_t errlen) {
+        char parent[PATH_MAX];
+        if (strscpy(parent, sizeof(parent), root) >= sizeof(parent))
+                return -ENAMETOOLONG;
+        size_t n = strlen(parent);
+        while (n > 1 && parent[n - 1] == '/')
+                parent[--n] = '\0';
+        char *slash = strrchr(parent, '/');
+        if (!slash)
+                strscpy(parent, sizeof(parent), ".");
+        else if (slash == parent)
+                parent[1] = '\0';
+        else
+                *slash = '\0';
+        char why[PATH_MAX + 256];
+        int r = fs_check_safe_parent(parent, geteuid(), why, sizeof(why));
+        if (r >= 0)
+                r = fs_check_private_dir(root, geteuid(), why, sizeof(why));
+        if (r < 0 && r != -ENOENT)
+                snprintf(err, errlen, "unsafe run directory: %s (set BALLAST_RUN_DIR to a directory of your own)", why);
+        return r;
+}
+
+/* The VM's directory in a checked run root: a real directory of ours, not writable by others.
+ * Returns 0 with its path in buf; -EINVAL (bad name), -ENOENT (no such VM) or another negative
+ * errno with a message naming the path in err. */
+static int vm_dir_checked(const char *name, char *buf, size_t len, char *err, size_t errlen) {
+        char root[PATH_MAX], why[PATH_MAX + 256];
+        int r = vm_dir(name, buf, len);
+        if (r < 0) {
+                snprintf(err, errlen, r == -EINVAL ? "invalid VM name '%s'" : "run directory path too long", name);
+                return r;
         }
-        closedir(d);
-        if (rmdir(path) < 0 && errno != ENOENT && r == 0)
-                r = negative_errno();
+        if ((r = vm_run_root(root, sizeof(root))) < 0 || (r = run_root_check(root, err, errlen)) < 0)
+                return r;
+        r = fs_check_private_dir(buf, geteuid(), why, sizeof(why));
+        if (r < 0 && r != -ENOENT)
+                snprintf(err, errlen, "VM '%s': %s", name, why);
         return r;
 }
 
@@ -410,7 +434,7 @@ static _Noreturn void supervisor_main(char **argv, int status_fd) {
                         char cwd[PATH_MAX];
                         if (getcwd(cwd, sizeof(cwd))) {
                                 if (chdir("/") == 0)
-                                        rm_rf(cwd);
+                                        fs_rm_rf(cwd);
                         }
                         _exit(0);
                 }
@@ -487,9 +511,18 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
                          dir);
                 return -ENAMETOOLONG;
         }
-        r = mkdir_p(root, 0755);
+        /* A user's run root (and whatever of its path we create) is private: /tmp/ballast-UID is
+         * in a world-writable directory. root's /run/ballast stays readable as before. */
+        r = mkdir_p(root, geteuid() == 0 ? 0755 : 0700);
         if (r < 0) {
                 snprintf(err, errlen, "cannot create '%s': %s", root, strerror(-r));
+                return r;
+        }
+        /* Checked after creating it: someone else may have made it first. */
+        r = run_root_check(root, err, errlen);
+        if (r < 0) {
+                if (r == -ENOENT)
+                        snprintf(err, errlen, "run directory '%s' vanished while starting", root);
                 return r;
         }
         if (mkdir(dir, 0700) < 0) {
@@ -498,13 +531,19 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
                         snprintf(err, errlen, "cannot create '%s': %s", dir, strerror(-r));
                         return r;
                 }
+                char why[PATH_MAX + 256];
+                r = fs_check_private_dir(dir, geteuid(), why, sizeof(why));
+                if (r < 0) {
+                        snprintf(err, errlen, "VM '%s': %s", s->name, why);
+                        return r;
+                }
                 VmInfo old;
                 if (vm_info(s->name, &old) >= 0 && (old.supervisor_alive || old.qemu_alive)) {
                         snprintf(err, errlen, "VM '%s' is already running (QEMU pid %d)", s->name, (int) old.qemu_pid);
                         return -EEXIST;
                 }
                 /* Left over from a VM that is gone: its processes are dead, clear it. */
-                rm_rf(dir);
+                fs_rm_rf(dir);
                 if (mkdir(dir, 0700) < 0) {
                         r = negative_errno();
                         snprintf(err, errlen, "cannot create '%s': %s", dir, strerror(-r));
@@ -516,7 +555,7 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
         r = write_vm_json(dir, s, kernel, initrd, accel);
         if (r < 0) {
                 snprintf(err, errlen, "cannot write vm.json: %s", strerror(-r));
-                rm_rf(dir);
+                fs_rm_rf(dir);
                 return r;
         }
 
@@ -573,7 +612,7 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
         if (pipe2(status, O_CLOEXEC) < 0) {
                 r = negative_errno();
                 argv_done(&a);
-                rm_rf(dir);
+                fs_rm_rf(dir);
                 snprintf(err, errlen, "pipe: %s", strerror(-r));
                 return r;
         }
@@ -585,7 +624,7 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
                 argv_done(&a);
                 close(status[0]);
                 close(status[1]);
-                rm_rf(dir);
+                fs_rm_rf(dir);
                 snprintf(err, errlen, "fork: %s", strerror(-r));
                 return r;
         }
@@ -636,7 +675,7 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
         line[strcspn(line, "\n")] = '\0';
         if (strncmp(line, "ok ", 3) != 0) {
                 snprintf(err, errlen, "%s", strncmp(line, "error ", 6) == 0 ? line + 6 : line);
-                rm_rf(dir);
+                fs_rm_rf(dir);
                 return -ECHILD;
         }
         if (ret)
@@ -648,12 +687,10 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
 
 int vm_info(const char *name, VmInfo *ret) {
         VmInfo v = { 0 };
-        int r = vm_dir(name, v.dir, sizeof(v.dir));
+        char err[PATH_MAX + 512];
+        int r = vm_dir_checked(name, v.dir, sizeof(v.dir), err, sizeof(err));
         if (r < 0)
                 return r;
-        struct stat st;
-        if (stat(v.dir, &st) < 0 || !S_ISDIR(st.st_mode))
-                return -ENOENT;
         strscpy(v.name, sizeof(v.name), name);
 
         char path[PATH_MAX + 64];
@@ -695,7 +732,11 @@ int vm_list(VmInfo **ret, size_t *ret_n) {
                 return r;
         VmInfo *list = NULL;
         size_t n = 0;
-        DIR *d = opendir(root);
+        char err[PATH_MAX + 512];
+        r = run_root_check(root, err, sizeof(err));
+        if (r < 0 && r != -ENOENT)
+                return r;
+        DIR *d = r < 0 ? NULL : opendir(root);
         if (d) {
                 struct dirent *de;
                 while ((de = readdir(d))) {
@@ -750,11 +791,12 @@ static int terminate(int pidfd, usec_t grace) {
 
 int vm_stop(const char *name, usec_t grace, char *err, size_t errlen) {
         VmInfo v;
-        int r = vm_info(name, &v);
-        if (r == -EINVAL) {
-                snprintf(err, errlen, "invalid VM name '%s'", name);
+        char dir[PATH_MAX];
+        int r = vm_dir_checked(name, dir, sizeof(dir), err, errlen);
+        if (r < 0 && r != -ENOENT)
                 return r;
-        }
+        if (r >= 0)
+                r = vm_info(name, &v);
         if (r < 0) {
                 snprintf(err, errlen, "no VM named '%s'", name);
                 return -ENOENT;
@@ -773,7 +815,7 @@ int vm_stop(const char *name, usec_t grace, char *err, size_t errlen) {
                 snprintf(err, errlen, "QEMU pid %d of VM '%s' did not exit after SIGKILL", (int) v.qemu_pid, name);
                 return -ETIMEDOUT;
         }
-        r = rm_rf(v.dir);
+        r = fs_rm_rf(v.dir);
         if (r < 0) {
                 snprintf(err, errlen, "cannot remove '%s': %s", v.dir, strerror(-r));
                 return r;

@@ -65,11 +65,16 @@ int vm_start(const VmSpec *spec, VmInfo *ret, char *err, size_t errlen);
 
 /* Destroys the VM: SIGTERM, up to `grace` for it to go, SIGKILL, confirmation through pidfds,
  * then the working directory is removed. A VM whose processes are already gone is just cleaned
- * up. Returns 0, -ENOENT (no such VM) or another negative errno with err. */
+ * up. The run root and the VM's directory are checked first (as for vm_info()) and an unsafe one
+ * is refused, never followed. Returns 0, -ENOENT (no such VM) or another negative errno with err. */
 int vm_stop(const char *name, usec_t grace, char *err, size_t errlen);
 
+/* Reads the state of VM `name`. Returns 0; -EINVAL (bad name); -ENOENT (no such VM); -ELOOP,
+ * -ENOTDIR or -EPERM when the run root or the VM's directory is not safe to use (a symbolic link,
+ * not a directory, another user's, or writable by others: see docs/design.md, Launcher). */
 int vm_info(const char *name, VmInfo *ret);
-/* All VMs under the run root, sorted by name; *ret is malloc'ed. */
+/* All VMs under the run root, sorted by name; *ret is malloc'ed. An unsafe run root (as for
+ * vm_info()) fails with its negative errno; a missing one is an empty list. */
 int vm_list(VmInfo **ret, size_t *ret_n);
 
 /* Resident memory of a process from /proc/PID/status (VmRSS), bytes. */

@@ -3,12 +3,14 @@
  * journal bounds, schema versions, refusal of foreign/corrupt/newer files, and validation of rows
  * edited behind the store's back. Each test runs in its own mkdtemp directory, removed by the
  * teardown whether the test passed or not. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1039,6 +1042,292 @@ static void test_set_target_timing(void **state) {
         store_vm_done(&got);
 }
 
+/* ---- the state directory and files: no links, ours alone, 0600 ---- */
+
+#define NOBODY 65534
+
+static mode_t mode_of(const char *path) {
+        struct stat st;
+        if (lstat(path, &st) < 0)
+                fail_msg("lstat %s: %s", path, strerror(errno));
+        return st.st_mode & 07777;
+}
+
+/* Opening must fail with `expect` and an err naming `path` and saying `why`. */
+static void assert_refused(Fx *f, int expect, const char *path, const char *why) {
+        Store *s = (Store *) 0x1;
+        f->err[0] = 0;
+        int r = store_open(f->dir, &s, f->err, sizeof(f->err));
+        print_message("refused (%d): %s\n", r, f->err);
+        if (r == 0)
+                s = store_close(s);
+        assert_int_equal(r, expect);
+        assert_ptr_equal(s, (Store *) 0x1);
+        assert_non_null(strstr(f->err, path));
+        assert_non_null(strstr(f->err, why));
+}
+
+/* A dangling link at state.db would make SQLite create the database where it points. */
+static void test_symlinks_refused(void **state) {
+        Fx *f = *state;
+        char target[PATH_MAX], side[PATH_MAX + 8];
+        assert_int_equal(mkdir(f->dir, 0700), 0);
+        snprintf(target, sizeof(target), "%s/elsewhere.db", f->tmp);
+        assert_int_equal(symlink(target, f->db), 0);
+        assert_refused(f, -ELOOP, f->db, "symbolic link");
+        assert_false(exists(target));
+        snprintf(side, sizeof(side), "%s-wal", target);
+        assert_false(exists(side));
+
+        /* A link to a real database is refused just the same. */
+        assert_int_equal(unlink(f->db), 0);
+        fx_open(f);
+        f->s = store_close(f->s);
+        assert_int_equal(rename(f->db, target), 0);
+        assert_int_equal(symlink(target, f->db), 0);
+        assert_refused(f, -ELOOP, f->db, "symbolic link");
+        assert_int_equal(unlink(f->db), 0);
+
+        /* The -wal and -shm files: SQLite would follow them too. */
+        for (int i = 0; i < 2; i++) {
+                snprintf(side, sizeof(side), "%s%s", f->db, i ? "-shm" : "-wal");
+                assert_int_equal(symlink(target, side), 0);
+                assert_refused(f, -ELOOP, side, "symbolic link");
+                assert_int_equal(unlink(side), 0);
+        }
+
+        /* The state directory itself. */
+        char real[PATH_MAX];
+        snprintf(real, sizeof(real), "%s/real", f->tmp);
+        assert_int_equal(rename(f->dir, real), 0);
+        assert_int_equal(symlink(real, f->dir), 0);
+        assert_refused(f, -ELOOP, f->dir, "symbolic link");
+        assert_int_equal(unlink(f->dir), 0);
+}
+
+static void test_owner_and_mode_refused(void **state) {
+        Fx *f = *state;
+        fx_open(f);
+        f->s = store_close(f->s);
+
+        assert_int_equal(chmod(f->dir, 0777), 0);
+        assert_refused(f, -EPERM, f->dir, "writable");
+        assert_int_equal(chmod(f->dir, 0700), 0);
+
+        if (geteuid() != 0)
+                skip(); /* giving a file to another user needs root */
+        assert_int_equal(chown(f->dir, NOBODY, NOBODY), 0);
+        assert_refused(f, -EPERM, f->dir, "owned by uid 65534");
+        assert_int_equal(chown(f->dir, 0, 0), 0);
+        assert_int_equal(chown(f->db, NOBODY, NOBODY), 0);
+        assert_refused(f, -EPERM, f->db, "owned by uid 65534");
+        assert_int_equal(chown(f->db, 0, 0), 0);
+        fx_open(f);
+}
+
+/* New files are 0600 whatever the umask; old 0644 ones (and their -wal and -shm) become 0600. */
+static void test_files_private(void **state) {
+        Fx *f = *state;
+        char wal[PATH_MAX + 8], shm[PATH_MAX + 8];
+        snprintf(wal, sizeof(wal), "%s-wal", f->db);
+        snprintf(shm, sizeof(shm), "%s-shm", f->db);
+        mode_t old = umask(022);
+        fx_open(f);
+        StoreVm vm = vm_make("vm1", "qemu");
+        assert_int_equal(store_vm_put(f->s, &vm, f->err, sizeof(f->err)), 0);
+        assert_int_equal(mode_of(f->db), 0600);
+        assert_int_equal(mode_of(wal), 0600);
+        assert_int_equal(mode_of(shm), 0600);
+        f->s = store_close(f->s);
+
+        /* A store left open by a dead process keeps its -wal and -shm: make all three 0644. */
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                Store *s = NULL;
+                char err[512];
+                StoreVm v2 = vm_make("vm2", "qemu");
+                _exit(store_open(f->dir, &s, err, sizeof(err)) == 0 && store_vm_put(s, &v2, err, sizeof(err)) == 0 ? 0
+                                                                                                                   : 1);
+        }
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        assert_true(exists(wal) && exists(shm));
+        assert_int_equal(chmod(f->db, 0644), 0);
+        assert_int_equal(chmod(wal, 0644), 0);
+        assert_int_equal(chmod(shm, 0644), 0);
+        fx_open(f);
+        umask(old);
+        assert_int_equal(mode_of(f->db), 0600);
+        assert_int_equal(mode_of(wal), 0600);
+        assert_int_equal(mode_of(shm), 0600);
+        StoreVm got;
+        assert_int_equal(store_vm_get(f->s, "vm2", &got, f->err, sizeof(f->err)), 0);
+        store_vm_done(&got);
+}
+
+/* ---- who syncs: the store's commits must never wait for an fsync of the database ---- */
+
+/* Every fdatasync() and fsync() of this process: SQLite, a shared library, calls them through the
+ * dynamic linker, so these definitions take the place of libc's. A call on the watched file is
+ * counted by thread: the watching (test, "loop") thread or any other. */
+static pthread_mutex_t sync_lock = PTHREAD_MUTEX_INITIALIZER;
+static char sync_path[PATH_MAX];
+static pid_t sync_tid;
+static unsigned sync_by_caller, sync_by_others;
+
+static void sync_note(int fd) {
+        char link[64], target[PATH_MAX];
+        snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(link, target, sizeof(target) - 1);
+        if (n < 0)
+                return;
+        target[n] = 0;
+        pthread_mutex_lock(&sync_lock);
+        if (sync_path[0] && strcmp(target, sync_path) == 0) {
+                if ((pid_t) syscall(SYS_gettid) == sync_tid)
+                        sync_by_caller++;
+                else
+                        sync_by_others++;
+        }
+        pthread_mutex_unlock(&sync_lock);
+}
+
+int fdatasync(int fd) {
+        sync_note(fd);
+        return (int) syscall(SYS_fdatasync, fd);
+}
+
+int fsync(int fd) {
+        sync_note(fd);
+        return (int) syscall(SYS_fsync, fd);
+}
+
+static void sync_watch(const char *path) {
+        pthread_mutex_lock(&sync_lock);
+        if (path) {
+                assert_non_null(realpath(path, sync_path));
+                sync_tid = (pid_t) syscall(SYS_gettid);
+        } else
+                sync_path[0] = 0;
+        sync_by_caller = sync_by_others = 0;
+        pthread_mutex_unlock(&sync_lock);
+}
+
+static void sync_counts(unsigned *ret_caller, unsigned *ret_others) {
+        pthread_mutex_lock(&sync_lock);
+        *ret_caller = sync_by_caller;
+        *ret_others = sync_by_others;
+        pthread_mutex_unlock(&sync_lock);
+}
+
+/* Thousands of commits: enough WAL for several checkpoints. Each checkpoint fsyncs the database
+ * file; none of those may happen on the committing thread (the daemon's event loop), and they
+ * must happen on another one. */
+static void test_checkpoints_off_the_caller(void **state) {
+        Fx *f = *state;
+        fx_open(f);
+        char targets[2048];
+        size_t n = 0;
+        n += (size_t) snprintf(targets + n, sizeof(targets) - n, "{");
+        for (int i = 0; i < 40; i++)
+                n += (size_t) snprintf(targets + n, sizeof(targets) - n, "%s\"vm%03d\": %d", i ? ", " : "", i,
+                                       268435456 + i);
+        snprintf(targets + n, sizeof(targets) - n, "}");
+
+        sync_watch(f->db);
+        for (uint64_t t = 1; t <= 3000; t++) {
+                StoreJournalEntry e = entry_make(t, "timer", targets);
+                int r = store_journal_append(f->s, &e, f->err, sizeof(f->err));
+                if (r < 0)
+                        fail_msg("store_journal_append(%" PRIu64 ") = %d: %s", t, r, f->err);
+        }
+        unsigned caller, others;
+        sync_counts(&caller, &others);
+        print_message("fsyncs of %s after 3000 commits: %u on the committing thread, %u on others\n", f->db, caller,
+                      others);
+        assert_int_equal(caller, 0);
+
+        /* The checkpointer syncs the database by itself (it was woken long ago). */
+        struct timespec start, now;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        for (;;) {
+                sync_counts(&caller, &others);
+                if (others > 0)
+                        break;
+                clock_gettime(CLOCK_MONOTONIC, &now);
+                if (now.tv_sec - start.tv_sec > 30)
+                        fail_msg("no checkpoint synced %s within 30 s", f->db);
+                struct pollfd none;
+                (void) poll(&none, 0, 10);
+        }
+        assert_int_equal(caller, 0);
+        sync_watch(NULL);
+}
+
+/* The daemon blocks SIGTERM after opening its store and takes it on its loop (signalfd): a store
+ * thread that did not block it could be the one the kernel gives a SIGTERM to, and die of it
+ * with the whole process. Every thread but the caller must block every signal. */
+static void test_signals_stay_with_the_caller(void **state) {
+        Fx *f = *state;
+        sigset_t term, old;
+        sigemptyset(&term);
+        sigaddset(&term, SIGTERM);
+        /* As a daemon starts: SIGTERM not blocked (whatever the test runner had). */
+        assert_int_equal(pthread_sigmask(SIG_UNBLOCK, &term, &old), 0);
+        fx_open(f);
+        pid_t me = (pid_t) syscall(SYS_gettid);
+        /* A new thread starts with every signal blocked and sets the mask it inherited when it
+         * first runs: look once every other thread has gone to sleep (the checkpointer waits for
+         * work at once). */
+        unsigned others = 0;
+        struct timespec start, now;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        for (bool settled = false; !settled;) {
+                DIR *d = opendir("/proc/self/task");
+                assert_non_null(d);
+                settled = true;
+                others = 0;
+                struct dirent *de;
+                while ((de = readdir(d))) {
+                        if (de->d_name[0] == '.' || atoi(de->d_name) == me)
+                                continue;
+                        char path[PATH_MAX], line[256];
+                        snprintf(path, sizeof(path), "/proc/self/task/%s/status", de->d_name);
+                        FILE *fp = fopen(path, "re");
+                        if (!fp)
+                                continue; /* gone meanwhile */
+                        unsigned long long blocked = 0;
+                        char st = '?';
+                        while (fgets(line, sizeof(line), fp)) {
+                                (void) sscanf(line, "State: %c", &st);
+                                (void) sscanf(line, "SigBlk: %llx", &blocked);
+                        }
+                        fclose(fp);
+                        others++;
+                        if (st != 'S') {
+                                settled = false;
+                                continue;
+                        }
+                        for (int sig = 1; sig < 32; sig++)
+                                if (sig != SIGKILL && sig != SIGSTOP && !(blocked & (1ULL << (sig - 1))))
+                                        fail_msg("thread %s does not block signal %d (%s): mask %016llx", de->d_name,
+                                                 sig, strsignal(sig), blocked);
+                }
+                closedir(d);
+                clock_gettime(CLOCK_MONOTONIC, &now);
+                if (!settled && now.tv_sec - start.tv_sec > 10)
+                        fail_msg("the store's threads did not settle within 10 s");
+                if (!settled) {
+                        struct pollfd none;
+                        (void) poll(&none, 0, 1);
+                }
+        }
+        assert_true(others >= 1); /* the checkpointer */
+        assert_int_equal(pthread_sigmask(SIG_SETMASK, &old, NULL), 0);
+}
+
 int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
         const struct CMUnitTest tests[] = {
@@ -1059,6 +1348,11 @@ int main(void) {
                 T(test_foreign_database_refused),
                 T(test_corrupt_rows),
                 T(test_set_target_timing),
+                T(test_symlinks_refused),
+                T(test_owner_and_mode_refused),
+                T(test_files_private),
+                T(test_checkpoints_off_the_caller),
+                T(test_signals_stay_with_the_caller),
         };
 #undef T
         return cmocka_run_group_tests(tests, NULL, NULL);
