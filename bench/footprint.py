@@ -10,7 +10,11 @@ time (utime + stime from /proc/PID/stat) as a share of one core. Nothing changes
 host is healthy, no target moves; what remains is the 250 ms sampling, each VM's periodic actual
 refresh (5 s) and guest statistics polling ([driver] stats_period, 2 s by default).
 
-usage: bench/footprint.py [N] [WINDOW_S] [STATS_PERIOD]   (defaults 1000 30 2s)
+usage: bench/footprint.py [N] [WINDOW_S] [STATS_PERIOD] [SETTLE_S]   (defaults 1000 30 2s 5)
+
+SETTLE_S is the wait between the last adoption and the window: the first minutes after an adoption
+carry one-time work (each VM's first statistics, and one read of its hypervisor's memory map); a
+window of 300 s after 150 s covers one whole cycle of the idle fleet's periodic reads.
 """
 
 import json
@@ -60,6 +64,7 @@ def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     window = float(sys.argv[2]) if len(sys.argv) > 2 else 30
     period = sys.argv[3] if len(sys.argv) > 3 else "2s"
+    settle = float(sys.argv[4]) if len(sys.argv) > 4 else 5
     work = tempfile.mkdtemp(prefix="ballast-bench-footprint-")
     peers = []
     bd = None
@@ -93,7 +98,7 @@ def main():
                 sys.exit("footprint.py: not every VM was adopted")
             time.sleep(0.5)
         adopt = time.monotonic() - t0
-        time.sleep(5)  # let the adoption burst settle
+        time.sleep(settle)  # let the adoption burst settle
         hz = os.sysconf("SC_CLK_TCK")
         c0, w0 = cpu_ticks(bd.pid), time.monotonic()
         if os.environ.get("FOOTPRINT_PERF"):
@@ -110,7 +115,7 @@ def main():
         print(f"  RSS {rss / MiB:.1f} MiB (peak {hwm / MiB:.1f} MiB): private {roll['Private_Dirty'] / MiB:.1f} MiB "
               f"dirty + {roll['Private_Clean'] / MiB:.1f} MiB clean, {roll['Shared_Clean'] / MiB:.1f} MiB shared "
               f"library pages")
-        print(f"  CPU {cpu:.2f}% of one core over {w1 - w0:.0f} s with nothing changing")
+        print(f"  CPU {cpu:.3f}% of one core over {w1 - w0:.0f} s with nothing changing ({settle:.0f} s after adoption)")
     finally:
         if bd:
             bd.send_signal(signal.SIGTERM)

@@ -25,6 +25,10 @@
 #define CTL_ERROR_BACKOFF_MIN  (1 * USEC_PER_SEC)
 #define CTL_ERROR_BACKOFF_MAX  (30 * USEC_PER_SEC)
 
+/* How often an idle fleet (healthy host, every VM at full size) is walked: its VMs' periodic reads
+ * are due every minute or more, and anything that can make a VM non-idle wakes the tick at once. */
+#define CTL_IDLE_POLL          (5 * USEC_PER_SEC)
+
 /* smaps reads (a few ms each on a QEMU process) per tick, fleet-wide. */
 #define CTL_RAM_READS_PER_TICK 2
 
@@ -665,8 +669,9 @@ static void vm_read_rss(CtlVm *vm, usec_t now, bool active) {
         if (now < vm->next_rss || vm->hv->peer_pid <= 0)
                 return;
         Controller *c = vm->c;
-        /* Every second while memory moves, every 30 s otherwise: /proc reads add up at 1,000 VMs. */
-        vm->next_rss = active ? now + USEC_PER_SEC : now + 20 * USEC_PER_SEC + vm_jitter(vm, 20 * USEC_PER_SEC);
+        /* Every second while memory moves, every 60-120 s otherwise (a state change re-reads every
+         * VM at once): /proc reads add up at 1,000 VMs. */
+        vm->next_rss = active ? now + USEC_PER_SEC : now + 60 * USEC_PER_SEC + vm_jitter(vm, 60 * USEC_PER_SEC);
         uint64_t rss;
         if (vmmem_read_rss("", vm->hv->peer_pid, &rss) < 0) {
                 vm->host_rss = 0;
@@ -680,7 +685,7 @@ static void vm_read_rss(CtlVm *vm, usec_t now, bool active) {
         /* The overhead drifts slowly (QEMU's TCG buffer fills as the guest runs new code): re-measure
          * it every minute while the VM matters to a plan, every ten otherwise, and only a few VMs
          * per tick so a fleet adopted at once does not stall the loop. */
-        if ((!vm->ram_known || now >= vm->next_ram) && c->ram_budget > 0) {
+        if (now >= vm->next_ram && c->ram_budget > 0) {
                 uint64_t ram;
                 c->ram_budget--;
                 int r = vmmem_read_ram("", vm->hv->peer_pid, vm->spec.assigned, &ram);
@@ -890,21 +895,21 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
             (unsigned __int128) c->sample.available * PLAN_PERMYRIAD >=
                     (unsigned __int128) c->sample.total * c->cfg.plan.low_pmy &&
             (!c->sample.has_psi || c->sample.psi.some.avg10 < c->cfg.plan.psi_some_pmy)) {
-                /* The fleet's idleness is learnt while polling, and polling an idle fleet once a
-                 * second is enough (its deadlines are tens of seconds): with 1,000 VMs the tick
+                /* The fleet's idleness is learnt while polling, and polling an idle fleet every
+                 * few seconds is enough (its deadlines are tens of seconds): with 1,000 VMs the tick
                  * then costs one sample, not two passes over every VM. Anything that could make a
                  * VM non-idle (an API call, a driver event, a new actual) clears fleet_idle. */
                 if (c->fleet_idle) {
                         c->skipped_plans++;
                         if (now >= c->next_idle_poll) {
-                                c->next_idle_poll = now + USEC_PER_SEC;
+                                c->next_idle_poll = now + CTL_IDLE_POLL;
                                 ctl_poll_all(c, now);
                         }
                         return;
                 }
                 if (ctl_poll_all(c, now)) {
                         c->skipped_plans++;
-                        c->next_idle_poll = now + USEC_PER_SEC;
+                        c->next_idle_poll = now + CTL_IDLE_POLL;
                         return;
                 }
         }
