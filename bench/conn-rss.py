@@ -6,7 +6,8 @@ Starts one ballastd with no VMs, reads its VmRSS, opens N connections to the Uni
 sends the first line of a request and stops there, the way a slow or stalled client does), waits
 until the daemon has seen them, reads VmRSS again, then closes them and reads it a third time.
 
-usage: bench/conn-rss.py [N]   (default 100; BALLAST_BUILDDIR selects the build, default build/)
+usage: bench/conn-rss.py [N] [SEND]   (default 100 and a request line; SEND "" opens idle connections,
+"head" sends a whole request head but its last empty line; BALLAST_BUILDDIR selects the build)
 """
 
 import os
@@ -55,6 +56,10 @@ def settle(pid):
 
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
+    send = sys.argv[2] if len(sys.argv) > 2 else "line"
+    data = {"line": b"GET /v1/health HTTP/1.1\r\n", "": b"",
+            "head": b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\nAccept: */*\r\n",
+            "keepalive": b"GET /v1/vms HTTP/1.1\r\nHost: localhost\r\n\r\n"}[send]
     work = tempfile.mkdtemp(prefix="ballast-bench-conn-rss-")
     bd = None
     conns = []
@@ -76,7 +81,12 @@ def main():
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(10)
             s.connect(f"{work}/api.sock")
-            s.sendall(b"GET /v1/health HTTP/1.1\r\n")
+            if data:
+                s.sendall(data)
+            if send == "keepalive":  # a whole request, answered; the client keeps the connection
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    got += s.recv(65536)
             conns.append(s)
         assert health(f"{work}/api.sock")  # answered after all of the above were accepted
         held = settle(bd.pid)
@@ -85,7 +95,7 @@ def main():
         conns = []
         assert health(f"{work}/api.sock")
         after = settle(bd.pid)
-        print(f"ballastd VmRSS: {before / KiB:.0f} KiB idle, {held / KiB:.0f} KiB with {n} open connections "
+        print(f"[{send or 'idle'}] ballastd VmRSS: {before / KiB:.0f} KiB idle, {held / KiB:.0f} KiB with {n} open connections "
               f"(+{(held - before) / KiB:.0f} KiB, {(held - before) / n / KiB:.1f} KiB each), "
               f"{after / KiB:.0f} KiB after they closed")
     finally:

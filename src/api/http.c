@@ -23,10 +23,10 @@
 #include "shared/macro.h"
 
 /* MHD keeps the request line and headers in a per-connection pool (the body is handed to us in
- * chunks and copied out). 32 KiB leaves room for HTTP_URI_MAX and the headers, so a long URI
- * reaches us and gets our JSON 414; only a request line or headers past the pool get MHD's own
- * (HTML) 414/431. */
-#define HTTP_CONNECTION_MEMORY  ((size_t) 32 << 10)
+ * chunks and copied out) and fills what is left with its send buffer, so the whole pool is resident
+ * while a request is in flight. A head reaches MHD only after http_head_parse() took it, so it is
+ * at most HTTP_HEAD_MAX: twice that leaves room for MHD's own bookkeeping. */
+#define HTTP_CONNECTION_MEMORY  (2 * HTTP_HEAD_MAX)
 /* After an answer of our own: how long the peer has to read it and close before we do. */
 #define HTTP_LINGER             (1 * USEC_PER_SEC)
 /* Out of file descriptors: accept() pauses this long, doubling up to the maximum. */

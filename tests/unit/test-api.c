@@ -1503,6 +1503,38 @@ static void test_strict_framing(void **state) {
         resp_clear(&r);
 }
 
+/* A head of exactly HTTP_HEAD_MAX bytes (with a URI of HTTP_URI_MAX) still fits in what MHD is given
+ * per connection; one byte more is our JSON 431. */
+static char *make_head(size_t total) {
+        char *req = malloc(total + 1);
+        assert_non_null(req);
+        int h = snprintf(req, total + 1, "GET /");
+        memset(req + h, 'u', HTTP_URI_MAX - 1);
+        size_t n = (size_t) h + HTTP_URI_MAX - 1;
+        n += (size_t) snprintf(req + n, total + 1 - n, " HTTP/1.1\r\nHost: x\r\nX-Pad: ");
+        size_t pad = total - n - 4;
+        memset(req + n, 'p', pad);
+        memcpy(req + n + pad, "\r\n\r\n", 5);
+        assert_int_equal(strlen(req), total);
+        return req;
+}
+
+static void test_head_max(void **state) {
+        Fixture *f = *state;
+        start_default(f);
+        char *req = make_head(HTTP_HEAD_MAX);
+        Resp r = request_quick(f, 0, req, HTTP_HEAD_MAX);
+        assert_int_equal(r.status, 200);
+        resp_clear(&r);
+        free(req);
+        req = make_head(HTTP_HEAD_MAX + 1);
+        r = request_quick(f, 0, req, HTTP_HEAD_MAX + 1);
+        check_error(&r, 431, "header_fields_too_large");
+        resp_clear(&r);
+        free(req);
+        assert_int_equal(f->handled, 1);
+}
+
 /* Slowloris: one header line every 300 ms kept a connection open for as long as the client liked
  * (the timeout was an idle timeout). The headers now have a total deadline. */
 static void job_slow_headers(Job *j) {
@@ -1704,6 +1736,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_nul_in_target, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_strict_framing, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_head_max, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_header_deadline, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_flood_unix, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_flood_tcp, setup, teardown),
