@@ -7,7 +7,9 @@ sends the first line of a request and stops there, the way a slow or stalled cli
 until the daemon has seen them, reads VmRSS again, then closes them and reads it a third time.
 
 usage: bench/conn-rss.py [N] [SEND]   (default 100 and a request line; SEND "" opens idle connections,
-"head" sends a whole request head but its last empty line; BALLAST_BUILDDIR selects the build)
+"head" sends a whole request head but its last empty line, "body" a head and part of its body,
+"keepalive" a whole request, reads the answer and keeps the connection; BALLAST_BUILDDIR selects
+the build)
 """
 
 import os
@@ -59,7 +61,9 @@ def main():
     send = sys.argv[2] if len(sys.argv) > 2 else "line"
     data = {"line": b"GET /v1/health HTTP/1.1\r\n", "": b"",
             "head": b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\nAccept: */*\r\n",
-            "keepalive": b"GET /v1/vms HTTP/1.1\r\nHost: localhost\r\n\r\n"}[send]
+            "keepalive": b"GET /v1/vms HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "body": b"POST /v1/reclaim HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 64\r\n\r\n{\"bytes\": "}[send]
     work = tempfile.mkdtemp(prefix="ballast-bench-conn-rss-")
     bd = None
     conns = []
