@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -1535,6 +1536,57 @@ static void test_head_max(void **state) {
         assert_int_equal(f->handled, 1);
 }
 
+/* Out of file descriptors, accept() fails while the listening socket stays readable: the server
+ * pauses accepting (backing off) instead of spinning, and serves the waiting clients once fds are
+ * free again. */
+static void test_accept_backoff(void **state) {
+        Fixture *f = *state;
+        start_default(f);
+        int clients[3];
+        for (size_t i = 0; i < ELEMENTSOF(clients); i++) {
+                clients[i] = cl_connect_unix(f->sock); /* queued in the backlog: the loop has not run */
+                assert_true(clients[i] >= 0);
+        }
+        struct rlimit old;
+        assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+        int top = fcntl(clients[ELEMENTSOF(clients) - 1], F_DUPFD_CLOEXEC, 0);
+        assert_true(top >= 0);
+        struct rlimit low = { .rlim_cur = (rlim_t) top + 1, .rlim_max = old.rlim_max };
+        close(top);
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+        int fill[256];
+        size_t n_fill = 0;
+        while (n_fill < ELEMENTSOF(fill)) {
+                int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                if (fd < 0)
+                        break;
+                fill[n_fill++] = fd;
+        }
+        unsigned wakeups = count_wakeups(f, 300 * USEC_PER_MSEC);
+        HttpCounters c;
+        http_server_counters(f->srv, &c);
+        for (size_t i = 0; i < n_fill; i++)
+                close(fill[i]);
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+        if (wakeups > 20)
+                fail_msg("%u wakeups in 300 ms while out of file descriptors", wakeups);
+        assert_true(c.accept_backoff >= 1);
+
+        /* fds are back: the clients waiting in the backlog are served. */
+        Job j = { .fn = job_one, .req = "GET /sync HTTP/1.1\r\nHost: x\r\n\r\n" };
+        j.req_len = strlen(j.req);
+        for (size_t i = 0; i < ELEMENTSOF(clients); i++)
+                assert_true(cl_send(clients[i], j.req, j.req_len));
+        run_for(f, 1200 * USEC_PER_MSEC); /* the longest pause is 1 s */
+        for (size_t i = 0; i < ELEMENTSOF(clients); i++) {
+                Resp r;
+                assert_int_equal(cl_read(clients[i], &r), 0);
+                assert_int_equal(r.status, 200);
+                resp_clear(&r);
+                close(clients[i]);
+        }
+}
+
 /* Slowloris: one header line every 300 ms kept a connection open for as long as the client liked
  * (the timeout was an idle timeout). The headers now have a total deadline. */
 static void job_slow_headers(Job *j) {
@@ -1654,7 +1706,11 @@ static void test_flood_unix(void **state) {
         Resp r = request_quick(f, 0, RAW("GET /sync HTTP/1.1\r\nHost: x\r\n\r\n"));
         assert_int_equal(r.status, 200);
         resp_clear(&r);
-        /* nobody from another process gets nothing more than the cap allows. */
+        /* nobody got max_connections - reserved (16 - 8) at most; the rest were refused at once. */
+        HttpCounters c;
+        http_server_counters(f->srv, &c);
+        if (c.refused < 40 - 8)
+                fail_msg("only %llu of nobody's 40 connections were refused", (unsigned long long) c.refused);
         close(stop);
         close(ready);
         int status;
@@ -1737,6 +1793,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_nul_in_target, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_strict_framing, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_head_max, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_accept_backoff, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_header_deadline, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_flood_unix, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_flood_tcp, setup, teardown),
