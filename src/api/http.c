@@ -1044,8 +1044,10 @@ static void http_conn_reply_raw(HttpConn *c, unsigned status, const char *code, 
                             status, reason ? reason : "Error", blen,
                             status == 401 ? "WWW-Authenticate: Bearer realm=\"ballast\"\r\n" : "");
         struct iovec iov[2] = { { head, (size_t) hlen }, { body, blen } };
-        /* A fresh socket's send buffer holds this; a peer that does not read loses the reply. */
-        (void) writev(c->fd, iov, 2);
+        struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
+        /* A fresh socket's send buffer holds this; a peer that does not read loses the reply. No
+         * SIGPIPE when the peer has gone already. */
+        (void) sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 
         s->counters.requests++;
         if (status >= 500)

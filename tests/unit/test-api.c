@@ -1496,6 +1496,12 @@ static void test_strict_framing(void **state) {
                 resp_clear(&r);
         }
         assert_int_equal(f->handled, 0);
+        /* A client that sends a bad head and is gone before the answer: no SIGPIPE for us. */
+        int fd = cl_connect_unix(f->sock);
+        assert_true(fd >= 0);
+        assert_true(cl_send(fd, RAW("GET /a\0b HTTP/1.1\r\n\r\n")));
+        close(fd);
+        run_for(f, 50 * USEC_PER_MSEC);
         /* Still served: a plain chunked body. */
         Resp r = request_quick(f, 0,
                                RAW("POST /sync HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
