@@ -1438,6 +1438,73 @@ static Resp request_quick(Fixture *f, uint16_t port, const char *req, size_t len
 
 #define RAW(s) s, sizeof(s) - 1
 
+/* http_head_parse() on its own: what it accepts, what it refuses with which status, and that every
+ * strict prefix of a valid head asks for more. */
+static void test_head_parse(void **state) {
+        (void) state;
+        static const struct {
+                const char *head;
+                size_t len;
+                int status; /* 0: valid */
+        } cases[] = {
+                { RAW("GET / HTTP/1.1\r\n\r\n"), 0 },
+                { RAW("GET /v1/vms?x=1 HTTP/1.0\r\nHost: a\r\nX-Obs: caf\xc3\xa9\t \r\n\r\n"), 0 },
+                { RAW("POST /a HTTP/1.1\r\nContent-Length:  12 \r\n\r\n"), 0 },
+                { RAW("POST /a HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n"), 0 },
+                { RAW("GET /a\0 HTTP/1.1\r\n\r\n"), 400 },
+                { RAW("GET /a\x01 HTTP/1.1\r\n\r\n"), 400 },
+                { RAW("GET /a\x7f HTTP/1.1\r\n\r\n"), 400 },
+                { RAW("GET /a\xff HTTP/1.1\r\n\r\n"), 400 },
+                { RAW("GET  /a HTTP/1.1\r\n\r\n"), 400 },
+                { RAW("GET /a HTTP/1.1 \r\n\r\n"), 400 },
+                { RAW("GET /a http/1.1\r\n\r\n"), 400 },
+                { RAW("GET /a HTTP/2.0\r\n\r\n"), 505 },
+                { RAW("GET /a HTTP/1.1\n\n"), 400 },
+                { RAW("GET /a HTTP/1.1\r\nA: b\n\r\n"), 400 },
+                { RAW("GET /a HTTP/1.1\r\n\rX"), 400 },
+                { RAW("\r\nGET /a HTTP/1.1\r\n\r\n"), 400 },
+                { RAW("G\x7fT /a HTTP/1.1\r\n\r\n"), 400 },
+                { RAW("GET /a HTTP/1.1\r\n: b\r\n\r\n"), 400 },
+                { RAW("GET /a HTTP/1.1\r\nA\x01: b\r\n\r\n"), 400 },
+                { RAW("GET /a HTTP/1.1\r\nA: b\x7f\r\n\r\n"), 400 },
+                { RAW("GET /a HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), 400 },
+                { RAW("GET /a HTTP/1.1\r\nContent-Length: +1\r\n\r\n"), 400 },
+                { RAW("GET /a HTTP/1.1\r\nContent-Length:\r\n\r\n"), 400 },
+                { RAW("GET /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"), 400 },
+                { RAW("GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"), 400 },
+                { RAW("GET /a HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"), 501 },
+                { RAW("GET /a HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n"), 501 },
+                { RAW("GET /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), 400 },
+                { RAW("GET /a HTTP/1.1\r\nAuthorization: a\r\nauthorization: b\r\n\r\n"), 400 },
+        };
+        char err[256];
+        HttpHead h;
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                int r = http_head_parse(cases[i].head, cases[i].len, &h, err, sizeof(err));
+                if (cases[i].status == 0 && r != (int) cases[i].len)
+                        fail_msg("case %zu: expected a head of %zu bytes, got %d (%s)", i, cases[i].len, r, err);
+                if (cases[i].status != 0 && (r != -EBADMSG || h.status != (unsigned) cases[i].status || !err[0]))
+                        fail_msg("case %zu: expected %d, got %d/%u", i, cases[i].status, r, h.status);
+                if (cases[i].status != 0)
+                        continue;
+                for (size_t n = 0; n < cases[i].len; n++)
+                        if (http_head_parse(cases[i].head, n, &h, err, sizeof(err)) != 0)
+                                fail_msg("case %zu: prefix of %zu bytes: %s", i, n, err);
+        }
+        assert_int_equal(http_head_parse(RAW("POST /a HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n"
+                                             "Authorization:  Bearer x \r\n\r\n"),
+                                         &h, err, sizeof(err)),
+                         (int) strlen("POST /a HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n"
+                                      "Authorization:  Bearer x \r\n\r\n"));
+        assert_true(h.has_length);
+        assert_true(h.length == UINT64_MAX);
+        assert_int_equal(h.authorization_len, 8);
+        assert_memory_equal(h.authorization, "Bearer x", 8);
+        /* A bad byte is refused as soon as it arrives, not at the end of the head. */
+        assert_int_equal(http_head_parse(RAW("GET /a\0"), &h, err, sizeof(err)), -EBADMSG);
+        assert_int_equal(http_head_parse(RAW("GET /a HTTP/1.1\r\n X"), &h, err, sizeof(err)), -EBADMSG);
+}
+
 /* A NUL byte in the request target used to cut the path short: "/sync\0xyz" was served as /sync. */
 static void test_nul_in_target(void **state) {
         Fixture *f = *state;
@@ -1796,6 +1863,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_idle_timeout, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_connection_limit, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
+                cmocka_unit_test(test_head_parse),
                 cmocka_unit_test_setup_teardown(test_nul_in_target, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_strict_framing, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_head_max, setup, teardown),
