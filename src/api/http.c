@@ -1096,7 +1096,6 @@ static bool http_conn_drain(HttpConn *c) {
 
 /* Answers, then waits (at most HTTP_LINGER) for the peer to close, dropping what it still sends. */
 static void http_conn_reject(HttpConn *c, unsigned status, const char *code, const char *msg) {
-        HttpServer *s = c->listener->server;
         if (c->state == HTTP_CONN_HEAD && c->listener->tcp)
                 c->listener->n_unauth--;
         c->state = HTTP_CONN_LINGER;
@@ -1106,7 +1105,6 @@ static void http_conn_reject(HttpConn *c, unsigned status, const char *code, con
         if (!http_conn_drain(c))
                 return http_conn_free(c);
         ev_timer_set(c->timer, usec_add(now_mono(), HTTP_LINGER));
-        (void) s;
 }
 
 /* The request head is in and valid: MHD takes the socket from here. */
@@ -1234,8 +1232,6 @@ static void http_conn_on_io(EvIo *io, int fd, uint32_t revents, void *userdata) 
                         return http_conn_free(c); /* the rest can never come */
                 return;
         }
-        if (h.has_length && h.length > HTTP_BODY_MAX * 2)
-                return http_conn_reject(c, 413, "payload_too_large", "request body is over 64 KiB");
         if (l->tcp) {
                 const HttpToken *t = http_token_parse(s, h.authorization, h.authorization_len);
                 if (!t)
@@ -1248,6 +1244,10 @@ static void http_conn_on_io(EvIo *io, int fd, uint32_t revents, void *userdata) 
                         return http_conn_reject(c, 503, "unavailable", why);
                 }
         }
+        /* A length libmicrohttpd cannot hold (it would answer its own HTML error); other lengths
+         * over HTTP_BODY_MAX get 413 from http_on_headers(), after the write check. */
+        if (h.has_length && h.length > (uint64_t) INT64_MAX)
+                return http_conn_reject(c, 413, "payload_too_large", "request body is over 64 KiB");
         http_conn_handoff(c);
 }
 
