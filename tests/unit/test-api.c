@@ -1698,6 +1698,41 @@ static void test_header_deadline(void **state) {
         assert_int_equal(f->handled, 0);
 }
 
+/* On TCP the per-address cap counts connections that showed a valid token. */
+static void job_tcp_per_peer(Job *j) {
+        static const char hold[] = "GET /hold HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer rtok-0123456789\r\n\r\n";
+        int a = cl_connect_tcp(j->port), b = cl_connect_tcp(j->port);
+        if (a < 0 || b < 0 || !cl_send(a, hold, sizeof(hold) - 1) || !cl_send(b, hold, sizeof(hold) - 1))
+                j->rc[0] = -2;
+        usleep(100 * 1000);
+        int c = cl_connect_tcp(j->port);
+        j->rc[1] = c < 0 ? -2 : cl_roundtrip_fd(c, hold, sizeof(hold) - 1, &j->resp[1]);
+        if (c >= 0)
+                close(c);
+        if (a >= 0)
+                close(a);
+        if (b >= 0)
+                close(b);
+}
+
+static void test_tcp_per_peer(void **state) {
+        Fixture *f = *state;
+        write_file(f->tokens, "rtok-0123456789 read\n", 0600);
+        HttpServerConfig cfg = { .write_gid = (gid_t) -1,
+                                 .listen_tcp = "127.0.0.1:0",
+                                 .tokens_file = f->tokens,
+                                 .max_connections_per_peer = 2 };
+        start_server(f, &cfg);
+        Job j = { .fn = job_tcp_per_peer, .port = http_server_tcp_port(f->srv) };
+        run_job(f, &j);
+        assert_int_equal(j.rc[0], 0);
+        assert_int_equal(j.rc[1], 0);
+        check_error(&j.resp[1], 503, "unavailable");
+        assert_non_null(strstr(j.resp[1].body, "address"));
+        job_free(&j);
+        assert_int_equal(f->n_held, 2);
+}
+
 /* In a forked child as nobody: opens n connections, each with the start of a request, and keeps
  * them alive with a header line every 200 ms until the parent closes the pipe. */
 static pid_t fork_flood(const char *sock, unsigned n, int *ret_ready, int *ret_stop) {
@@ -1871,6 +1906,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_header_deadline, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_flood_unix, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_flood_tcp, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_tcp_per_peer, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
