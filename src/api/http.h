@@ -2,7 +2,9 @@
 #pragma once
 
 /* The API's transport (B6.1, B6.2): libmicrohttpd in external-epoll mode on our event loop,
- * serving a Unix socket and optionally a loopback TCP port. It authenticates each request (peer
+ * serving a Unix socket and optionally a loopback TCP port. We accept connections ourselves, apply
+ * the connection limits, and check each request head strictly (http_head_parse()) before the
+ * socket goes to libmicrohttpd; one request per connection. It authenticates each request (peer
  * credentials on the Unix socket, bearer tokens on TCP), reads the body (at most
  * HTTP_BODY_MAX bytes, JSON only), and hands a complete request to one handler, which answers
  * at once or later (after driver calls) with http_call_reply*(). Errors are always
@@ -41,9 +43,11 @@ typedef struct HttpServerConfig {
         const char *tokens_file;           /* required when listen_tcp is set: lines "TOKEN read|write" */
         gid_t write_gid;                   /* (gid_t) -1: none; members may write over the Unix socket */
         unsigned max_connections;          /* per listener (Unix, TCP); 0: HTTP_MAX_CONNECTIONS_DEFAULT */
-        unsigned max_connections_per_peer; /* per uid (Unix; root exempt) or address (TCP); 0: default */
+        unsigned max_connections_per_peer; /* per uid (Unix; root and our uid exempt) or address (TCP,
+                                            * connections that showed a token); 0: default */
         unsigned reserved_connections;     /* of max_connections, only for root, our uid and write_gid
-                                            * (Unix); 0: default; at most max_connections / 2 */
+                                            * (Unix) or write tokens (TCP); 0: default; at most
+                                            * max_connections / 2 */
         unsigned max_unauthenticated;      /* TCP connections whose token has not arrived; 0: default */
         usec_t header_timeout;             /* the whole request head must arrive within this; 0: default */
         usec_t connection_timeout;         /* idle time allowed after the head (body, reply); 0: default */
