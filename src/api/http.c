@@ -112,7 +112,7 @@ struct HttpServer {
         HttpConn *adding;   /* inside MHD_add_connection() */
         bool adding_closed; /* ... which reported it closed already */
         unsigned max_conn, max_per_peer, reserved, max_unauth;
-        usec_t header_timeout;
+        usec_t header_timeout, body_timeout;
         char scratch[HTTP_HEAD_MAX + 1]; /* request heads are peeked into this */
 };
 
@@ -404,6 +404,14 @@ void http_call_reply_error(HttpCall *call, unsigned status, const char *code, co
         va_end(ap);
 }
 
+/* The request has arrived (or was answered before its body): its body deadline ends. */
+static void http_conn_arrived(struct MHD_Connection *conn) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        HttpConn *c = ci ? ci->socket_context : NULL;
+        if (c && c->timer)
+                ev_timer_set(c->timer, USEC_INFINITY);
+}
+
 /* Answers a call that has not reached the handler and queues the reply at once. */
 _printf_(4, 5) static enum MHD_Result
         http_call_reject(HttpCall *call, unsigned status, const char *code, const char *fmt, ...) {
@@ -414,6 +422,8 @@ _printf_(4, 5) static enum MHD_Result
         http_call_reply_errorv(call, status, code, fmt, ap);
         va_end(ap);
         call->in_handler = false;
+        if (call->conn)
+                http_conn_arrived(call->conn);
         return http_call_queue(call);
 }
 
@@ -712,6 +722,7 @@ static enum MHD_Result http_on_complete(HttpCall *call, struct MHD_Connection *c
                 req->body = NULL;
         req->body_len = call->body_len;
 
+        http_conn_arrived(conn);
         call->state = HTTP_CALL_PENDING;
         call->in_handler = true;
         s->handler(call, req, s->userdata);
@@ -1112,7 +1123,9 @@ static void http_conn_handoff(HttpConn *c) {
         HttpListener *l = c->listener;
         HttpServer *s = l->server;
         c->io = ev_io_free(c->io);
-        ev_timer_set(c->timer, USEC_INFINITY);
+        /* The body has a total deadline too (a trickled body would otherwise only meet MHD's idle
+         * timeout); it ends when the request reaches the handler (http_conn_arrived()). */
+        ev_timer_set(c->timer, usec_add(now_mono(), s->body_timeout));
         if (l->tcp)
                 l->n_unauth--;
         c->state = HTTP_CONN_MHD;
@@ -1138,7 +1151,13 @@ static void http_conn_on_timer(EvTimer *t, void *userdata) {
                 return http_conn_reject(c, 408, "request_timeout", "the request head did not arrive in time");
         }
         if (c->state == HTTP_CONN_LINGER)
-                http_conn_free(c);
+                return http_conn_free(c);
+        /* HTTP_CONN_MHD, the body is late: MHD cannot answer in the middle of an upload, so cut the
+         * connection; MHD sees it at once and closes it (and reports it, which frees c). */
+        c->listener->server->counters.timeouts++;
+        log_debug("http: request body not complete within the deadline, closing the connection");
+        (void) shutdown(c->mhd_fd, SHUT_RDWR);
+        http_server_kick(c->listener->server);
 }
 
 /* Connections of this listener from the same peer (uid or address). */
@@ -1844,6 +1863,7 @@ int http_server_new(Ev *ev, const HttpServerConfig *cfg, http_handler handler, v
                           s->max_conn / 2);
         s->max_unauth = cfg->max_unauthenticated ? cfg->max_unauthenticated : HTTP_MAX_UNAUTHENTICATED_DEFAULT;
         s->header_timeout = cfg->header_timeout ? cfg->header_timeout : HTTP_HEADER_TIMEOUT_DEFAULT;
+        s->body_timeout = cfg->body_timeout ? cfg->body_timeout : HTTP_BODY_TIMEOUT_DEFAULT;
         usec_t timeout = cfg->connection_timeout ? cfg->connection_timeout : HTTP_CONNECTION_TIMEOUT_DEFAULT;
         unsigned timeout_s = (unsigned) MIN((timeout + USEC_PER_SEC - 1) / USEC_PER_SEC, (usec_t) UINT_MAX);
 

@@ -32,6 +32,7 @@
 #define HTTP_RESERVED_CONNECTIONS_DEFAULT     32U
 #define HTTP_MAX_UNAUTHENTICATED_DEFAULT      32U
 #define HTTP_HEADER_TIMEOUT_DEFAULT           (5 * USEC_PER_SEC)
+#define HTTP_BODY_TIMEOUT_DEFAULT             (10 * USEC_PER_SEC)
 #define HTTP_CONNECTION_TIMEOUT_DEFAULT       (10 * USEC_PER_SEC)
 
 typedef struct HttpServer HttpServer;
@@ -50,6 +51,7 @@ typedef struct HttpServerConfig {
                                             * max_connections / 2 */
         unsigned max_unauthenticated;      /* TCP connections whose token has not arrived; 0: default */
         usec_t header_timeout;             /* the whole request head must arrive within this; 0: default */
+        usec_t body_timeout;               /* ... and its whole body within this after the head; 0: default */
         usec_t connection_timeout;         /* idle time allowed after the head (body, reply); 0: default */
         bool unix_read_only;               /* every Unix-socket peer may only read, root and our own uid too
                                             * (a read-only API; the unit tests, which run as root, use it) */

@@ -94,6 +94,7 @@ static const ConfigKey config_keys[] = {
         K(API, "reserved_connections", KEY_U64, api.reserved_connections, 1, 32768),
         K(API, "max_unauthenticated", KEY_U64, api.max_unauthenticated, 1, 65536),
         K(API, "header_timeout", KEY_DURATION, api.header_timeout, 100 * USEC_PER_MSEC, 10 * USEC_PER_MIN),
+        K(API, "body_timeout", KEY_DURATION, api.body_timeout, 100 * USEC_PER_MSEC, 10 * USEC_PER_MIN),
         /* libmicrohttpd counts its timeout in whole seconds (rounded up). */
         K(API, "idle_timeout", KEY_DURATION, api.idle_timeout, USEC_PER_SEC, USEC_PER_HOUR),
 
@@ -152,6 +153,7 @@ void config_init_default(DaemonConfig *c) {
                         .reserved_connections = 32,
                         .max_unauthenticated = 32,
                         .header_timeout = 5 * USEC_PER_SEC,
+                        .body_timeout = 10 * USEC_PER_SEC,
                         .idle_timeout = 10 * USEC_PER_SEC,
                 },
                 .state = {

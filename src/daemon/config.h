@@ -63,6 +63,7 @@ typedef struct DaemonConfig {
                                                     * (Unix) or write tokens (TCP) may use them */
                 uint64_t max_unauthenticated;      /* TCP connections whose request head has not arrived */
                 usec_t header_timeout;             /* a request head must be complete this long after accept */
+                usec_t body_timeout;               /* its body this long after the head */
                 usec_t idle_timeout;               /* after the head: longest silence (body, reply) */
         } api;
         struct {

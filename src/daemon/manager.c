@@ -374,6 +374,7 @@ int manager_new(const DaemonConfig *cfg, Manager **ret, char *err, size_t errlen
                 .reserved_connections = (unsigned) cfg->api.reserved_connections,
                 .max_unauthenticated = (unsigned) cfg->api.max_unauthenticated,
                 .header_timeout = cfg->api.header_timeout,
+                .body_timeout = cfg->api.body_timeout,
                 .connection_timeout = cfg->api.idle_timeout,
         };
         r = http_server_new(m->ev, &hc, api_handle, m, &m->http, err, errlen);

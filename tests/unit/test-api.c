@@ -1733,6 +1733,59 @@ static void test_tcp_per_peer(void **state) {
         assert_int_equal(f->n_held, 2);
 }
 
+/* A body trickled one byte every 200 ms met only MHD's idle timeout: it now has a total deadline. A
+ * held request (waiting for its handler's answer) is not cut by it. */
+static void job_slow_body(Job *j) {
+        int fd = job_connect(j);
+        if (fd < 0) {
+                j->rc[0] = -2;
+                return;
+        }
+        static const char head[] = "POST /sync HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                   "Content-Length: 100\r\n\r\n";
+        usec_t t0 = now_mono();
+        bool sent = cl_send(fd, head, sizeof(head) - 1);
+        for (int i = 0; sent && i < 30; i++) {
+                usleep(200 * 1000);
+                sent = cl_send(fd, " ", 1);
+        }
+        j->eof = !sent || cl_wait_eof(fd);
+        j->elapsed = now_mono() - t0;
+        close(fd);
+}
+
+static void test_body_deadline(void **state) {
+        Fixture *f = *state;
+        HttpServerConfig cfg = { .write_gid = (gid_t) -1, .body_timeout = 1 * USEC_PER_SEC };
+        start_server(f, &cfg);
+        Job j = { .fn = job_slow_body };
+        run_job(f, &j);
+        assert_true(j.eof);
+        if (j.elapsed > 3 * USEC_PER_SEC)
+                fail_msg("a trickled body kept its connection for %llu ms",
+                         (unsigned long long) (j.elapsed / USEC_PER_MSEC));
+        assert_int_equal(f->handled, 0);
+        HttpCounters c;
+        http_server_counters(f->srv, &c);
+        assert_int_equal(c.timeouts, 1);
+
+        /* A held call outlives the deadline and is still answered. */
+        static const char hold[] = "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n";
+        Job h = { .fn = job_send_only, .req = hold, .req_len = sizeof(hold) - 1 };
+        run_job(f, &h);
+        assert_true(h.fd >= 0);
+        run_for(f, 1500 * USEC_PER_MSEC);
+        assert_int_equal(f->n_held, 1);
+        http_call_reply_json(f->held[0], 200, json_pack("{s:s}", "late", "yes"));
+        f->n_held = 0;
+        run_for(f, 20 * USEC_PER_MSEC);
+        Resp r;
+        assert_int_equal(cl_read(h.fd, &r), 0);
+        assert_int_equal(r.status, 200);
+        resp_clear(&r);
+        close(h.fd);
+}
+
 /* In a forked child as nobody: opens n connections, each with the start of a request, and keeps
  * them alive with a header line every 200 ms until the parent closes the pipe. */
 static pid_t fork_flood(const char *sock, unsigned n, int *ret_ready, int *ret_stop) {
@@ -1904,6 +1957,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_head_max, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_accept_backoff, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_header_deadline, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_body_deadline, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_flood_unix, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_flood_tcp, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_tcp_per_peer, setup, teardown),
