@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -22,18 +23,21 @@
 #include "shared/macro.h"
 
 /* MHD keeps the request line and headers in a per-connection pool (the body is handed to us in
- * chunks and copied out). 32 KiB leaves room for HTTP_URI_MAX and the headers, so a long URI
- * reaches us and gets our JSON 414; only a request line or headers past the pool get MHD's own
- * (HTML) 414/431. */
-#define HTTP_CONNECTION_MEMORY ((size_t) 32 << 10)
-#define HTTP_MAX_CONNECTIONS   512U
-#define HTTP_TIMEOUT_DEFAULT   (10 * USEC_PER_SEC)
-#define HTTP_TOKENS_FILE_MAX   ((off_t) 1 << 20)
-#define HTTP_LISTEN_BACKLOG    128
+ * chunks and copied out) and fills what is left with its send buffer, so the whole pool is resident
+ * while a request is in flight. A head reaches MHD only after http_head_parse() took it, so it is
+ * at most HTTP_HEAD_MAX: twice that leaves room for MHD's own bookkeeping. */
+#define HTTP_CONNECTION_MEMORY  (2 * HTTP_HEAD_MAX)
+/* After an answer of our own: how long the peer has to read it and close before we do. */
+#define HTTP_LINGER             (1 * USEC_PER_SEC)
+/* Out of file descriptors: accept() pauses this long, doubling up to the maximum. */
+#define HTTP_ACCEPT_BACKOFF_MIN (10 * USEC_PER_MSEC)
+#define HTTP_ACCEPT_BACKOFF_MAX (1 * USEC_PER_SEC)
+#define HTTP_TOKENS_FILE_MAX    ((off_t) 1 << 20)
+#define HTTP_LISTEN_BACKLOG     128
 /* A body without Content-Length (chunked) that grows past HTTP_BODY_MAX: MHD 0.9.75 cannot queue
  * a response in the middle of an upload, so we drop up to this much more and answer 413 at its
  * end, or close the connection when the client keeps sending. */
-#define HTTP_DRAIN_MAX         ((size_t) 1 << 20)
+#define HTTP_DRAIN_MAX          ((size_t) 1 << 20)
 
 typedef struct HttpToken {
         char *token;
@@ -44,10 +48,39 @@ typedef struct HttpToken {
 typedef struct HttpListener {
         HttpServer *server;
         bool tcp;
+        int fd; /* the listening socket: we accept, MHD gets connections whose head is in */
         struct MHD_Daemon *daemon;
-        EvIo *io;
-        uint64_t n_closed; /* connections closed so far */
+        EvIo *io;        /* MHD's epoll fd */
+        EvIo *accept_io; /* fd */
+        EvTimer *backoff;
+        usec_t backoff_delay;
+        unsigned n_conns;  /* open connections of this listener, in any state */
+        unsigned n_unauth; /* TCP: those still waiting for their request head (and token) */
 } HttpListener;
+
+typedef enum HttpConnState {
+        HTTP_CONN_HEAD,   /* waiting for the request head (ours; header_timeout runs) */
+        HTTP_CONN_MHD,    /* handed to MHD with a valid head */
+        HTTP_CONN_LINGER, /* answered by us, waiting for the peer to close */
+} HttpConnState;
+
+/* Every open connection, from accept() until it closes (for the limits). */
+typedef struct HttpConn HttpConn;
+struct HttpConn {
+        HttpListener *listener;
+        HttpConn *prev, *next; /* the server's list, newest first */
+        HttpConnState state;
+        int fd;           /* ours until handed to MHD */
+        int mhd_fd;       /* MHD's afterwards (for matching its notifications) */
+        bool started;     /* MHD reported it started */
+        bool privileged;  /* Unix: root, our uid or write_gid; TCP: a write token */
+        uid_t uid;        /* Unix: the peer's uid */
+        uint8_t peer[16]; /* TCP: the peer's address (IPv4 mapped into IPv6) */
+        struct sockaddr_storage addr;
+        socklen_t addr_len;
+        EvIo *io;
+        EvTimer *timer;
+};
 
 struct HttpServer {
         Ev *ev;
@@ -74,6 +107,13 @@ struct HttpServer {
 
         HttpCall *calls; /* every call still tied to a connection */
         HttpCounters counters;
+
+        HttpConn *conns;
+        HttpConn *adding;   /* inside MHD_add_connection() */
+        bool adding_closed; /* ... which reported it closed already */
+        unsigned max_conn, max_per_peer, reserved, max_unauth;
+        usec_t header_timeout, body_timeout;
+        char scratch[HTTP_HEAD_MAX + 1]; /* request heads are peeked into this */
 };
 
 typedef enum HttpCallState {
@@ -198,6 +238,9 @@ static void http_call_answer(HttpCall *call, unsigned status, struct MHD_Respons
                 if (resp)
                         (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
         }
+        /* One request per connection: the next one would reach MHD without our head check. */
+        if (resp && MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close") != MHD_YES)
+                log_debug("http: cannot add Connection: close, ignoring");
         if (resp)
                 for (size_t i = 0; i < call->n_headers; i++)
                         if (MHD_add_response_header(resp, call->headers[i].name, call->headers[i].value) != MHD_YES)
@@ -361,6 +404,14 @@ void http_call_reply_error(HttpCall *call, unsigned status, const char *code, co
         va_end(ap);
 }
 
+/* The request has arrived (or was answered before its body): its body deadline ends. */
+static void http_conn_arrived(struct MHD_Connection *conn) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        HttpConn *c = ci ? ci->socket_context : NULL;
+        if (c && c->timer)
+                ev_timer_set(c->timer, USEC_INFINITY);
+}
+
 /* Answers a call that has not reached the handler and queues the reply at once. */
 _printf_(4, 5) static enum MHD_Result
         http_call_reject(HttpCall *call, unsigned status, const char *code, const char *fmt, ...) {
@@ -371,6 +422,8 @@ _printf_(4, 5) static enum MHD_Result
         http_call_reply_errorv(call, status, code, fmt, ap);
         va_end(ap);
         call->in_handler = false;
+        if (call->conn)
+                http_conn_arrived(call->conn);
         return http_call_queue(call);
 }
 
@@ -479,6 +532,21 @@ static const HttpToken *http_token_find(const HttpServer *s, const char *tok, si
                         found = t;
         }
         return found;
+}
+
+/* The token named by an Authorization value ("Bearer TOKEN", blanks trimmed), or NULL. */
+static const HttpToken *http_token_parse(const HttpServer *s, const char *v, size_t len) {
+        if (!v || len < 7 || strncasecmp(v, "Bearer", 6) != 0 || (v[6] != ' ' && v[6] != '\t'))
+                return NULL;
+        size_t i = 7;
+        while (i < len && (v[i] == ' ' || v[i] == '\t'))
+                i++;
+        size_t t0 = i;
+        while (i < len && v[i] != ' ' && v[i] != '\t')
+                i++;
+        if (i == t0 || i != len)
+                return NULL;
+        return http_token_find(s, v + t0, i - t0);
 }
 
 /* Returns true and sets can_write for a known bearer token. */
@@ -654,6 +722,7 @@ static enum MHD_Result http_on_complete(HttpCall *call, struct MHD_Connection *c
                 req->body = NULL;
         req->body_len = call->body_len;
 
+        http_conn_arrived(conn);
         call->state = HTTP_CALL_PENDING;
         call->in_handler = true;
         s->handler(call, req, s->userdata);
@@ -737,6 +806,575 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
         http_call_free(call);
 }
 
+/* --- the strict request head (RFC 9112) --- */
+
+static bool http_is_tchar(unsigned char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+               (c != 0 && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+_printf_(6, 7) static int http_head_fail(HttpHead *h, unsigned status, const char *code, char *err, size_t errlen,
+                                         const char *fmt, ...) {
+        va_list ap;
+        h->status = status;
+        h->code = code;
+        va_start(ap, fmt);
+        (void) vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+        return -EBADMSG;
+}
+
+#define HEAD_FAIL(status, code, ...) http_head_fail(ret, status, code, err, errlen, __VA_ARGS__)
+
+static bool http_name_is(const unsigned char *n, size_t len, const char *want) {
+        return strlen(want) == len && strncasecmp((const char *) n, want, len) == 0;
+}
+
+/* One header line's meaning, where it matters for framing or authentication. */
+static int http_head_field(HttpHead *ret, const unsigned char *n, size_t nlen, const unsigned char *v, size_t vlen,
+                           unsigned *seen, char *err, size_t errlen) {
+        enum { SEEN_HOST = 1, SEEN_AUTH = 2, SEEN_TE = 4 };
+        if (http_name_is(n, nlen, "Content-Length")) {
+                /* Even two equal values: a list or a repeat is how request smuggling starts. */
+                if (ret->has_length)
+                        return HEAD_FAIL(400, "bad_request", "more than one Content-Length");
+                if (vlen == 0)
+                        return HEAD_FAIL(400, "bad_request", "malformed Content-Length");
+                uint64_t x = 0;
+                for (size_t i = 0; i < vlen; i++) {
+                        if (v[i] < '0' || v[i] > '9')
+                                return HEAD_FAIL(400, "bad_request", "malformed Content-Length");
+                        if (x > (UINT64_MAX - 9) / 10)
+                                x = UINT64_MAX; /* saturates: far over any limit */
+                        else
+                                x = x * 10 + (uint64_t) (v[i] - '0');
+                }
+                ret->has_length = true;
+                ret->length = x;
+        } else if (http_name_is(n, nlen, "Transfer-Encoding")) {
+                if (*seen & SEEN_TE)
+                        return HEAD_FAIL(400, "bad_request", "more than one Transfer-Encoding");
+                *seen |= SEEN_TE;
+                if (!http_name_is(v, vlen, "chunked"))
+                        return HEAD_FAIL(501, "not_implemented",
+                                         "transfer coding \"%.*s\" is not supported (only chunked)",
+                                         (int) MIN(vlen, (size_t) 64), (const char *) v);
+                ret->chunked = true;
+        } else if (http_name_is(n, nlen, "Host")) {
+                if (*seen & SEEN_HOST)
+                        return HEAD_FAIL(400, "bad_request", "more than one Host");
+                *seen |= SEEN_HOST;
+        } else if (http_name_is(n, nlen, "Authorization")) {
+                if (*seen & SEEN_AUTH)
+                        return HEAD_FAIL(400, "bad_request", "more than one Authorization");
+                *seen |= SEEN_AUTH;
+                ret->authorization = (const char *) v;
+                ret->authorization_len = vlen;
+        }
+        return 0;
+}
+
+int http_head_parse(const char *buf, size_t len, HttpHead *ret, char *err, size_t errlen) {
+        const unsigned char *p = (const unsigned char *) buf;
+        size_t i = 0, n_headers = 0;
+        unsigned seen = 0;
+
+        *ret = (HttpHead){ 0 };
+        if (errlen > 0)
+                err[0] = 0;
+
+        /* request-line = method SP request-target SP HTTP-version CRLF */
+        while (i < len && http_is_tchar(p[i]))
+                i++;
+        if (i > 32)
+                return HEAD_FAIL(400, "bad_request", "malformed request line (method)");
+        if (i == len)
+                return 0;
+        if (i == 0 || p[i] != ' ')
+                return HEAD_FAIL(400, "bad_request", "malformed request line");
+        size_t t0 = ++i;
+        while (i < len && p[i] > 0x20 && p[i] < 0x7f)
+                i++;
+        if (i - t0 > HTTP_URI_MAX)
+                return HEAD_FAIL(414, "uri_too_long", "request URI is over %zu bytes", HTTP_URI_MAX);
+        if (i == len)
+                return 0;
+        if (p[i] != ' ') {
+                if (p[i] == 0)
+                        return HEAD_FAIL(400, "bad_request", "request URI contains a NUL byte");
+                if (p[i] == '\r' || p[i] == '\n')
+                        return HEAD_FAIL(400, "bad_request", "malformed request line (no HTTP version)");
+                return HEAD_FAIL(400, "bad_request", "request URI contains a byte that is not printable ASCII");
+        }
+        if (i == t0)
+                return HEAD_FAIL(400, "bad_request", "malformed request line (empty target)");
+        i++;
+        static const char proto[] = "HTTP/";
+        for (size_t k = 0; k < 5; k++, i++) {
+                if (i == len)
+                        return 0;
+                if (p[i] != (unsigned char) proto[k])
+                        return HEAD_FAIL(400, "bad_request", "malformed request line (HTTP version)");
+        }
+        if (len - i < 3)
+                return len - i >= 1 && (p[i] < '0' || p[i] > '9')
+                               ? HEAD_FAIL(400, "bad_request", "malformed request line (HTTP version)")
+                               : 0;
+        if (p[i] < '0' || p[i] > '9' || p[i + 1] != '.' || p[i + 2] < '0' || p[i + 2] > '9')
+                return HEAD_FAIL(400, "bad_request", "malformed request line (HTTP version)");
+        if (p[i] != '1' || (p[i + 2] != '0' && p[i + 2] != '1'))
+                return HEAD_FAIL(505, "http_version_not_supported", "HTTP/%c.%c is not supported (only 1.0, 1.1)", p[i],
+                                 p[i + 2]);
+        ret->http10 = p[i + 2] == '0';
+        i += 3;
+        if (i == len)
+                return 0;
+        if (p[i] != '\r')
+                return HEAD_FAIL(400, "bad_request", "request line must end in CRLF");
+        if (++i == len)
+                return 0;
+        if (p[i] != '\n')
+                return HEAD_FAIL(400, "bad_request", "request line must end in CRLF");
+        i++;
+
+        /* *( field-name ":" OWS field-value OWS CRLF ) CRLF */
+        for (;;) {
+                if (i == len)
+                        return 0;
+                if (p[i] == '\r') {
+                        if (i + 1 == len)
+                                return 0;
+                        if (p[i + 1] != '\n')
+                                return HEAD_FAIL(400, "bad_request", "a bare CR in the header block");
+                        i += 2;
+                        break;
+                }
+                if (p[i] == ' ' || p[i] == '\t')
+                        return HEAD_FAIL(400, "bad_request",
+                                         "a header line starts with whitespace (obsolete line folding)");
+                size_t n0 = i;
+                while (i < len && http_is_tchar(p[i]))
+                        i++;
+                if (i == len)
+                        return 0;
+                if (p[i] != ':') {
+                        if (p[i] == ' ' || p[i] == '\t')
+                                return HEAD_FAIL(400, "bad_request", "whitespace between a header name and its colon");
+                        if (p[i] == 0)
+                                return HEAD_FAIL(400, "bad_request", "a header contains a NUL byte");
+                        return HEAD_FAIL(400, "bad_request", "malformed header line");
+                }
+                if (i == n0)
+                        return HEAD_FAIL(400, "bad_request", "a header line without a name");
+                size_t nlen = i - n0;
+                i++;
+                while (i < len && (p[i] == ' ' || p[i] == '\t'))
+                        i++;
+                size_t v0 = i;
+                /* field-vchar, SP, HTAB and obs-text; no other control byte. */
+                while (i < len && (p[i] == '\t' || (p[i] >= 0x20 && p[i] != 0x7f)))
+                        i++;
+                if (i == len)
+                        return 0;
+                if (p[i] != '\r') {
+                        if (p[i] == 0)
+                                return HEAD_FAIL(400, "bad_request", "a header contains a NUL byte");
+                        if (p[i] == '\n')
+                                return HEAD_FAIL(400, "bad_request", "a header line must end in CRLF");
+                        return HEAD_FAIL(400, "bad_request", "a header contains a control character");
+                }
+                if (i + 1 == len)
+                        return 0;
+                if (p[i + 1] != '\n')
+                        return HEAD_FAIL(400, "bad_request", "a header contains a bare CR");
+                size_t v1 = i;
+                while (v1 > v0 && (p[v1 - 1] == ' ' || p[v1 - 1] == '\t'))
+                        v1--;
+                i += 2;
+                if (++n_headers > HTTP_HEADERS_MAX)
+                        return HEAD_FAIL(431, "header_fields_too_large", "more than %u header lines", HTTP_HEADERS_MAX);
+                int r = http_head_field(ret, p + n0, nlen, p + v0, v1 - v0, &seen, err, errlen);
+                if (r < 0)
+                        return r;
+        }
+        if (ret->chunked && ret->has_length)
+                return HEAD_FAIL(400, "bad_request", "both Content-Length and Transfer-Encoding");
+        if (ret->chunked && ret->http10)
+                return HEAD_FAIL(400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request");
+        if (i > HTTP_HEAD_MAX)
+                return HEAD_FAIL(431, "header_fields_too_large", "request head is over %zu bytes", HTTP_HEAD_MAX);
+        return (int) i;
+}
+
+#undef HEAD_FAIL
+
+/* --- connections before the HTTP library sees them --- */
+
+static const char *http_reason(unsigned status) {
+        switch (status) {
+        case 400:
+                return "Bad Request";
+        case 401:
+                return "Unauthorized";
+        case 408:
+                return "Request Timeout";
+        case 413:
+                return "Content Too Large";
+        case 414:
+                return "URI Too Long";
+        case 431:
+                return "Request Header Fields Too Large";
+        case 501:
+                return "Not Implemented";
+        case 503:
+                return "Service Unavailable";
+        case 505:
+                return "HTTP Version Not Supported";
+        default:
+                return "Error";
+        }
+}
+
+/* A reply written by us (the request never reached MHD): the status line, a JSON error, closed. */
+static void http_conn_reply_raw(HttpConn *c, unsigned status, const char *code, const char *msg) {
+        HttpServer *s = c->listener->server;
+        char body[640], sane[512], head[512];
+
+        snprintf(sane, sizeof(sane), "%s", msg);
+        http_utf8_sanitize(sane);
+        json_t *j = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", sane);
+        size_t blen = j ? json_dumpb(j, body, sizeof(body) - 1, JSON_COMPACT) : 0;
+        json_decref(j);
+        if (blen == 0 || blen >= sizeof(body) - 1)
+                blen = (size_t) snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"\"}}", code);
+        body[blen++] = '\n';
+        const char *reason = http_reason(status);
+        int hlen = snprintf(head, sizeof(head),
+                            "HTTP/1.1 %u %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                            "Connection: close\r\n%s\r\n",
+                            status, reason ? reason : "Error", blen,
+                            status == 401 ? "WWW-Authenticate: Bearer realm=\"ballast\"\r\n" : "");
+        struct iovec iov[2] = { { head, (size_t) hlen }, { body, blen } };
+        struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
+        /* A fresh socket's send buffer holds this; a peer that does not read loses the reply. No
+         * SIGPIPE when the peer has gone already. */
+        (void) sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+        s->counters.requests++;
+        if (status >= 500)
+                s->counters.errors_5xx++;
+        else
+                s->counters.errors_4xx++;
+        if (status == 401)
+                s->counters.unauthorized++;
+        log_debug("http: %s: %u %s", c->listener->tcp ? "TCP" : "Unix", status, sane);
+}
+
+static void http_conn_free(HttpConn *c) {
+        if (!c)
+                return;
+        HttpListener *l = c->listener;
+        HttpServer *s = l->server;
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                s->conns = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        l->n_conns--;
+        if (c->state == HTTP_CONN_HEAD && l->tcp)
+                l->n_unauth--;
+        if (s->adding == c)
+                s->adding = NULL;
+        c->io = ev_io_free(c->io);
+        c->timer = ev_timer_free(c->timer);
+        safe_close(c->fd);
+        free(c);
+}
+
+/* Reads and drops what the peer sent (so that closing sends FIN, not RST, when possible). */
+static bool http_conn_drain(HttpConn *c) {
+        char *buf = c->listener->server->scratch;
+        for (unsigned k = 0; k < 16; k++) {
+                ssize_t n = recv(c->fd, buf, HTTP_HEAD_MAX, MSG_DONTWAIT);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK); /* false: EOF or error */
+        }
+        return true;
+}
+
+/* Answers, then waits (at most HTTP_LINGER) for the peer to close, dropping what it still sends. */
+static void http_conn_reject(HttpConn *c, unsigned status, const char *code, const char *msg) {
+        if (c->state == HTTP_CONN_HEAD && c->listener->tcp)
+                c->listener->n_unauth--;
+        c->state = HTTP_CONN_LINGER;
+        (void) http_conn_drain(c);
+        http_conn_reply_raw(c, status, code, msg);
+        (void) shutdown(c->fd, SHUT_WR);
+        if (!http_conn_drain(c))
+                return http_conn_free(c);
+        ev_timer_set(c->timer, usec_add(now_mono(), HTTP_LINGER));
+}
+
+/* The request head is in and valid: MHD takes the socket from here. */
+static void http_conn_handoff(HttpConn *c) {
+        HttpListener *l = c->listener;
+        HttpServer *s = l->server;
+        c->io = ev_io_free(c->io);
+        /* The body has a total deadline too (a trickled body would otherwise only meet MHD's idle
+         * timeout); it ends when the request reaches the handler (http_conn_arrived()). */
+        ev_timer_set(c->timer, usec_add(now_mono(), s->body_timeout));
+        if (l->tcp)
+                l->n_unauth--;
+        c->state = HTTP_CONN_MHD;
+        c->mhd_fd = TAKE_FD(c->fd);
+        s->adding = c;
+        s->adding_closed = false;
+        /* MHD closes the socket when it fails; it reports the connection closed if it had reported
+         * it started (http_on_connection() leaves freeing to us while we are in here). */
+        enum MHD_Result r = MHD_add_connection(l->daemon, c->mhd_fd, (struct sockaddr *) &c->addr, c->addr_len);
+        s->adding = NULL;
+        if (r != MHD_YES)
+                log_debug("http: MHD_add_connection() failed: %m");
+        if (s->adding_closed || (r != MHD_YES && !c->started))
+                http_conn_free(c);
+        http_server_kick(s);
+}
+
+static void http_conn_on_timer(EvTimer *t, void *userdata) {
+        HttpConn *c = userdata;
+        (void) t;
+        if (c->state == HTTP_CONN_HEAD) {
+                c->listener->server->counters.timeouts++;
+                return http_conn_reject(c, 408, "request_timeout", "the request head did not arrive in time");
+        }
+        if (c->state == HTTP_CONN_LINGER)
+                return http_conn_free(c);
+        /* HTTP_CONN_MHD, the body is late: MHD cannot answer in the middle of an upload, so cut the
+         * connection; MHD sees it at once and closes it (and reports it, which frees c). */
+        c->listener->server->counters.timeouts++;
+        log_debug("http: request body not complete within the deadline, closing the connection");
+        (void) shutdown(c->mhd_fd, SHUT_RDWR);
+        http_server_kick(c->listener->server);
+}
+
+/* Connections of this listener from the same peer (uid or address). */
+static unsigned http_conn_count_peer(const HttpListener *l, const HttpConn *c) {
+        unsigned n = 0;
+        for (const HttpConn *o = l->server->conns; o; o = o->next)
+                if (o->listener == l && (l->tcp ? memcmp(o->peer, c->peer, sizeof(c->peer)) == 0 : o->uid == c->uid))
+                        n++;
+        return n;
+}
+
+/* The oldest connection of l still waiting for its request head, or NULL. */
+static HttpConn *http_conn_oldest_head(HttpListener *l) {
+        HttpConn *oldest = NULL;
+        for (HttpConn *o = l->server->conns; o; o = o->next)
+                if (o->listener == l && o->state == HTTP_CONN_HEAD)
+                        oldest = o; /* the list is newest first */
+        return oldest;
+}
+
+/* Why a new connection may not stay, or NULL. On TCP nobody is known before the token arrives:
+ * a newcomer over a limit pushes out the oldest connection still waiting for its head (a client
+ * that sends its request at once is through long before a flood can push it out). */
+static const char *http_conn_admit(HttpListener *l, HttpConn *c) {
+        HttpServer *s = l->server;
+        if (l->tcp) {
+                if (l->n_unauth < s->max_unauth && l->n_conns < s->max_conn)
+                        return NULL;
+                HttpConn *oldest = http_conn_oldest_head(l);
+                if (!oldest)
+                        return "too many connections";
+                s->counters.refused++;
+                http_conn_reject(oldest, 503, "unavailable", "too many unauthenticated connections");
+                return NULL;
+        }
+        if (l->n_conns >= s->max_conn)
+                return "too many connections";
+        if (!c->privileged && l->n_conns >= s->max_conn - s->reserved)
+                return "too many connections (the rest are reserved for root and the write group)";
+        if (c->uid != 0 && c->uid != s->euid && http_conn_count_peer(l, c) >= s->max_per_peer)
+                return "too many connections from this user";
+        return NULL;
+}
+
+/* TCP, once the token is known: the limits on authenticated connections. */
+static const char *http_conn_admit_authed(HttpListener *l, HttpConn *c) {
+        HttpServer *s = l->server;
+        unsigned authed = 0, same = 0;
+        for (const HttpConn *o = s->conns; o; o = o->next)
+                if (o->listener == l && o->state == HTTP_CONN_MHD) {
+                        authed++;
+                        if (memcmp(o->peer, c->peer, sizeof(c->peer)) == 0)
+                                same++;
+                }
+        if (!c->privileged && authed >= s->max_conn - s->reserved)
+                return "too many connections (the rest are reserved for write tokens)";
+        if (same >= s->max_per_peer)
+                return "too many connections from this address";
+        return NULL;
+}
+
+static void http_conn_on_io(EvIo *io, int fd, uint32_t revents, void *userdata) {
+        HttpConn *c = userdata;
+        HttpListener *l = c->listener;
+        HttpServer *s = l->server;
+        (void) io;
+
+        if (c->state == HTTP_CONN_LINGER) {
+                if (!http_conn_drain(c) || (revents & (EPOLLHUP | EPOLLERR)))
+                        http_conn_free(c);
+                return;
+        }
+        ssize_t n;
+        do
+                n = recv(fd, s->scratch, HTTP_HEAD_MAX + 1, MSG_PEEK | MSG_DONTWAIT);
+        while (n < 0 && errno == EINTR);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                return;
+        if (n <= 0)
+                return http_conn_free(c); /* gone before a whole request: nobody to answer */
+
+        HttpHead h;
+        char msg[256];
+        int r = http_head_parse(s->scratch, (size_t) n, &h, msg, sizeof(msg));
+        if (r < 0)
+                return http_conn_reject(c, h.status, h.code, msg);
+        if (r == 0) {
+                if ((size_t) n > HTTP_HEAD_MAX)
+                        return http_conn_reject(c, 431, "header_fields_too_large", "request head is over 8 KiB");
+                if (revents & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                        return http_conn_free(c); /* the rest can never come */
+                return;
+        }
+        if (l->tcp) {
+                const HttpToken *t = http_token_parse(s, h.authorization, h.authorization_len);
+                if (!t)
+                        return http_conn_reject(c, 401, "unauthorized",
+                                                "a valid token is required (Authorization: Bearer TOKEN)");
+                c->privileged = t->write;
+                const char *why = http_conn_admit_authed(l, c);
+                if (why) {
+                        s->counters.refused++;
+                        return http_conn_reject(c, 503, "unavailable", why);
+                }
+        }
+        /* A length libmicrohttpd cannot hold (it would answer its own HTML error); other lengths
+         * over HTTP_BODY_MAX get 413 from http_on_headers(), after the write check. */
+        if (h.has_length && h.length > (uint64_t) INT64_MAX)
+                return http_conn_reject(c, 413, "payload_too_large", "request body is over 64 KiB");
+        http_conn_handoff(c);
+}
+
+static int http_conn_new(HttpListener *l, int fd, const struct sockaddr_storage *ss, socklen_t len) {
+        HttpServer *s = l->server;
+        _cleanup_close_ int owned = fd;
+        HttpConn *c = calloc(1, sizeof(HttpConn));
+        if (!c)
+                return -ENOMEM;
+        *c = (HttpConn){ .listener = l, .fd = -1, .mhd_fd = -1, .state = HTTP_CONN_HEAD, .uid = (uid_t) -1 };
+        memcpy(&c->addr, ss, MIN((size_t) len, sizeof(c->addr)));
+        c->addr_len = len;
+        if (l->tcp) {
+                if (ss->ss_family == AF_INET6)
+                        memcpy(c->peer, &((const struct sockaddr_in6 *) ss)->sin6_addr, 16);
+                else if (ss->ss_family == AF_INET) {
+                        c->peer[10] = c->peer[11] = 0xff;
+                        memcpy(c->peer + 12, &((const struct sockaddr_in *) ss)->sin_addr, 4);
+                }
+        } else {
+                struct ucred uc;
+                socklen_t ul = sizeof(uc);
+                if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) == 0) {
+                        c->uid = uc.uid;
+                        c->privileged = uc.uid == 0 || uc.uid == s->euid ||
+                                        (s->write_gid != (gid_t) -1 && http_peer_in_group(fd, &uc, s->write_gid));
+                }
+        }
+        const char *why = s->stopping ? "the server is shutting down" : http_conn_admit(l, c);
+        c->fd = TAKE_FD(owned);
+        if (why) {
+                /* Not linked: answered and closed at once. */
+                s->counters.refused++;
+                (void) http_conn_drain(c);
+                http_conn_reply_raw(c, 503, "unavailable", why);
+                safe_close(c->fd);
+                free(c);
+                return 0;
+        }
+        c->next = s->conns;
+        if (s->conns)
+                s->conns->prev = c;
+        s->conns = c;
+        l->n_conns++;
+        if (l->tcp)
+                l->n_unauth++;
+        int r = ev_timer_add(s->ev, usec_add(now_mono(), s->header_timeout), http_conn_on_timer, c, &c->timer);
+        if (r >= 0)
+                r = ev_io_add(s->ev, c->fd, EPOLLIN | EPOLLRDHUP | EPOLLET, http_conn_on_io, c, &c->io);
+        if (r < 0) {
+                http_conn_free(c);
+                return r;
+        }
+        return 0;
+}
+
+static void http_listener_resume(EvTimer *t, void *userdata) {
+        HttpListener *l = userdata;
+        (void) t;
+        (void) ev_io_set_events(l->accept_io, EPOLLIN);
+}
+
+static void http_on_accept(EvIo *io, int fd, uint32_t revents, void *userdata) {
+        HttpListener *l = userdata;
+        HttpServer *s = l->server;
+        (void) io;
+        (void) revents;
+        for (unsigned k = 0; k < 64; k++) {
+                struct sockaddr_storage ss;
+                socklen_t len = sizeof(ss);
+                int cfd = accept4(fd, (struct sockaddr *) &ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (cfd < 0) {
+                        if (errno == EINTR || errno == ECONNABORTED)
+                                continue;
+                        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                                /* Level-triggered: accepting again at once would spin. Pause, growing
+                                 * the pause while it keeps happening. */
+                                l->backoff_delay = MIN(MAX(l->backoff_delay * 2, HTTP_ACCEPT_BACKOFF_MIN),
+                                                       HTTP_ACCEPT_BACKOFF_MAX);
+                                s->counters.accept_backoff++;
+                                log_debug_errno(errno, "http: accept(): %m, pausing for %llu ms",
+                                                (unsigned long long) (l->backoff_delay / USEC_PER_MSEC));
+                                (void) ev_io_set_events(l->accept_io, 0);
+                                ev_timer_set(l->backoff, usec_add(now_mono(), l->backoff_delay));
+                        } else if (errno != EAGAIN && errno != EWOULDBLOCK)
+                                log_debug_errno(errno, "http: accept(): %m");
+                        return;
+                }
+                l->backoff_delay = 0;
+                if (http_conn_new(l, cfd, &ss, len) < 0)
+                        log_debug("http: cannot set up a new connection, closed it");
+        }
+}
+
+int http_server_add_fd(HttpServer *s, int fd) {
+        if (!s || s->n_listeners == 0) {
+                safe_close(fd);
+                return -EINVAL;
+        }
+        struct sockaddr_storage ss = { .ss_family = AF_UNIX };
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+                safe_close(fd);
+                return -errno;
+        }
+        return http_conn_new(&s->listeners[0], fd, &ss, sizeof(sa_family_t));
+}
+
 /* --- libmicrohttpd on our loop --- */
 
 _printf_(2, 0) static void http_on_mhd_log(void *cls, const char *fmt, va_list ap) {
@@ -778,22 +1416,37 @@ static void http_server_rearm(HttpServer *s) {
 static void http_on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                                enum MHD_ConnectionNotificationCode toe) {
         HttpListener *l = cls;
-        (void) conn;
-        (void) socket_context;
-        if (toe == MHD_CONNECTION_NOTIFY_CLOSED)
-                l->n_closed++;
+        HttpServer *s = l->server;
+        if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+                HttpConn *c = s->adding;
+                if (!c) {
+                        /* Not from inside MHD_add_connection(): find it by its socket. */
+                        const union MHD_ConnectionInfo *ci =
+                                MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+                        for (c = s->conns; c && ci; c = c->next)
+                                if (c->state == HTTP_CONN_MHD && !c->started && c->mhd_fd == ci->connect_fd)
+                                        break;
+                }
+                if (c)
+                        c->started = true;
+                *socket_context = c;
+                return;
+        }
+        HttpConn *c = *socket_context;
+        *socket_context = NULL;
+        if (!c)
+                return;
+        if (c == s->adding)
+                s->adding_closed = true; /* http_conn_handoff() frees it */
+        else
+                http_conn_free(c);
 }
 
 static void http_listener_run(HttpListener *l) {
-        uint64_t closed = l->n_closed;
         l->server->running++;
         if (MHD_run(l->daemon) != MHD_YES)
                 log_debug("http: MHD_run() failed");
         l->server->running--;
-        /* At the connection limit MHD takes the listening socket out of its epoll set and puts it
-         * back only at the start of a later MHD_run(), which nothing else may trigger: do it now. */
-        if (l->n_closed != closed)
-                l->server->run_again = true;
 }
 
 /* Makes the loop run MHD soon (after an asynchronous reply). Inside MHD_run() the rearm that
@@ -977,7 +1630,7 @@ bad:
         return -EINVAL;
 }
 
-static int http_listen_tcp(HttpServer *s, const char *spec, bool *ret_v6, char *err, size_t errlen) {
+static int http_listen_tcp(HttpServer *s, const char *spec, char *err, size_t errlen) {
         struct sockaddr_storage ss;
         socklen_t len;
         int r = http_parse_listen(spec, &ss, &len, err, errlen);
@@ -1006,7 +1659,6 @@ static int http_listen_tcp(HttpServer *s, const char *spec, bool *ret_v6, char *
         }
         s->tcp_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *) &ss)->sin6_port
                                                      : ((struct sockaddr_in *) &ss)->sin_port);
-        *ret_v6 = ss.ss_family == AF_INET6;
         return TAKE_FD(fd);
 }
 
@@ -1141,32 +1793,36 @@ static int http_tokens_load(HttpServer *s, const char *path, char *err, size_t e
 
 /* --- the server --- */
 
-static int http_listener_start(HttpServer *s, int fd, bool tcp, bool v6, unsigned max_conn, unsigned timeout_s,
-                               char *err, size_t errlen) {
+static int http_listener_start(HttpServer *s, int fd, bool tcp, unsigned timeout_s, char *err, size_t errlen) {
         HttpListener *l = &s->listeners[s->n_listeners];
-        unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-        if (v6)
-                flags |= MHD_USE_IPv6;
-        *l = (HttpListener){ .server = s, .tcp = tcp };
+        /* No listening socket for MHD: we accept, check the request head, then add the connection. */
+        unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET;
+        *l = (HttpListener){ .server = s, .tcp = tcp, .fd = fd };
+        s->n_listeners++; /* from here http_server_free() closes fd */
         /* The logger goes first so that MHD reports even option errors through it. */
-        l->daemon = MHD_start_daemon(
-                flags, 0, NULL, NULL, http_on_access, l, MHD_OPTION_EXTERNAL_LOGGER, http_on_mhd_log, NULL,
-                MHD_OPTION_LISTEN_SOCKET, (MHD_socket) fd, MHD_OPTION_CONNECTION_LIMIT, max_conn,
-                MHD_OPTION_CONNECTION_TIMEOUT, timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, HTTP_CONNECTION_MEMORY,
-                MHD_OPTION_URI_LOG_CALLBACK, http_on_uri, l, MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, l,
-                MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, l, MHD_OPTION_END);
+        l->daemon = MHD_start_daemon(flags, 0, NULL, NULL, http_on_access, l, MHD_OPTION_EXTERNAL_LOGGER,
+                                     http_on_mhd_log, NULL, MHD_OPTION_CONNECTION_LIMIT, s->max_conn,
+                                     MHD_OPTION_CONNECTION_TIMEOUT, timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+                                     HTTP_CONNECTION_MEMORY, MHD_OPTION_URI_LOG_CALLBACK, http_on_uri, l,
+                                     MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, l, MHD_OPTION_NOTIFY_CONNECTION,
+                                     http_on_connection, l, MHD_OPTION_END);
         if (!l->daemon) {
-                safe_close(fd);
                 snprintf(err, errlen, "cannot start the HTTP server on the %s listener", tcp ? "TCP" : "Unix");
                 return -EIO;
         }
-        s->n_listeners++; /* from here the daemon owns fd */
+        int r = ev_timer_add(s->ev, USEC_INFINITY, http_listener_resume, l, &l->backoff);
+        if (r >= 0)
+                r = ev_io_add(s->ev, fd, EPOLLIN, http_on_accept, l, &l->accept_io);
+        if (r < 0) {
+                snprintf(err, errlen, "cannot watch the API socket: %s", strerror(-r));
+                return r;
+        }
         const union MHD_DaemonInfo *di = MHD_get_daemon_info(l->daemon, MHD_DAEMON_INFO_EPOLL_FD);
         if (!di) {
                 snprintf(err, errlen, "libmicrohttpd has no epoll fd");
                 return -EIO;
         }
-        int r = ev_io_add(s->ev, di->epoll_fd, EPOLLIN, http_on_io, l, &l->io);
+        r = ev_io_add(s->ev, di->epoll_fd, EPOLLIN, http_on_io, l, &l->io);
         if (r < 0) {
                 snprintf(err, errlen, "cannot watch the HTTP server's epoll fd: %s", strerror(-r));
                 return r;
@@ -1200,8 +1856,15 @@ int http_server_new(Ev *ev, const HttpServerConfig *cfg, http_handler handler, v
                 .euid = geteuid(),
                 .unix_read_only = cfg->unix_read_only,
         };
-        unsigned max_conn = cfg->max_connections ? cfg->max_connections : HTTP_MAX_CONNECTIONS;
-        usec_t timeout = cfg->connection_timeout ? cfg->connection_timeout : HTTP_TIMEOUT_DEFAULT;
+        s->max_conn = cfg->max_connections ? cfg->max_connections : HTTP_MAX_CONNECTIONS_DEFAULT;
+        s->max_per_peer =
+                cfg->max_connections_per_peer ? cfg->max_connections_per_peer : HTTP_MAX_CONNECTIONS_PER_PEER_DEFAULT;
+        s->reserved = MIN(cfg->reserved_connections ? cfg->reserved_connections : HTTP_RESERVED_CONNECTIONS_DEFAULT,
+                          s->max_conn / 2);
+        s->max_unauth = cfg->max_unauthenticated ? cfg->max_unauthenticated : HTTP_MAX_UNAUTHENTICATED_DEFAULT;
+        s->header_timeout = cfg->header_timeout ? cfg->header_timeout : HTTP_HEADER_TIMEOUT_DEFAULT;
+        s->body_timeout = cfg->body_timeout ? cfg->body_timeout : HTTP_BODY_TIMEOUT_DEFAULT;
+        usec_t timeout = cfg->connection_timeout ? cfg->connection_timeout : HTTP_CONNECTION_TIMEOUT_DEFAULT;
         unsigned timeout_s = (unsigned) MIN((timeout + USEC_PER_SEC - 1) / USEC_PER_SEC, (usec_t) UINT_MAX);
 
         r = ev_timer_add(ev, USEC_INFINITY, http_on_timer, s, &s->timer);
@@ -1217,15 +1880,14 @@ int http_server_new(Ev *ev, const HttpServerConfig *cfg, http_handler handler, v
         r = http_listen_unix(s, cfg->socket_path, err, errlen);
         if (r < 0)
                 goto fail;
-        r = http_listener_start(s, r, false, false, max_conn, timeout_s, err, errlen);
+        r = http_listener_start(s, r, false, timeout_s, err, errlen);
         if (r < 0)
                 goto fail;
         if (cfg->listen_tcp) {
-                bool v6 = false;
-                r = http_listen_tcp(s, cfg->listen_tcp, &v6, err, errlen);
+                r = http_listen_tcp(s, cfg->listen_tcp, err, errlen);
                 if (r < 0)
                         goto fail;
-                r = http_listener_start(s, r, true, v6, max_conn, timeout_s, err, errlen);
+                r = http_listener_start(s, r, true, timeout_s, err, errlen);
                 if (r < 0)
                         goto fail;
         }
@@ -1248,9 +1910,22 @@ HttpServer *http_server_free(HttpServer *s) {
 
         /* No new connections, and no new request reaches the handler from here on. */
         s->stopping = true;
-        MHD_socket listen_fds[ELEMENTSOF(s->listeners)];
-        for (size_t i = 0; i < s->n_listeners; i++)
-                listen_fds[i] = MHD_quiesce_daemon(s->listeners[i].daemon);
+        for (size_t i = 0; i < s->n_listeners; i++) {
+                HttpListener *l = &s->listeners[i];
+                l->accept_io = ev_io_free(l->accept_io);
+                l->backoff = ev_timer_free(l->backoff);
+                l->fd = safe_close(l->fd);
+        }
+        /* Connections still sending their request head get a 503 from us. */
+        for (HttpConn *c = s->conns, *next; c; c = next) {
+                next = c->next;
+                if (c->state == HTTP_CONN_HEAD) {
+                        (void) http_conn_drain(c);
+                        http_conn_reply_raw(c, 503, "unavailable", "the server is shutting down");
+                }
+                if (c->state != HTTP_CONN_MHD)
+                        http_conn_free(c);
+        }
 
         /* MHD must not be stopped with suspended connections: resume them and let MHD_run() close
          * them (http_on_access() returns MHD_NO for an aborted call). Their calls become orphans
@@ -1270,7 +1945,8 @@ HttpServer *http_server_free(HttpServer *s) {
         /* A resumed connection leaves MHD's suspended list only inside MHD_run(). */
         for (unsigned round = 0; busy && round < 4; round++) {
                 for (size_t i = 0; i < s->n_listeners; i++)
-                        http_listener_run(&s->listeners[i]);
+                        if (s->listeners[i].daemon)
+                                http_listener_run(&s->listeners[i]);
                 busy = false;
                 for (HttpCall *c = s->calls; c; c = c->next)
                         if (c->state == HTTP_CALL_PENDING || c->state == HTTP_CALL_ANSWERED)
@@ -1280,12 +1956,13 @@ HttpServer *http_server_free(HttpServer *s) {
         for (size_t i = 0; i < s->n_listeners; i++) {
                 HttpListener *l = &s->listeners[i];
                 l->io = ev_io_free(l->io);
-                MHD_stop_daemon(l->daemon); /* closes every connection */
+                if (l->daemon)
+                        MHD_stop_daemon(l->daemon); /* closes every connection (and reports it) */
                 l->daemon = NULL;
-                if (listen_fds[i] != MHD_INVALID_SOCKET)
-                        safe_close(listen_fds[i]); /* quiesced: ours to close */
         }
         s->n_listeners = 0;
+        while (s->conns) /* should be none: MHD reported each closed */
+                http_conn_free(s->conns);
         /* Whatever MHD did not report as completed: the handler keeps pending calls, the rest go. */
         while (s->calls) {
                 HttpCall *c = s->calls;

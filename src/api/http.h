@@ -2,7 +2,9 @@
 #pragma once
 
 /* The API's transport (B6.1, B6.2): libmicrohttpd in external-epoll mode on our event loop,
- * serving a Unix socket and optionally a loopback TCP port. It authenticates each request (peer
+ * serving a Unix socket and optionally a loopback TCP port. We accept connections ourselves, apply
+ * the connection limits, and check each request head strictly (http_head_parse()) before the
+ * socket goes to libmicrohttpd; one request per connection. It authenticates each request (peer
  * credentials on the Unix socket, bearer tokens on TCP), reads the body (at most
  * HTTP_BODY_MAX bytes, JSON only), and hands a complete request to one handler, which answers
  * at once or later (after driver calls) with http_call_reply*(). Errors are always
@@ -17,22 +19,42 @@
 
 #include "shared/ev.h"
 
-#define HTTP_BODY_MAX ((size_t) 64 << 10)
+#define HTTP_BODY_MAX                         ((size_t) 64 << 10)
 /* Longest request target (path and query) we answer; longer ones get 414 uri_too_long. */
-#define HTTP_URI_MAX  ((size_t) 4 << 10)
+#define HTTP_URI_MAX                          ((size_t) 4 << 10)
+/* Longest request head (request line and headers) we read; a longer one gets 431. */
+#define HTTP_HEAD_MAX                         ((size_t) 8 << 10)
+/* Most header lines in a request head; more get 431. */
+#define HTTP_HEADERS_MAX                      64U
+
+#define HTTP_MAX_CONNECTIONS_DEFAULT          512U
+#define HTTP_MAX_CONNECTIONS_PER_PEER_DEFAULT 32U
+#define HTTP_RESERVED_CONNECTIONS_DEFAULT     32U
+#define HTTP_MAX_UNAUTHENTICATED_DEFAULT      32U
+#define HTTP_HEADER_TIMEOUT_DEFAULT           (5 * USEC_PER_SEC)
+#define HTTP_BODY_TIMEOUT_DEFAULT             (10 * USEC_PER_SEC)
+#define HTTP_CONNECTION_TIMEOUT_DEFAULT       (10 * USEC_PER_SEC)
 
 typedef struct HttpServer HttpServer;
 typedef struct HttpCall HttpCall;
 
 typedef struct HttpServerConfig {
-        const char *socket_path;   /* required; created mode 0666 (auth is by peer credentials) */
-        const char *listen_tcp;    /* NULL or "127.0.0.1:PORT" / "[::1]:PORT"; loopback only */
-        const char *tokens_file;   /* required when listen_tcp is set: lines "TOKEN read|write" */
-        gid_t write_gid;           /* (gid_t) -1: none; members may write over the Unix socket */
-        unsigned max_connections;  /* per listener (Unix, TCP); default 512 */
-        usec_t connection_timeout; /* idle connections are closed after this; default 10 s */
-        bool unix_read_only;       /* every Unix-socket peer may only read, root and our own uid too
-                                    * (a read-only API; the unit tests, which run as root, use it) */
+        const char *socket_path;           /* required; created mode 0666 (auth is by peer credentials) */
+        const char *listen_tcp;            /* NULL or "127.0.0.1:PORT" / "[::1]:PORT"; loopback only */
+        const char *tokens_file;           /* required when listen_tcp is set: lines "TOKEN read|write" */
+        gid_t write_gid;                   /* (gid_t) -1: none; members may write over the Unix socket */
+        unsigned max_connections;          /* per listener (Unix, TCP); 0: HTTP_MAX_CONNECTIONS_DEFAULT */
+        unsigned max_connections_per_peer; /* per uid (Unix; root and our uid exempt) or address (TCP,
+                                            * connections that showed a token); 0: default */
+        unsigned reserved_connections;     /* of max_connections, only for root, our uid and write_gid
+                                            * (Unix) or write tokens (TCP); 0: default; at most
+                                            * max_connections / 2 */
+        unsigned max_unauthenticated;      /* TCP connections whose token has not arrived; 0: default */
+        usec_t header_timeout;             /* the whole request head must arrive within this; 0: default */
+        usec_t body_timeout;               /* ... and its whole body within this after the head; 0: default */
+        usec_t connection_timeout;         /* idle time allowed after the head (body, reply); 0: default */
+        bool unix_read_only;               /* every Unix-socket peer may only read, root and our own uid too
+                                            * (a read-only API; the unit tests, which run as root, use it) */
 } HttpServerConfig;
 
 /* A complete request, valid until the call is answered. */
@@ -78,8 +100,35 @@ void http_call_add_header(HttpCall *call, const char *name, const char *value);
 /* Counters for /metrics. */
 typedef struct HttpCounters {
         uint64_t requests, errors_4xx, errors_5xx, unauthorized, forbidden;
+        uint64_t refused;        /* connections closed at accept (over a connection limit) */
+        uint64_t timeouts;       /* request heads that missed header_timeout */
+        uint64_t accept_backoff; /* times accept() was paused for lack of file descriptors */
 } HttpCounters;
 void http_server_counters(const HttpServer *s, HttpCounters *ret);
+
+/* What http_head_parse() learnt from a complete request head. Pointers point into the buffer. */
+typedef struct HttpHead {
+        unsigned status;           /* on error: 400, 413, 414, 431, 501 or 505 */
+        const char *code;          /* on error: the JSON error code ("bad_request", ...) */
+        bool http10;               /* HTTP/1.0 (else HTTP/1.1) */
+        bool chunked;              /* Transfer-Encoding: chunked */
+        bool has_length;           /* a Content-Length header */
+        uint64_t length;           /* its value */
+        const char *authorization; /* the Authorization value (not NUL-terminated), or NULL */
+        size_t authorization_len;
+} HttpHead;
+
+/* The strict request-head check (RFC 9112) every connection's first bytes pass before the HTTP
+ * library sees them. Returns the length of the head (request line, header lines, the empty line)
+ * when buf starts with a complete valid one; 0 when buf is a valid beginning of one (more bytes
+ * are needed; a caller holding more than HTTP_HEAD_MAX bytes answers 431); -EBADMSG when it can
+ * never become one, with ret->status, ret->code and a client-facing message in err. Pure. */
+int http_head_parse(const char *buf, size_t len, HttpHead *ret, char *err, size_t errlen);
+
+/* Serves an already connected stream socket (taken: closed by the server) as if accepted on the
+ * Unix listener, with peer credentials read from it. For the fuzz target; returns 0 or a negative
+ * errno (fd closed). */
+int http_server_add_fd(HttpServer *s, int fd);
 
 /* Exposed for the unit tests: whether a /proc/PID/status text has gid on its "Groups:" line
  * (the fallback when the kernel lacks SO_PEERGROUPS). */

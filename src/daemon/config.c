@@ -89,6 +89,14 @@ static const ConfigKey config_keys[] = {
         K(API, "listen", KEY_LISTEN, api.listen, 0, 0),
         K(API, "tokens_file", KEY_OPT_PATH, api.tokens_file, 0, 0),
         K(API, "write_group", KEY_GROUP, api.write_group, 0, 0),
+        K(API, "max_connections", KEY_U64, api.max_connections, 4, 65536),
+        K(API, "max_connections_per_peer", KEY_U64, api.max_connections_per_peer, 1, 65536),
+        K(API, "reserved_connections", KEY_U64, api.reserved_connections, 1, 32768),
+        K(API, "max_unauthenticated", KEY_U64, api.max_unauthenticated, 1, 65536),
+        K(API, "header_timeout", KEY_DURATION, api.header_timeout, 100 * USEC_PER_MSEC, 10 * USEC_PER_MIN),
+        K(API, "body_timeout", KEY_DURATION, api.body_timeout, 100 * USEC_PER_MSEC, 10 * USEC_PER_MIN),
+        /* libmicrohttpd counts its timeout in whole seconds (rounded up). */
+        K(API, "idle_timeout", KEY_DURATION, api.idle_timeout, USEC_PER_SEC, USEC_PER_HOUR),
 
         K(STATE, "directory", KEY_PATH, state.directory, 0, 0),
         K(STATE, "journal_max", KEY_U64, state.journal_max, 100, 1000000),
@@ -139,6 +147,14 @@ void config_init_default(DaemonConfig *c) {
                 .api = {
                         .socket = "/run/ballast/api.sock",
                         .write_gid = (gid_t) -1,
+                        /* The same as HTTP_*_DEFAULT in src/api/http.h. */
+                        .max_connections = 512,
+                        .max_connections_per_peer = 32,
+                        .reserved_connections = 32,
+                        .max_unauthenticated = 32,
+                        .header_timeout = 5 * USEC_PER_SEC,
+                        .body_timeout = 10 * USEC_PER_SEC,
+                        .idle_timeout = 10 * USEC_PER_SEC,
                 },
                 .state = {
                         .directory = "/var/lib/ballast",
@@ -926,6 +942,17 @@ static int config_check(ConfigParser *p) {
         if (c->api.listen && !c->api.tokens_file)
                 return key_fail(p, key_line(p, SECTION_API, "listen"), key_find(SECTION_API, "listen"),
                                 "needs tokens_file (TCP clients authenticate with bearer tokens)");
+
+        /* Half the connections at least stay open to everyone. */
+        if (c->api.reserved_connections > c->api.max_connections / 2)
+                return coherence_fail(p, SECTION_API, "reserved_connections", SECTION_API, "max_connections",
+                                      "must be at most half of");
+        if (c->api.max_connections_per_peer > c->api.max_connections)
+                return coherence_fail(p, SECTION_API, "max_connections_per_peer", SECTION_API, "max_connections",
+                                      "must not exceed");
+        if (c->api.max_unauthenticated > c->api.max_connections)
+                return coherence_fail(p, SECTION_API, "max_unauthenticated", SECTION_API, "max_connections",
+                                      "must not exceed");
 
         if (c->pressure.psi_trigger_stall > c->pressure.psi_trigger_window)
                 return coherence_fail(p, SECTION_PRESSURE, "psi_trigger_stall", SECTION_PRESSURE, "psi_trigger_window",

@@ -54,9 +54,17 @@ typedef struct DaemonConfig {
                 const char *listen;                  /* "127.0.0.1:PORT" or "[::1]:PORT" (normalized); NULL: no TCP */
                 struct sockaddr_storage listen_addr; /* the same, ready for bind(); valid when listen */
                 socklen_t listen_addr_len;
-                const char *tokens_file; /* bearer tokens for TCP clients; required with listen, else NULL */
-                const char *write_group; /* as written (name or number); NULL: no group may write (root may) */
-                gid_t write_gid;         /* resolved at load; valid when write_group */
+                const char *tokens_file;  /* bearer tokens for TCP clients; required with listen, else NULL */
+                const char *write_group;  /* as written (name or number); NULL: no group may write (root may) */
+                gid_t write_gid;          /* resolved at load; valid when write_group */
+                uint64_t max_connections; /* per listener (Unix socket, TCP) */
+                uint64_t max_connections_per_peer; /* per uid (Unix; not root) or address (TCP, authenticated) */
+                uint64_t reserved_connections;     /* of max_connections: only root, our uid, write_group
+                                                    * (Unix) or write tokens (TCP) may use them */
+                uint64_t max_unauthenticated;      /* TCP connections whose request head has not arrived */
+                usec_t header_timeout;             /* a request head must be complete this long after accept */
+                usec_t body_timeout;               /* its body this long after the head */
+                usec_t idle_timeout;               /* after the head: longest silence (body, reply) */
         } api;
         struct {
                 const char *directory; /* absolute; holds the SQLite database */

@@ -370,6 +370,13 @@ int manager_new(const DaemonConfig *cfg, Manager **ret, char *err, size_t errlen
                 .listen_tcp = cfg->api.listen,
                 .tokens_file = cfg->api.tokens_file,
                 .write_gid = cfg->api.write_group ? cfg->api.write_gid : (gid_t) -1,
+                .max_connections = (unsigned) cfg->api.max_connections,
+                .max_connections_per_peer = (unsigned) cfg->api.max_connections_per_peer,
+                .reserved_connections = (unsigned) cfg->api.reserved_connections,
+                .max_unauthenticated = (unsigned) cfg->api.max_unauthenticated,
+                .header_timeout = cfg->api.header_timeout,
+                .body_timeout = cfg->api.body_timeout,
+                .connection_timeout = cfg->api.idle_timeout,
         };
         r = http_server_new(m->ev, &hc, api_handle, m, &m->http, err, errlen);
         if (r < 0)

@@ -571,6 +571,98 @@ def test_idle_clients_do_not_block_the_api(daemons):  # noqa: F811
     d.stop()
 
 
+# Runs as nobody: a slow-header flood (one header line per connection every 0.5 s). Prints how many
+# connections it opened, then, once the daemon closed them all (or after 30 s), how many are left.
+FLOOD = r"""
+import socket, sys, time
+
+conns = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setblocking(False)
+    try:
+        s.connect(sys.argv[1])
+        s.send(b"GET /v1/health HTTP/1.1\r\n")
+        conns.append(s)
+    except OSError:
+        s.close()
+print(len(conns), flush=True)
+t0 = time.monotonic()
+alive = set(conns)
+while alive and time.monotonic() - t0 < 30:
+    time.sleep(0.5)
+    for s in list(alive):
+        try:
+            s.send(b"X-Slow: 1\r\n")
+            if s.recv(4096) == b"":
+                alive.discard(s)
+        except BlockingIOError:
+            pass
+        except OSError:
+            alive.discard(s)
+print(len(alive), flush=True)
+"""
+
+
+def test_slow_flood_from_nobody_does_not_lock_root_out(daemons):  # noqa: F811
+    """640 connections from nobody, each kept alive with a header line every 0.5 s (an idle timeout
+    never fires on them), used to take all 512 connections of the socket: ballastctl as root then
+    failed with "Resource temporarily unavailable". Now nobody holds at most
+    max_connections_per_peer of them, some are reserved for root and the write group, and a request
+    head has a total deadline: root's ballastctl answers at once, and header_timeout closes every
+    connection of the flood however steadily it trickles."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the flood as nobody")
+    d = daemons(config={"api": {"header_timeout": "3s"}}).start()
+    flood = subprocess.Popen(["python3", "-c", FLOOD, d.socket, "640"], stdout=subprocess.PIPE, text=True,
+                             user=65534, group=65534, extra_groups=[])
+    try:
+        opened = int(flood.stdout.readline())
+        ctl = os.path.join(os.environ.get("BALLAST_BUILDDIR", "build"), "src", "ballastctl")
+        for _ in range(3):
+            t0 = time.monotonic()
+            r = subprocess.run([ctl, "--api", d.socket, "--timeout", "5s", "host"], capture_output=True, text=True,
+                               timeout=30)
+            took = time.monotonic() - t0
+            assert r.returncode == 0 and took < 2, \
+                f"ballastctl host as root behind the flood: exit {r.returncode} after {took:.1f} s: {r.stderr.strip()}"
+        t0 = time.monotonic()
+        left = int(flood.stdout.readline())
+        print(f"nobody opened {opened} connections; all but {left} closed after {time.monotonic() - t0:.1f} s more")
+        assert left == 0, f"{left} slow connections were still open after 30 s"
+    finally:
+        flood.kill()
+        flood.wait(timeout=30)
+    assert d.request("GET", "/v1/health").status == 200
+    d.stop()
+
+
+def test_request_framing_is_strict(daemons):  # noqa: F811
+    """A raw NUL in the request target used to cut the path short (GET /v1/health<NUL>xyz was served
+    as /v1/health), Transfer-Encoding: gzip got no answer until the idle timeout, and duplicate
+    Content-Length, obs-fold, a blank before the colon and NUL in a header value were accepted.
+    Each now gets its JSON error at once."""
+    d = daemons().start()
+    d.register(VM_OK["id"], VM_OK["socket"], VM_OK["assigned_bytes"])
+    cases = [
+        (b"GET /v1/health\x00xyz HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
+        (b"GET /v1/vms/ok1\x00/park HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
+        (b"POST /v1/reclaim HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n"
+         b"Content-Type: application/json\r\n\r\n", 501, "not_implemented"),
+        (b"POST /v1/reclaim HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+         b"Content-Length: 40\r\n\r\n{}", 400, "bad_request"),
+        (b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 400, "bad_request"),
+        (b"GET /v1/health HTTP/1.1\r\nHost : x\r\n\r\n", 400, "bad_request"),
+        (b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", 400, "bad_request"),
+    ]
+    for data, status, code in cases:
+        r = d.raw(data, timeout=5)
+        expect_error(r, status, code)
+        assert r.elapsed < 2, f"{data[:40]!r}: answered after {r.elapsed:.1f} s"
+    assert d.request("GET", "/v1/health").status == 200
+    d.stop()
+
+
 # --- e. write permission ---------------------------------------------------------------------------
 
 # Runs as nobody: standalone (the test tree may not be readable by nobody).
