@@ -526,8 +526,12 @@ static void vm_on_stats_period(Hv *hv, const HvReply *reply, void *userdata) {
                 /* Not fatal to the VM: stats are an extra. Try again in a while. */
                 log_debug("VM %s: cannot enable guest statistics: %s", vm->spec.id, reply->message);
                 vm->stats_off = vm->errors++ > 5;
-        } else
+        } else {
                 vm->stats_period_set = true;
+                /* Read them at the next tick, not at the idle fleet's pace: floors and the
+                 * admission hint need the guest's use from the start. */
+                ctl_kick(vm->c, CTL_TRIGGER_DRIVER);
+        }
         vm_after_call(vm);
 }
 
@@ -669,9 +673,9 @@ static void vm_read_rss(CtlVm *vm, usec_t now, bool active) {
         if (now < vm->next_rss || vm->hv->peer_pid <= 0)
                 return;
         Controller *c = vm->c;
-        /* Every second while memory moves, every 60-120 s otherwise (a state change re-reads every
-         * VM at once): /proc reads add up at 1,000 VMs. */
-        vm->next_rss = active ? now + USEC_PER_SEC : now + 60 * USEC_PER_SEC + vm_jitter(vm, 60 * USEC_PER_SEC);
+        /* Every second while memory moves, every 4-6 minutes otherwise, like the statistics (a
+         * state change re-reads every VM at once): /proc reads add up at 1,000 VMs. */
+        vm->next_rss = active ? now + USEC_PER_SEC : now + 240 * USEC_PER_SEC + vm_jitter(vm, 120 * USEC_PER_SEC);
         uint64_t rss;
         if (vmmem_read_rss("", vm->hv->peer_pid, &rss) < 0) {
                 vm->host_rss = 0;
