@@ -11,7 +11,8 @@
  * line (no newline) until the client goes away; close-mid-reply = negotiates, then writes half of
  * a reply and closes the connection; event-storm = QEMU 7.2 as in normal mode, but from the end of
  * capabilities negotiation it also sends BALLOON_CHANGE events as fast as the client reads them,
- * for 30 s (real QEMU sends at most one a second), between its replies.
+ * for 30 s (real QEMU sends at most one a second), between its replies, through an 8 MiB socket
+ * buffer.
  *
  * Serves one client at a time like QEMU: a second client's connect() succeeds but it hears
  * nothing until the first one leaves. Runs until SIGTERM/SIGINT or a `quit` command.
@@ -608,6 +609,14 @@ static void peer_accept(Peer *p) {
         if (fd < 0)
                 return;
         p->cfd = fd;
+        if (p->cfg->mode == PEER_EVENT_STORM) {
+                /* A deep socket buffer (tens of thousands of events): a reader without a budget
+                 * then stays inside one read loop for a long time even when this process is not
+                 * scheduled to refill it, as with a busy QEMU on a loaded host. */
+                int sz = 8 << 20;
+                if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0)
+                        (void) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+        }
         if (p->cfg->mode != PEER_HANG)
                 peer_outf(p, "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, "
                              "\"package\": \"Debian 1:7.2+dfsg-7+deb12u18+b3\"}, \"capabilities\": [\"oob\"]}}\r\n");
