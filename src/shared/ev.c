@@ -273,7 +273,9 @@ static void ev_on_signalfd(EvIo *io, int fd, uint32_t revents, void *userdata) {
         Ev *ev = userdata;
         (void) io;
         (void) revents;
-        for (;;) {
+        /* A bounded number per wakeup like every reader: the signalfd stays readable (level-
+         * triggered) and the rest comes on the next iteration. */
+        for (unsigned i = 0; i < 64; i++) {
                 struct signalfd_siginfo si;
                 ssize_t n = read(fd, &si, sizeof(si));
                 if (n != (ssize_t) sizeof(si))
