@@ -374,6 +374,13 @@ static void chv_free(Hv *hv) {
                 chv_free_now(chv);
 }
 
+static void chv_counters(Hv *hv, HvCounters *ret) {
+        Http1ClientCounters h;
+        http1_client_counters(chv_of(hv)->http, &h);
+        /* HTTP/1.1 has no unsolicited messages: bytes nobody asked for drop the connection. */
+        *ret = (HvCounters){ .interim_responses = h.interim_responses, .read_yields = h.read_yields };
+}
+
 static const HvOps chv_ops = {
         .name = "cloud-hypervisor",
         .get_actual = chv_get_actual,
@@ -383,6 +390,7 @@ static const HvOps chv_ops = {
         .get_caps = chv_get_caps,
         .cancel = chv_cancel,
         .free = chv_free,
+        .counters = chv_counters,
 };
 
 int chv_hv_new(Ev *ev, const ChvConfig *cfg, Hv **ret) {
@@ -410,4 +418,8 @@ int chv_hv_new(Ev *ev, const ChvConfig *cfg, Hv **ret) {
 
 void chv_hv_counters(Hv *hv, ChvCounters *ret) {
         http1_client_counters(chv_of(hv)->http, &ret->http);
+}
+
+Http1Client *chv_hv_http(Hv *hv) {
+        return chv_of(hv)->http;
 }

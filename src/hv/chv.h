@@ -33,3 +33,5 @@ typedef struct ChvCounters {
         Http1ClientCounters http;
 } ChvCounters;
 void chv_hv_counters(Hv *hv, ChvCounters *ret);
+/* The driver's HTTP client, for the fuzz target (http1_client_attach_fd/inject). */
+Http1Client *chv_hv_http(Hv *hv);

@@ -535,6 +535,13 @@ static void fc_free(Hv *hv) {
                 fc_free_now(fc);
 }
 
+static void fc_counters(Hv *hv, HvCounters *ret) {
+        Http1ClientCounters h;
+        http1_client_counters(fc_of(hv)->http, &h);
+        /* HTTP/1.1 has no unsolicited messages: bytes nobody asked for drop the connection. */
+        *ret = (HvCounters){ .interim_responses = h.interim_responses, .read_yields = h.read_yields };
+}
+
 static const HvOps fc_ops = {
         .name = "firecracker",
         .get_actual = fc_get_actual,
@@ -544,6 +551,7 @@ static const HvOps fc_ops = {
         .get_caps = fc_get_caps,
         .cancel = fc_cancel,
         .free = fc_free,
+        .counters = fc_counters,
 };
 
 int fc_hv_new(Ev *ev, const FcConfig *cfg, Hv **ret) {
@@ -573,4 +581,8 @@ void fc_hv_counters(Hv *hv, FcCounters *ret) {
         Fc *fc = fc_of(hv);
         *ret = fc->counters;
         http1_client_counters(fc->http, &ret->http);
+}
+
+Http1Client *fc_hv_http(Hv *hv) {
+        return fc_of(hv)->http;
 }

@@ -38,3 +38,5 @@ typedef struct FcCounters {
         uint64_t preboot_puts;          /* targets set before boot through PUT /balloon */
 } FcCounters;
 void fc_hv_counters(Hv *hv, FcCounters *ret);
+/* The driver's HTTP client, for the fuzz target (http1_client_attach_fd/inject). */
+Http1Client *fc_hv_http(Hv *hv);

@@ -448,6 +448,7 @@ int http1_roundtrip_unix(const char *socket_path, const char *method, const char
         }
 
         size_t cap = MIN(max_body, HTTP1_BODY_HARD_MAX) + HTTP1_HEADERS_MAX, len = 0, alloc = 0;
+        unsigned interim = 0;
         for (;;) {
                 Http1Response resp;
                 if (len > 0) {
@@ -458,6 +459,11 @@ int http1_roundtrip_unix(const char *socket_path, const char *method, const char
                         }
                         if (r > 0 && resp.status < 200) {
                                 /* An interim response (100 Continue): the real one follows. */
+                                if (++interim > HTTP1_INTERIM_MAX) {
+                                        err_set(err, errlen, "malformed response: more than %d interim (1xx) responses",
+                                                HTTP1_INTERIM_MAX);
+                                        return -EBADMSG;
+                                }
                                 memmove(buf, buf + r, len - (size_t) r);
                                 len -= (size_t) r;
                                 continue;
@@ -534,7 +540,8 @@ struct Http1Req {
         http1_response_cb cb;
         void *userdata;
         bool sent;
-        bool on_reused; /* sent on a connection that had already carried a response */
+        unsigned interim; /* 1xx responses read for it */
+        bool on_reused;   /* sent on a connection that had already carried a response */
         bool resent;
         Http1Req *next;
 };
@@ -552,6 +559,7 @@ struct Http1Client {
 
         Http1Req *head; /* FIFO; only the head may be on the wire */
         EvTimer *kick;  /* starts the head from the loop */
+        uint64_t old_conn_yields;
 
         unsigned busy;
         bool dead;
@@ -613,6 +621,8 @@ static void req_fail(Http1Req *q, int error, const char *fmt, ...) {
  * keep-alive connection that the peer closed before answering: that one is put back, once, to be
  * sent again on the next connection. */
 static void client_close(Http1Client *c, int error, const char *why) {
+        if (c->conn)
+                c->old_conn_yields += conn_yields(c->conn);
         c->conn = conn_free(c->conn);
         c->conn_responses = 0;
         bool got = c->got_bytes;
@@ -661,8 +671,20 @@ static ssize_t client_on_data(Conn *conn, const char *buf, size_t len, void *use
                         break;
                 }
                 off += (size_t) r;
-                if (resp.status < 200)
-                        continue; /* interim (100 Continue): the response follows */
+                if (resp.status < 200) {
+                        /* Interim (100 Continue): the response follows. A peer that sends only
+                         * these would hold the request until its deadline. */
+                        c->counters.interim_responses++;
+                        if (++q->interim > HTTP1_INTERIM_MAX) {
+                                char msg[96];
+                                snprintf(msg, sizeof(msg), "malformed response: more than %d interim (1xx) responses",
+                                         HTTP1_INTERIM_MAX);
+                                c->counters.protocol_errors++;
+                                client_close(c, -EBADMSG, msg);
+                                break;
+                        }
+                        continue;
+                }
 
                 c->counters.responses++;
                 c->conn_responses++;
@@ -707,6 +729,17 @@ static void client_on_close(Conn *conn, int error, const char *msg, void *userda
         client_leave(c);
 }
 
+static int client_attach(Http1Client *c, int fd) {
+        static const ConnCallbacks cbs = { .on_data = client_on_data, .on_close = client_on_close };
+        int r = conn_new(c->ev, fd, c->max_body + HTTP1_HEADERS_MAX, &cbs, c, &c->conn);
+        if (r < 0)
+                return r;
+        c->conn_responses = 0;
+        c->got_bytes = false;
+        c->counters.connects++;
+        return 0;
+}
+
 static int client_connect(Http1Client *c, char *err, size_t errlen) {
         char cerr[256];
         int fd = usock_connect(c->path, cerr, sizeof(cerr));
@@ -725,17 +758,28 @@ static int client_connect(Http1Client *c, char *err, size_t errlen) {
                 snprintf(err, errlen, "%s: %s", c->path, cerr);
                 return r;
         }
-        static const ConnCallbacks cbs = { .on_data = client_on_data, .on_close = client_on_close };
-        r = conn_new(c->ev, fd, c->max_body + HTTP1_HEADERS_MAX, &cbs, c, &c->conn);
+        r = client_attach(c, fd);
         if (r < 0) {
                 snprintf(err, errlen, "cannot watch %s: %s", c->path, strerror(-r));
                 return r;
         }
         c->peer_pid = pid;
-        c->conn_responses = 0;
-        c->got_bytes = false;
-        c->counters.connects++;
         return 0;
+}
+
+int http1_client_attach_fd(Http1Client *c, int fd) {
+        if (c->conn)
+                http1_client_disconnect(c);
+        return client_attach(c, fd);
+}
+
+int http1_client_inject(Http1Client *c, const void *buf, size_t len) {
+        if (!c->conn)
+                return -ENOTCONN;
+        client_enter(c);
+        int r = conn_inject(c->conn, buf, len);
+        client_leave(c);
+        return r < 0 ? -ENOTCONN : 0;
 }
 
 /* Puts the head on the wire, connecting first if needed. */
@@ -849,6 +893,7 @@ void http1_client_disconnect(Http1Client *c) {
 
 void http1_client_counters(const Http1Client *c, Http1ClientCounters *ret) {
         *ret = c->counters;
+        ret->read_yields = c->old_conn_yields + (c->conn ? conn_yields(c->conn) : 0);
 }
 
 const char *http1_client_socket_path(const Http1Client *c) {

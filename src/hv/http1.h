@@ -16,6 +16,10 @@
 
 #define HTTP1_HEADERS_MAX  ((size_t) 16 << 10) /* status line + headers */
 #define HTTP1_BODY_DEFAULT ((size_t) 1 << 20)
+/* Interim (1xx) responses accepted before the final response of one request. A server sends at
+ * most one or two (100 Continue, 103 Early Hints); more ends the request with -EBADMSG, "more than
+ * 8 interim (1xx) responses", instead of reading them until the deadline. */
+#define HTTP1_INTERIM_MAX  8
 
 typedef struct Http1Response {
         int status;             /* 100..599 */
@@ -90,6 +94,8 @@ typedef struct Http1ClientConfig {
 
 typedef struct Http1ClientCounters {
         uint64_t connects, requests, responses, timeouts, resends, protocol_errors;
+        uint64_t interim_responses; /* 1xx skipped (at most HTTP1_INTERIM_MAX per request) */
+        uint64_t read_yields;       /* reads stopped at the per-wakeup byte budget */
 } Http1ClientCounters;
 
 /* Returns 0 and a client in *ret (nothing is connected yet), or a negative errno. */
@@ -114,6 +120,14 @@ const char *http1_client_socket_path(const Http1Client *c);
 bool http1_client_is_connected(const Http1Client *c);
 /* The pid of the peer (SO_PEERCRED) of the current or last connection; 0 before the first. */
 pid_t http1_client_peer_pid(const Http1Client *c);
+
+/* For fuzz targets (fuzz/fuzz-fc.c, fuzz/fuzz-chv.c): makes fd (taken; a connected stream whose
+ * other end the caller holds) the client's connection as if it had just connected, without the
+ * SO_PEERCRED check. Returns 0 or a negative errno. */
+int http1_client_attach_fd(Http1Client *c, int fd);
+/* For fuzz targets: hands bytes to the client as if read from its connection. Returns 0, or
+ * -ENOTCONN when the client has no connection (it dropped it, or never had one). */
+int http1_client_inject(Http1Client *c, const void *buf, size_t len);
 
 /* "5s", "250ms", "1.5s": a timeout as messages print it. Returns buf. */
 const char *http1_format_timeout(char *buf, size_t len, usec_t t);

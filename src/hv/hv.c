@@ -12,6 +12,12 @@ Hv *hv_free(Hv *hv) {
         return NULL;
 }
 
+void hv_counters(Hv *hv, HvCounters *ret) {
+        *ret = (HvCounters){ 0 };
+        if (hv->ops->counters)
+                hv->ops->counters(hv, ret);
+}
+
 int hv_add_listener(Hv *hv, hv_actual_cb cb, void *userdata) {
         for (size_t i = 0; i < HV_LISTENERS_MAX; i++)
                 if (!hv->listeners[i].cb) {

@@ -39,6 +39,16 @@ typedef struct HvReply {
         HvCaps caps;                  /* GET_CAPS */
 } HvReply;
 
+/* What a hypervisor sent that ballast did not act on, and how often it had to be cut short: for
+ * metrics (one set per VM, monotonic over the driver's life, across reconnections). Read with
+ * hv_counters(). */
+typedef struct HvCounters {
+        uint64_t events;            /* unsolicited messages received (QMP events) */
+        uint64_t events_dropped;    /* ...of which over the per-hypervisor rate, dropped unseen */
+        uint64_t interim_responses; /* 1xx responses read (HTTP drivers) */
+        uint64_t read_yields;       /* reads stopped at a per-wakeup budget to let others run */
+} HvCounters;
+
 typedef struct Hv Hv;
 typedef void (*hv_reply_cb)(Hv *hv, const HvReply *reply, void *userdata);
 /* Unsolicited news of the guest's memory (QEMU's BALLOON_CHANGE); when_realtime in usec. */
@@ -54,6 +64,8 @@ typedef struct HvOps {
         /* Drops every pending callback registered with this userdata. */
         void (*cancel)(Hv *hv, void *userdata);
         void (*free)(Hv *hv);
+        /* Optional: fills *ret (zeroed by hv_counters() first). */
+        void (*counters)(Hv *hv, HvCounters *ret);
 } HvOps;
 
 #define HV_LISTENERS_MAX 8
@@ -89,6 +101,9 @@ static inline void hv_cancel(Hv *hv, void *ud) {
         hv->ops->cancel(hv, ud);
 }
 Hv *hv_free(Hv *hv);
+/* The driver's counters (all zero for a driver that keeps none). Cheap: metrics may call it for
+ * every VM on every scrape. */
+void hv_counters(Hv *hv, HvCounters *ret);
 
 int hv_add_listener(Hv *hv, hv_actual_cb cb, void *userdata);
 void hv_remove_listener(Hv *hv, hv_actual_cb cb, void *userdata);

@@ -84,7 +84,14 @@ struct Qmp {
 
         unsigned busy;
         QmpCounters counters;
+        uint64_t old_conn_yields; /* read yields of connections already closed */
+        usec_t event_credit;      /* token bucket of the event rate, in usec of refill time */
+        usec_t event_credit_at;
 };
+
+/* One event costs this much credit; the bucket holds QMP_EVENTS_BURST of them. */
+#define QMP_EVENT_COST   (USEC_PER_SEC / QMP_EVENTS_PER_SEC)
+#define QMP_EVENT_CREDIT ((usec_t) QMP_EVENTS_BURST * QMP_EVENT_COST)
 
 static Qmp *qmp_of(Hv *hv) {
         return (Qmp *) hv;
@@ -132,6 +139,8 @@ static void req_finish(QmpReq *r) {
 }
 
 static void qmp_disconnect(Qmp *q, int error, const char *why) {
+        if (q->conn)
+                q->old_conn_yields += conn_yields(q->conn);
         q->conn = conn_free(q->conn);
         q->state = QMP_DISCONNECTED;
 
@@ -364,8 +373,25 @@ static void qmp_on_reply(Qmp *q, const QmpMsg *m) {
         qmp_step(r);
 }
 
+/* Whether the event rate leaves room for one more event now. */
+static bool qmp_event_admit(Qmp *q) {
+        usec_t now = ev_now(q->hv.ev);
+        if (now > q->event_credit_at) {
+                q->event_credit = MIN(usec_add(q->event_credit, now - q->event_credit_at), QMP_EVENT_CREDIT);
+                q->event_credit_at = now;
+        }
+        if (q->event_credit < QMP_EVENT_COST)
+                return false;
+        q->event_credit -= QMP_EVENT_COST;
+        return true;
+}
+
 static void qmp_on_event(Qmp *q, const QmpMsg *m) {
         q->counters.events++;
+        if (!qmp_event_admit(q)) {
+                q->counters.events_dropped++;
+                return;
+        }
         if (strcmp(m->event, "BALLOON_CHANGE") != 0)
                 return;
         json_t *a = json_object_get(m->value, "actual");
@@ -376,9 +402,15 @@ static void qmp_on_event(Qmp *q, const QmpMsg *m) {
 static ssize_t qmp_on_data(Conn *c, const char *buf, size_t len, void *userdata) {
         Qmp *q = userdata;
         size_t off = 0;
-        (void) c;
+        unsigned handled = 0;
 
         while (off < len && !q->reqs.dead && q->conn) {
+                if (handled++ == QMP_MESSAGES_PER_WAKEUP) {
+                        /* The rest waits for the next iteration: others run first. */
+                        if (q->conn == c)
+                                conn_yield(c);
+                        break;
+                }
                 size_t line_len, consumed;
                 int r = qmp_next_line(buf + off, len - off, QMP_MAX_MESSAGE, &line_len, &consumed);
                 if (r < 0) {
@@ -435,6 +467,16 @@ static ssize_t qmp_on_data_guarded(Conn *c, const char *buf, size_t len, void *u
         return n;
 }
 
+static int qmp_attach(Qmp *q, int fd) {
+        static const ConnCallbacks cbs = { .on_data = qmp_on_data_guarded, .on_close = qmp_on_close };
+        int r = conn_new(q->hv.ev, fd, QMP_MAX_MESSAGE + 2, &cbs, q, &q->conn);
+        if (r < 0)
+                return r;
+        q->state = QMP_AWAIT_GREETING;
+        q->counters.connects++;
+        return 0;
+}
+
 static int qmp_connect(Qmp *q, char *err, size_t errlen) {
         int fd = usock_connect(q->path, err, errlen);
         if (fd < 0)
@@ -446,15 +488,32 @@ static int qmp_connect(Qmp *q, char *err, size_t errlen) {
                 return r;
         }
         q->hv.peer_pid = pid;
-        static const ConnCallbacks cbs = { .on_data = qmp_on_data_guarded, .on_close = qmp_on_close };
-        r = conn_new(q->hv.ev, fd, QMP_MAX_MESSAGE + 2, &cbs, q, &q->conn);
+        r = qmp_attach(q, fd);
         if (r < 0) {
                 snprintf(err, errlen, "cannot watch the QMP socket: %s", strerror(-r));
                 return r;
         }
-        q->state = QMP_AWAIT_GREETING;
-        q->counters.connects++;
         return 0;
+}
+
+int qmp_hv_attach_fd(Hv *hv, int fd) {
+        Qmp *q = qmp_of(hv);
+        if (q->conn) {
+                qmp_enter(q);
+                qmp_disconnect(q, -ECONNRESET, "replaced");
+                qmp_leave(q);
+        }
+        return qmp_attach(q, fd);
+}
+
+int qmp_hv_inject(Hv *hv, const void *buf, size_t len) {
+        Qmp *q = qmp_of(hv);
+        if (!q->conn)
+                return -ENOTCONN;
+        qmp_enter(q);
+        int r = conn_inject(q->conn, buf, len);
+        qmp_leave(q);
+        return r < 0 ? -ENOTCONN : 0;
 }
 
 /* --- requests --- */
@@ -638,6 +697,15 @@ static void qmp_free(Hv *hv) {
                 qmp_free_now(q);
 }
 
+static void qmp_counters(Hv *hv, HvCounters *ret) {
+        Qmp *q = qmp_of(hv);
+        *ret = (HvCounters){
+                .events = q->counters.events,
+                .events_dropped = q->counters.events_dropped,
+                .read_yields = q->old_conn_yields + (q->conn ? conn_yields(q->conn) : 0),
+        };
+}
+
 static const HvOps qmp_ops = {
         .name = "qemu",
         .get_actual = qmp_get_actual,
@@ -647,6 +715,7 @@ static const HvOps qmp_ops = {
         .get_caps = qmp_get_caps,
         .cancel = qmp_cancel,
         .free = qmp_free,
+        .counters = qmp_counters,
 };
 
 int qmp_hv_new(Ev *ev, const QmpConfig *cfg, Hv **ret) {
@@ -659,6 +728,8 @@ int qmp_hv_new(Ev *ev, const QmpConfig *cfg, Hv **ret) {
         q->hv.ev = ev;
         hv_reqs_init(&q->reqs, &q->hv, req_release);
         q->expected_uid = cfg->expected_uid;
+        q->event_credit = QMP_EVENT_CREDIT;
+        q->event_credit_at = ev_now(ev);
         q->path = strdup(cfg->socket_path);
         if (cfg->balloon_qom_path) {
                 q->balloon_path = strdup(cfg->balloon_qom_path);
@@ -673,7 +744,9 @@ int qmp_hv_new(Ev *ev, const QmpConfig *cfg, Hv **ret) {
 }
 
 void qmp_hv_counters(Hv *hv, QmpCounters *ret) {
-        *ret = qmp_of(hv)->counters;
+        Qmp *q = qmp_of(hv);
+        *ret = q->counters;
+        ret->read_yields = q->old_conn_yields + (q->conn ? conn_yields(q->conn) : 0);
 }
 
 const char *qmp_hv_version(Hv *hv) {

@@ -15,10 +15,30 @@ typedef struct QmpConfig {
  * re-established by the next operation. Returns 0 or a negative errno. */
 int qmp_hv_new(Ev *ev, const QmpConfig *cfg, Hv **ret);
 
-/* Counters for tests and metrics. */
+/* Messages handled per read wakeup: then the driver yields to the loop and goes on at the next
+ * iteration, so an event storm from one QEMU cannot hold the loop. */
+#define QMP_MESSAGES_PER_WAKEUP 64
+/* Events acted on per QEMU: a token bucket of QMP_EVENTS_BURST refilled at QMP_EVENTS_PER_SEC.
+ * Events beyond it are dropped (counted in events_dropped); replies are never dropped. QEMU itself
+ * sends BALLOON_CHANGE at most once a second. */
+#define QMP_EVENTS_PER_SEC      100
+#define QMP_EVENTS_BURST        100
+
+/* Counters for tests and metrics (hv_counters() has the driver-independent part). */
 typedef struct QmpCounters {
         uint64_t connects, commands, replies, events, stale_replies, timeouts, protocol_errors;
+        uint64_t events_dropped; /* over the event rate: not passed to listeners */
+        uint64_t read_yields;    /* reads stopped at a per-wakeup budget (messages or bytes) */
 } QmpCounters;
 void qmp_hv_counters(Hv *hv, QmpCounters *ret);
 /* "QEMU 7.2.22" once a greeting was seen, "" before. */
 const char *qmp_hv_version(Hv *hv);
+
+/* For the fuzz target (fuzz/fuzz-qmp-stream.c): makes fd (taken; a connected stream) the driver's
+ * QMP connection as if it had just connected, without the SO_PEERCRED check. Returns 0 or a
+ * negative errno. */
+int qmp_hv_attach_fd(Hv *hv, int fd);
+/* For the fuzz target: hands bytes to the driver as if read from its connection (framing, message
+ * budget, dispatch, event rate: everything after read()). Returns 0, or -ENOTCONN when the driver
+ * has no connection (it dropped it). */
+int qmp_hv_inject(Hv *hv, const void *buf, size_t len);

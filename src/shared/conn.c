@@ -29,6 +29,8 @@ struct Conn {
 
         bool busy; /* inside conn_on_io: conn_free() then only marks it dead */
         bool dead;
+        bool yielded; /* on_data asked to stop for this wakeup (conn_yield) */
+        uint64_t yields;
 };
 
 static void conn_on_io(EvIo *io, int fd, uint32_t revents, void *userdata);
@@ -127,6 +129,53 @@ int conn_write(Conn *c, const void *data, size_t len) {
         return r == -EPIPE || r == -ECONNRESET ? 0 : r; /* reported by the read side */
 }
 
+void conn_yield(Conn *c) {
+        c->yielded = true;
+}
+
+/* Hands the buffered bytes to on_data and drops what it consumed. Returns 1 when the owner yielded
+ * (stop reading for this wakeup), 0 to go on, or -1 when the connection failed or was freed. */
+static int conn_deliver(Conn *c) {
+        c->yielded = false;
+        ssize_t k = c->cb.on_data(c, c->rbuf, c->rlen, c->userdata);
+        if (c->dead)
+                return -1;
+        if (k < 0) {
+                conn_fail(c, (int) k, "protocol error");
+                return -1;
+        }
+        if ((size_t) k > 0) {
+                memmove(c->rbuf, c->rbuf + k, c->rlen - (size_t) k);
+                c->rlen -= (size_t) k;
+                c->rbuf[c->rlen] = '\0';
+        }
+        if (c->yielded) {
+                c->yields++;
+                ev_io_set_pending(c->io);
+                return 1;
+        }
+        return 0;
+}
+
+/* Makes room for at least one more byte in the read buffer: 0, or -1 when the connection failed. */
+static int conn_grow(Conn *c) {
+        if (c->rlen >= c->rmax) {
+                conn_fail(c, -EMSGSIZE, "message exceeds the size limit");
+                return -1;
+        }
+        if (c->rlen >= c->ralloc) {
+                size_t na = MIN(c->ralloc * 2, c->rmax);
+                char *nb = realloc(c->rbuf, na + 1);
+                if (!nb) {
+                        conn_fail(c, -ENOMEM, "growing the read buffer");
+                        return -1;
+                }
+                c->rbuf = nb;
+                c->ralloc = na;
+        }
+        return 0;
+}
+
 static void conn_on_io(EvIo *io, int fd, uint32_t revents, void *userdata) {
         Conn *c = userdata;
         (void) io;
@@ -139,24 +188,20 @@ static void conn_on_io(EvIo *io, int fd, uint32_t revents, void *userdata) {
                         goto out;
                 }
         }
+        if (c->yielded) {
+                /* Called again for input the owner left buffered when it yielded: finish that first,
+                 * before reading more. */
+                if (conn_deliver(c) != 0)
+                        goto out;
+        }
         if (revents & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-                /* Read what is there; bounded by rmax so a flood cannot grow memory. */
-                for (;;) {
-                        if (c->rlen >= c->rmax) {
-                                conn_fail(c, -EMSGSIZE, "message exceeds the size limit");
+                /* Read what is there, up to the per-wakeup budget; bounded by rmax so a flood cannot
+                 * grow memory either. */
+                size_t budget = CONN_READ_BUDGET;
+                while (budget > 0) {
+                        if (conn_grow(c) < 0)
                                 goto out;
-                        }
-                        if (c->rlen >= c->ralloc) {
-                                size_t na = MIN(c->ralloc * 2, c->rmax);
-                                char *nb = realloc(c->rbuf, na + 1);
-                                if (!nb) {
-                                        conn_fail(c, -ENOMEM, "growing the read buffer");
-                                        goto out;
-                                }
-                                c->rbuf = nb;
-                                c->ralloc = na;
-                        }
-                        ssize_t n = read(fd, c->rbuf + c->rlen, c->ralloc - c->rlen);
+                        ssize_t n = read(fd, c->rbuf + c->rlen, MIN(c->ralloc - c->rlen, budget));
                         if (n < 0) {
                                 if (errno == EINTR)
                                         continue;
@@ -166,32 +211,77 @@ static void conn_on_io(EvIo *io, int fd, uint32_t revents, void *userdata) {
                                 goto out;
                         }
                         if (n == 0) {
-                                /* Deliver what is buffered first, then report EOF. */
-                                if (c->rlen > 0) {
-                                        ssize_t k = c->cb.on_data(c, c->rbuf, c->rlen, c->userdata);
-                                        if (c->dead || k < 0)
+                                /* Deliver what is buffered first (all of it: this is the end, and it
+                                 * is bounded by rmax), then report EOF. */
+                                while (c->rlen > 0) {
+                                        size_t before = c->rlen;
+                                        int k = conn_deliver(c);
+                                        if (k < 0)
                                                 goto out;
+                                        if (k == 0 || c->rlen == before)
+                                                break;
                                 }
                                 conn_fail(c, 0, NULL);
                                 goto out;
                         }
                         c->rlen += (size_t) n;
                         c->rbuf[c->rlen] = '\0';
-                        ssize_t k = c->cb.on_data(c, c->rbuf, c->rlen, c->userdata);
-                        if (c->dead)
+                        budget -= (size_t) n;
+                        if (conn_deliver(c) != 0)
                                 goto out;
-                        if (k < 0) {
-                                conn_fail(c, (int) k, "protocol error");
-                                goto out;
-                        }
-                        if ((size_t) k > 0) {
-                                memmove(c->rbuf, c->rbuf + k, c->rlen - (size_t) k);
-                                c->rlen -= (size_t) k;
-                        }
                 }
+                if (budget == 0)
+                        c->yields++; /* the socket may hold more: epoll says so next iteration */
         }
 out:
         c->busy = false;
         if (c->dead)
                 conn_free(c);
+}
+
+int conn_inject(Conn *c, const void *buf, size_t len) {
+        const char *p = buf;
+        int r = 0;
+
+        c->busy = true;
+        while (len > 0 || c->yielded) {
+                if (c->yielded) {
+                        /* As the next iteration would: finish what the owner left, then go on. */
+                        size_t before = c->rlen;
+                        int k = conn_deliver(c);
+                        if (k < 0) {
+                                r = -ESHUTDOWN;
+                                break;
+                        }
+                        if (k > 0 && c->rlen < before)
+                                continue;
+                        c->yielded = false; /* no progress: leave the rest to the loop */
+                }
+                if (len == 0)
+                        break;
+                if (conn_grow(c) < 0) {
+                        r = -ESHUTDOWN;
+                        break;
+                }
+                size_t n = MIN(len, c->ralloc - c->rlen);
+                memcpy(c->rbuf + c->rlen, p, n);
+                c->rlen += n;
+                c->rbuf[c->rlen] = '\0';
+                p += n;
+                len -= n;
+                if (conn_deliver(c) < 0) {
+                        r = -ESHUTDOWN;
+                        break;
+                }
+        }
+        c->busy = false;
+        if (c->dead) {
+                conn_free(c);
+                r = -ESHUTDOWN;
+        }
+        return r;
+}
+
+uint64_t conn_yields(const Conn *c) {
+        return c->yields;
 }

@@ -30,3 +30,20 @@ Conn *conn_free(Conn *c);
 int conn_write(Conn *c, const void *data, size_t len);
 int conn_fd(const Conn *c);
 size_t conn_pending_write(const Conn *c);
+
+/* Bytes read from the socket per wakeup. A peer that keeps its socket full then cannot hold the
+ * loop: after this many bytes the connection yields, and epoll (level-triggered) wakes it again on
+ * a later iteration, after the other fds and the timers due. */
+#define CONN_READ_BUDGET ((size_t) 64 << 10)
+
+/* For on_data: stop here for this wakeup (the owner's own budget, in messages, is spent). on_data
+ * is called again on the next loop iteration with the bytes it did not consume, even if nothing
+ * new arrives. */
+void conn_yield(Conn *c);
+/* Hands buf to the connection as if it had just been read from the socket (same buffer bound, same
+ * on_data and on_close calls), for fuzz targets that drive an owner's protocol code without a peer
+ * process. Returns 0, or -ESHUTDOWN when the connection failed (on_close was called) or was freed
+ * meanwhile. */
+int conn_inject(Conn *c, const void *buf, size_t len);
+/* How often this connection stopped reading at a budget (its own or the owner's). */
+uint64_t conn_yields(const Conn *c);

@@ -17,7 +17,11 @@ struct EvIo {
         ev_io_cb cb;
         void *userdata;
         bool dead;
+        bool pending;          /* on ev->pending: called again next iteration */
+        uint64_t called_round; /* ev->round when its handler last ran */
         EvIo *next_dead;
+        EvIo *next_pending;
+        EvIo *next_batch; /* the pending ones being run by ev_run_once() */
 };
 
 struct EvTimer {
@@ -37,6 +41,7 @@ struct Ev {
         int dispatching;
         uint64_t round; /* incremented by every ev_run_once() */
         EvIo *dead;     /* freed after the current dispatch round */
+        EvIo *pending;  /* ev_io_set_pending(), in no particular order */
 
         EvTimer **heap;
         size_t n_heap, heap_alloc, n_timers; /* heap_alloc >= n_timers always */
@@ -118,9 +123,30 @@ int ev_io_set_events(EvIo *io, uint32_t events) {
         return 0;
 }
 
+static void ev_io_unpend(EvIo *io) {
+        if (!io->pending)
+                return;
+        for (EvIo **p = &io->ev->pending; *p; p = &(*p)->next_pending)
+                if (*p == io) {
+                        *p = io->next_pending;
+                        break;
+                }
+        io->pending = false;
+        io->next_pending = NULL;
+}
+
+void ev_io_set_pending(EvIo *io) {
+        if (io->pending || io->dead)
+                return;
+        io->pending = true;
+        io->next_pending = io->ev->pending;
+        io->ev->pending = io;
+}
+
 EvIo *ev_io_free(EvIo *io) {
         if (!io || io->dead)
                 return NULL;
+        ev_io_unpend(io);
         /* The fd may already be closed by its owner; EBADF/ENOENT are fine then. */
         (void) epoll_ctl(io->ev->epfd, EPOLL_CTL_DEL, io->fd, NULL);
         io->dead = true;
@@ -247,7 +273,9 @@ static void ev_on_signalfd(EvIo *io, int fd, uint32_t revents, void *userdata) {
         Ev *ev = userdata;
         (void) io;
         (void) revents;
-        for (;;) {
+        /* A bounded number per wakeup like every reader: the signalfd stays readable (level-
+         * triggered) and the rest comes on the next iteration. */
+        for (unsigned i = 0; i < 64; i++) {
                 struct signalfd_siginfo si;
                 ssize_t n = read(fd, &si, sizeof(si));
                 if (n != (ssize_t) sizeof(si))
@@ -286,6 +314,8 @@ int ev_run_once(Ev *ev, usec_t max_wait) {
         usec_t deadline = max_wait;
         if (ev->n_heap > 0 && ev->heap[0]->when < deadline)
                 deadline = ev->heap[0]->when;
+        if (ev->pending)
+                deadline = 0; /* a reader has buffered input to finish: do not sleep */
 
         ev->round++;
         ev->now = now_mono();
@@ -299,11 +329,34 @@ int ev_run_once(Ev *ev, usec_t max_wait) {
 
         int ran = 0;
         ev->dispatching++;
+        /* Readers pending from the last iteration are taken now, so that one that yields again
+         * during this iteration waits for the next one (a yielding reader cannot spin here). Freed
+         * ones stay allocated until the end of the dispatch. */
+        EvIo *batch = NULL;
+        while (ev->pending) {
+                EvIo *io = ev->pending;
+                ev->pending = io->next_pending;
+                io->pending = false;
+                io->next_pending = NULL;
+                io->next_batch = batch;
+                batch = io;
+        }
         for (int i = 0; i < n; i++) {
                 EvIo *io = events[i].data.ptr;
                 if (io->dead)
                         continue;
+                io->called_round = ev->round;
                 io->cb(io, io->fd, events[i].events, io->userdata);
+                ran++;
+        }
+        while (batch) {
+                EvIo *io = batch;
+                batch = io->next_batch;
+                io->next_batch = NULL;
+                if (io->dead || io->called_round == ev->round) /* already called by epoll */
+                        continue;
+                io->called_round = ev->round;
+                io->cb(io, io->fd, EPOLLIN, io->userdata);
                 ran++;
         }
         /* Timers due now. One armed during this round (a callback re-arming itself for "now")

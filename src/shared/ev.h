@@ -30,6 +30,11 @@ int ev_io_add(Ev *ev, int fd, uint32_t events, ev_io_cb cb, void *userdata, EvIo
 int ev_io_set_events(EvIo *io, uint32_t events);
 /* Detaches and frees (deferred while dispatching). Accepts NULL, returns NULL. */
 EvIo *ev_io_free(EvIo *io);
+/* Calls io's handler once more on the next iteration with EPOLLIN, whether or not the fd is
+ * readable then, and makes that iteration not sleep. For a reader that stopped at its per-wakeup
+ * budget with input already buffered: epoll is level-triggered, so bytes left in the socket wake
+ * it again by themselves, but bytes already read into a buffer do not. */
+void ev_io_set_pending(EvIo *io);
 
 /* One-shot timer at absolute CLOCK_MONOTONIC time `when` (USEC_INFINITY: disarmed). */
 int ev_timer_add(Ev *ev, usec_t when, ev_timer_cb cb, void *userdata, EvTimer **ret);
@@ -41,8 +46,11 @@ EvTimer *ev_timer_free(EvTimer *t);
 int ev_signal_add(Ev *ev, int sig, ev_signal_cb cb, void *userdata);
 
 /* Runs one iteration: waits at most until `max_wait` (absolute monotonic, USEC_INFINITY to
- * wait for the next event or timer), dispatches ready fds and due timers. Returns the number of
- * callbacks run, or a negative errno. */
+ * wait for the next event or timer), dispatches ready fds (at most 64), pending ones
+ * (ev_io_set_pending) and due timers, each once. Fairness rests on every callback doing a bounded
+ * amount of work and then returning: a reader with more to do yields and is called again on a
+ * later iteration, after the other fds and the timers due now. Returns the number of callbacks
+ * run, or a negative errno. */
 int ev_run_once(Ev *ev, usec_t max_wait);
 /* Runs until ev_exit(); returns the exit code. */
 int ev_run(Ev *ev);

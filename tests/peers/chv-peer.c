@@ -11,7 +11,8 @@
  *   chv-peer PATH [--mem BYTES] [--zone BYTES] [--balloon BYTES] [--no-balloon] [--deflate-on-oom]
  *                 [--free-page-reporting] [--not-created|--not-booted] [--legacy]
  *                 [--pace-mib-per-s N] [--floor BYTES]
- *                 [--hang|--garbage|--close-mid-reply|--oversized] [--fault-path PATH] [--ready-fd FD]
+ *                 [--hang|--garbage|--close-mid-reply|--oversized|--flood-continue|--flood-headers|
+ *                  --flood-chunked] [--fault-path PATH] [--ready-fd FD]
  *
  * --zone adds one NUMA memory zone of that size to R; --balloon is the boot-time balloon size;
  * --floor: the guest cannot go below that many bytes (inflation stalls there); --not-booted: the
@@ -314,8 +315,8 @@ static void chv_peer_usage(FILE *f) {
                 "usage: chv-peer PATH [--mem BYTES] [--zone BYTES] [--balloon BYTES] [--no-balloon]\n"
                 "                [--deflate-on-oom] [--free-page-reporting] [--not-created|--not-booted] [--legacy]\n"
                 "                [--pace-mib-per-s N] [--floor BYTES]\n"
-                "                [--hang|--garbage|--close-mid-reply|--oversized] [--fault-path PATH] [--ready-fd "
-                "FD]\n");
+                "                [--hang|--garbage|--close-mid-reply|--oversized|--flood-continue|\n"
+                "                 --flood-headers|--flood-chunked] [--fault-path PATH] [--ready-fd FD]\n");
 }
 
 int main(int argc, char **argv) {

@@ -8,8 +8,8 @@
  *
  *   fc-peer PATH [--mem-mib N] [--pace-mib-per-s N] [--floor-mib N] [--stats-interval S]
  *                [--deflate-on-oom] [--no-balloon] [--not-started] [--activate-ms N] [--no-driver]
- *                [--vmm-version V] [--hang|--garbage|--close-mid-reply|--oversized]
- *                [--fault-path PATH] [--ready-fd FD]
+ *                [--vmm-version V] [--hang|--garbage|--close-mid-reply|--oversized|
+ *                 --flood-continue|--flood-headers|--flood-chunked] [--fault-path PATH] [--ready-fd FD]
  *
  * --pace-mib-per-s 0: the guest never moves. --floor-mib: the guest cannot give up memory below
  * that many MiB (its working set), so inflation stalls there. --stats-interval: the balloon's
@@ -20,6 +20,10 @@
  * Faults, on every request or only on those for --fault-path: --hang reads and never answers
  * (that connection only), --garbage answers with bytes that are not HTTP, --close-mid-reply
  * writes half of the real answer and closes, --oversized promises a 100 MB body and streams it.
+ * Floods (a hypervisor that misbehaves on purpose, 100 MB each, as fast as the client reads):
+ * --flood-continue answers with an endless stream of interim "HTTP/1.1 100 " responses,
+ * --flood-headers with a status line and endless header lines, --flood-chunked with a chunked
+ * body of endless 16-byte chunks.
  *
  * Serves up to 16 connections at once, single-threaded. Runs until SIGTERM/SIGINT.
  *
@@ -62,6 +66,9 @@ typedef enum PeerFault {
         PEER_FAULT_GARBAGE,
         PEER_FAULT_CLOSE_MID_REPLY,
         PEER_FAULT_OVERSIZED,
+        PEER_FAULT_FLOOD_CONTINUE,
+        PEER_FAULT_FLOOD_HEADERS,
+        PEER_FAULT_FLOOD_CHUNKED,
 } PeerFault;
 
 typedef struct MhRequest {
@@ -80,6 +87,7 @@ typedef struct MhClient {
         bool hung;
         bool close_after_flush;
         uint64_t flood_left;
+        const char *flood_unit; /* repeated while flood_left > 0; NULL: spaces (a body) */
 } MhClient;
 
 typedef struct MhServer MhServer;
@@ -179,6 +187,29 @@ static void mh_dispatch(MhServer *s, MhClient *c, const MhRequest *r) {
                                  "application/json\r\nContent-Length: %" PRIu64 "\r\n\r\n",
                                  s->server_name, MH_FLOOD_BYTES);
                 mh_out(c, h, (size_t) n);
+                c->flood_left = MH_FLOOD_BYTES;
+                c->flood_unit = NULL;
+                break;
+        }
+        case PEER_FAULT_FLOOD_CONTINUE:
+                /* micro-http style interim responses, never the final one. */
+                c->flood_unit = "HTTP/1.1 100 \r\n\r\n";
+                c->flood_left = MH_FLOOD_BYTES;
+                break;
+        case PEER_FAULT_FLOOD_HEADERS: {
+                char h[128];
+                int n = snprintf(h, sizeof(h), "HTTP/1.1 200 \r\nServer: %s\r\n", s->server_name);
+                mh_out(c, h, (size_t) n);
+                c->flood_unit = "X-Flood: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+                c->flood_left = MH_FLOOD_BYTES;
+                break;
+        }
+        case PEER_FAULT_FLOOD_CHUNKED: {
+                char h[160];
+                int n = snprintf(h, sizeof(h), "HTTP/1.1 200 \r\nServer: %s\r\nTransfer-Encoding: chunked\r\n\r\n",
+                                 s->server_name);
+                mh_out(c, h, (size_t) n);
+                c->flood_unit = "10\r\n0123456789abcdef\r\n";
                 c->flood_left = MH_FLOOD_BYTES;
                 break;
         }
@@ -312,11 +343,18 @@ static void mh_read(MhServer *s, MhClient *c) {
 static void mh_write(MhClient *c) {
         static char chunk[65536];
         if (c->flood_left > 0 && c->out_len < sizeof(chunk)) {
-                if (!chunk[0])
-                        memset(chunk, ' ', sizeof(chunk));
                 size_t n = (size_t) MIN(c->flood_left, (uint64_t) sizeof(chunk));
+                if (!c->flood_unit)
+                        memset(chunk, ' ', n);
+                else {
+                        /* Whole units only, so that every unit reaches the client intact. */
+                        size_t u = strlen(c->flood_unit), k = 0;
+                        for (; k + u <= n; k += u)
+                                memcpy(chunk + k, c->flood_unit, u);
+                        n = k;
+                }
                 mh_out(c, chunk, n);
-                c->flood_left -= n;
+                c->flood_left = n > 0 ? c->flood_left - MIN(c->flood_left, (uint64_t) n) : 0;
         }
         while (c->out_len > 0) {
                 ssize_t n = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
@@ -945,6 +983,9 @@ _unused_ static bool peer_fault_flag(const char *a, PeerFault *ret) {
                 { "--garbage", PEER_FAULT_GARBAGE },
                 { "--close-mid-reply", PEER_FAULT_CLOSE_MID_REPLY },
                 { "--oversized", PEER_FAULT_OVERSIZED },
+                { "--flood-continue", PEER_FAULT_FLOOD_CONTINUE },
+                { "--flood-headers", PEER_FAULT_FLOOD_HEADERS },
+                { "--flood-chunked", PEER_FAULT_FLOOD_CHUNKED },
         };
         for (size_t i = 0; i < ELEMENTSOF(table); i++)
                 if (strcmp(a, table[i].flag) == 0) {
@@ -968,7 +1009,8 @@ _unused_ static int peer_u64_arg(const char *flag, const char *v, uint64_t max, 
 static void fc_peer_usage(FILE *f) {
         fprintf(f, "usage: fc-peer PATH [--mem-mib N] [--pace-mib-per-s N] [--floor-mib N] [--stats-interval S]\n"
                    "               [--deflate-on-oom] [--no-balloon] [--not-started] [--activate-ms N] [--no-driver]\n"
-                   "               [--vmm-version V] [--hang|--garbage|--close-mid-reply|--oversized]\n"
+                   "               [--vmm-version V] [--hang|--garbage|--close-mid-reply|--oversized|\n"
+                   "                --flood-continue|--flood-headers|--flood-chunked]\n"
                    "               [--fault-path PATH] [--ready-fd FD]\n");
 }
 

@@ -2,14 +2,17 @@
 /* A protocol-faithful fake QEMU monitor (QMP) for tests, after protocols.md §2 and §8.2, with a
  * simulated guest that moves `actual` toward the target in 1 MiB steps.
  *
- *   qmp-peer --socket PATH --mode normal|hang|greet-only|garbage|flood|close-mid-reply
+ *   qmp-peer --socket PATH --mode normal|hang|greet-only|garbage|flood|close-mid-reply|event-storm
  *            [--ram BYTES] [--rate-mib-s N] [--floor BYTES] [--no-balloon] [--log-commands FILE]
  *
  * Modes: normal = QEMU 7.2; hang = accepts and never writes a byte; greet-only = greets and then
  * never answers anything (not even qmp_capabilities); garbage = negotiates, then answers every
  * command with a line that is not JSON; flood = negotiates, then answers a command with an endless
  * line (no newline) until the client goes away; close-mid-reply = negotiates, then writes half of
- * a reply and closes the connection.
+ * a reply and closes the connection; event-storm = QEMU 7.2 as in normal mode, but from the end of
+ * capabilities negotiation it also sends BALLOON_CHANGE events as fast as the client reads them,
+ * for 30 s (real QEMU sends at most one a second), between its replies, through an 8 MiB socket
+ * buffer.
  *
  * Serves one client at a time like QEMU: a second client's connect() succeeds but it hears
  * nothing until the first one leaves. Runs until SIGTERM/SIGINT or a `quit` command.
@@ -39,6 +42,7 @@
 #define PEER_UNSET          "18446744073709551615"
 #define PEER_IN_MAX         ((size_t) 1 << 20)
 #define PEER_FLOOD_MAX      ((uint64_t) 64 << 20)
+#define PEER_STORM_USEC     (30 * USEC_PER_SEC)
 #define PEER_EVENT_INTERVAL USEC_PER_SEC
 #define PEER_BALLOON_PATH   "/machine/peripheral/balloon0"
 
@@ -49,6 +53,7 @@ typedef enum PeerMode {
         PEER_GARBAGE,
         PEER_FLOOD,
         PEER_CLOSE_MID_REPLY,
+        PEER_EVENT_STORM,
         _PEER_MODE_MAX,
         _PEER_MODE_INVALID = -EINVAL,
 } PeerMode;
@@ -84,6 +89,8 @@ typedef struct Peer {
         bool negotiated;
         bool flooding;
         uint64_t flooded;
+        usec_t storm_until; /* event-storm: monotonic end of the storm; 0 before negotiation */
+        uint64_t stormed;   /* events sent */
 
         char *in;
         size_t in_len;
@@ -485,6 +492,8 @@ static void peer_command(Peer *p, const char *name, json_t *args, json_t *id) {
                         return;
                 p->negotiated = true;
                 peer_return(p, id, "{}");
+                if (p->cfg->mode == PEER_EVENT_STORM)
+                        p->storm_until = usec_add(now_mono(), PEER_STORM_USEC);
                 return;
         }
         if (strcmp(name, "qmp_capabilities") == 0) {
@@ -592,6 +601,7 @@ static void peer_drop_client(Peer *p) {
         p->in_len = p->out_len = 0;
         p->negotiated = p->flooding = p->close_after_flush = false;
         p->flooded = 0;
+        p->storm_until = 0;
 }
 
 static void peer_accept(Peer *p) {
@@ -599,6 +609,14 @@ static void peer_accept(Peer *p) {
         if (fd < 0)
                 return;
         p->cfd = fd;
+        if (p->cfg->mode == PEER_EVENT_STORM) {
+                /* A deep socket buffer (tens of thousands of events): a reader without a budget
+                 * then stays inside one read loop for a long time even when this process is not
+                 * scheduled to refill it, as with a busy QEMU on a loaded host. */
+                int sz = 8 << 20;
+                if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0)
+                        (void) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+        }
         if (p->cfg->mode != PEER_HANG)
                 peer_outf(p, "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, "
                              "\"package\": \"Debian 1:7.2+dfsg-7+deb12u18+b3\"}, \"capabilities\": [\"oob\"]}}\r\n");
@@ -643,7 +661,21 @@ static void peer_read(Peer *p) {
         }
 }
 
+static bool peer_storming(const Peer *p) {
+        return p->storm_until > 0 && now_mono() < p->storm_until;
+}
+
 static void peer_write(Peer *p) {
+        if (peer_storming(p) && p->out_len < 65536) {
+                /* Whole events, so that replies written in between stay on lines of their own. */
+                char ev[160];
+                int n = snprintf(ev, sizeof(ev),
+                                 "{\"timestamp\": {\"seconds\": %" PRIu64 ", \"microseconds\": 0}, \"event\": "
+                                 "\"BALLOON_CHANGE\", \"data\": {\"actual\": %" PRIu64 "}}\r\n",
+                                 now_usec(CLOCK_REALTIME) / USEC_PER_SEC, p->actual);
+                for (size_t k = 0; k + (size_t) n <= 65536; k += (size_t) n, p->stormed++)
+                        peer_out(p, ev, (size_t) n);
+        }
         if (p->flooding && p->out_len < 65536) {
                 static char chunk[65536];
                 if (!chunk[0])
@@ -699,8 +731,10 @@ static int peer_serve(const PeerConfig *cfg) {
                 if (p.cfd < 0)
                         fds[n++] = (struct pollfd){ .fd = p.lfd, .events = POLLIN };
                 else
-                        fds[n++] = (struct pollfd){ .fd = p.cfd,
-                                                    .events = POLLIN | (p.out_len > 0 || p.flooding ? POLLOUT : 0) };
+                        fds[n++] = (struct pollfd){
+                                .fd = p.cfd,
+                                .events = POLLIN | (p.out_len > 0 || p.flooding || peer_storming(&p) ? POLLOUT : 0)
+                        };
                 usec_t now = now_mono();
                 int r = poll(fds, n, usec_to_poll_timeout(peer_next_wakeup(&p), now));
                 if (r < 0 && errno != EINTR)
@@ -728,8 +762,9 @@ static int peer_serve(const PeerConfig *cfg) {
 
 #ifndef QMP_PEER_NO_MAIN
 static const char *const peer_mode_table[_PEER_MODE_MAX] = {
-        [PEER_NORMAL] = "normal",   [PEER_HANG] = "hang",   [PEER_GREET_ONLY] = "greet-only",
-        [PEER_GARBAGE] = "garbage", [PEER_FLOOD] = "flood", [PEER_CLOSE_MID_REPLY] = "close-mid-reply",
+        [PEER_NORMAL] = "normal",           [PEER_HANG] = "hang",   [PEER_GREET_ONLY] = "greet-only",
+        [PEER_GARBAGE] = "garbage",         [PEER_FLOOD] = "flood", [PEER_CLOSE_MID_REPLY] = "close-mid-reply",
+        [PEER_EVENT_STORM] = "event-storm",
 };
 
 static PeerMode peer_mode_from_string(const char *s) {
@@ -745,7 +780,8 @@ static void peer_on_signal(int sig) {
 }
 
 static void usage(FILE *f) {
-        fprintf(f, "usage: qmp-peer --socket PATH --mode normal|hang|greet-only|garbage|flood|close-mid-reply\n"
+        fprintf(f, "usage: qmp-peer --socket PATH --mode normal|hang|greet-only|garbage|flood|close-mid-reply|\n"
+                   "                event-storm\n"
                    "                [--ram BYTES] [--rate-mib-s N] [--floor BYTES] [--no-balloon]\n"
                    "                [--log-commands FILE]\n");
 }

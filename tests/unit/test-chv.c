@@ -393,6 +393,82 @@ static void test_hung_does_not_block_healthy(void **state) {
         hv_free(g);
 }
 
+/* --- a flooding hypervisor next to a healthy one --- */
+
+/* A timer that re-arms itself every 10 ms and records how late it ran: the loop's heartbeat. */
+typedef struct Ticker {
+        EvTimer *t;
+        usec_t period, due_at, max_late;
+        unsigned fired;
+} Ticker;
+
+static void on_tick(EvTimer *t, void *userdata) {
+        Ticker *k = userdata;
+        usec_t now = now_mono();
+        k->fired++;
+        k->max_late = MAX(k->max_late, now - k->due_at);
+        k->due_at = usec_add(now, k->period);
+        ev_timer_set(t, k->due_at);
+}
+
+/* The peer at other.sock answers every request with `fault`: the operation on it must end at once
+ * with want_error and want_msg in its message, while an operation on a healthy VM on the same loop
+ * answers well within its deadline and a 10 ms timer keeps firing on time. */
+static void flood_next_to_healthy(Fixture *f, PeerFault fault, int want_error, const char *want_msg) {
+        char other[160];
+        snprintf(other, sizeof(other), "%s/other.sock", f->dir);
+        ChvPeerConfig flood = peer_config(1000);
+        flood.fault = fault;
+        spawn_at(f, other, &flood, (uid_t) -1);
+        ChvPeerConfig good = peer_config(1000);
+        spawn(f, &good);
+
+        Hv *h = new_hv_at(f, other, UID_ANY), *g = new_hv(f);
+        Ticker k = { .period = 10 * USEC_PER_MSEC };
+        k.due_at = usec_add(now_mono(), k.period);
+        assert_int_equal(ev_timer_add(f->ev, k.due_at, on_tick, &k, &k.t), 0);
+        for (int i = 0; i < 3; i++) {
+                Got gh = { 0 }, gg = { 0 };
+                usec_t t0 = now_mono();
+                assert_int_equal(hv_get_actual(h, 10 * USEC_PER_SEC, on_reply, &gh), 0);
+                assert_int_equal(hv_get_actual(g, 2 * USEC_PER_SEC, on_reply, &gg), 0);
+                run_until(f->ev, &gg.done, 20 * USEC_PER_SEC);
+                if (gg.r.error < 0)
+                        fail_msg("healthy VM next to a flood: %s", gg.r.message);
+                if (gg.at - t0 >= 500 * USEC_PER_MSEC)
+                        fail_msg("healthy operation took %llu ms next to a flooding peer",
+                                 (unsigned long long) ((gg.at - t0) / 1000));
+                run_until(f->ev, &gh.done, 20 * USEC_PER_SEC);
+                if (gh.r.error != want_error || !strstr(gh.r.message, want_msg))
+                        fail_msg("flooding peer: got %d \"%s\", want %d with \"%s\"", gh.r.error, gh.r.message,
+                                 want_error, want_msg);
+                if (gh.at - t0 >= 2 * USEC_PER_SEC)
+                        fail_msg("the flooded operation took %llu ms to fail",
+                                 (unsigned long long) ((gh.at - t0) / 1000));
+        }
+        if (k.max_late >= 200 * USEC_PER_MSEC)
+                fail_msg("a 10 ms timer ran up to %llu ms late next to a flooding peer",
+                         (unsigned long long) (k.max_late / 1000));
+        ev_timer_free(k.t);
+        hv_free(h);
+        hv_free(g);
+}
+
+/* An endless stream of interim responses: the cap on 1xx per request ends the call. */
+static void test_flood_continue(void **state) {
+        flood_next_to_healthy(*state, PEER_FAULT_FLOOD_CONTINUE, -EBADMSG, "interim (1xx) responses");
+}
+
+/* A status line followed by endless header lines: refused at the header limit. */
+static void test_flood_headers(void **state) {
+        flood_next_to_healthy(*state, PEER_FAULT_FLOOD_HEADERS, -EMSGSIZE, "headers exceed 16384 bytes");
+}
+
+/* A chunked body of endless chunks: refused at its headers, not read. */
+static void test_flood_chunked(void **state) {
+        flood_next_to_healthy(*state, PEER_FAULT_FLOOD_CHUNKED, -EPROTONOSUPPORT, "chunked");
+}
+
 static void test_garbage(void **state) {
         Fixture *f = *state;
         ChvPeerConfig c = peer_config(1000);
@@ -533,6 +609,9 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_wait_deadline, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_hung, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_hung_does_not_block_healthy, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_flood_continue, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_flood_headers, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_flood_chunked, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_garbage, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_oversized, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_close_mid_reply_then_reconnect, setup, fixture_teardown),

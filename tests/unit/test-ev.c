@@ -347,6 +347,93 @@ static void test_run_exit(void **state) {
         ev_free(ev);
 }
 
+/* --- pending readers (a reader that yields at its budget) --- */
+
+typedef struct PendCtx {
+        int fds[2];
+        EvIo *io;
+        unsigned calls, left; /* "messages" still buffered by the reader */
+        uint32_t last_revents;
+        bool free_self;
+        EvTimer *t;
+        unsigned ticks;
+} PendCtx;
+
+/* Works off one buffered message per call and yields while any are left; reads nothing. */
+static void on_pend(EvIo *io, int fd, uint32_t revents, void *userdata) {
+        PendCtx *c = userdata;
+        (void) fd;
+        c->calls++;
+        c->last_revents = revents;
+        if (c->free_self) {
+                c->io = ev_io_free(io);
+                return;
+        }
+        if (c->left > 0 && --c->left > 0)
+                ev_io_set_pending(io);
+}
+
+static void on_pend_tick(EvTimer *t, void *userdata) {
+        PendCtx *c = userdata;
+        c->ticks++;
+        ev_timer_set(t, now_mono());
+}
+
+static void test_io_pending(void **state) {
+        (void) state;
+        Ev *ev;
+        PendCtx c = { .left = 5 };
+        assert_int_equal(ev_new(&ev), 0);
+        assert_int_equal(pipe2(c.fds, O_NONBLOCK | O_CLOEXEC), 0);
+        assert_int_equal(ev_io_add(ev, c.fds[0], EPOLLIN, on_pend, &c, &c.io), 0);
+        assert_int_equal(ev_timer_add(ev, now_mono(), on_pend_tick, &c, &c.t), 0);
+
+        /* Nothing readable, yet called with EPOLLIN, once per iteration, without sleeping, and
+         * a timer re-armed for "now" runs in between every time. */
+        ev_io_set_pending(c.io);
+        ev_io_set_pending(c.io); /* twice is once */
+        usec_t t0 = now_mono();
+        for (unsigned i = 1; i <= 5; i++) {
+                assert_true(ev_run_once(ev, USEC_INFINITY) >= 1);
+                assert_int_equal(c.calls, i);
+                assert_int_equal(c.last_revents, EPOLLIN);
+        }
+        assert_true(now_mono() - t0 < USEC_PER_SEC);
+        assert_true(c.ticks >= 4);
+        assert_int_equal(c.left, 0);
+        /* Done: no more calls; the loop sleeps again. */
+        ev_timer_set(c.t, USEC_INFINITY);
+        assert_int_equal(ev_run_once(ev, now_mono() + 5 * USEC_PER_MSEC), 0);
+        assert_int_equal(c.calls, 5);
+
+        /* Readable and pending in the same iteration: called once. */
+        c.left = 1;
+        ev_io_set_pending(c.io);
+        assert_int_equal(write(c.fds[1], "x", 1), 1);
+        assert_int_equal(ev_run_once(ev, USEC_INFINITY), 1);
+        assert_int_equal(c.calls, 6);
+        char b;
+        assert_int_equal(read(c.fds[0], &b, 1), 1);
+
+        /* Freed while pending, from inside its own call and outside: never called again. */
+        c.free_self = true;
+        ev_io_set_pending(c.io);
+        assert_int_equal(ev_run_once(ev, USEC_INFINITY), 1);
+        assert_null(c.io);
+        assert_int_equal(ev_run_once(ev, now_mono() + 5 * USEC_PER_MSEC), 0);
+        assert_int_equal(c.calls, 7);
+        assert_int_equal(ev_io_add(ev, c.fds[0], EPOLLIN, on_pend, &c, &c.io), 0);
+        ev_io_set_pending(c.io);
+        c.io = ev_io_free(c.io);
+        assert_int_equal(ev_run_once(ev, now_mono() + 5 * USEC_PER_MSEC), 0);
+        assert_int_equal(c.calls, 7);
+
+        ev_timer_free(c.t);
+        close(c.fds[0]);
+        close(c.fds[1]);
+        ev_free(ev);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_timer_heap_order),
@@ -355,6 +442,7 @@ int main(void) {
                 cmocka_unit_test(test_io_events),
                 cmocka_unit_test(test_io_free_self),
                 cmocka_unit_test(test_io_free_other_same_round),
+                cmocka_unit_test(test_io_pending),
                 cmocka_unit_test(test_signal_args),
                 cmocka_unit_test(test_run_exit),
         };

@@ -557,6 +557,20 @@ static void script_flood(int lfd, const void *arg) {
         pause();
 }
 
+/* Answers one request with *(unsigned *) arg interim responses, then a 204, then holds. */
+static void script_interim(int lfd, const void *arg) {
+        unsigned n = *(const unsigned *) arg;
+        int fd = sc_accept(lfd);
+        (void) sc_request(fd);
+        static const char interim[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        for (unsigned i = 0; i < n; i++)
+                if (send(fd, interim, sizeof(interim) - 1, MSG_NOSIGNAL) < 0)
+                        _exit(0); /* the client gave up: that is the point */
+        static const char final[] = "HTTP/1.1 204 \r\n\r\n";
+        (void) !send(fd, final, sizeof(final) - 1, MSG_NOSIGNAL);
+        sc_hold(fd);
+}
+
 static int roundtrip(Fixture *f, usec_t timeout, size_t max_body, Http1Response *resp, char **buf, char *err,
                      size_t errlen) {
         return http1_roundtrip_unix(f->path, "GET", "/x", NULL, NULL, 0, timeout, max_body, resp, buf, err, errlen);
@@ -688,6 +702,30 @@ static void test_roundtrip_oversized(void **state) {
         assert_int_equal(roundtrip(f, 10 * USEC_PER_SEC, HTTP1_BODY_DEFAULT, &r, &buf, err, sizeof(err)), -EMSGSIZE);
         assert_true(now_mono() - t0 < 2 * USEC_PER_SEC);
         assert_string_equal(err, "response too large: body of 104857600 bytes exceeds the limit of 1048576 bytes");
+}
+
+/* A few interim responses are fine; an endless stream of them ends the call with an error. */
+static void test_roundtrip_interim_cap(void **state) {
+        Fixture *f = *state;
+        static const unsigned few = 3, many = 100000;
+        spawn_script(f, script_interim, &few, (uid_t) -1);
+        Http1Response r;
+        char *buf = NULL, err[256] = "";
+        assert_int_equal(roundtrip(f, 5 * USEC_PER_SEC, 4096, &r, &buf, err, sizeof(err)), 0);
+        assert_int_equal(r.status, 204);
+        free(buf);
+
+        kill_peer(f, f->pids[0]);
+        (void) unlink(f->path);
+        spawn_script(f, script_interim, &many, (uid_t) -1);
+        buf = NULL;
+        usec_t t0 = now_mono();
+        int k = roundtrip(f, 10 * USEC_PER_SEC, 4096, &r, &buf, err, sizeof(err));
+        if (k == 0)
+                fail_msg("%u interim responses were accepted (status %d)", many, r.status);
+        assert_int_equal(k, -EBADMSG);
+        assert_string_equal(err, "malformed response: more than 8 interim (1xx) responses");
+        assert_true(now_mono() - t0 < 2 * USEC_PER_SEC);
 }
 
 /* The server answers without reading a 1 MiB request and closes: its answer still counts. */
@@ -985,6 +1023,42 @@ static void test_client_errors(void **state) {
         http1_client_free(c);
 }
 
+/* The asynchronous client: a few interim responses are skipped, an endless stream of them fails
+ * the request at once (not at its deadline) and drops the connection. */
+static void test_client_interim_cap(void **state) {
+        Fixture *f = *state;
+        static const unsigned few = 8, many = 100000;
+        spawn_script(f, script_interim, &few, (uid_t) -1);
+        Http1Client *c = new_client(f, UID_ANY);
+        Got g = { 0 };
+        assert_int_equal(request(c, "GET", "/x", NULL, 5 * USEC_PER_SEC, &g), 0);
+        run_until(f->ev, &g.done, 10 * USEC_PER_SEC);
+        assert_int_equal(g.error, 0);
+        assert_int_equal(g.status, 204);
+        http1_client_free(c);
+
+        kill_peer(f, f->pids[0]);
+        (void) unlink(f->path);
+        spawn_script(f, script_interim, &many, (uid_t) -1);
+        c = new_client(f, UID_ANY);
+        g = (Got){ 0 };
+        usec_t t0 = now_mono();
+        assert_int_equal(request(c, "GET", "/x", NULL, 10 * USEC_PER_SEC, &g), 0);
+        run_until(f->ev, &g.done, 20 * USEC_PER_SEC);
+        if (g.error == 0)
+                fail_msg("%u interim responses were accepted (status %d)", many, g.status);
+        assert_int_equal(g.error, -EBADMSG);
+        char want[256];
+        snprintf(want, sizeof(want), "GET /x on %s: malformed response: more than 8 interim (1xx) responses", f->path);
+        assert_string_equal(g.message, want);
+        assert_true(g.at - t0 < 2 * USEC_PER_SEC);
+        Http1ClientCounters k;
+        http1_client_counters(c, &k);
+        assert_int_equal(k.protocol_errors, 1);
+        assert_false(http1_client_is_connected(c));
+        http1_client_free(c);
+}
+
 static void test_client_unsolicited(void **state) {
         Fixture *f = *state;
         spawn_script(f, script_answer, "HTTP/1.1 204 \r\n\r\nHTTP/1.1 204 \r\n\r\n", (uid_t) -1);
@@ -1097,12 +1171,14 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_roundtrip_closed_mid_reply, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_roundtrip_oversized, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_roundtrip_early_answer, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_roundtrip_interim_cap, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_client_keep_alive_queue, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_client_reconnects, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_client_deadline, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_client_cancel_and_free_inside, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_client_free_inside_callback, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_client_errors, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_client_interim_cap, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_client_unsolicited, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_client_reconnects_after_non_json_error, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_client_peer_uid, setup, fixture_teardown),

@@ -562,6 +562,100 @@ static void test_hung_does_not_block_healthy(void **state) {
         hv_free(ok);
 }
 
+/* A timer that re-arms itself every `period` and records how late it ran: the loop's heartbeat. */
+typedef struct Ticker {
+        EvTimer *t;
+        usec_t period, due_at, max_late;
+        unsigned fired;
+} Ticker;
+
+static void on_tick(EvTimer *t, void *userdata) {
+        Ticker *k = userdata;
+        usec_t now = now_mono();
+        k->fired++;
+        k->max_late = MAX(k->max_late, now - k->due_at);
+        k->due_at = usec_add(now, k->period);
+        ev_timer_set(t, k->due_at);
+}
+
+/* One VM storms its QMP connection with BALLOON_CHANGE events: another VM's operations on the same
+ * loop still answer at once, timers still fire on time, the storming VM's own replies still get
+ * through, and its listeners hear no more than the per-hypervisor event rate. */
+static void test_event_storm_does_not_starve(void **state) {
+        Fixture *f = *state;
+        char storm_path[160];
+        snprintf(storm_path, sizeof(storm_path), "%s/storm.sock", f->dir);
+        PeerConfig c;
+        peer_config_init(&c);
+        c.mode = PEER_EVENT_STORM;
+        spawn(f, storm_path, &c, NULL, (uid_t) -1);
+        spawn_peer(f, PEER_NORMAL, 256, 0, -1);
+
+        Hv *storm = new_hv(f, storm_path, UID_ANY), *calm = new_hv(f, f->path, UID_ANY);
+        Listener *l = calloc(1, sizeof(Listener));
+        assert_non_null(l);
+        assert_int_equal(hv_add_listener(storm, on_actual, l), 0);
+        Ticker k = { .period = 10 * USEC_PER_MSEC };
+        k.due_at = usec_add(now_mono(), k.period);
+        assert_int_equal(ev_timer_add(f->ev, k.due_at, on_tick, &k, &k.t), 0);
+
+        /* Start the storm (it begins once capabilities are negotiated) and let it run. */
+        Got gs = { 0 };
+        usec_t storm_start = now_mono(); /* at the latest: it starts once we connect */
+        assert_int_equal(hv_get_actual(storm, 10 * USEC_PER_SEC, on_reply, &gs), 0);
+        run_until(f->ev, &gs.done, 20 * USEC_PER_SEC);
+        if (gs.r.error < 0)
+                fail_msg("the storming VM's own operation failed: %s", gs.r.message);
+        for (usec_t until = usec_add(now_mono(), USEC_PER_SEC); now_mono() < until;)
+                assert_true(ev_run_once(f->ev, until) >= 0);
+
+        /* Three rounds of: an operation on each VM, both must answer well within their deadline. */
+        for (int i = 0; i < 3; i++) {
+                Got gc = { 0 };
+                gs = (Got){ 0 };
+                usec_t t0 = now_mono();
+                assert_int_equal(hv_get_actual(calm, 2 * USEC_PER_SEC, on_reply, &gc), 0);
+                /* Its reply waits behind the events already in the socket: a longer deadline. */
+                assert_int_equal(hv_get_actual(storm, 10 * USEC_PER_SEC, on_reply, &gs), 0);
+                run_until(f->ev, &gc.done, 10 * USEC_PER_SEC);
+                if (gc.r.error < 0)
+                        fail_msg("healthy VM next to a storm: %s", gc.r.message);
+                if (gc.at - t0 >= 500 * USEC_PER_MSEC)
+                        fail_msg("healthy operation took %llu ms next to an event storm",
+                                 (unsigned long long) ((gc.at - t0) / 1000));
+                run_until(f->ev, &gs.done, 20 * USEC_PER_SEC);
+                if (gs.r.error < 0)
+                        fail_msg("the storming VM's own operation failed: %s", gs.r.message);
+                assert_true(gs.r.actual == GiB);
+        }
+        usec_t stormed = now_mono() - storm_start;
+        if (k.max_late >= 200 * USEC_PER_MSEC)
+                fail_msg("a 10 ms timer ran up to %llu ms late during an event storm",
+                         (unsigned long long) (k.max_late / 1000));
+        assert_true(k.fired >= 10);
+
+        /* Listeners heard at most the burst plus the rate over the storm; the rest was dropped and
+         * counted. */
+        uint64_t allowed = QMP_EVENTS_BURST + QMP_EVENTS_PER_SEC * (stormed / USEC_PER_SEC + 1);
+        if (l->n > allowed)
+                fail_msg("%zu events reached the listeners in %llu ms (at most %llu allowed)", l->n,
+                         (unsigned long long) (stormed / 1000), (unsigned long long) allowed);
+        HvCounters hc;
+        hv_counters(storm, &hc);
+        assert_true(hc.events_dropped > 0);
+        assert_true(hc.events >= hc.events_dropped + l->n);
+        assert_true(hc.read_yields > 0);
+        QmpCounters qc;
+        qmp_hv_counters(storm, &qc);
+        assert_true(qc.events == hc.events);
+
+        ev_timer_free(k.t);
+        hv_remove_listener(storm, on_actual, l);
+        hv_free(storm);
+        hv_free(calm);
+        free(l);
+}
+
 /* --- set and wait against the simulated guest --- */
 
 static void test_wait_reached(void **state) {
@@ -674,6 +768,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_nobody_listening, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_peer_uid, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_hung_does_not_block_healthy, setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_event_storm_does_not_starve, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_wait_reached, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_wait_stalled, setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_wait_deadline, setup, fixture_teardown),
