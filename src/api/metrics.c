@@ -184,6 +184,35 @@ char *metrics_render(Manager *m, size_t *ret_len) {
         fprintf(f, "ballast_api_requests_total{class=\"all\"} %llu\n", (unsigned long long) hc.requests);
         fprintf(f, "ballast_api_requests_total{class=\"4xx\"} %llu\n", (unsigned long long) hc.errors_4xx);
         fprintf(f, "ballast_api_requests_total{class=\"5xx\"} %llu\n", (unsigned long long) hc.errors_5xx);
+        header(f, "ballast_api_connections_refused_total", "counter",
+               "Connections closed at accept: over a connection limit (per listener, per peer, unauthenticated).");
+        fprintf(f, "ballast_api_connections_refused_total %llu\n", (unsigned long long) hc.refused);
+        header(f, "ballast_api_header_timeouts_total", "counter", "Request heads that missed [api] header_timeout.");
+        fprintf(f, "ballast_api_header_timeouts_total %llu\n", (unsigned long long) hc.timeouts);
+        header(f, "ballast_api_accept_backoffs_total", "counter",
+               "Times accept() was paused for lack of file descriptors.");
+        fprintf(f, "ballast_api_accept_backoffs_total %llu\n", (unsigned long long) hc.accept_backoff);
+
+        /* What the hypervisors sent beyond what ballast asked for, over the fleet. */
+        HvCounters hv = { 0 };
+        for (size_t i = 0; i < ctl_vm_count(m->ctl); i++) {
+                HvCounters one;
+                hv_counters(ctl_vm_hv(ctl_vm_at(m->ctl, i)), &one);
+                hv.events += one.events;
+                hv.events_dropped += one.events_dropped;
+                hv.interim_responses += one.interim_responses;
+                hv.read_yields += one.read_yields;
+        }
+        header(f, "ballast_hv_events_total", "counter", "Unsolicited messages from the hypervisors (QMP events).");
+        fprintf(f, "ballast_hv_events_total %llu\n", (unsigned long long) hv.events);
+        header(f, "ballast_hv_events_dropped_total", "counter",
+               "Hypervisor events over the per-VM rate limit, dropped without being acted on.");
+        fprintf(f, "ballast_hv_events_dropped_total %llu\n", (unsigned long long) hv.events_dropped);
+        header(f, "ballast_hv_interim_responses_total", "counter", "Interim (1xx) HTTP responses from hypervisors.");
+        fprintf(f, "ballast_hv_interim_responses_total %llu\n", (unsigned long long) hv.interim_responses);
+        header(f, "ballast_hv_read_yields_total", "counter",
+               "Hypervisor reads stopped at the per-wakeup budget so that others could run.");
+        fprintf(f, "ballast_hv_read_yields_total %llu\n", (unsigned long long) hv.read_yields);
         header(f, "ballast_store_errors_total", "counter", "Failed writes to the state database.");
         fprintf(f, "ballast_store_errors_total %llu\n", (unsigned long long) m->store_errors);
         if (fclose(f) != 0) {
