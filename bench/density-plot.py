@@ -22,6 +22,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import json  # noqa: E402
 
 KIND_COLOR = {"anon": "tab:blue", "cache": "tab:green", "heap": "tab:purple"}
 MODE_COLOR = {"static": "tab:gray", "fpr": "tab:orange", "ballastd": "tab:blue", "admission": "tab:green"}
@@ -92,7 +94,7 @@ def timeline(out, tag, img, title):
     plt.close(fig)
 
 
-def summary(out, img, title):
+def summary(out, img, title, bound):
     agg = read(os.path.join(out, "modes.csv"))
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for mode in MODE_COLOR:
@@ -102,12 +104,21 @@ def summary(out, img, title):
             continue
         pts.sort()
         c = MODE_COLOR[mode]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=c, lw=1, label=mode)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=c, lw=1.2, label=f"{mode} p99")
         for x, y, broken in pts:
             ax.plot([x], [y], "o", ms=8, color=c, mfc="white" if broken else c)
+        p50 = sorted((int(r["vms_hosted_max"]), num(r["slowdown_p50"])) for r in agg
+                     if r["mode"] == mode and num(r["slowdown_p50"]) is not None)
+        ax.plot([p[0] for p in p50], [p[1] for p in p50], color=c, lw=0.8, ls=":", marker="x", ms=5)
+    if bound:
+        ax.axhline(bound, color="red", lw=0.8, ls="--", label=f"bound ({bound:g}×)")
+    ax.axhline(1, color="black", lw=0.5)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("VMs hosted (512 MiB each) in the cgroup")
     ax.set_ylabel("p99 job slowdown (× the job alone)")
-    ax.set_title(title + "\nhollow: broken (OOM kill, QEMU death, failed job or p99 over the bound)", fontsize=9)
+    ax.set_title(title + "\nfilled: p99, x: p50; hollow: broken (OOM kill, QEMU death, failed job or p99 over the bound)",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -125,7 +136,12 @@ def main():
     os.makedirs(a.img, exist_ok=True)
     chosen = dict(p.split("=", 1) for p in a.point or [])
     summ = read(os.path.join(a.out, "summary.csv"))
-    limit = summ[0]["limit_mib"] if summ else "?"
+    limit = f"{float(summ[0]['limit_mib']):.0f}" if summ else "?"
+    try:
+        with open(os.path.join(a.out, "run.json")) as f:
+            bound = json.load(f)["args"]["max_p99"]
+    except (OSError, ValueError, KeyError):
+        bound = None
     for mode in MODE_COLOR:
         pts = [r for r in summ if r["mode"] == mode]
         if not pts:
@@ -139,7 +155,7 @@ def main():
         title = (f"{mode}: {r['vms_hosted']} VMs in a {limit} MiB cgroup ({tag}); jobs {r['jobs_done']}, "
                  f"p99 slowdown {r['slowdown_p99'] or '-'}, host CPU {r['host_cpu_avg_pct']}%")
         timeline(a.out, tag, os.path.join(a.img, f"{a.prefix}-timeline-{mode}.png"), title)
-    summary(a.out, os.path.join(a.img, f"{a.prefix}-summary.png"), f"bench/density, {limit} MiB cgroup")
+    summary(a.out, os.path.join(a.img, f"{a.prefix}-summary.png"), f"bench/density, {limit} MiB cgroup", bound)
 
 
 if __name__ == "__main__":
