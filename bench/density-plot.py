@@ -7,8 +7,8 @@
   one lane per VM with its jobs (bars from start to end, coloured by kind; a cross for a failed
   job) and OOM kills / QEMU deaths as red lines across both panels. The point drawn is the mode's
   highest VM count, first repeat, unless --point MODE=TAG is given.
-  summary (density-summary.png): VMs hosted against p99 job slowdown, one line per mode (repeats
-  pooled, as in modes.csv); hollow markers are broken counts (an OOM kill, a QEMU death, a failed
+  summary (density-summary.png): VMs hosted against p99 job slowdown (CPU noise removed; p50 as x,
+  raw p99 as a dash), one line per mode (repeats pooled, as in modes.csv); hollow markers are broken counts (an OOM kill, a QEMU death, a failed
   job or p99 beyond the bound).
 
 usage: bench/density-plot.py OUTDIR [--img DIR] [--point MODE=TAG ...]   (needs python3-matplotlib)
@@ -110,14 +110,18 @@ def summary(out, img, title, bound):
         p50 = sorted((int(r["vms_hosted_max"]), num(r["slowdown_p50"])) for r in agg
                      if r["mode"] == mode and num(r["slowdown_p50"]) is not None)
         ax.plot([p[0] for p in p50], [p[1] for p in p50], color=c, lw=0.8, ls=":", marker="x", ms=5)
+        raw = sorted((int(r["vms_hosted_max"]), num(r.get("raw_slowdown_p99"))) for r in agg
+                     if r["mode"] == mode and num(r.get("raw_slowdown_p99")) is not None)
+        ax.plot([p[0] for p in raw], [p[1] for p in raw], ls="none", marker="_", ms=10, color=c, alpha=0.6)
     if bound:
         ax.axhline(bound, color="red", lw=0.8, ls="--", label=f"bound ({bound:g}×)")
     ax.axhline(1, color="black", lw=0.5)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylim(bottom=0)
     ax.set_xlabel("VMs hosted (512 MiB each) in the cgroup")
-    ax.set_ylabel("p99 job slowdown (× the job alone)")
-    ax.set_title(title + "\nfilled: p99, x: p50; hollow: broken (OOM kill, QEMU death, failed job or p99 over the bound)",
+    ax.set_ylabel("job slowdown (× the job alone, CPU noise removed)")
+    ax.set_title(title + "\np99 (dots) and p50 (x) over the CPU factor; dash: raw p99\n"
+                 "hollow: broken (OOM kill, QEMU death, failed job or p99 over the bound)",
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
