@@ -11,7 +11,7 @@
   raw p99 as a dash), one line per mode (repeats pooled, as in modes.csv); hollow markers are broken counts (an OOM kill, a QEMU death, a failed
   job or p99 beyond the bound).
 
-usage: bench/density-plot.py OUTDIR [--img DIR] [--point MODE=TAG ...]   (needs python3-matplotlib)
+usage: bench/density-plot.py OUTDIR [OUTDIR...] [--img DIR] [--point MODE=TAG ...]   (needs python3-matplotlib)
 """
 
 import argparse
@@ -56,15 +56,16 @@ def timeline(out, tag, img, title):
     cmap = plt.get_cmap("tab10")
     for i in vms:
         c = cmap(i % 10)
-        ax.plot(t, [num(r[f"v{i}_rss_mib"]) for r in rows], color=c, lw=0.9, label=f"v{i} QEMU RSS" if i < 1 else None)
-        ax.plot(t, [num(r[f"v{i}_actual_mib"]) for r in rows], color=c, lw=0.9, ls="--",
-                label="v0 guest size (balloon)" if i < 1 else None)
+        ax.plot(t, [num(r[f"v{i}_rss_mib"]) for r in rows], color=c, lw=0.9)
+        ax.plot(t, [num(r[f"v{i}_actual_mib"]) for r in rows], color=c, lw=0.9, ls="--")
+    ax.plot([], [], color="gray", lw=0.9, label="QEMU RSS (a colour per VM)")
+    ax.plot([], [], color="gray", lw=0.9, ls="--", label="guest size (balloon actual)")
     ax.set_ylabel("MiB")
     ax.set_ylim(0, max(lim) * 1.08)
-    ax.legend(loc="lower right", fontsize=7, ncol=3)
+    ax.legend(loc="upper left", fontsize=7, ncol=3)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    starts = {}
+    starts, labelled = {}, []
     for e in ev:
         tt = float(e["t"])
         if e["event"] == "job_start":
@@ -78,7 +79,10 @@ def timeline(out, tag, img, title):
         elif e["event"] in ("cgroup_oom_kill", "guest_oom_kill", "qemu_death"):
             for a in (ax, lanes):
                 a.axvline(tt, color="red", lw=1.5, alpha=0.8)
-            ax.text(tt, max(lim) * 1.02, e["event"].replace("_", " "), color="red", fontsize=7, ha="left")
+            near = [x for x in labelled if abs(x - tt) < 5]
+            ax.text(tt - 1, max(lim) * (0.97 - 0.05 * len(near)), e["event"].replace("_", " ") + (f" ({e['vm']})" if e["vm"] else ""),
+                    color="red", fontsize=7, ha="right")
+            labelled.append(tt)
         elif e["event"] == "admit":
             lanes.plot([tt], [int(e["vm"][1:])], ">", color="black", ms=5)
     for k, c in KIND_COLOR.items():
@@ -94,8 +98,12 @@ def timeline(out, tag, img, title):
     plt.close(fig)
 
 
-def summary(out, img, title, bound):
-    agg = read(os.path.join(out, "modes.csv"))
+def summary(outs, img, title, bound):
+    by = {}
+    for out in outs:  # a later run's (mode, count) replaces an earlier one's
+        for r in read(os.path.join(out, "modes.csv")):
+            by[(r["mode"], r["count"])] = r
+    agg = list(by.values())
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for mode in MODE_COLOR:
         pts = [(int(r["vms_hosted_max"]), num(r["slowdown_p99"]), int(r["broken"]) > 0) for r in agg
@@ -132,17 +140,22 @@ def summary(out, img, title, bound):
 
 def main():
     ap = argparse.ArgumentParser(description="plots of a bench/density run")
-    ap.add_argument("out")
+    ap.add_argument("out", nargs="+", help="one run's directory, or several: later runs' points replace earlier ones'")
     ap.add_argument("--img", default="docs/img")
     ap.add_argument("--prefix", default="density")
     ap.add_argument("--point", nargs="*", help="MODE=TAG: which point's timeline to draw for a mode")
     a = ap.parse_args()
     os.makedirs(a.img, exist_ok=True)
     chosen = dict(p.split("=", 1) for p in a.point or [])
-    summ = read(os.path.join(a.out, "summary.csv"))
+    summ, where = [], {}
+    for out in a.out:
+        for r in read(os.path.join(out, "summary.csv")):
+            key = (r["mode"], r["count"], r["repeat"])
+            summ = [x for x in summ if (x["mode"], x["count"], x["repeat"]) != key] + [r]
+            where[key] = out
     limit = f"{float(summ[0]['limit_mib']):.0f}" if summ else "?"
     try:
-        with open(os.path.join(a.out, "run.json")) as f:
+        with open(os.path.join(a.out[0], "run.json")) as f:
             bound = json.load(f)["args"]["max_p99"]
     except (OSError, ValueError, KeyError):
         bound = None
@@ -158,7 +171,7 @@ def main():
         r = next(x for x in pts if f"{mode}-n{x['count']}-r{x['repeat']}" == tag)
         title = (f"{mode}: {r['vms_hosted']} VMs in a {limit} MiB cgroup ({tag}); jobs {r['jobs_done']}, "
                  f"p99 slowdown {r['slowdown_p99'] or '-'}, host CPU {r['host_cpu_avg_pct']}%")
-        timeline(a.out, tag, os.path.join(a.img, f"{a.prefix}-timeline-{mode}.png"), title)
+        timeline(where[(mode, r["count"], r["repeat"])], tag, os.path.join(a.img, f"{a.prefix}-timeline-{mode}.png"), title)
     summary(a.out, os.path.join(a.img, f"{a.prefix}-summary.png"), f"bench/density, {limit} MiB cgroup", bound)
 
 
