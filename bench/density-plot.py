@@ -8,8 +8,8 @@
   job) and OOM kills / QEMU deaths as red lines across both panels. The point drawn is the mode's
   highest VM count, first repeat, unless --point MODE=TAG is given.
   summary (density-summary.png): VMs hosted against p99 job slowdown (CPU noise removed; p50 as x,
-  raw p99 as a dash), one line per mode (repeats pooled, as in modes.csv); hollow markers are broken counts (an OOM kill, a QEMU death, a failed
-  job or p99 beyond the bound).
+  raw p99 as a dash), one line per mode (repeats pooled, as in modes.csv); hollow markers are
+  broken counts (an OOM kill, a QEMU death, a failed job or p99 beyond the bound).
 
 usage: bench/density-plot.py OUTDIR [OUTDIR...] [--img DIR] [--point MODE=TAG ...]   (needs python3-matplotlib)
 """
@@ -80,8 +80,8 @@ def timeline(out, tag, img, title):
             for a in (ax, lanes):
                 a.axvline(tt, color="red", lw=1.5, alpha=0.8)
             near = [x for x in labelled if abs(x - tt) < 5]
-            ax.text(tt - 1, max(lim) * (0.97 - 0.05 * len(near)), e["event"].replace("_", " ") + (f" ({e['vm']})" if e["vm"] else ""),
-                    color="red", fontsize=7, ha="right")
+            label = e["event"].replace("_", " ") + (f" ({e['vm']})" if e["vm"] else "")
+            ax.text(tt - 1, max(lim) * (0.97 - 0.05 * len(near)), label, color="red", fontsize=7, ha="right")
             labelled.append(tt)
         elif e["event"] == "admit":
             lanes.plot([tt], [int(e["vm"][1:])], ">", color="black", ms=5)
@@ -171,7 +171,8 @@ def main():
         r = next(x for x in pts if f"{mode}-n{x['count']}-r{x['repeat']}" == tag)
         title = (f"{mode}: {r['vms_hosted']} VMs in a {limit} MiB cgroup ({tag}); jobs {r['jobs_done']}, "
                  f"p99 slowdown {r['slowdown_p99'] or '-'}, host CPU {r['host_cpu_avg_pct']}%")
-        timeline(where[(mode, r["count"], r["repeat"])], tag, os.path.join(a.img, f"{a.prefix}-timeline-{mode}.png"), title)
+        img = os.path.join(a.img, f"{a.prefix}-timeline-{mode}.png")
+        timeline(where[(mode, r["count"], r["repeat"])], tag, img, title)
     summary(a.out, os.path.join(a.img, f"{a.prefix}-summary.png"), f"bench/density, {limit} MiB cgroup", bound)
 
 
