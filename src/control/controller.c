@@ -85,6 +85,7 @@ struct CtlVm {
         EvTimer *park_timer;        /* asking for fresh statistics before a park */
         /* Guest statistics (B5.4, B5.9). */
         bool stats_off, stats_period_set;
+        usec_t stats_first_at; /* the first read after the period was set (0: done) */
         usec_t last_stats;     /* when statistics were last asked for */
         usec_t stats_interval; /* the interval they were read at (freshness is relative to it) */
         HvStats guest;
@@ -528,9 +529,12 @@ static void vm_on_stats_period(Hv *hv, const HvReply *reply, void *userdata) {
                 vm->stats_off = vm->errors++ > 5;
         } else {
                 vm->stats_period_set = true;
-                /* Read them at the next tick, not at the idle fleet's pace: floors and the
-                 * admission hint need the guest's use from the start. */
-                ctl_kick(vm->c, CTL_TRIGGER_DRIVER);
+                /* The first read once the hypervisor has asked the guest at least once, not at
+                 * the idle fleet's pace: floors and the admission hint need the guest's use
+                 * from the start. */
+                vm->last_stats = ev_now(vm->c->ev);
+                vm->stats_first_at = usec_add(ev_now(vm->c->ev),
+                                              (usec_t) vm->c->cfg.stats_period_s * USEC_PER_SEC + USEC_PER_SEC / 2);
         }
         vm_after_call(vm);
 }
@@ -719,10 +723,11 @@ static void vm_poll(CtlVm *vm, usec_t now) {
         Controller *c = vm->c;
         /* What costs nothing when nothing happens (the idle goal is ≤ 0.1% of a core with 1,000
          * VMs): a VM at full size on a healthy host cannot change by itself (its hypervisor reports
-         * any change as an event on the connection ballast keeps open), so it is re-read and its
-         * statistics read every 5 minutes, spread; a ballooned, parked or pressured one at the
-         * normal pace. A state change re-arms everything at once (ctl_tick), and QEMU polls the
-         * guest's statistics by itself every period, so those read then are fresh. */
+         * any change as an event on the connection ballast keeps open), so it is re-read every 5
+         * minutes, spread; its guest statistics are read every 20-30 s, so that they are never
+         * older than that when pressure starts (and a guest that stopped reporting is noticed); a
+         * ballooned, parked or pressured VM at the normal pace. A state change re-arms everything
+         * at once (ctl_tick). */
         bool ballooned = vm->actual_known && (vm->target + c->cfg.tolerance < vm->spec.assigned ||
                                               vm->actual + c->cfg.tolerance < vm->spec.assigned);
         /* A guest under pressure is watched at the normal pace until it is not: a full-size VM
@@ -730,7 +735,7 @@ static void vm_poll(CtlVm *vm, usec_t now) {
         bool active = ballooned || vm->parked || vm->guest_pressure || c->ctl.state != PLAN_STATE_HEALTHY;
         usec_t refresh = active ? c->cfg.refresh_interval : 60 * c->cfg.refresh_interval;
         usec_t stats_iv = active ? (usec_t) c->cfg.stats_period_s * USEC_PER_SEC
-                                 : MAX((usec_t) c->cfg.stats_period_s * USEC_PER_SEC, 300 * USEC_PER_SEC);
+                                 : MAX((usec_t) c->cfg.stats_period_s * USEC_PER_SEC, 30 * USEC_PER_SEC);
         vm_read_rss(vm, now, active);
         /* Guest statistics: enable the polling once, then read them every period. */
         if (vm->actual_known && c->cfg.stats_period_s && !vm->stats_off && !(vm->retry_at && now < vm->retry_at)) {
@@ -744,8 +749,10 @@ static void vm_poll(CtlVm *vm, usec_t now) {
                         /* Refused at once (Cloud Hypervisor has no statistics): carry on without. */
                         vm->stats_off = true;
                 }
-                if (!vm->stats_off && now >= vm->last_stats + stats_iv) {
-                        /* At the idle pace, the next read comes 200-300 s later (spread). */
+                bool first = vm->stats_first_at && now >= vm->stats_first_at;
+                if (!vm->stats_off && (first || now >= vm->last_stats + stats_iv)) {
+                        vm->stats_first_at = 0;
+                        /* At the idle pace, the next read comes 20-30 s later (spread). */
                         vm->last_stats = active ? now : usec_sub_floor(now, vm_jitter(vm, stats_iv / 3));
                         vm->stats_interval = stats_iv;
                         int r = hv_get_stats(vm->hv, c->cfg.op_timeout, vm_on_stats, vm);
