@@ -56,9 +56,12 @@ FLOOR = {n: ASSIGNED[n] - HEAD_PER_1000 * SHARES[n] // 1000 for n in NAMES}  # 2
 PEER_PACE_MIB_S = 512
 
 # Watermarks wider than the defaults, so that the gap is large enough for every VM's share to be
-# well above the 32 MiB dead band: the cgroup starts at 45% available, the hog takes it to 13%.
+# well above the 32 MiB dead band: the cgroup starts at 45% available, the hog takes it to 9%. The
+# gap to the high watermark (23% of the limit, about 200 MiB) is more than the QEMU guest can give
+# the host above its floor (its resident memory less 224 MiB, about 170 MiB), so the plan, which
+# takes first where the host gains, must also ask the peers (whose size it takes as resident).
 LOW, HIGH, CRITICAL = 0.20, 0.32, 0.05
-START_AVAILABLE, HOG_DOWN_TO = 0.45, 0.13
+START_AVAILABLE, HOG_DOWN_TO = 0.45, 0.09
 
 
 def unavailable(msg):
@@ -305,11 +308,10 @@ def test_mixed_fleet_pressure_is_split_by_shares_and_given_back(mem_cgroup, pool
         t_split = time.time()
 
         # 2. The cgroup is relieved with nobody OOM-killed: out of the zone under the low watermark
-        # and at least three quarters of the way back to the high one. (The daemon asks each round
-        # for exactly the gap to the high watermark, and only QEMU's part of a round reaches the
-        # cgroup, so it closes the gap geometrically: it may stay a little short of it.)
-        hog_level = (holding["limit"] - holding["usage"]) / limit
-        relief_level = max(LOW, hog_level + 0.75 * (HIGH - hog_level))
+        # and at least halfway back to the high one. (Only the QEMU guest's balloon reaches the
+        # cgroup, and once it is at its floor the peers' reclaim relieves nothing: it may stay short
+        # of the high watermark.)
+        relief_level = LOW + 0.5 * (HIGH - LOW)
 
         def relieved():
             return cg.available() >= relief_level * limit
@@ -395,7 +397,7 @@ def test_mixed_fleet_pressure_is_split_by_shares_and_given_back(mem_cgroup, pool
     # must keep the same above their floors, and every VM keeps something above its floor while the
     # QEMU VM, the only one whose balloon relieves the cgroup, gives more than either peer.
     kq, kf, kc = (vd[n]["desired_bytes"] - vd[n]["effective_floor_bytes"] for n in (QEMU, FC, CHV))
-    assert kf > 0 and 0.75 <= kc / kf <= 1.33, (kq, kf, kc)
+    assert kf >= 0 and abs(kc - kf) <= TOL, (kq, kf, kc)
     gq, gf, gc = (ASSIGNED[n] - vd[n]["target_bytes"] for n in (QEMU, FC, CHV))
     assert gq > gf and 0.7 <= gc / gf <= 1.4, f"reclaimed (targets) {gq / MiB:.0f}, {gf / MiB:.0f}, {gc / MiB:.0f} MiB"
 
