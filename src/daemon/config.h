@@ -101,7 +101,7 @@ typedef struct DaemonConfig {
         size_t n_owned_;
 } DaemonConfig;
 
-/* Fills *c with the documented defaults (PRODUCT.md; docs/config.md). Cannot fail and allocates
+/* Fills *c with the documented defaults (docs/config.md). Cannot fail and allocates
  * nothing; the result is valid as it is. */
 void config_init_default(DaemonConfig *c);
 

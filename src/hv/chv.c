@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The Cloud Hypervisor driver (B1.4) over the asynchronous HTTP/1.1 client: each operation is a
- * short sequence of API requests under one deadline. Exact texts and rules: protocols.md §4. */
+ * short sequence of API requests under one deadline. Exact texts and rules: docs/drivers.md. */
 #include "hv/chv.h"
 
 #include <errno.h>

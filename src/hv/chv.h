@@ -4,7 +4,7 @@
 /* The Cloud Hypervisor driver (B1.4): the HvOps over Cloud Hypervisor's REST API socket
  * (--api-socket), one keep-alive HTTP/1.1 connection per VM (hv/http1.h).
  *
- * Conversions (protocols.md §5.3): R = config.memory.size + Σ config.memory.zones[].size from
+ * Conversions (docs/drivers.md): R = config.memory.size + Σ config.memory.zones[].size from
  * GET /api/v1/vm.info; a target of G guest bytes is sent as desired_balloon = R − G rounded down
  * to 4 KiB (the guest keeps at least G; 0 when G ≥ R) with PUT /api/v1/vm.resize; `actual` is
  * vm.info's memory_actual_size (guest bytes). set_target reads vm.info every time because

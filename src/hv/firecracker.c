@@ -2,7 +2,7 @@
 /* The Firecracker driver (B1.3) over the asynchronous HTTP/1.1 client. A driver operation is a
  * short sequence of API requests ("steps") under one deadline; the VM size (GET /machine-config)
  * is cached once the VM is known to run, because it cannot change after boot, and fetched again
- * on a new connection (the VMM may have been restarted). Exact texts and rules: protocols.md §3. */
+ * on a new connection (the VMM may have been restarted). Exact texts and rules: docs/drivers.md. */
 #include "hv/firecracker.h"
 
 #include <errno.h>

@@ -58,7 +58,7 @@ static bool token_eq(const char *s, size_t n, const char *lit) {
 }
 
 /* The status line: "HTTP/1.x NNN[ reason]". micro-http sends "HTTP/1.1 204 " (empty reason with
- * its space); the space is optional here as protocols.md §8.1 asks. */
+ * its space); the space is optional here as docs/drivers.md says. */
 static int parse_status_line(const char *l, size_t n, Http1Response *r, bool *http10, char *why, size_t whylen) {
         if (n < 12 || memcmp(l, "HTTP/1.", 7) != 0 || (l[7] != '0' && l[7] != '1') || l[8] != ' ') {
                 why_set(why, whylen, "bad status line");
@@ -320,7 +320,7 @@ int http1_format_request(const char *method, const char *path, const char *extra
         char length[64] = "";
         if (with_length)
                 snprintf(length, sizeof(length), "Content-Length: %zu\r\n", body_len);
-        /* Header order as Firecracker's own examples show it (protocols.md §3.6). */
+        /* Header order as Firecracker's own examples show it (docs/drivers.md). */
         _cleanup_free_ char *head = NULL;
         int hl = asprintf(&head, "%s %s HTTP/1.1\r\nHost: localhost\r\n%s%s%s%s\r\n", method, path,
                           has_accept ? "" : "Accept: application/json\r\n",

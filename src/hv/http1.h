@@ -73,7 +73,7 @@ int http1_roundtrip_unix(const char *socket_path, const char *method, const char
  * peer closed is reopened by the next request; a request that was sent on a reused keep-alive
  * connection which then closed before any byte of the response is sent once more on a fresh one.
  * The connection is also closed after "Connection: close", after a 4xx/5xx whose body is not
- * JSON (micro-http's own parse errors; protocols.md §8.1), and after bytes nobody asked for. */
+ * JSON (micro-http's own parse errors; docs/drivers.md), and after bytes nobody asked for. */
 
 typedef struct Http1Client Http1Client;
 

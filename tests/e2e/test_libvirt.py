@@ -379,7 +379,7 @@ def test_set_memory_guest_sees_it(vm, probe):
           f"(-{drop / MiB:.1f} MiB), MemFree {before['MemFree'] // 1024} -> {after['MemFree'] // 1024} kB, "
           f"actual {actual} after {took:.2f} s")
     assert actual == TARGET
-    # deflate-on-oom keeps ballooned pages in MemTotal (qemu-lab.md §4): only free/available drop.
+    # deflate-on-oom keeps ballooned pages in MemTotal: only free/available drop.
     assert abs(drop - (GUEST_MEM - TARGET)) <= 24 * MiB, (before, after)
     assert after["MemTotal"] == before["MemTotal"]
 

@@ -114,7 +114,7 @@ class PeerVm:
         return r.json
 
     def sizes(self):
-        """(actual, target) guest bytes, in the hypervisor's own terms converted as protocols.md says."""
+        """(actual, target) guest bytes, in the hypervisor's own terms converted as docs/drivers.md says."""
         if self.kind == "firecracker":
             s = self.get("/balloon/statistics")
             return self.mem - s["actual_pages"] * 4096, self.mem - s["target_pages"] * 4096

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* A protocol-faithful fake Cloud Hypervisor API server for tests, after protocols.md §4 and §8.2:
+/* A protocol-faithful fake Cloud Hypervisor API server for tests, after Cloud Hypervisor's API (docs/drivers.md):
  * the /api/v1/ routes a balloon controller uses (vmm.ping, vm.info, vm.resize, vm.boot,
  * vm.counters) on the same micro-http framing as Firecracker (tests/peers/fc-peer.c, whose mh_*
  * layer this file includes), error bodies as JSON arrays of the error chain (v47 and later) or as

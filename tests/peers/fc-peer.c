@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* A protocol-faithful fake Firecracker API server for tests, after protocols.md §3 and §8.2: the
+/* A protocol-faithful fake Firecracker API server for tests, after Firecracker's API (docs/drivers.md): the
  * micro-http framing (status line without a reason phrase but with its space, header order, no
  * Content-Length on 204, HTTP-layer errors with a raw newline in their body), the balloon
  * endpoints with their pre-boot and post-boot rules and fault_message texts, deny_unknown_fields

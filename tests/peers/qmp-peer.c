@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* A protocol-faithful fake QEMU monitor (QMP) for tests, after protocols.md §2 and §8.2, with a
+/* A protocol-faithful fake QEMU monitor (QMP) for tests, after QEMU's QMP specification (docs/conformance.md), with a
  * simulated guest that moves `actual` toward the target in 1 MiB steps.
  *
  *   qmp-peer --socket PATH --mode normal|hang|greet-only|garbage|flood|close-mid-reply|event-storm

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The Cloud Hypervisor driver (src/hv/chv.c) and set-and-wait against the protocol-faithful fake
  * Cloud Hypervisor of tests/peers/chv-peer.c (compiled in, run in forked children over real Unix
- * sockets), and the peer's own fidelity to protocols.md §4. Cloud Hypervisor itself cannot run
+ * sockets), and the peer's own fidelity to Cloud Hypervisor's API (docs/drivers.md). Cloud Hypervisor itself cannot run
  * here (no KVM). Every wait has a generous deadline; no sleep is used to synchronise. */
 #include <errno.h>
 #include <fcntl.h>
@@ -88,7 +88,7 @@ static Hv *new_hv(Fixture *f) {
         "PUT /api/v1/vm.resize HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: "              \
         "application/json\r\nContent-Length: 30\r\n\r\n{\"desired_balloon\":1073741824}"
 
-/* --- the peer speaks Cloud Hypervisor's bytes (protocols.md §4.6) --- */
+/* --- the peer speaks Cloud Hypervisor's bytes (docs/drivers.md) --- */
 
 static void test_peer_bytes(void **state) {
         Fixture *f = *state;
@@ -217,7 +217,7 @@ static void test_legacy_errors(void **state) {
         assert_int_equal(r.error, -ENODEV);
         assert_string_equal(r.message, "Cloud Hypervisor set-target: PUT /api/v1/vm.resize answered 500: "
                                        "ApiError(VmResize(DeviceManager(MissingVirtioBalloon)))");
-        /* A body that is not JSON ends the connection (protocols.md §8.1); the next one works. */
+        /* A body that is not JSON ends the connection (docs/drivers.md); the next one works. */
         ok(f, hv, CALL_ACTUAL, 0);
         ChvCounters k;
         chv_hv_counters(hv, &k);

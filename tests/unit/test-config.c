@@ -240,7 +240,7 @@ static void test_defaults(void **state) {
         assert_int_equal(c.policy.step_gain_pmy, plan.step_gain_pmy);
         assert_int_equal(plan_config_validate(&c.policy, &field), 0);
 
-        /* PRODUCT.md's numbers. */
+        /* the documented defaults (docs/config.md). */
         assert_string_equal(c.api.socket, "/run/ballast/api.sock");
         assert_null(c.api.listen);
         assert_null(c.api.tokens_file);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The Firecracker driver (src/hv/firecracker.c) and set-and-wait against the protocol-faithful fake
  * Firecracker of tests/peers/fc-peer.c (compiled in, run in forked children over real Unix
- * sockets), and the peer's own fidelity to protocols.md §3. Firecracker itself cannot run here
+ * sockets), and the peer's own fidelity to Firecracker's API (docs/drivers.md). Firecracker itself cannot run here
  * (no KVM). Every wait has a generous deadline; no sleep is used to synchronise. */
 #include <errno.h>
 #include <fcntl.h>
@@ -84,7 +84,7 @@ static Hv *new_hv(Fixture *f) {
 #define FC_RESPONSE(status) "HTTP/1.1 " #status " \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n"
 #define FC_JSON(len)        "Content-Type: application/json\r\nContent-Length: " #len "\r\n\r\n"
 
-/* --- the peer speaks Firecracker's bytes (protocols.md §3.1, §3.6) --- */
+/* --- the peer speaks Firecracker's bytes (docs/drivers.md) --- */
 
 static void test_peer_bytes(void **state) {
         Fixture *f = *state;

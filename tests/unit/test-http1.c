@@ -47,7 +47,7 @@ typedef struct Valid {
 } Valid;
 
 static const Valid valid[] = {
-        /* protocols.md §3.1 / §3.6: Firecracker, byte for byte. */
+        /* docs/drivers.md, Firecracker, byte for byte. */
         { "fc-204", "HTTP/1.1 204 \r\n" FC_HDR "\r\n", 204, "", "", true, "" },
         { "fc-balloon",
           "HTTP/1.1 200 \r\n" FC_HDR JSON_CL "123\r\n\r\n"
@@ -348,7 +348,7 @@ static void test_parse_limits(void **state) {
 static void test_format_request(void **state) {
         (void) state;
         char *s = NULL;
-        /* protocols.md §3.6, byte for byte. */
+        /* Firecracker's own examples, byte for byte. */
         const char *patch = "PATCH /balloon HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: "
                             "application/json\r\nContent-Length: 18\r\n\r\n{\"amount_mib\":256}";
         int n = http1_format_request("PATCH", "/balloon", NULL, "{\"amount_mib\":256}", 18, &s);
