@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* Fuzzes the Firecracker driver on what its API socket answers, through the code that interprets it:
+/* Fuzzes the Firecracker driver (and, built from fuzz-chv.c with FUZZ_CHV, the Cloud Hypervisor one)
+ * on what its API socket answers, through the code that interprets it:
  * the first byte picks the operation ('a' get_actual, 't' set_target 512 MiB, 's' get_stats,
  * 'p' set_stats_period 2 s, 'c' get_caps; any other byte: its value modulo 5), the rest is split at
  * NUL bytes into the answers to the driver's requests, one chunk per request as the driver sends
@@ -15,7 +16,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#ifdef FUZZ_CHV
+#include "hv/chv.h"
+#define REST_VERSION "Cloud Hypervisor "
+#else
 #include "hv/firecracker.h"
+#define REST_VERSION "Firecracker "
+#endif
 #include "hv/http1.h"
 #include "hv/hv.h"
 #include "shared/ev.h"
@@ -36,7 +43,8 @@ static void on_reply(Hv *hv, const HvReply *r, void *userdata) {
         (void) hv;
         if (++o->calls > 1 || r->op != o->op || r->error > 0 || (r->error < 0 && r->message[0] == '\0'))
                 abort();
-        if (r->error == 0 && r->op == HV_OP_GET_CAPS && strncmp(r->caps.version, "Firecracker ", 12) != 0)
+        if (r->error == 0 && r->op == HV_OP_GET_CAPS &&
+            strncmp(r->caps.version, REST_VERSION, strlen(REST_VERSION)) != 0)
                 abort();
 }
 
@@ -94,10 +102,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 abort();
 
         Hv *hv = NULL;
+#ifdef FUZZ_CHV
+        ChvConfig cfg = { .socket_path = "/nonexistent/ballast-fuzz/api.sock", .expected_uid = UID_ANY };
+        if (chv_hv_new(ev, &cfg, &hv) < 0)
+#else
         FcConfig cfg = { .socket_path = "/nonexistent/ballast-fuzz/api.sock", .expected_uid = UID_ANY };
         if (fc_hv_new(ev, &cfg, &hv) < 0)
+#endif
                 abort();
+#ifdef FUZZ_CHV
+        Http1Client *h = chv_hv_http(hv);
+#else
         Http1Client *h = fc_hv_http(hv);
+#endif
         int other = -EBADF;
         if (attach(h, &other) < 0)
                 abort();
