@@ -141,6 +141,7 @@ struct Controller {
         uint64_t transitions, ticks, plans_failed, skipped_plans;
         bool fleet_idle; /* every VM idle at the last poll (see ctl_poll_all) */
         usec_t next_idle_poll;
+        bool calm; /* available far above the high watermark: idle guests' statistics wait minutes */
 
         MemSample sample;
         bool sample_ok;
@@ -724,18 +725,20 @@ static void vm_poll(CtlVm *vm, usec_t now) {
         /* What costs nothing when nothing happens (the idle goal is ≤ 0.1% of a core with 1,000
          * VMs): a VM at full size on a healthy host cannot change by itself (its hypervisor reports
          * any change as an event on the connection ballast keeps open), so it is re-read every 5
-         * minutes, spread; its guest statistics are read every 20-30 s, so that they are never
-         * older than that when pressure starts (and a guest that stopped reporting is noticed); a
-         * ballooned, parked or pressured VM at the normal pace. A state change re-arms everything
-         * at once (ctl_tick). */
+         * minutes, spread; its guest statistics every 4-6 minutes while the host is calm and every
+         * 20-30 s once it is not (ctl_update_calm re-reads them all when it stops being calm), so
+         * that they are seconds old when pressure starts, and a guest that stopped reporting is
+         * noticed; a ballooned, parked or pressured VM at the normal pace. A state change re-arms
+         * everything at once (ctl_tick). */
         bool ballooned = vm->actual_known && (vm->target + c->cfg.tolerance < vm->spec.assigned ||
                                               vm->actual + c->cfg.tolerance < vm->spec.assigned);
         /* A guest under pressure is watched at the normal pace until it is not: a full-size VM
          * reported "pressure" for 28 s after its job ended when read every 30 s. */
         bool active = ballooned || vm->parked || vm->guest_pressure || c->ctl.state != PLAN_STATE_HEALTHY;
         usec_t refresh = active ? c->cfg.refresh_interval : 60 * c->cfg.refresh_interval;
-        usec_t stats_iv = active ? (usec_t) c->cfg.stats_period_s * USEC_PER_SEC
-                                 : MAX((usec_t) c->cfg.stats_period_s * USEC_PER_SEC, 30 * USEC_PER_SEC);
+        usec_t stats_iv = active  ? (usec_t) c->cfg.stats_period_s * USEC_PER_SEC
+                          : c->calm ? MAX((usec_t) c->cfg.stats_period_s * USEC_PER_SEC, 360 * USEC_PER_SEC)
+                                    : MAX((usec_t) c->cfg.stats_period_s * USEC_PER_SEC, 30 * USEC_PER_SEC);
         vm_read_rss(vm, now, active);
         /* Guest statistics: enable the polling once, then read them every period. */
         if (vm->actual_known && c->cfg.stats_period_s && !vm->stats_off && !(vm->retry_at && now < vm->retry_at)) {
@@ -892,6 +895,25 @@ static bool ctl_poll_all(Controller *c, usec_t now) {
         return idle;
 }
 
+/* Calm: healthy, with available at least twice the high watermark (back to calm at 2.5 times, so
+ * that a host near the line does not flap). An idle guest's statistics are read every 4-6 minutes
+ * while calm and every 20-30 s otherwise; leaving calm re-reads every guest at once, so they are
+ * seconds old, not minutes, when the host reaches the low watermark. */
+static void ctl_update_calm(Controller *c, usec_t now) {
+        if (!c->sample_ok)
+                return;
+        uint64_t high = MIN((uint64_t) c->cfg.plan.high_pmy, (uint64_t) PLAN_PERMYRIAD);
+        unsigned __int128 avail = (unsigned __int128) c->sample.available * PLAN_PERMYRIAD;
+        unsigned __int128 line = (unsigned __int128) c->sample.total * high;
+        bool calm = c->ctl.state == PLAN_STATE_HEALTHY && avail >= (c->calm ? 2 * line : 5 * line / 2);
+        if (c->calm && !calm) {
+                for (size_t i = 0; i < c->n_vms; i++)
+                        c->vms[i]->last_stats = 0;
+                c->next_idle_poll = now;
+        }
+        c->calm = calm;
+}
+
 static void ctl_tick(Controller *c, CtlTrigger trigger) {
         usec_t now = now_mono();
         c->ticks++;
@@ -899,6 +921,7 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
 
         (void) ctl_sample(c, now);
         c->ram_budget = CTL_RAM_READS_PER_TICK;
+        ctl_update_calm(c, now);
 
         /* Nothing to decide on a healthy host above the low watermark with every VM at full size
          * and no hold: skip the plan (it would change nothing) and only poll. */

@@ -536,10 +536,11 @@ int plan_compute(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vm
                 else
                         pending -= (s128) (e - x);
 
-                /* The guest margin holds in critical too: below it a guest swaps and thrashes. */
+                /* In critical a quarter of the guest margin holds: the host is about to OOM-kill
+                 * a whole VM, and a guest that swaps some idle memory into its zram costs less. */
                 uint64_t f = MAX(MIN(v->floor, a), mul_pmy_ceil(a, critical ? c->hard_floor_pmy : c->floor_pmy));
                 if (v->guest_fresh)
-                        f = MAX(f, MIN(sat_add(v->guest_used, c->guest_margin), a));
+                        f = MAX(f, MIN(sat_add(v->guest_used, critical ? c->guest_margin / 4 : c->guest_margin), a));
 
                 *d = (PlanDecision){ .target = t, .desired = t, .floor = f, .reason = PLAN_REASON_UNCHANGED };
                 if (v->parked) {

@@ -367,6 +367,62 @@ static void test_dead_vm_leaves_totals(void **state) {
         assert_true(ctl_stats(f->c)->reaction.count == reactions);
 }
 
+static bool vm_has_stats(Fixture *f, void *arg) {
+        CtlVm *vm = arg;
+        CtlVmView v;
+        ctl_vm_view(vm, &v);
+        (void) f;
+        return v.guest.last_update != 0 && v.guest.last_update != HV_STAT_UNSET;
+}
+
+typedef struct StatsAfter {
+        CtlVm *vm;
+        uint64_t after;
+} StatsAfter;
+
+static bool vm_stats_newer(Fixture *f, void *arg) {
+        StatsAfter *a = arg;
+        CtlVmView v;
+        ctl_vm_view(a->vm, &v);
+        (void) f;
+        return v.guest.last_update != HV_STAT_UNSET && v.guest.last_update > a->after;
+}
+
+/* An idle VM's guest statistics are read every few minutes while the host is calm (available at
+ * least 2.5 times the high watermark), and re-read at once when it stops being calm, so they are
+ * seconds old when pressure starts (the idle cost of 1,000 VMs is the reason for the minutes). */
+static void test_idle_stats_follow_calm(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 6 * GiB);
+        spawn_peer(f, "a", PEER_NORMAL, 1 * GiB, 0);
+        CtlConfig cc;
+        ctl_config_default(&cc);
+        cc.proc_root = f->dir;
+        cc.psi_mode = -1;
+        cc.op_timeout = 2 * USEC_PER_SEC;
+        cc.sample_interval = 50 * USEC_PER_MSEC;
+        cc.stats_period_s = 1;
+        CtlHooks h = { .target_changed = on_target, .journal = on_journal, .userdata = f };
+        char err[256];
+        if (ctl_new(f->ev, &cc, factory, &h, &f->c, err, sizeof err) < 0)
+                fail_msg("ctl_new: %s", err);
+        CtlVm *a = add(f, "a", 1 * GiB, 0);
+        assert_true(run_until(f, vm_has_stats, a, 15 * USEC_PER_SEC));
+        CtlVmView v;
+        ctl_vm_view(a, &v);
+        StatsAfter sa = { .vm = a, .after = v.guest.last_update };
+        /* Calm: no new read for a while (the guest would have new figures every second). */
+        assert_false(run_until(f, vm_stats_newer, &sa, 4 * USEC_PER_SEC));
+        /* Healthy but no longer calm (25 % available, the high watermark is 15 %): read now. */
+        write_meminfo(f, 8 * GiB, 2 * GiB);
+        assert_true(run_until(f, vm_stats_newer, &sa, 8 * USEC_PER_SEC));
+        ctl_vm_view(a, &v);
+        assert_true(v.guest_fresh);
+        CtlHostView hv;
+        ctl_host_view(f->c, &hv);
+        assert_int_equal(hv.ctl.state, PLAN_STATE_HEALTHY);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_reclaim_and_give_back, setup, teardown),
@@ -374,6 +430,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_stall_resyncs, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_view_before_first_plan, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_dead_vm_leaves_totals, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_idle_stats_follow_calm, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

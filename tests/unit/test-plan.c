@@ -685,7 +685,7 @@ static void test_floor_table(void **state) {
                 { 20 * GiB, false, 0, false, 8 * GiB },           /* configured above assigned */
                 { 0, false, 0, true, (8 * GiB + 9) / 10 },        /* hard: ceil(10% of 8 GiB) */
                 { 3 * GiB, false, 0, true, 3 * GiB },             /* configured honoured in critical */
-                { 0, true, 3 * GiB, true, 3 * GiB + 128 * MiB },  /* critical keeps the guest margin */
+                { 0, true, 3 * GiB, true, 3 * GiB + 32 * MiB },   /* critical keeps a quarter of the margin */
         };
         for (size_t k = 0; k < sizeof(t) / sizeof(t[0]); k++) {
                 fx(1, 8 * GiB);
