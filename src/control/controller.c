@@ -736,7 +736,7 @@ static void vm_poll(CtlVm *vm, usec_t now) {
          * reported "pressure" for 28 s after its job ended when read every 30 s. */
         bool active = ballooned || vm->parked || vm->guest_pressure || c->ctl.state != PLAN_STATE_HEALTHY;
         usec_t refresh = active ? c->cfg.refresh_interval : 60 * c->cfg.refresh_interval;
-        usec_t stats_iv = active  ? (usec_t) c->cfg.stats_period_s * USEC_PER_SEC
+        usec_t stats_iv = active    ? (usec_t) c->cfg.stats_period_s * USEC_PER_SEC
                           : c->calm ? MAX((usec_t) c->cfg.stats_period_s * USEC_PER_SEC, 360 * USEC_PER_SEC)
                                     : MAX((usec_t) c->cfg.stats_period_s * USEC_PER_SEC, 30 * USEC_PER_SEC);
         vm_read_rss(vm, now, active);
