@@ -85,8 +85,9 @@ struct CtlVm {
         EvTimer *park_timer;        /* asking for fresh statistics before a park */
         /* Guest statistics (B5.4, B5.9). */
         bool stats_off, stats_period_set;
-        usec_t stats_first_at; /* the first read after the period was set (0: done) */
-        usec_t last_stats;     /* when statistics were last asked for */
+        bool stats_fast, stats_fast_asked, stats_fast_refused; /* polled every second (shrunk VM) */
+        usec_t stats_first_at;                                 /* the first read after the period was set (0: done) */
+        usec_t last_stats;                                     /* when statistics were last asked for */
         usec_t stats_interval; /* the interval they were read at (freshness is relative to it) */
         HvStats guest;
         bool guest_have, guest_fresh, guest_pressure;
@@ -524,10 +525,17 @@ static void vm_on_stats_period(Hv *hv, const HvReply *reply, void *userdata) {
                 log_info("VM %s: no guest statistics (%s); floors use the configured values only", vm->spec.id,
                          reply->message);
                 vm->stats_off = true;
+        } else if (reply->error < 0 && vm->stats_period_set) {
+                /* The hypervisor keeps statistics on but refuses a new pace: keep the old one. */
+                log_debug("VM %s: cannot change the guest statistics period: %s", vm->spec.id, reply->message);
+                vm->stats_fast_refused = true;
         } else if (reply->error < 0) {
                 /* Not fatal to the VM: stats are an extra. Try again in a while. */
                 log_debug("VM %s: cannot enable guest statistics: %s", vm->spec.id, reply->message);
                 vm->stats_off = vm->errors++ > 5;
+        } else if (vm->stats_period_set) {
+                /* A change of pace (a VM shrunk or back at full size). */
+                vm->stats_fast = vm->stats_fast_asked;
         } else {
                 vm->stats_period_set = true;
                 /* The first read once the hypervisor has asked the guest at least once, not at
@@ -752,6 +760,22 @@ static void vm_poll(CtlVm *vm, usec_t now) {
                         /* Refused at once (Cloud Hypervisor has no statistics): carry on without. */
                         vm->stats_off = true;
                 }
+                /* A shrunk VM's guest is polled every second: its next job must get its memory
+                 * back quickly, and the guest's pressure shows one poll after it starts. At full
+                 * size (and parked: small on purpose) the configured period is enough. */
+                bool fast = ballooned && !vm->parked && c->cfg.stats_period_s > 1;
+                if (fast != vm->stats_fast && !vm->stats_fast_refused) {
+                        vm->stats_fast_asked = fast;
+                        int r = hv_set_stats_period(vm->hv, fast ? 1 : c->cfg.stats_period_s, c->cfg.op_timeout,
+                                                    vm_on_stats_period, vm);
+                        if (r >= 0) {
+                                vm->op_busy = true;
+                                return;
+                        }
+                        vm->stats_fast_refused = true;
+                }
+                if (vm->stats_fast)
+                        stats_iv = USEC_PER_SEC;
                 bool first = vm->stats_first_at && now >= vm->stats_first_at;
                 if (!vm->stats_off && (first || now >= vm->last_stats + stats_iv)) {
                         vm->stats_first_at = 0;

@@ -423,6 +423,47 @@ static void test_idle_stats_follow_calm(void **state) {
         assert_int_equal(hv.ctl.state, PLAN_STATE_HEALTHY);
 }
 
+/* Distinct guest reports seen in a window (the guest reports once per polling interval). */
+static unsigned reports_in(Fixture *f, CtlVm *vm, usec_t window) {
+        usec_t until = now_mono() + window;
+        uint64_t last = 0;
+        unsigned n = 0;
+        while (now_mono() < until) {
+                assert_true(ev_run_once(f->ev, now_mono() + 20 * USEC_PER_MSEC) >= 0);
+                CtlVmView v;
+                ctl_vm_view(vm, &v);
+                if (v.guest.last_update != HV_STAT_UNSET && v.guest.last_update != last) {
+                        last = v.guest.last_update;
+                        n++;
+                }
+        }
+        return n;
+}
+
+/* A shrunk VM's guest is polled every second (its next job needs its memory back quickly, and its
+ * pressure shows one report after it starts); at full size the configured period (2 s) applies. */
+static void test_shrunk_vm_polled_every_second(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 4 * GiB);
+        spawn_peer(f, "a", PEER_NORMAL, 1 * GiB, 0);
+        start(f, 2 * USEC_PER_SEC);
+        CtlVm *a = add(f, "a", 1 * GiB, 256 * MiB);
+        assert_true(run_until(f, vm_has_stats, a, 15 * USEC_PER_SEC));
+        write_meminfo(f, 8 * GiB, 8 * GiB / 20 + 1);
+        assert_true(run_until(f, vm_reached_below, a, 10 * USEC_PER_SEC));
+        /* Every second: about 6 reports in 6 s; every 2 s would give at most 4. */
+        unsigned fast = reports_in(f, a, 6 * USEC_PER_SEC);
+        if (fast < 5)
+                fail_msg("shrunk VM: %u guest reports in 6 s, want at least 5", fast);
+        /* Back at full size on a calm host: the idle pace (minutes), not every second. */
+        write_meminfo(f, 8 * GiB, 6 * GiB);
+        assert_true(run_until(f, vm_back_full, a, 20 * USEC_PER_SEC));
+        (void) reports_in(f, a, 3 * USEC_PER_SEC); /* the pace change itself */
+        unsigned slow = reports_in(f, a, 6 * USEC_PER_SEC);
+        if (slow > 2)
+                fail_msg("full-size VM: %u guest reports in 6 s, want at most 2", slow);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_reclaim_and_give_back, setup, teardown),
@@ -431,6 +472,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_view_before_first_plan, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_dead_vm_leaves_totals, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_idle_stats_follow_calm, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_shrunk_vm_polled_every_second, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
