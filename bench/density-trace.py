@@ -25,7 +25,10 @@ The trace is a JSON file: {"seed", "slots", "horizon_s", "generator", "vms": [{"
 its duration is up. The default trace (seed 1, 16 slots, 600 s of jobs each) is committed as
 bench/density-trace.json so every run replays the same jobs.
 
-usage: bench/density-trace.py [--seed N] [--slots N] [--horizon SECONDS] [-o FILE]
+With --anon-only every job is an anon job (same draws otherwise): the workload free page reporting
+handles alone, committed as bench/density-trace-anon.json.
+
+usage: bench/density-trace.py [--seed N] [--slots N] [--horizon SECONDS] [--anon-only] [-o FILE]
 """
 
 import argparse
@@ -37,10 +40,10 @@ DEFAULT_OUT = "bench/density-trace.json"
 CACHE_FILE_MIB = 896
 
 
-def job(rng, slot_state):
+def job(rng, slot_state, anon_only=False):
     """One job, drawn from rng; slot_state carries the cache cursor and the kept heap."""
     k = rng.random()
-    if k < 0.40:
+    if k < 0.40 or anon_only:
         mib = rng.randint(100, 300) if rng.random() < 0.15 else rng.randint(32, 96)
         return {"kind": "anon", "mib": mib, "hold_s": round(rng.uniform(3, 8), 1)}
     if k < 0.70:
@@ -58,7 +61,7 @@ def job(rng, slot_state):
             "hold_s": round(rng.uniform(3, 8), 1)}
 
 
-def generate(seed, slots, horizon):
+def generate(seed, slots, horizon, anon_only=False):
     vms = []
     for s in range(slots):
         # One stream per slot: slot N's jobs do not depend on how many slots were generated.
@@ -67,13 +70,14 @@ def generate(seed, slots, horizon):
         jobs, t = [], 0.0
         while t < horizon:
             gap = round(rng.uniform(0, 20), 1) if not jobs else round(rng.uniform(14, 26), 1)
-            j = job(rng, st)
+            j = job(rng, st, anon_only)
             j = {"i": len(jobs), "gap_s": gap, **j}
             jobs.append(j)
             # A rough clock only to bound the trace's length: gap + hold + a few seconds of work.
             t += gap + j.get("hold_s", 0) + 3
         vms.append({"slot": s, "heap_bound_mib": st["bound"], "jobs": jobs})
     return {"generator": "bench/density-trace.py", "seed": seed, "slots": slots, "horizon_s": horizon,
+            "kinds": "anon" if anon_only else "anon,cache,heap",
             "cache_file_mib": CACHE_FILE_MIB, "vms": vms}
 
 
@@ -82,9 +86,11 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--slots", type=int, default=16)
     ap.add_argument("--horizon", type=float, default=600)
+    ap.add_argument("--anon-only", action="store_true",
+                    help="only anonymous jobs (the workload free page reporting handles by itself)")
     ap.add_argument("-o", "--output", default=DEFAULT_OUT, help="'-' for stdout")
     a = ap.parse_args()
-    tr = generate(a.seed, a.slots, a.horizon)
+    tr = generate(a.seed, a.slots, a.horizon, a.anon_only)
     text = json.dumps(tr, indent=None, separators=(",", ":"))
     # One VM per line: readable diffs, small file.
     text = text.replace('{"slot"', '\n{"slot"') + "\n"
