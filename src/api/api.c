@@ -1125,8 +1125,9 @@ static void route_capacity(Manager *m, HttpCall *call, const HttpRequest *req) {
         CtlHostView h;
         ctl_host_view(m->ctl, &h);
         http_call_reply_json(call, 200,
-                             json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:s}", "size_bytes", json_u64(cap.size),
-                                       "fit", json_u64(cap.fit), "fit_free", json_u64(cap.fit_free), "total_bytes",
+                             json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:s}", "size_bytes",
+                                       json_u64(cap.size), "overhead_bytes", json_u64(cap.overhead), "fit",
+                                       json_u64(cap.fit), "fit_free", json_u64(cap.fit_free), "total_bytes",
                                        json_u64(h.sample.total), "available_bytes", json_u64(h.sample.available),
                                        "reserve_bytes", json_u64(cap.reserve), "free_bytes", json_u64(cap.free),
                                        "returnable_bytes", json_u64(cap.returnable), "vm_count",

@@ -18,7 +18,7 @@ static const char capacity_usage[] =
         "Options:\n" CTL_API_USAGE_OPTIONS;
 
 static int capacity_show(json_t *c) {
-        char s[FORMAT_SIZE_MAX], f[FORMAT_SIZE_MAX], r[FORMAT_SIZE_MAX], v[FORMAT_SIZE_MAX];
+        char s[FORMAT_SIZE_MAX], f[FORMAT_SIZE_MAX], r[FORMAT_SIZE_MAX], v[FORMAT_SIZE_MAX], o[FORMAT_SIZE_MAX];
         cli_field("fit", "%lld more VMs of %s", (long long) json_integer_value(json_object_get(c, "fit")),
                   cli_json_size(s, sizeof(s), json_object_get(c, "size_bytes")));
         cli_field("", "%lld in free memory alone", (long long) json_integer_value(json_object_get(c, "fit_free")));
@@ -27,6 +27,8 @@ static int capacity_show(json_t *c) {
                   cli_json_size(v, sizeof(v), json_object_get(c, "reserve_bytes")));
         cli_field("returnable", "%s (reclaim above the VMs' floors)",
                   cli_json_size(r, sizeof(r), json_object_get(c, "returnable_bytes")));
+        cli_field("overhead", "%s per VM beside guest RAM (its hypervisor's own, as measured here)",
+                  cli_json_size(o, sizeof(o), json_object_get(c, "overhead_bytes")));
         cli_field("state", "%s, %lld VMs", cli_json_str(json_object_get(c, "state")),
                   (long long) json_integer_value(json_object_get(c, "vm_count")));
         return EXIT_OK;

@@ -1771,7 +1771,13 @@ int ctl_capacity(Controller *c, uint64_t size, PlanCapacity *ret, PlanResult *re
         int r = ctl_run_plan(c, &none, now, &res);
         if (r < 0)
                 return r;
-        r = plan_capacity(&c->cfg.plan, c->sample.total, c->sample.available, res.returnable, size, ret);
+        /* A new VM's hypervisor costs what the largest one here costs beside guest RAM (measured
+         * in smaps; QEMU under TCG keeps its translation buffer there, ~115 MiB). */
+        uint64_t overhead = 0;
+        for (size_t i = 0; i < c->n_vms; i++)
+                if (c->vms[i]->ram_known && c->vms[i]->status != CTL_VM_ERROR)
+                        overhead = MAX(overhead, c->vms[i]->ram_overhead);
+        r = plan_capacity(&c->cfg.plan, c->sample.total, c->sample.available, res.returnable, size, overhead, ret);
         if (r >= 0 && ret_plan)
                 *ret_plan = res;
         return r;

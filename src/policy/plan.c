@@ -719,19 +719,21 @@ uint64_t plan_floor(const PlanConfig *c, uint64_t assigned, uint64_t configured)
 }
 
 int plan_capacity(const PlanConfig *c, uint64_t total, uint64_t available, uint64_t returnable, uint64_t size,
-                  PlanCapacity *ret) {
+                  uint64_t overhead, PlanCapacity *ret) {
         if (!c || !ret || total == 0 || size == 0 || plan_config_validate(c, NULL) < 0)
                 return -EINVAL;
         uint64_t avail = MIN(available, total);
         uint64_t reserve = mul_pmy_ceil(total, c->low_pmy);
         uint64_t free_bytes = avail > reserve ? avail - reserve : 0;
+        u128 cost = (u128) size + overhead;
         *ret = (PlanCapacity){
                 .size = size,
                 .reserve = reserve,
                 .free = free_bytes,
                 .returnable = returnable,
-                .fit_free = free_bytes / size,
-                .fit = u128_to_u64_sat(((u128) free_bytes + returnable) / size),
+                .overhead = overhead,
+                .fit_free = u128_to_u64_sat(free_bytes / cost),
+                .fit = u128_to_u64_sat(((u128) free_bytes + returnable) / cost),
         };
         return 0;
 }

@@ -193,13 +193,16 @@ typedef struct PlanCapacity {
         uint64_t reserve;    /* the low watermark of the scope: never handed out */
         uint64_t free;       /* available above the reserve */
         uint64_t returnable; /* what reclaim could return above the floors */
-        uint64_t fit_free;   /* VMs of `size` that fit in free memory alone */
-        uint64_t fit;        /* VMs of `size` that fit in free memory plus what reclaim returns */
+        uint64_t overhead;   /* the hypervisor's own memory beside guest RAM, per VM */
+        uint64_t fit_free;   /* VMs of `size` + `overhead` that fit in free memory alone */
+        uint64_t fit;        /* the same in free memory plus what reclaim returns */
 } PlanCapacity;
 
-/* Returns 0, or -EINVAL (NULL, total or size 0, bad config); writes *ret only on success. */
+/* A new VM costs size + overhead (its hypervisor's own memory: QEMU's beside guest RAM, measured
+ * on the VMs already there). Returns 0, or -EINVAL (NULL, total or size 0, bad config); writes
+ * *ret only on success. */
 int plan_capacity(const PlanConfig *c, uint64_t total, uint64_t available, uint64_t returnable, uint64_t size,
-                  PlanCapacity *ret);
+                  uint64_t overhead, PlanCapacity *ret);
 
 const char *plan_state_to_string(PlanState s);
 PlanState plan_state_from_string(const char *s);

@@ -105,6 +105,10 @@ def test_reclaim_goes_where_the_host_gains(mem_cgroup, pool, daemons):  # noqa: 
     assert cap["returnable_bytes"] <= sum(max(vms[n]["resident_bytes"] - FLOOR, 0) for n in NAMES) + 32 * MiB, cap
     assert cap["returnable_bytes"] >= vms[HELD]["resident_bytes"] - floor_held - 64 * MiB, (cap, vms[HELD])
     assert cap["returnable_bytes"] < 2 * (ASSIGNED - FLOOR), cap
+    # A new VM costs its size plus what QEMU keeps beside guest RAM, as measured on these two.
+    over = max(vms[n]["host_rss_bytes"] - vms[n]["resident_bytes"] for n in NAMES)
+    assert 16 * MiB < cap["overhead_bytes"] and abs(cap["overhead_bytes"] - over) <= 32 * MiB, (cap, over)
+    assert cap["fit"] == (cap["free_bytes"] + cap["returnable_bytes"]) // (512 * MiB + cap["overhead_bytes"]), cap
 
     # 3. Pressure: the cgroup's limit set so that 7% is available (low watermark 10%).
     rss0 = {n: vm_rss(pid[n]) for n in NAMES}

@@ -890,8 +890,9 @@ def v_capacity(w):
     r = check("getCapacity", w.req("GET", "/v1/capacity?size=256M"), 200)
     c = r.json
     assert c["size_bytes"] == 256 * MiB and c["vm_count"] >= 2, c
-    assert c["fit_free"] == c["free_bytes"] // c["size_bytes"], c
-    assert c["fit"] == (c["free_bytes"] + c["returnable_bytes"]) // c["size_bytes"], c
+    cost = c["size_bytes"] + c["overhead_bytes"]
+    assert c["fit_free"] == c["free_bytes"] // cost, c
+    assert c["fit"] == (c["free_bytes"] + c["returnable_bytes"]) // cost, c
     assert c["free_bytes"] == max(0, c["available_bytes"] - c["reserve_bytes"]), c
     r = check("getCapacity", w.req("GET", f"/v1/capacity?size={c['available_bytes'] * 2}"), 200)
     assert r.json["fit_free"] == 0, r

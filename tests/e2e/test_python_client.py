@@ -171,6 +171,12 @@ def test_health_host_metrics(world):
     with pytest.raises(BadRequestError) as ei:
         c.history(0)
     assert_api_error(ei, BadRequestError, 400, "bad_request", "limit")
+    cap = c.capacity(512 * MiB)
+    assert cap["size_bytes"] == 512 * MiB and cap["vm_count"] == 4, cap
+    assert cap["fit"] == (cap["free_bytes"] + cap["returnable_bytes"]) // (512 * MiB + cap["overhead_bytes"]), cap
+    with pytest.raises(BadRequestError) as ei:
+        c.capacity(0)
+    assert_api_error(ei, BadRequestError, 400, "bad_request", "size")
 
 
 def test_vm_registry_routes(world):

@@ -21,7 +21,7 @@ from .errors import BallastError, BallastTimeout, TransportError
 def transport_error(e: OSError, addr: Address, method: str, path: str) -> TransportError:
     msg = f"cannot talk to ballastd at {addr} ({method} {path}): {e.strerror or e}"
     return TransportError(e.errno, msg) if e.errno else TransportError(msg)
-from .types import VM, Health, HistoryEntry, Host, ParkResult, ReclaimResult, VmStats
+from .types import VM, Capacity, Health, HistoryEntry, Host, ParkResult, ReclaimResult, VmStats
 
 __all__ = ["Client", "DEFAULT_TIMEOUT"]
 
@@ -181,6 +181,12 @@ class _Routes:
         """GET /v1/history?limit=N: the plan journal, newest first (ballastd's default 50, 1..1000)."""
         path = "/v1/history" if limit is None else f"/v1/history?limit={int(limit)}"
         return self._call("GET", path, None, timeout, lambda v, _: v["entries"])
+
+    def capacity(self, size_bytes: int, *, timeout: Optional[float] = None) -> Capacity:
+        """GET /v1/capacity?size=N: the admission hint, how many more VMs of size_bytes fit now
+        (fit, and fit_free in free memory alone), each VM counted at its size plus the hypervisor
+        overhead ballastd measured."""
+        return self._call("GET", f"/v1/capacity?size={int(size_bytes)}", None, timeout)
 
     def metrics(self, *, timeout: Optional[float] = None) -> str:
         """GET /metrics: the Prometheus text."""

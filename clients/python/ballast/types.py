@@ -114,6 +114,21 @@ class HistoryEntry(TypedDict):
     targets: dict[str, int]
 
 
+class Capacity(TypedDict):
+    """GET /v1/capacity: how many more VMs of size_bytes (plus overhead_bytes) fit now."""
+    size_bytes: int
+    overhead_bytes: int
+    fit: int
+    fit_free: int
+    total_bytes: int
+    available_bytes: int
+    reserve_bytes: int
+    free_bytes: int
+    returnable_bytes: int
+    vm_count: int
+    state: str
+
+
 @dataclass(frozen=True)
 class ParkResult:
     """How a park or unpark ended (ballastd's PARK ANSWER, plus what the client measured).
