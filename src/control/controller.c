@@ -686,8 +686,9 @@ static void vm_read_rss(CtlVm *vm, usec_t now, bool active) {
         if (now < vm->next_rss || vm->hv->peer_pid <= 0)
                 return;
         Controller *c = vm->c;
-        /* Every second while memory moves, every 4-6 minutes otherwise, like the statistics (a
-         * state change re-reads every VM at once): /proc reads add up at 1,000 VMs. */
+        /* Every second while memory moves, every 4-6 minutes otherwise (the admission hint and the
+         * first plan of an episode use it; a state change re-reads every VM at once): /proc reads
+         * add up at 1,000 VMs. */
         vm->next_rss = active ? now + USEC_PER_SEC : now + 240 * USEC_PER_SEC + vm_jitter(vm, 120 * USEC_PER_SEC);
         uint64_t rss;
         if (vmmem_read_rss("", vm->hv->peer_pid, &rss) < 0) {
@@ -733,8 +734,9 @@ static void vm_poll(CtlVm *vm, usec_t now) {
         /* What costs nothing when nothing happens (the idle goal is ≤ 0.1% of a core with 1,000
          * VMs): a VM at full size on a healthy host cannot change by itself (its hypervisor reports
          * any change as an event on the connection ballast keeps open), so it is re-read every 5
-         * minutes, spread; its guest statistics every 4-6 minutes while the host is calm and every
-         * 20-30 s once it is not (ctl_update_calm re-reads them all when it stops being calm), so
+         * minutes (15 while the host is calm), spread; its guest statistics every 10-15 minutes
+         * while the host is calm and every 20-30 s once it is not (ctl_update_calm re-reads them
+         * all when it stops being calm), so
          * that they are seconds old when pressure starts, and a guest that stopped reporting is
          * noticed; a ballooned, parked or pressured VM at the normal pace. A state change re-arms
          * everything at once (ctl_tick). */
@@ -743,9 +745,9 @@ static void vm_poll(CtlVm *vm, usec_t now) {
         /* A guest under pressure is watched at the normal pace until it is not: a full-size VM
          * reported "pressure" for 28 s after its job ended when read every 30 s. */
         bool active = ballooned || vm->parked || vm->guest_pressure || c->ctl.state != PLAN_STATE_HEALTHY;
-        usec_t refresh = active ? c->cfg.refresh_interval : 60 * c->cfg.refresh_interval;
+        usec_t refresh = active ? c->cfg.refresh_interval : (c->calm ? 180 : 60) * c->cfg.refresh_interval;
         usec_t stats_iv = active    ? (usec_t) c->cfg.stats_period_s * USEC_PER_SEC
-                          : c->calm ? MAX((usec_t) c->cfg.stats_period_s * USEC_PER_SEC, 360 * USEC_PER_SEC)
+                          : c->calm ? MAX((usec_t) c->cfg.stats_period_s * USEC_PER_SEC, 900 * USEC_PER_SEC)
                                     : MAX((usec_t) c->cfg.stats_period_s * USEC_PER_SEC, 30 * USEC_PER_SEC);
         vm_read_rss(vm, now, active);
         /* Guest statistics: enable the polling once, then read them every period. */
@@ -920,7 +922,7 @@ static bool ctl_poll_all(Controller *c, usec_t now) {
 }
 
 /* Calm: healthy, with available at least twice the high watermark (back to calm at 2.5 times, so
- * that a host near the line does not flap). An idle guest's statistics are read every 4-6 minutes
+ * that a host near the line does not flap). An idle guest's statistics are read every 10-15 minutes
  * while calm and every 20-30 s otherwise; leaving calm re-reads every guest at once, so they are
  * seconds old, not minutes, when the host reaches the low watermark. */
 static void ctl_update_calm(Controller *c, usec_t now) {
