@@ -96,6 +96,23 @@ def test_api_request_classes_add_up(daemons):  # noqa: F811
     assert total == sum(made.values()) == 8, total
 
 
+def test_unreachable_vm_has_a_status_and_no_made_up_sizes(daemons, tmp_path):  # noqa: F811
+    """A VM whose socket does not exist: one status series (error), its floor as the API shows it,
+    and no target, actual, RSS or guest series (unknown, not 0)."""
+    d = daemons().start()
+    d.register("ghost", str(tmp_path / "nosuch.sock"), 512 * MiB, floor=64 * MiB)
+    v = d.wait_status(["ghost"], "error", timeout=60)["ghost"]
+    m = scrape(d)
+    labels = {"vm": "ghost", "driver": "qemu"}
+    assert m["ballast_vm_status"] == [(dict(labels, status="error"), 1.0)], m["ballast_vm_status"]
+    assert value(m, "ballast_vm_floor_bytes", **labels) == v["effective_floor_bytes"] == 128 * MiB, v
+    assert value(m, "ballast_vm_configured_floor_bytes", **labels) == 64 * MiB
+    for name in ("ballast_vm_target_bytes", "ballast_vm_actual_bytes", "ballast_vm_host_rss_bytes",
+                 "ballast_vm_guest_available_bytes", "ballast_vm_guest_pressure"):
+        assert value(m, name, **labels) is None, (name, m.get(name))
+    assert value(m, "ballast_vm_driver_errors_total", **labels) >= 1
+
+
 def read_psi_total():
     with open("/proc/pressure/memory") as f:
         return {l.split()[0]: int(l.split("total=")[1]) for l in f if "total=" in l}
