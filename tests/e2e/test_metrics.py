@@ -194,10 +194,17 @@ def dashboard_exprs():
     assert dash["uid"] and dash["title"] and dash["schemaVersion"] >= 30, dash.keys()
     exprs = []
     ids = set()
+    cells = {}
     for p in dash["panels"]:
         assert p["id"] not in ids, f"duplicate panel id {p['id']}"
         ids.add(p["id"])
-        assert {"h", "w", "x", "y"} <= p["gridPos"].keys() and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, p
+        g = p["gridPos"]
+        assert {"h", "w", "x", "y"} <= g.keys() and g["x"] + g["w"] <= 24, p
+        for cell in ((x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])):
+            assert cell not in cells, f"panels {cells[cell]!r} and {p['title']!r} overlap"
+            cells[cell] = p["title"]
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${datasource}" and p.get("targets"), p["title"]
         for t in p.get("targets", []):
             assert t["expr"].strip(), p["title"]
             exprs.append((p["title"], t["expr"]))
