@@ -144,29 +144,31 @@ static void vm_labels(FILE *f, const char *name, const CtlVmView *v) {
         fputc('"', f);
 }
 
-static void per_vm(FILE *f, Manager *m, const char *name, const char *type, const char *help, vm_field get) {
+/* The VMs' views, read once per scrape: every per-VM metric walks them (ctl_vm_at() order). */
+typedef struct VmViews {
+        CtlVmView *v;
+        size_t n;
+} VmViews;
+
+static void per_vm(FILE *f, const VmViews *vms, const char *name, const char *type, const char *help, vm_field get) {
         header(f, name, type, help);
-        for (size_t i = 0; i < ctl_vm_count(m->ctl); i++) {
-                CtlVmView v;
+        for (size_t i = 0; i < vms->n; i++) {
                 uint64_t x;
-                ctl_vm_view(ctl_vm_at(m->ctl, i), &v);
-                if (!get(&v, &x))
+                if (!get(&vms->v[i], &x))
                         continue;
-                vm_labels(f, name, &v);
+                vm_labels(f, name, &vms->v[i]);
                 fprintf(f, "} %llu\n", (unsigned long long) x);
         }
 }
 
 /* One series per VM, labelled with its status: count by (status) gives the fleet's picture, and
  * a VM's series stays put while its status does (what an alert's `for:` needs). */
-static void vm_status(FILE *f, Manager *m) {
+static void vm_status(FILE *f, const VmViews *vms) {
         header(f, "ballast_vm_status", "gauge",
                "1, labelled with the VM's status (connecting, ok, error, stalled, parked).");
-        for (size_t i = 0; i < ctl_vm_count(m->ctl); i++) {
-                CtlVmView v;
-                ctl_vm_view(ctl_vm_at(m->ctl, i), &v);
-                vm_labels(f, "ballast_vm_status", &v);
-                fprintf(f, ",status=\"%s\"} 1\n", ctl_vm_status_to_string(v.status));
+        for (size_t i = 0; i < vms->n; i++) {
+                vm_labels(f, "ballast_vm_status", &vms->v[i]);
+                fprintf(f, ",status=\"%s\"} 1\n", ctl_vm_status_to_string(vms->v[i].status));
         }
 }
 
@@ -259,11 +261,19 @@ static void gauge(FILE *f, const char *name, const char *help, uint64_t v) {
 }
 
 char *metrics_render(Manager *m, size_t *ret_len) {
+        VmViews vms = { .n = ctl_vm_count(m->ctl) };
+        vms.v = calloc(MAX(vms.n, (size_t) 1), sizeof *vms.v);
+        if (!vms.v)
+                return NULL;
+        for (size_t i = 0; i < vms.n; i++)
+                ctl_vm_view(ctl_vm_at(m->ctl, i), &vms.v[i]);
         char *data = NULL;
         size_t len = 0;
         FILE *f = open_memstream(&data, &len);
-        if (!f)
+        if (!f) {
+                free(vms.v);
                 return NULL;
+        }
         CtlHostView h;
         ctl_host_view(m->ctl, &h);
         const CtlStats *st = ctl_stats(m->ctl);
@@ -340,39 +350,41 @@ char *metrics_render(Manager *m, size_t *ret_len) {
                   &st->time_to_target);
 
         header(f, "ballast_vms", "gauge", "Registered VMs.");
-        fprintf(f, "ballast_vms %zu\n", ctl_vm_count(m->ctl));
-        vm_status(f, m);
-        per_vm(f, m, "ballast_vm_assigned_bytes", "gauge", "Full memory of the VM.", f_assigned);
-        per_vm(f, m, "ballast_vm_target_bytes", "gauge", "Target guest memory commanded.", f_target);
-        per_vm(f, m, "ballast_vm_actual_bytes", "gauge", "Guest memory reported by the hypervisor.", f_actual);
-        per_vm(f, m, "ballast_vm_floor_bytes", "gauge",
+        fprintf(f, "ballast_vms %zu\n", vms.n);
+        vm_status(f, &vms);
+        per_vm(f, &vms, "ballast_vm_assigned_bytes", "gauge", "Full memory of the VM.", f_assigned);
+        per_vm(f, &vms, "ballast_vm_target_bytes", "gauge", "Target guest memory commanded.", f_target);
+        per_vm(f, &vms, "ballast_vm_actual_bytes", "gauge", "Guest memory reported by the hypervisor.", f_actual);
+        per_vm(f, &vms, "ballast_vm_floor_bytes", "gauge",
                "Floor in force in the last plan (the API's effective_floor_bytes).", f_floor);
-        per_vm(f, m, "ballast_vm_configured_floor_bytes", "gauge", "Floor given at registration (floor_bytes).",
+        per_vm(f, &vms, "ballast_vm_configured_floor_bytes", "gauge", "Floor given at registration (floor_bytes).",
                f_configured_floor);
-        per_vm(f, m, "ballast_vm_driver_errors_total", "counter", "Failed driver operations of the VM.", f_errors);
-        per_vm(f, m, "ballast_vm_stalls_total", "counter", "Stalls of the VM.", f_stalls);
-        per_vm(f, m, "ballast_vm_commands_total", "counter", "Balloon commands sent to the VM.", f_commands);
-        per_vm(f, m, "ballast_vm_host_rss_bytes", "gauge", "Resident memory of the VM's hypervisor process.", f_rss);
-        per_vm(f, m, "ballast_vm_host_confirmed_bytes", "gauge",
+        per_vm(f, &vms, "ballast_vm_driver_errors_total", "counter", "Failed driver operations of the VM.", f_errors);
+        per_vm(f, &vms, "ballast_vm_stalls_total", "counter", "Stalls of the VM.", f_stalls);
+        per_vm(f, &vms, "ballast_vm_commands_total", "counter", "Balloon commands sent to the VM.", f_commands);
+        per_vm(f, &vms, "ballast_vm_host_rss_bytes", "gauge", "Resident memory of the VM's hypervisor process.", f_rss);
+        per_vm(f, &vms, "ballast_vm_host_confirmed_bytes", "gauge",
                "Fall of the hypervisor's resident memory since the VM was last at full size.", f_confirmed);
-        per_vm(f, m, "ballast_vm_guest_available_bytes", "gauge", "The guest's own MemAvailable, as last reported.",
+        per_vm(f, &vms, "ballast_vm_guest_available_bytes", "gauge", "The guest's own MemAvailable, as last reported.",
                f_g_available);
-        per_vm(f, m, "ballast_vm_guest_free_bytes", "gauge", "The guest's free memory, as last reported.", f_g_free);
-        per_vm(f, m, "ballast_vm_guest_memory_total_bytes", "gauge", "The guest's total memory, as last reported.",
+        per_vm(f, &vms, "ballast_vm_guest_free_bytes", "gauge", "The guest's free memory, as last reported.", f_g_free);
+        per_vm(f, &vms, "ballast_vm_guest_memory_total_bytes", "gauge", "The guest's total memory, as last reported.",
                f_g_total);
-        per_vm(f, m, "ballast_vm_guest_cache_bytes", "gauge", "The guest's page cache, as last reported.", f_g_caches);
-        per_vm(f, m, "ballast_vm_guest_swap_in_bytes_total", "counter", "Memory the guest swapped in since its boot.",
-               f_g_swap_in);
-        per_vm(f, m, "ballast_vm_guest_swap_out_bytes_total", "counter", "Memory the guest swapped out since its boot.",
-               f_g_swap_out);
-        per_vm(f, m, "ballast_vm_guest_major_faults_total", "counter", "Major page faults in the guest since its boot.",
-               f_g_major);
-        per_vm(f, m, "ballast_vm_guest_minor_faults_total", "counter", "Minor page faults in the guest since its boot.",
-               f_g_minor);
-        per_vm(f, m, "ballast_vm_guest_oom_kills_total", "counter", "OOM kills in the guest since its boot.", f_g_oom);
-        per_vm(f, m, "ballast_vm_guest_stats_timestamp_seconds", "gauge",
+        per_vm(f, &vms, "ballast_vm_guest_cache_bytes", "gauge", "The guest's page cache, as last reported.",
+               f_g_caches);
+        per_vm(f, &vms, "ballast_vm_guest_swap_in_bytes_total", "counter",
+               "Memory the guest swapped in since its boot.", f_g_swap_in);
+        per_vm(f, &vms, "ballast_vm_guest_swap_out_bytes_total", "counter",
+               "Memory the guest swapped out since its boot.", f_g_swap_out);
+        per_vm(f, &vms, "ballast_vm_guest_major_faults_total", "counter",
+               "Major page faults in the guest since its boot.", f_g_major);
+        per_vm(f, &vms, "ballast_vm_guest_minor_faults_total", "counter",
+               "Minor page faults in the guest since its boot.", f_g_minor);
+        per_vm(f, &vms, "ballast_vm_guest_oom_kills_total", "counter", "OOM kills in the guest since its boot.",
+               f_g_oom);
+        per_vm(f, &vms, "ballast_vm_guest_stats_timestamp_seconds", "gauge",
                "When the guest's statistics above were taken, in seconds since the epoch.", f_g_updated);
-        per_vm(f, m, "ballast_vm_guest_pressure", "gauge",
+        per_vm(f, &vms, "ballast_vm_guest_pressure", "gauge",
                "1 while the guest shows memory pressure (swapping in, faulting hard or nearly out): it gives last.",
                f_g_pressure);
 
@@ -420,6 +432,7 @@ char *metrics_render(Manager *m, size_t *ret_len) {
         fprintf(f, "ballast_hv_read_yields_total %llu\n", (unsigned long long) hv.read_yields);
         header(f, "ballast_store_errors_total", "counter", "Failed writes to the state database.");
         fprintf(f, "ballast_store_errors_total %llu\n", (unsigned long long) m->store_errors);
+        free(vms.v);
         if (fclose(f) != 0) {
                 free(data);
                 return NULL;
