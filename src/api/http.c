@@ -247,9 +247,13 @@ static void http_call_answer(HttpCall *call, unsigned status, struct MHD_Respons
                                 log_debug("http: cannot add response header '%s', ignoring", call->headers[i].name);
 
         HttpCounters *c = &call->server->counters;
-        if (status >= 400 && status < 500)
+        if (status < 300)
+                c->answers_2xx++;
+        else if (status < 400)
+                c->answers_3xx++;
+        else if (status < 500)
                 c->errors_4xx++;
-        else if (status >= 500)
+        else
                 c->errors_5xx++;
         if (status == 401)
                 c->unauthorized++;

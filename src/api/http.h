@@ -100,6 +100,8 @@ void http_call_add_header(HttpCall *call, const char *name, const char *value);
 /* Counters for /metrics. */
 typedef struct HttpCounters {
         uint64_t requests, errors_4xx, errors_5xx, unauthorized, forbidden;
+        /* With errors_4xx and errors_5xx: every answer, in its status class. */
+        uint64_t answers_2xx, answers_3xx;
         uint64_t refused;        /* connections closed at accept (over a connection limit) */
         uint64_t timeouts;       /* request heads that missed header_timeout */
         uint64_t accept_backoff; /* times accept() was paused for lack of file descriptors */

@@ -650,6 +650,7 @@ static void vm_send(CtlVm *vm) {
                 return;
         }
         uint64_t t = vm->target;
+        uint64_t prev_sent = vm->sent_once ? vm->sent_target : UINT64_MAX;
         int r = hv_set_target(vm->hv, t, c->cfg.op_timeout, vm_on_set_target, vm);
         if (r < 0) {
                 HvReply fake = { .op = HV_OP_SET_TARGET, .error = r };
@@ -663,7 +664,12 @@ static void vm_send(CtlVm *vm) {
         vm->sent_once = true;
         vm->commands++;
         c->stats.commands++;
-        if (!vm->move_started)
+        /* Time to target (B8) runs from the command of a new target; one within tolerance of the
+         * actual (the re-sync after adoption) is no move, and must not leave a clock running that
+         * a later move would inherit. */
+        if (absdiff(t, vm->actual) <= c->cfg.tolerance)
+                vm->move_started = 0;
+        else if (!vm->move_started || t != prev_sent)
                 vm->move_started = now;
         vm->progress_at = now;
         vm->progress_actual = vm->actual;

@@ -682,8 +682,8 @@ static int parse_value(ConfigParser *p, unsigned line, const ConfigKey *k, const
                         return key_fail(p, line, k, "\"%s\": the port must be between 1 and 65535", value);
                 if (r < 0)
                         return key_fail(p, line, k,
-                                        "\"%s\" is not an address and port such as 127.0.0.1:9100 or "
-                                        "[::1]:9100",
+                                        "\"%s\" is not an address and port such as 127.0.0.1:9464 or "
+                                        "[::1]:9464",
                                         value);
                 r = config_keep_string(c, norm, strlen(norm), &c->api.listen);
                 if (r < 0)

@@ -878,12 +878,13 @@ def v_history(w):
 def v_metrics(w):
     r = check("getMetrics", w.req("GET", "/metrics"), 200)
     assert re.match(r"text/plain;\s*version=0\.0\.4", r.ctype), r.ctype
-    sample = re.compile(r'^ballast_[a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"]*"(,[a-zA-Z_][a-zA-Z0-9_]*="[^"]*")*\})? '
+    # ballast_* and the process_* figures every Prometheus client exports (docs/metrics.md).
+    sample = re.compile(r'^(ballast|process)_[a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"]*"(,[a-zA-Z_][a-zA-Z0-9_]*="[^"]*")*\})? '
                         r'(-?[0-9.eE+-]+|NaN|\+Inf|-Inf)$')
     lines = r.body.decode().splitlines()
     assert lines
     for line in lines:
-        assert line.startswith("# HELP ballast_") or line.startswith("# TYPE ballast_") or sample.match(line), line
+        assert re.match(r"# (HELP|TYPE) (ballast|process)_", line) or sample.match(line), line
 
 
 def v_capacity(w):

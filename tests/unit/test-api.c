@@ -499,6 +499,10 @@ static void test_get_sync(void **state) {
         assert_int_equal(c.requests, 6);
         assert_int_equal(c.errors_4xx, 2);
         assert_int_equal(c.errors_5xx, 2);
+        /* Every answer in one class: /metrics sums them to the requests answered. */
+        assert_int_equal(c.answers_2xx, 2);
+        assert_int_equal(c.answers_3xx, 0);
+        assert_int_equal(c.answers_2xx + c.answers_3xx + c.errors_4xx + c.errors_5xx, c.requests);
         assert_int_equal(f->handled, 6);
 
         /* The socket file goes with the server. */

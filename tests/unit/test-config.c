@@ -290,7 +290,7 @@ static void test_defaults(void **state) {
 static void test_typed_fields(void **state) {
         (void) state;
         static const char text[] = "[api]\n"
-                                   "listen = [::1]:9100\n"
+                                   "listen = [::1]:9464\n"
                                    "tokens_file = /etc/ballast/tokens\n"
                                    "write_group = 4242\n"
                                    "[pressure]\n"
@@ -308,10 +308,10 @@ static void test_typed_fields(void **state) {
 
         const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *) &c.api.listen_addr;
         assert_int_equal(sin6->sin6_family, AF_INET6);
-        assert_int_equal(ntohs(sin6->sin6_port), 9100);
+        assert_int_equal(ntohs(sin6->sin6_port), 9464);
         assert_true(IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr));
         assert_int_equal(c.api.listen_addr_len, sizeof(struct sockaddr_in6));
-        assert_string_equal(c.api.listen, "[::1]:9100");
+        assert_string_equal(c.api.listen, "[::1]:9464");
         assert_string_equal(c.api.write_group, "4242");
         assert_int_equal(c.api.write_gid, 4242);
         assert_int_equal(c.pressure.scope, CONFIG_SCOPE_CGROUP);

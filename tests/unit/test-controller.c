@@ -331,6 +331,37 @@ static void test_view_before_first_plan(void **state) {
         assert_int_equal(v.last.reason, PLAN_REASON_UNREACHABLE);
 }
 
+static bool ttt_observed(Fixture *f, void *arg) {
+        (void) arg;
+        return ctl_stats(f->c)->time_to_target.count > 0;
+}
+
+/* Time to target counts from the command of the target: a VM adopted a while ago and moved now
+ * records the move, not the time since its adoption (the re-sync sent at adoption, a target equal
+ * to its actual, used to start the clock, and 63 s were recorded for 2 s moves). */
+static void test_time_to_target_from_the_command(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 6 * GiB);
+        spawn_peer(f, "m", PEER_NORMAL, 1 * GiB, 0);
+        start(f, 2 * USEC_PER_SEC);
+        CtlVm *vm = add(f, "m", 1 * GiB, 0);
+        usec_t added = now_mono();
+        assert_true(run_until(f, vm_adopted, vm, 10 * USEC_PER_SEC));
+        /* Idle for a second on a healthy host: ticks, the adoption's re-sync, nothing moves. */
+        while (now_mono() < added + USEC_PER_SEC)
+                assert_true(ev_run_once(f->ev, now_mono() + 50 * USEC_PER_MSEC) >= 0);
+        assert_int_equal(ctl_stats(f->c)->time_to_target.count, 0);
+        usec_t set = now_mono();
+        assert_int_equal(ctl_vm_set_target(f->c, vm, 768 * MiB), 0);
+        assert_true(run_until(f, ttt_observed, NULL, 10 * USEC_PER_SEC));
+        double window_s = (double) (now_mono() - set) / USEC_PER_SEC;
+        const CtlHistogram *h = &ctl_stats(f->c)->time_to_target;
+        assert_int_equal(h->count, 1);
+        if (!(h->sum_s > 0 && h->sum_s <= window_s + 0.05))
+                fail_msg("time to target %.3f s, but the move was commanded %.3f s ago (VM added %.3f s ago)", h->sum_s,
+                         window_s, (double) (now_mono() - added) / USEC_PER_SEC);
+}
+
 /* A VM whose hypervisor died leaves every total, and its retries are not reactions: a dead QEMU
  * stayed in commanded/planned and its 30 s retry showed up as a 3.5 s "reaction". */
 static void test_dead_vm_leaves_totals(void **state) {
@@ -473,6 +504,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_dead_vm_leaves_totals, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_idle_stats_follow_calm, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_shrunk_vm_polled_every_second, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_time_to_target_from_the_command, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,7 +4,7 @@
     from ballast import Client, AsyncClient, MiB
 
     c = Client()                                    # $BALLAST_API, else /run/ballast/api.sock
-    c = Client("http://127.0.0.1:9100", token=t)    # loopback TCP with a bearer token
+    c = Client("http://127.0.0.1:9464", token=t)    # loopback TCP with a bearer token
     r = c.park("vm1", 128 * MiB)                    # ParkResult: r.result, r.reached_bytes, ...
     c.unpark("vm1")
 

@@ -214,7 +214,7 @@ class Client(_Routes):
     """A blocking client of ballastd. Safe to share between threads (one connection per call).
 
         c = Client()                                         # $BALLAST_API or /run/ballast/api.sock
-        c = Client("http://127.0.0.1:9100", token="...")     # TCP with a bearer token
+        c = Client("http://127.0.0.1:9464", token="...")     # TCP with a bearer token
         c.vms(); r = c.park("vm1"); r.result                 # "reached", "stalled", "deadline"
     """
 
