@@ -314,13 +314,15 @@ char *metrics_render(Manager *m, size_t *ret_len) {
               "Host memory really given back: the fall of the hypervisors' resident memory since full size.",
               h.reached);
         /* The admission hint in bytes, so a fleet's Prometheus can add hosts up: VMs of size S that
-         * fit on a host = floor((free + returnable) / S). */
+         * fit on a host = floor((free + returnable) / (S + overhead)). */
         PlanCapacity cap;
         if (ctl_capacity(m->ctl, 1, &cap, NULL) >= 0) {
                 gauge(f, "ballast_capacity_free_bytes",
                       "Available memory of the scope above its low watermark: room for new VMs now.", cap.free);
                 gauge(f, "ballast_capacity_returnable_bytes",
                       "Host memory reclaim could return from the VMs above their floors.", cap.returnable);
+                gauge(f, "ballast_capacity_overhead_bytes",
+                      "What a new VM's hypervisor costs beside guest RAM (the largest measured here).", cap.overhead);
         }
         header(f, "ballast_balloon_commanded_bytes_total", "counter",
                "Bytes of target changes commanded, by direction (reclaim: down, give_back: up).");
