@@ -1313,7 +1313,7 @@ void api_handle(HttpCall *call, const HttpRequest *req, void *userdata) {
         }
         if (strcmp(p, "/v1/memory/reclaim") == 0)
                 return route_reclaim(m, call, req, false);
-        if (strcmp(p, API_HYPEMAN_PREFIX "memory/reclaim") == 0)
+        if (strcmp(p, API_HYPEMAN_RECLAIM) == 0)
                 return route_reclaim(m, call, req, true);
         if (strcmp(p, "/v1/history") == 0)
                 return route_history(m, call, req);

@@ -16,8 +16,9 @@
 #define API_HOLD_FOR_MAX     (60 * 60 * USEC_PER_SEC)
 #define API_HOLD_FOR_DEFAULT (5 * 60 * USEC_PER_SEC)
 #define API_SIZE_MAX         (UINT64_C(1) << 62)
-/* Paths answered in hypeman's shapes (its answers and its flat errors, docs/api.md). */
-#define API_HYPEMAN_PREFIX   "/resources/"
+/* hypeman's route, answered in hypeman's shapes (its answer, and its flat errors for every request
+ * whose target starts with it; docs/api.md). */
+#define API_HYPEMAN_RECLAIM  "/resources/memory/reclaim"
 
 typedef struct ApiReclaim {
         uint64_t reclaim_bytes;
