@@ -392,7 +392,7 @@ static void http_utf8_sanitize(char *s) {
 
 /* Whether errors about this request target (path, maybe a query) take the flat shape. */
 static bool http_flat_errors(const HttpServer *s, const char *target, size_t len) {
-        size_t n = s->flat_error_prefix ? strlen(s->flat_error_prefix) : 0;
+        size_t n = s && s->flat_error_prefix ? strlen(s->flat_error_prefix) : 0; /* s: NULL once freed */
         return n > 0 && len >= n && memcmp(target, s->flat_error_prefix, n) == 0;
 }
 
