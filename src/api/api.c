@@ -927,7 +927,7 @@ static json_t *reclaim_answer(Manager *m, const ApiReclaim *a, const PlanResult 
         return o;
 }
 
-/* hypeman's MemoryReclaimResponse (docs/api.md, "hypeman compatibility"): every VM's action in
+/* hypeman's MemoryReclaimResponse (docs/api.md, POST /resources/memory/reclaim): every VM's action in
  * its words. planned_* is where the split puts a VM before rate limits and dead band (clamped to
  * [floor, assigned]); target_* where it is after this call (on a dry run: would be); the
  * applied_reclaim_bytes are assigned − target over the VMs that did not fail, 0 on a dry run. A VM
@@ -1025,8 +1025,9 @@ static void route_reclaim(Manager *m, HttpCall *call, const HttpRequest *req, bo
         const char *internal = hypeman ? "internal_error" : "internal";
         char err[512];
         ApiReclaim a;
-        if ((hypeman ? api_parse_reclaim_hypeman : api_parse_reclaim)(req->body, req->body_len, &a, err, sizeof err) <
-            0)
+        int k = hypeman ? api_parse_reclaim_hypeman(req->body, req->body_len, &a, err, sizeof err)
+                        : api_parse_reclaim(req->body, req->body_len, &a, err, sizeof err);
+        if (k < 0)
                 return http_call_reply_error(call, 400, "bad_request", "%s", err);
         if (hypeman) {
                 /* As hypeman: no sample of the host, no reclaim (and nothing changed). */
@@ -1046,7 +1047,7 @@ static void route_reclaim(Manager *m, HttpCall *call, const HttpRequest *req, bo
                 PlanDecision *d = calloc(MAX(n, (size_t) 1), sizeof *d);
                 uint64_t *prev = calloc(MAX(n, (size_t) 1), sizeof *prev);
                 PlanResult r;
-                int k = d && prev ? ctl_plan_preview(m->ctl, &hold, d, &r) : -ENOMEM;
+                k = d && prev ? ctl_plan_preview(m->ctl, &hold, d, &r) : -ENOMEM;
                 if (k < 0) {
                         free(d);
                         free(prev);
@@ -1066,7 +1067,7 @@ static void route_reclaim(Manager *m, HttpCall *call, const HttpRequest *req, bo
                 free(prev);
                 return;
         }
-        int k = manager_set_hold(m, a.reclaim_bytes, a.hold_for, a.reason, err, sizeof err);
+        k = manager_set_hold(m, a.reclaim_bytes, a.hold_for, a.reason, err, sizeof err);
         if (k < 0)
                 return http_call_reply_error(call, 500, internal, "the hold could not be stored: %s", err);
         ReclaimCall *rc = calloc(1, sizeof *rc);

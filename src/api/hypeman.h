@@ -2,7 +2,7 @@
 #pragma once
 
 /* The edges of hypeman's API that ballastd answers on POST /resources/memory/reclaim (api.c,
- * docs/api.md "hypeman compatibility"): its duration syntax and its names for hypervisors. Pure. */
+ * docs/api.md, POST /resources/memory/reclaim): its duration syntax and its names for hypervisors. Pure. */
 
 #include <stdbool.h>
 #include <stdint.h>

@@ -2,7 +2,7 @@
 """hypeman compatibility, with hypeman's own client: the official TypeScript SDK (npm
 @onkernel/hypeman, the exact version pinned in tests/sdk/package.json and package-lock.json) calls
 `client.resources.reclaimMemory()` against a real ballastd over loopback TCP with bearer tokens, as
-a hypeman deployment would (docs/api.md, "hypeman compatibility").
+a hypeman deployment would (docs/api.md, `POST /resources/memory/reclaim`).
 
 The SDK is installed with `npm ci` into the build directory ($BALLAST_BUILDDIR/hypeman-sdk; kept
 while tests/sdk/ is unchanged, so later runs do not reinstall) and driven by tests/sdk/reclaim.js,
@@ -361,6 +361,7 @@ def wait_real_sizes(world, timeout=90):
 
 @pytest.fixture(scope="module")
 def w(world):
+    """The world, under a short name."""
     return world
 
 
