@@ -884,6 +884,8 @@ def v_reclaim_resources(w):
     acts = {a["instance_id"]: a for a in r.json["actions"]}
     assert acts["vm-err"]["status"] == "error" and acts["vm-err"]["error"], r
     assert acts["vm-ok"]["status"] in ("planned", "unchanged") and acts["vm-ok"]["hypervisor"] == "qemu", r
+    if w.libvirt_available:  # a libvirt VM is QEMU's, named by its domain
+        assert acts["vm-lv"]["hypervisor"] == "qemu" and acts["vm-lv"]["instance_name"] == "openapi-none", r
     r = check(op_id, w.req("POST", path, {"reclaim_bytes": 128 * MiB, "hold_for": "10m", "dry_run": False,
                                           "reason": "openapi check"}), 200)
     assert r.json["hold_until"], r
