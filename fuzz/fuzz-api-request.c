@@ -33,6 +33,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         case 2:
                 if (api_parse_reclaim(buf, len, &rec, err, sizeof err) == 0 && rec.hold_for > API_HOLD_FOR_MAX)
                         abort();
+                /* The same body as hypeman's clients send it (Go durations). */
+                if (api_parse_reclaim_hypeman(buf, len, &rec, err, sizeof err) == 0 && rec.hold_for > API_HOLD_FOR_MAX)
+                        abort();
                 break;
         default:
                 (void) api_parse_target(buf, len, &t, err, sizeof err);

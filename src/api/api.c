@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "api/hypeman.h"
 #include "config.h"
 #include "daemon/manager.h"
 #include "shared/log.h"
@@ -251,7 +252,30 @@ int api_parse_vm_patch(const char *body, size_t len, ApiVmPatch *ret, char *err,
         return r;
 }
 
-int api_parse_reclaim(const char *body, size_t len, ApiReclaim *ret, char *err, size_t errlen) {
+/* hold_for: ballast's durations ("90", "5m", "1m30s"), or Go's for hypeman's clients (no bare
+ * numbers, fractions allowed, a sign refused when negative). At most 1h. */
+static int hold_parse(const char *hold, bool hypeman, usec_t *ret, char *err, size_t errlen) {
+        usec_t d;
+        bool neg = false;
+        if (hypeman ? hypeman_parse_duration(hold, &d, &neg) < 0 : parse_duration(hold, &d) < 0) {
+                snprintf(err, errlen,
+                         "field \"hold_for\": \"%.32s\" is not a %sduration (e.g. \"90s\", \"%s\", \"0s\")", hold,
+                         hypeman ? "Go " : "", hypeman ? "1m30s" : "5m");
+                return -EINVAL;
+        }
+        if (neg) {
+                snprintf(err, errlen, "field \"hold_for\" must not be negative");
+                return -EINVAL;
+        }
+        if (d > API_HOLD_FOR_MAX) {
+                snprintf(err, errlen, "field \"hold_for\" must be at most 1h");
+                return -EINVAL;
+        }
+        *ret = d;
+        return 0;
+}
+
+static int reclaim_parse(const char *body, size_t len, bool hypeman, ApiReclaim *ret, char *err, size_t errlen) {
         json_t *j = NULL;
         int r = body_load(body, len, &j, err, errlen);
         if (r < 0)
@@ -262,19 +286,10 @@ int api_parse_reclaim(const char *body, size_t len, ApiReclaim *ret, char *err, 
         r = body_check_fields(j, f, ELEMENTSOF(f), err, errlen);
         if (r >= 0)
                 r = get_size(j, "reclaim_bytes", 0, API_SIZE_MAX, &a.reclaim_bytes, err, errlen);
-        if (r >= 0 && (r = get_string(j, "hold_for", 32, &hold, err, errlen)) > 0) {
-                usec_t d;
-                if (parse_duration(hold, &d) < 0) {
-                        snprintf(err, errlen,
-                                 "field \"hold_for\": \"%.32s\" is not a duration (e.g. \"90s\", \"5m\", \"0s\")",
-                                 hold);
-                        r = -EINVAL;
-                } else if (d > API_HOLD_FOR_MAX) {
-                        snprintf(err, errlen, "field \"hold_for\" must be at most 1h");
-                        r = -EINVAL;
-                } else
-                        a.hold_for = d;
-        }
+        if (r >= 0 && hypeman)
+                a.hold_for = a.reclaim_bytes > 0 ? API_HOLD_FOR_DEFAULT : 0;
+        if (r >= 0 && (r = get_string(j, "hold_for", 32, &hold, err, errlen)) > 0)
+                r = hold_parse(hold, hypeman, &a.hold_for, err, errlen);
         json_t *dr = json_object_get(j, "dry_run");
         if (r >= 0 && dr) {
                 if (!json_is_boolean(dr)) {
@@ -297,6 +312,14 @@ int api_parse_reclaim(const char *body, size_t len, ApiReclaim *ret, char *err, 
         }
         json_decref(j);
         return r;
+}
+
+int api_parse_reclaim(const char *body, size_t len, ApiReclaim *ret, char *err, size_t errlen) {
+        return reclaim_parse(body, len, false, ret, err, errlen);
+}
+
+int api_parse_reclaim_hypeman(const char *body, size_t len, ApiReclaim *ret, char *err, size_t errlen) {
+        return reclaim_parse(body, len, true, ret, err, errlen);
 }
 
 int api_parse_target(const char *body, size_t len, uint64_t *ret, char *err, size_t errlen) {
@@ -843,11 +866,12 @@ static void on_park(Controller *c, CtlVm *vm, const CtlParkOutcome *o, void *use
         free(pc);
 }
 
-/* POST /v1/memory/reclaim */
+/* POST /v1/memory/reclaim, and /resources/memory/reclaim in hypeman's shapes */
 typedef struct ReclaimCall {
         Manager *m;
         HttpCall *call;
         ApiReclaim req;
+        bool hypeman;
 } ReclaimCall;
 
 static json_t *reclaim_answer(Manager *m, const ApiReclaim *a, const PlanResult *r, const PlanDecision *d,
@@ -903,36 +927,132 @@ static json_t *reclaim_answer(Manager *m, const ApiReclaim *a, const PlanResult 
         return o;
 }
 
+/* hypeman's MemoryReclaimResponse (docs/api.md, POST /resources/memory/reclaim): every VM's action in
+ * its words. planned_* is where the split puts a VM before rate limits and dead band (clamped to
+ * [floor, assigned]); target_* where it is after this call (on a dry run: would be); the
+ * applied_reclaim_bytes are assigned − target over the VMs that did not fail, 0 on a dry run. A VM
+ * whose size is not known is reported with its identity, its size and the error only. */
+static json_t *hypeman_answer(Manager *m, const ApiReclaim *a, const PlanResult *r, const PlanDecision *d,
+                              const uint64_t *previous, const int *results, size_t n, bool dry) {
+        json_t *actions = json_array();
+        uint64_t planned = 0, applied = 0;
+        for (size_t i = 0; i < n; i++) {
+                CtlVm *vm = ctl_vm_at(m->ctl, i);
+                if (!vm)
+                        break;
+                CtlVmView v;
+                ctl_vm_view(vm, &v);
+                uint64_t assigned = v.spec->assigned;
+                const char *hv = hypeman_hypervisor(v.spec->driver);
+                bool libvirt = strcmp(v.spec->driver, "libvirt") == 0;
+                json_t *o = json_object();
+                json_object_set_new(o, "instance_id", json_text(v.spec->id));
+                json_object_set_new(o, "instance_name", json_text(libvirt ? v.spec->domain : v.spec->id));
+                json_object_set_new(o, "hypervisor", json_string(hv ? hv : "qemu"));
+                json_object_set_new(o, "assigned_memory_bytes", json_u64(assigned));
+                if (!v.actual_known || v.status == CTL_VM_ERROR) {
+                        const char *zero[] = { "protected_floor_bytes", "previous_target_guest_memory_bytes",
+                                               "planned_target_guest_memory_bytes", "target_guest_memory_bytes",
+                                               "applied_reclaim_bytes" };
+                        for (size_t k = 0; k < ELEMENTSOF(zero); k++)
+                                json_object_set_new(o, zero[k], json_integer(0));
+                        json_object_set_new(o, "status", json_string("error"));
+                        json_object_set_new(o, "error",
+                                            json_text(v.last_error[0] ? v.last_error : "actual size not known yet"));
+                        json_array_append_new(actions, o);
+                        continue;
+                }
+                uint64_t floor = MIN(d[i].floor, assigned);
+                uint64_t plan = MIN(MAX(d[i].desired, floor), assigned);
+                uint64_t target = d[i].target;
+                bool failed = results && results[i] < 0;
+                const char *status;
+                if (failed) {
+                        status = results[i] == -EOPNOTSUPP ? "unsupported" : "error";
+                        target = previous[i];
+                } else if (target == previous[i])
+                        status = "unchanged";
+                else
+                        status = dry ? "planned" : "applied";
+                uint64_t took = dry || failed ? 0 : assigned - MIN(target, assigned);
+                planned += assigned - plan;
+                applied += took;
+                json_object_set_new(o, "protected_floor_bytes", json_u64(floor));
+                json_object_set_new(o, "previous_target_guest_memory_bytes", json_u64(previous[i]));
+                json_object_set_new(o, "planned_target_guest_memory_bytes", json_u64(plan));
+                json_object_set_new(o, "target_guest_memory_bytes", json_u64(target));
+                json_object_set_new(o, "applied_reclaim_bytes", json_u64(took));
+                json_object_set_new(o, "status", json_string(status));
+                if (failed)
+                        json_object_set_new(o, "error",
+                                            json_text(v.last_error[0] ? v.last_error : strerror(-results[i])));
+                json_array_append_new(actions, o);
+        }
+        CtlHostView h;
+        ctl_host_view(m->ctl, &h);
+        json_t *o = json_object();
+        json_object_set_new(o, "requested_reclaim_bytes", json_u64(a->reclaim_bytes));
+        json_object_set_new(o, "planned_reclaim_bytes", json_u64(planned));
+        json_object_set_new(o, "applied_reclaim_bytes", json_u64(applied));
+        json_object_set_new(o, "host_available_bytes", json_u64(h.sample_ok ? h.sample.available : 0));
+        json_object_set_new(o, "host_pressure_state",
+                            json_string(r->ctl.state == PLAN_STATE_HEALTHY ? "healthy" : "pressure"));
+        /* Only while a hold exists (a dry run shows the one in force, as hypeman does). */
+        PlanHold hold = ctl_hold(m->ctl);
+        if (m->hold_set && hold.bytes && hold.until > now_mono())
+                json_object_set_new(o, "hold_until", json_time(m->hold.until));
+        json_object_set_new(o, "actions", actions);
+        return o;
+}
+
 static void on_reclaim_applied(Controller *c, const PlanResult *r, const PlanDecision *d, const uint64_t *previous,
                                const int *results, size_t n, void *userdata) {
         ReclaimCall *rc = userdata;
         (void) c;
-        http_call_reply_json(rc->call, 200, reclaim_answer(rc->m, &rc->req, r, d, previous, results, n, false));
+        http_call_reply_json(rc->call, 200,
+                             rc->hypeman ? hypeman_answer(rc->m, &rc->req, r, d, previous, results, n, false)
+                                         : reclaim_answer(rc->m, &rc->req, r, d, previous, results, n, false));
         free(rc);
 }
 
-static void route_reclaim(Manager *m, HttpCall *call, const HttpRequest *req) {
+/* hypeman: true on /resources/memory/reclaim, whose clients read hypeman's answer and errors (the
+ * transport makes the errors flat; hypeman says internal_error for its failures, and has no 503). */
+static void route_reclaim(Manager *m, HttpCall *call, const HttpRequest *req, bool hypeman) {
         if (!method_is(req, "POST"))
                 return reply_method(call, "POST");
         if (!need_write(call, req))
                 return;
+        const char *internal = hypeman ? "internal_error" : "internal";
         char err[512];
         ApiReclaim a;
-        if (api_parse_reclaim(req->body, req->body_len, &a, err, sizeof err) < 0)
+        int k = hypeman ? api_parse_reclaim_hypeman(req->body, req->body_len, &a, err, sizeof err)
+                        : api_parse_reclaim(req->body, req->body_len, &a, err, sizeof err);
+        if (k < 0)
                 return http_call_reply_error(call, 400, "bad_request", "%s", err);
+        if (hypeman) {
+                /* As hypeman: no sample of the host, no reclaim (and nothing changed). */
+                CtlHostView h;
+                ctl_host_view(m->ctl, &h);
+                if (!h.sample_ok)
+                        return http_call_reply_error(call, 500, internal, "cannot sample host memory: %s",
+                                                     h.sample_error[0] ? h.sample_error : "no sample yet");
+        }
         size_t n = ctl_vm_count(m->ctl);
         if (a.dry_run) {
                 PlanHold hold = { .bytes = a.reclaim_bytes, .until = usec_add(now_mono(), a.hold_for) };
-                if (a.hold_for == 0)
+                if (hypeman) /* hypeman previews the request itself, whatever hold_for says */
+                        hold.until = usec_add(now_mono(), MAX(a.hold_for, USEC_PER_SEC));
+                else if (a.hold_for == 0)
                         hold = (PlanHold){ 0 };
                 PlanDecision *d = calloc(MAX(n, (size_t) 1), sizeof *d);
                 uint64_t *prev = calloc(MAX(n, (size_t) 1), sizeof *prev);
                 PlanResult r;
-                int k = d && prev ? ctl_plan_preview(m->ctl, &hold, d, &r) : -ENOMEM;
+                k = d && prev ? ctl_plan_preview(m->ctl, &hold, d, &r) : -ENOMEM;
                 if (k < 0) {
                         free(d);
                         free(prev);
-                        return http_call_reply_error(call, 503, "unavailable", "cannot plan now: %s",
+                        return http_call_reply_error(call, hypeman ? 500 : 503, hypeman ? internal : "unavailable",
+                                                     "cannot plan now: %s",
                                                      k == -ENODATA ? "no memory sample of the scope" : strerror(-k));
                 }
                 for (size_t i = 0; i < n; i++) {
@@ -940,22 +1060,24 @@ static void route_reclaim(Manager *m, HttpCall *call, const HttpRequest *req) {
                         ctl_vm_view(ctl_vm_at(m->ctl, i), &v);
                         prev[i] = v.target;
                 }
-                http_call_reply_json(call, 200, reclaim_answer(m, &a, &r, d, prev, NULL, n, true));
+                http_call_reply_json(call, 200,
+                                     hypeman ? hypeman_answer(m, &a, &r, d, prev, NULL, n, true)
+                                             : reclaim_answer(m, &a, &r, d, prev, NULL, n, true));
                 free(d);
                 free(prev);
                 return;
         }
-        int k = manager_set_hold(m, a.reclaim_bytes, a.hold_for, a.reason, err, sizeof err);
+        k = manager_set_hold(m, a.reclaim_bytes, a.hold_for, a.reason, err, sizeof err);
         if (k < 0)
-                return http_call_reply_error(call, 500, "internal", "the hold could not be stored: %s", err);
+                return http_call_reply_error(call, 500, internal, "the hold could not be stored: %s", err);
         ReclaimCall *rc = calloc(1, sizeof *rc);
         if (!rc)
-                return http_call_reply_error(call, 500, "internal", "out of memory");
-        *rc = (ReclaimCall){ .m = m, .call = call, .req = a };
+                return http_call_reply_error(call, 500, internal, "out of memory");
+        *rc = (ReclaimCall){ .m = m, .call = call, .req = a, .hypeman = hypeman };
         k = ctl_apply_now(m->ctl, on_reclaim_applied, rc);
         if (k < 0) {
                 free(rc);
-                http_call_reply_error(call, 500, "internal", "applying the plan failed: %s", strerror(-k));
+                http_call_reply_error(call, 500, internal, "applying the plan failed: %s", strerror(-k));
         }
 }
 
@@ -1191,8 +1313,10 @@ void api_handle(HttpCall *call, const HttpRequest *req, void *userdata) {
                 free(text);
                 return;
         }
-        if (strcmp(p, "/v1/memory/reclaim") == 0 || strcmp(p, "/resources/memory/reclaim") == 0)
-                return route_reclaim(m, call, req);
+        if (strcmp(p, "/v1/memory/reclaim") == 0)
+                return route_reclaim(m, call, req, false);
+        if (strcmp(p, API_HYPEMAN_RECLAIM) == 0)
+                return route_reclaim(m, call, req, true);
         if (strcmp(p, "/v1/history") == 0)
                 return route_history(m, call, req);
         if (strcmp(p, "/v1/capacity") == 0)

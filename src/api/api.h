@@ -16,6 +16,9 @@
 #define API_HOLD_FOR_MAX     (60 * 60 * USEC_PER_SEC)
 #define API_HOLD_FOR_DEFAULT (5 * 60 * USEC_PER_SEC)
 #define API_SIZE_MAX         (UINT64_C(1) << 62)
+/* hypeman's route, answered in hypeman's shapes (its answer, and its flat errors for every request
+ * whose target starts with it; docs/api.md). */
+#define API_HYPEMAN_RECLAIM  "/resources/memory/reclaim"
 
 typedef struct ApiReclaim {
         uint64_t reclaim_bytes;
@@ -40,6 +43,9 @@ typedef struct ApiPark {
 int api_parse_vm_create(const char *body, size_t len, CtlVmSpec *ret, char *err, size_t errlen);
 int api_parse_vm_patch(const char *body, size_t len, ApiVmPatch *ret, char *err, size_t errlen);
 int api_parse_reclaim(const char *body, size_t len, ApiReclaim *ret, char *err, size_t errlen);
+/* The same request as hypeman's clients send it: hold_for is a Go duration ("1m30s"; not
+ * negative, at most 1h) and defaults to 5m only when reclaim_bytes > 0 (else 0s). */
+int api_parse_reclaim_hypeman(const char *body, size_t len, ApiReclaim *ret, char *err, size_t errlen);
 int api_parse_target(const char *body, size_t len, uint64_t *ret, char *err, size_t errlen);
 /* An empty body is allowed (all defaults). unpark accepts "wait"; park does not. */
 int api_parse_park(const char *body, size_t len, bool unpark, ApiPark *ret, char *err, size_t errlen);

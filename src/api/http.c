@@ -74,6 +74,7 @@ struct HttpConn {
         int mhd_fd;       /* MHD's afterwards (for matching its notifications) */
         bool started;     /* MHD reported it started */
         bool privileged;  /* Unix: root, our uid or write_gid; TCP: a write token */
+        bool flat_errors; /* the request target is under flat_error_prefix (as far as it arrived) */
         uid_t uid;        /* Unix: the peer's uid */
         uint8_t peer[16]; /* TCP: the peer's address (IPv4 mapped into IPv6) */
         struct sockaddr_storage addr;
@@ -104,6 +105,7 @@ struct HttpServer {
         gid_t write_gid;
         uid_t euid;
         bool unix_read_only;
+        const char *flat_error_prefix; /* not owned */
 
         HttpCall *calls; /* every call still tied to a connection */
         HttpCounters counters;
@@ -392,13 +394,26 @@ static void http_utf8_sanitize(char *s) {
         }
 }
 
+/* Whether errors about this request target (path, maybe a query) take the flat shape. */
+static bool http_flat_errors(const HttpServer *s, const char *target, size_t len) {
+        size_t n = s && s->flat_error_prefix ? strlen(s->flat_error_prefix) : 0; /* s: NULL once freed */
+        return n > 0 && len >= n && memcmp(target, s->flat_error_prefix, n) == 0;
+}
+
+/* The error body: {"error": {"code", "message"}}, or {"code", "message"} when flat. */
+static json_t *http_error_json(bool flat, const char *code, const char *msg) {
+        if (flat)
+                return json_pack("{s:s,s:s}", "code", code, "message", msg);
+        return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
+}
+
 _printf_(4, 0) static void http_call_reply_errorv(HttpCall *call, unsigned status, const char *code, const char *fmt,
                                                   va_list ap) {
         char msg[512];
         (void) vsnprintf(msg, sizeof(msg), fmt, ap);
         http_utf8_sanitize(msg);
-        json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", code ? code : "internal", "message", msg);
-        http_call_reply_json(call, status, body);
+        bool flat = call->uri && http_flat_errors(call->server, call->uri, strlen(call->uri));
+        http_call_reply_json(call, status, http_error_json(flat, code ? code : "internal", msg));
 }
 
 void http_call_reply_error(HttpCall *call, unsigned status, const char *code, const char *fmt, ...) {
@@ -1046,11 +1061,14 @@ static void http_conn_reply_raw(HttpConn *c, unsigned status, const char *code, 
 
         snprintf(sane, sizeof(sane), "%s", msg);
         http_utf8_sanitize(sane);
-        json_t *j = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", sane);
+        json_t *j = http_error_json(c->flat_errors, code, sane);
         size_t blen = j ? json_dumpb(j, body, sizeof(body) - 1, JSON_COMPACT) : 0;
         json_decref(j);
         if (blen == 0 || blen >= sizeof(body) - 1)
-                blen = (size_t) snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"\"}}", code);
+                blen = (size_t) snprintf(body, sizeof(body),
+                                         c->flat_errors ? "{\"code\":\"%s\",\"message\":\"\"}"
+                                                        : "{\"error\":{\"code\":\"%s\",\"message\":\"\"}}",
+                                         code);
         body[blen++] = '\n';
         const char *reason = http_reason(status);
         int hlen = snprintf(head, sizeof(head),
@@ -1242,6 +1260,13 @@ static void http_conn_on_io(EvIo *io, int fd, uint32_t revents, void *userdata) 
                 return;
         if (n <= 0)
                 return http_conn_free(c); /* gone before a whole request: nobody to answer */
+
+        /* The target's start decides the shape of the errors answered from here on. */
+        size_t m = 0;
+        while (m < (size_t) n && m < 32 && http_is_tchar((unsigned char) s->scratch[m]))
+                m++;
+        c->flat_errors =
+                (size_t) n > m && s->scratch[m] == ' ' && http_flat_errors(s, s->scratch + m + 1, (size_t) n - m - 1);
 
         HttpHead h;
         char msg[256];
@@ -1859,6 +1884,7 @@ int http_server_new(Ev *ev, const HttpServerConfig *cfg, http_handler handler, v
                 .write_gid = cfg->write_gid,
                 .euid = geteuid(),
                 .unix_read_only = cfg->unix_read_only,
+                .flat_error_prefix = cfg->flat_error_prefix,
         };
         s->max_conn = cfg->max_connections ? cfg->max_connections : HTTP_MAX_CONNECTIONS_DEFAULT;
         s->max_per_peer =

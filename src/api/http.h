@@ -7,8 +7,9 @@
  * socket goes to libmicrohttpd; one request per connection. It authenticates each request (peer
  * credentials on the Unix socket, bearer tokens on TCP), reads the body (at most
  * HTTP_BODY_MAX bytes, JSON only), and hands a complete request to one handler, which answers
- * at once or later (after driver calls) with http_call_reply*(). Errors are always
- * {"error": {"code": …, "message": …}}. */
+ * at once or later (after driver calls) with http_call_reply*(). Errors are
+ * {"error": {"code": …, "message": …}}, or {"code": …, "message": …} for request targets under
+ * HttpServerConfig.flat_error_prefix (another API's shape served on its own paths). */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -55,6 +56,8 @@ typedef struct HttpServerConfig {
         usec_t connection_timeout;         /* idle time allowed after the head (body, reply); 0: default */
         bool unix_read_only;               /* every Unix-socket peer may only read, root and our own uid too
                                             * (a read-only API; the unit tests, which run as root, use it) */
+        const char *flat_error_prefix;     /* NULL, or a path prefix (not copied: a static string) whose
+                                            * errors, ours and the handler's, are {"code","message"} */
 } HttpServerConfig;
 
 /* A complete request, valid until the call is answered. */
@@ -91,7 +94,7 @@ uint16_t http_server_tcp_port(const HttpServer *s);
 void http_call_reply_json(HttpCall *call, unsigned status, json_t *body);
 /* Answers with a text body (copied), e.g. Prometheus metrics. */
 void http_call_reply_text(HttpCall *call, unsigned status, const char *content_type, const char *text, size_t len);
-/* Answers {"error": {"code": code, "message": printf(fmt…)}}. */
+/* Answers {"error": {"code": code, "message": printf(fmt…)}} (flat under flat_error_prefix). */
 void http_call_reply_error(HttpCall *call, unsigned status, const char *code, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));
 /* Adds a response header to the coming reply (e.g. "Allow"). */

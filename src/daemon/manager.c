@@ -377,6 +377,7 @@ int manager_new(const DaemonConfig *cfg, Manager **ret, char *err, size_t errlen
                 .header_timeout = cfg->api.header_timeout,
                 .body_timeout = cfg->api.body_timeout,
                 .connection_timeout = cfg->api.idle_timeout,
+                .flat_error_prefix = API_HYPEMAN_RECLAIM,
         };
         r = http_server_new(m->ev, &hc, api_handle, m, &m->http, err, errlen);
         if (r < 0)

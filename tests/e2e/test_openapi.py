@@ -170,6 +170,18 @@ def request_schema(op):
     return deref(rb)["content"]["application/json"]["schema"]
 
 
+def error_schema(path):
+    """The error schema of a path: Error, or HypemanError under x-ballast-errors: hypeman."""
+    hypeman = deref(DOC["paths"][path]).get("x-ballast-errors") == "hypeman"
+    return "#/components/schemas/HypemanError" if hypeman else "#/components/schemas/Error"
+
+
+def error_response(path, name):
+    """components/responses/NAME for the path (its Hypeman* twin under x-ballast-errors: hypeman)."""
+    hypeman = deref(DOC["paths"][path]).get("x-ballast-errors") == "hypeman"
+    return deref({"$ref": f"#/components/responses/{'Hypeman' if hypeman else ''}{name}"})
+
+
 def documented_methods(path):
     item = deref(DOC["paths"][path])
     return {m.upper() for m in METHODS if m in item}
@@ -327,7 +339,7 @@ def check_against(response, resp, what, record=True):
 def check_error(op_id, resp, status, names=None):
     """A documented error of that status; names: a field the message must name."""
     check(op_id, resp, status)
-    msg = resp.json["error"]["message"]
+    msg = resp.json["error"]["message"] if "error" in resp.json else resp.json["message"]  # hypeman's is flat
     if names is not None:
         alts = [names] if isinstance(names, str) else list(names)
         assert any(n in msg for n in alts), f"{OPS[op_id][0]}: the message does not name {alts}: {resp!r}"
@@ -596,7 +608,7 @@ def test_every_operation_documents_access_and_errors():
                 assert r.get("content"), f"{what}: {st} has no body schema"
             else:
                 s = r["content"]["application/json"]["schema"]
-                assert "#/components/schemas/Error" in list(_refs(s)), f"{what}: {st} is not the Error schema"
+                assert error_schema(path) in list(_refs(s)), f"{what}: {st} is not the {error_schema(path)} schema"
         assert any(st.startswith("2") for st in statuses) or op.get("description", "").find("501") >= 0, \
             f"{what}: no 2xx answer documented"
 
@@ -864,7 +876,21 @@ def v_reclaim(w):
 
 
 def v_reclaim_resources(w):
-    _reclaim(w, "reclaimMemoryResources", "/resources/memory/reclaim")
+    """hypeman's shapes: hold_until while a hold exists (the dry run shows the one in force),
+    hypeman's names of the VMs and hypervisors, vm-err's error."""
+    op_id, path = "reclaimMemoryResources", "/resources/memory/reclaim"
+    r = check(op_id, w.req("POST", path, {"reclaim_bytes": 192 * MiB, "dry_run": True}), 200)
+    assert r.json["applied_reclaim_bytes"] == 0 and r.json["requested_reclaim_bytes"] == 192 * MiB, r
+    acts = {a["instance_id"]: a for a in r.json["actions"]}
+    assert acts["vm-err"]["status"] == "error" and acts["vm-err"]["error"], r
+    assert acts["vm-ok"]["status"] in ("planned", "unchanged") and acts["vm-ok"]["hypervisor"] == "qemu", r
+    if w.libvirt_available:  # a libvirt VM is QEMU's, named by its domain
+        assert acts["vm-lv"]["hypervisor"] == "qemu" and acts["vm-lv"]["instance_name"] == "openapi-none", r
+    r = check(op_id, w.req("POST", path, {"reclaim_bytes": 128 * MiB, "hold_for": "10m", "dry_run": False,
+                                          "reason": "openapi check"}), 200)
+    assert r.json["hold_until"], r
+    r = check(op_id, w.req("POST", path, {"reclaim_bytes": 128 * MiB, "dry_run": True}), 200)
+    assert r.json["hold_until"], r
 
 
 def v_history(w):
@@ -937,6 +963,9 @@ PATTERN_BREAKERS = {
     "^[A-Za-z0-9._-]{1,64}$": ["a/b", "a b", "vm\u00e9", "a:b"],
     "^/": ["relative/qmp.sock", "./qmp.sock"],
     "^([0-9]+|([0-9]+(us|ms|s|m|min|h))+)$": ["5 minutes", "5x", "-1s", "", "m5", "1.5s"],
+    # Go durations (hypeman's hold_for)
+    "^(0|((([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(us|ms|ns|µs|μs|s|m|h))+))$": ["90", "1min", "-1s", "", "5 m", "1x", "00",
+                                                                     "1d", ".s"],
 }
 WRONG = {
     "integer": ["1", 1.5, True, None, [], {}],
@@ -1127,7 +1156,16 @@ def test_semantic_rules_in_descriptions(world):
         check_error(op_id, world.req("POST", path, {"reclaim_bytes": 0, "hold_for": "2h", "dry_run": True}), 400,
                     "hold_for")
         check(op_id, world.req("POST", path, {"reclaim_bytes": 0, "hold_for": "1h", "dry_run": True}), 200)
-        check(op_id, world.req("POST", path, {"reclaim_bytes": 0, "hold_for": "90", "dry_run": True}), 200)
+    check("reclaimMemory", world.req("POST", "/v1/memory/reclaim", {"reclaim_bytes": 0, "hold_for": "90",
+                                                                    "dry_run": True}), 200)
+    # hypeman's hold_for is a Go duration: a unit is needed, fractions are fine, a sign is read.
+    path = "/resources/memory/reclaim"
+    for good in ("1m30s", "1.5m", "+90s", "59m59.999s", "0"):
+        check("reclaimMemoryResources", world.req("POST", path, {"reclaim_bytes": 0, "hold_for": good,
+                                                                 "dry_run": True}), 200)
+    for bad in ("90", "-1s", "1h0m0.001s", "1.5h"):
+        check_error("reclaimMemoryResources", world.req("POST", path, {"reclaim_bytes": 0, "hold_for": bad,
+                                                                       "dry_run": True}), 400, "hold_for")
     for op_id, path in (("parkVm", "/v1/vms/vm-err/park"), ("unparkVm", "/v1/vms/vm-err/unpark")):
         for bad in ("0", "0s", "0ms", "0us", "1us", "999us", "601s", "11m", "10m1us", "1h", "36000"):
             check_error(op_id, world.req("POST", path, {"timeout": bad}), 400, "timeout")
@@ -1247,7 +1285,7 @@ def _concrete(path):
 @pytest.mark.parametrize("path", list(DOC["paths"]))
 def test_undocumented_methods_are_405(world, path):
     allowed = documented_methods(path)
-    mna = deref({"$ref": "#/components/responses/MethodNotAllowed"})
+    mna = error_response(path, "MethodNotAllowed")
     for target in [path] + deref(DOC["paths"][path]).get("x-ballast-aliases", []):
         for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
             if m in allowed:

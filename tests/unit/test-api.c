@@ -939,6 +939,74 @@ static void test_tcp_tokens(void **state) {
         assert_int_equal(c.requests, 1 + ELEMENTSOF(bad) + 4);
 }
 
+/* A flat {"code","message"} error body (flat_error_prefix), nothing else in it. */
+static void check_flat_error(const Resp *r, int status, const char *code) {
+        if (r->status != status)
+                fail_msg("expected %d, got %d: %s", status, r->status, r->body ? r->body : "");
+        assert_true(head_has(r, "Content-Type: application/json"));
+        json_t *j = resp_json(r);
+        const char *c = NULL, *m = NULL;
+        if (json_unpack(j, "{s:s,s:s!}", "code", &c, "message", &m) != 0)
+                fail_msg("not a flat {code, message} error: %s", r->body);
+        assert_string_equal(c, code);
+        assert_true(strlen(m) > 0);
+        json_decref(j);
+}
+
+/* Under flat_error_prefix every error is {"code","message"}: the handler's, those answered before
+ * the handler (403, 415), and those written before the HTTP library sees the request (401, a bad
+ * request target); anywhere else the usual {"error": {...}}. */
+static void test_flat_errors(void **state) {
+        Fixture *f = *state;
+        write_file(f->tokens, "rtok-0123456789 read\n", 0600);
+        HttpServerConfig cfg = { .write_gid = (gid_t) -1,
+                                 .listen_tcp = "127.0.0.1:0",
+                                 .tokens_file = f->tokens,
+                                 .flat_error_prefix = "/notfound" };
+        start_server(f, &cfg);
+        uint16_t port = http_server_tcp_port(f->srv);
+        static const char auth[] = "Authorization: Bearer rtok-0123456789\r\n";
+        char req[512];
+
+        snprintf(req, sizeof req, "GET /notfound?a=1 HTTP/1.1\r\nHost: x\r\n%s\r\n", auth);
+        Resp r = request(f, port, req, 0);
+        check_flat_error(&r, 404, "not_found");
+        assert_true(head_has(&r, "Allow: GET"));
+        resp_clear(&r);
+        r = request(f, port, "GET /notfound HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n", 0);
+        check_flat_error(&r, 401, "unauthorized");
+        assert_true(head_has(&r, "WWW-Authenticate: Bearer"));
+        resp_clear(&r);
+        snprintf(req, sizeof req,
+                 "POST /notfound HTTP/1.1\r\nHost: x\r\n%sContent-Type: application/json\r\n"
+                 "Content-Length: 2\r\n\r\n{}",
+                 auth);
+        r = request(f, port, req, 0);
+        check_flat_error(&r, 403, "forbidden");
+        resp_clear(&r);
+        snprintf(req, sizeof req, "GET /notfound?a=\x7f HTTP/1.1\r\nHost: x\r\n%s\r\n", auth);
+        r = request(f, port, req, 0);
+        check_flat_error(&r, 400, "bad_request");
+        resp_clear(&r);
+        /* Unix socket too. */
+        r = request(f, 0, "GET /notfound HTTP/1.1\r\nHost: x\r\n\r\n", 0);
+        check_flat_error(&r, 404, "not_found");
+        resp_clear(&r);
+
+        /* Elsewhere: nested, as always. */
+        r = request(f, port, "GET /sync HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n", 0);
+        check_error(&r, 401, "unauthorized");
+        resp_clear(&r);
+        snprintf(req, sizeof req, "GET /badutf8 HTTP/1.1\r\nHost: x\r\n%s\r\n", auth);
+        r = request(f, port, req, 0);
+        check_error(&r, 404, "not_found");
+        resp_clear(&r);
+        snprintf(req, sizeof req, "GET /notfoun HTTP/1.1\r\nHost: x\r\n%s\r\n", auth);
+        r = request(f, port, req, 0);
+        assert_int_equal(r.status, 200);
+        resp_clear(&r);
+}
+
 static int try_start(Fixture *f, HttpServerConfig *cfg, char *err, size_t errlen) {
         if (!cfg->socket_path)
                 cfg->socket_path = f->sock;
@@ -1944,6 +2012,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_peer_groups, setup, teardown),
                 cmocka_unit_test(test_status_groups),
                 cmocka_unit_test_setup_teardown(test_tcp_tokens, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_flat_errors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_tokens_file_errors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_socket_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_disconnect_pending, setup, teardown),
