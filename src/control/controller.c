@@ -1781,11 +1781,16 @@ int ctl_capacity(Controller *c, uint64_t size, PlanCapacity *ret, PlanResult *re
                 return r;
         /* A new VM's hypervisor costs what the largest one here costs beside guest RAM (measured
          * in smaps; QEMU under TCG keeps its translation buffer there, ~115 MiB). */
-        uint64_t overhead = 0;
+        uint64_t overhead = 0, returnable = 0;
         for (size_t i = 0; i < c->n_vms; i++)
-                if (c->vms[i]->ram_known && c->vms[i]->status != CTL_VM_ERROR)
+                if (c->vms[i]->ram_known && c->vms[i]->status != CTL_VM_ERROR) {
                         overhead = MAX(overhead, c->vms[i]->ram_overhead);
-        r = plan_capacity(&c->cfg.plan, c->sample.total, c->sample.available, res.returnable, size, overhead, ret);
+                        /* Only what is measured: a VM whose resident memory is not known yet (just
+                         * booted) would count its whole size above the floor. The plan itself may
+                         * still take from it (its balloon is real); the hint does not promise it. */
+                        returnable = sat_add_u64(returnable, c->dec[i].returnable);
+                }
+        r = plan_capacity(&c->cfg.plan, c->sample.total, c->sample.available, returnable, size, overhead, ret);
         if (r >= 0 && ret_plan)
                 *ret_plan = res;
         return r;
