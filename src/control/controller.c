@@ -384,8 +384,13 @@ static void vm_fail(CtlVm *vm, const HvReply *reply, usec_t now) {
 }
 
 static void vm_ok(CtlVm *vm) {
-        if (vm->status == CTL_VM_ERROR)
+        if (vm->status == CTL_VM_ERROR) {
                 log_info("VM %s: driver works again", vm->spec.id);
+                /* It may be another process now (restarted, or restored from a snapshot): read its
+                 * memory map, RSS and guest again, and set its statistics period again. */
+                vm->next_rss = vm->next_ram = vm->last_stats = 0;
+                vm->stats_period_set = vm->stats_fast = vm->stats_fast_refused = false;
+        }
         if (vm->status == CTL_VM_ERROR || vm->status == CTL_VM_CONNECTING)
                 vm->status = CTL_VM_OK;
         vm->backoff = 0;
