@@ -1125,6 +1125,10 @@ static json_t *snapshot_config(const VmInfo *v, int64_t stats_period, uint64_t a
         const char *accel = json_string_value(json_object_get(j, "accel"));
         json_t *mem = json_object_get(j, "memory"), *cpus = json_object_get(j, "cpus");
         json_t *out = NULL;
+        if (stats_period < 0) { /* QEMU did not say: what the VM was started with */
+                json_t *p = json_object_get(j, "stats_period");
+                stats_period = json_is_integer(p) ? json_integer_value(p) : 0;
+        }
         if (kernel && initrd && accel && json_is_integer(mem) && json_is_integer(cpus))
                 out = json_pack("{s:i,s:s,s:O,s:O,s:b,s:b,s:I,s:s,s:s,s:s,s:s,s:s,s:I,s:I}", "format", 1, "source",
                                 v->name, "memory", mem, "cpus", cpus, "deflate_on_oom",
@@ -1175,14 +1179,14 @@ int vm_snapshot(const char *name, const char *file, usec_t timeout, VmSnapshotRe
 
         char status[32];
         json_t *val = NULL;
-        int64_t period = 0;
+        int64_t period = -1;
         uint64_t actual = 0;
         r = qsync_status(&q, deadline, status, sizeof status, err, errlen);
         if (r >= 0 && qsync_call(&q, "qom-get",
                                  json_pack("{s:s,s:s}", "path", "/machine/peripheral/balloon0", "property",
                                            "guest-stats-polling-interval"),
                                  -1, deadline, &val, err, errlen) >= 0) {
-                period = json_is_integer(val) ? json_integer_value(val) : 0;
+                period = json_is_integer(val) ? json_integer_value(val) : -1;
                 json_decref(val);
         }
         if (r >= 0 && qsync_call(&q, "query-balloon", NULL, -1, deadline, &val, err, errlen) >= 0) {

@@ -7,15 +7,13 @@ snapshot holds the same bytes after it. ballastd keeps a registered VM through a
 restore: it adopts the restored QEMU on the same socket path with its floor, the fleet's hold and
 a park intact. Plus the command's modes (paused, --resume, --stop) and its refusals."""
 
-import json
 import os
-import subprocess
 import tempfile
 import time
 
 import pytest
 
-from conftest import CTL, MiB, rss_bytes, settled_rss, wait_until
+from conftest import MiB, rss_bytes, settled_rss, wait_until
 from conftest_daemon import ballastd, daemons  # noqa: F401 (fixtures)
 from test_parking import Qmp, qmp_ctl
 
@@ -94,6 +92,9 @@ def test_balloon_works_after_restore(ctl, snapdir):
     out = restore(ctl, name, path)
     pid = out["qemu_pid"]
     print(f"restored in {out['seconds']:.2f} s (loaded in {out['load_seconds']:.2f} s)")
+    # Restored QEMU runs without transparent huge pages (docs/launcher.md).
+    with open(f"/proc/{pid}/status") as f:
+        assert "THP_enabled:\t0" in f.read(), "the restored QEMU has transparent huge pages"
     # The balloon's state came with the stream: same target, same actual, nothing re-inflated.
     assert abs(ctl.actual(name) - before) <= TOL, (ctl.actual(name), before)
     # The guest's memory came with it too: the held child's pages hold the same pattern.
@@ -236,16 +237,19 @@ def test_ballastd_keeps_vm_through_snapshot_and_restore(ctl, daemons, snapdir): 
     path = os.path.join(snapdir, "sn3.snap")
     snapshot(ctl, name, path, "--stop")
     restore(ctl, name, path)
+    t_restored = time.monotonic()
     pid1 = ctl.qemu_pid(name)
     assert pid1 != pid0
     v = d.wait_vms(lambda v: v[name]["status"] == "ok" and v[name]["hypervisor_pid"] == pid1, 120,
                    "the restored VM adopted")[name]
+    t_adopted = time.monotonic() - t_restored
     assert v["floor_bytes"] == 256 * MiB and v["assigned_bytes"] == ASSIGNED, v
     assert abs(v["actual_bytes"] - 256 * MiB) <= TOL and abs(v["target_bytes"] - 256 * MiB) <= TOL, v
     assert abs(ctl.actual(name) - 256 * MiB) <= TOL
     hold1 = d.host()["hold"]
     assert hold1 and hold1["bytes"] == hold0["bytes"] and hold1["until"] == hold0["until"], (hold0, hold1)
-    print(f"\nre-adopted: pid {pid0} -> {pid1}, {v['actual_bytes'] / MiB:.0f} MiB, hold {hold1}")
+    print(f"\nre-adopted {t_adopted:.1f} s after the restore: pid {pid0} -> {pid1}, "
+          f"{v['actual_bytes'] / MiB:.0f} MiB, hold {hold1}")
 
     # The restored VM answers ballastd's commands: clearing the hold gives its memory back.
     d.reclaim(0)
