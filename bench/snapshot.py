@@ -69,6 +69,7 @@ def main():
         row = {"kind": kind, "actual": actual, "bytes": s["bytes"], "snapshot_s": s["seconds"]}
         r = ctl("vm", "start", NAME, "--restore", path, "--boot-timeout", "120s")
         row["restore_warm_s"] = r["seconds"]
+        row["load_warm_s"] = r["load_seconds"]
         row["rss"] = rss()
         ctl("vm", "stop", NAME)
         fd = os.open(path, os.O_RDONLY)
@@ -79,7 +80,8 @@ def main():
         os.unlink(path)
         print(f"  {kind:9s} guest {actual / MiB:4.0f} MiB  file {row['bytes'] / MiB:6.1f} MiB  "
               f"snapshot {row['snapshot_s']:5.2f} s  restore warm {row['restore_warm_s']:5.2f} s  "
-              f"cold {row['restore_cold_s']:5.2f} s  restored RSS {row['rss'] / MiB:4.0f} MiB", flush=True)
+              f"cold {row['restore_cold_s']:5.2f} s  (stream loaded in {row['load_warm_s']:5.2f} s)  "
+              f"restored RSS {row['rss'] / MiB:4.0f} MiB  load average {os.getloadavg()[0]:.1f}", flush=True)
         return row
 
     rows = []
@@ -110,6 +112,7 @@ def main():
     for key, label, unit, scale in (("bytes", "snapshot file", "MiB", MiB), ("snapshot_s", "snapshot time", "s", 1),
                                     ("restore_warm_s", "restore, file cached", "s", 1),
                                     ("restore_cold_s", "restore, file cold", "s", 1),
+                                    ("load_warm_s", "  of which stream load", "s", 1),
                                     ("rss", "restored QEMU RSS", "MiB", MiB)):
         u, p = med("unparked", key) / scale, med("parked", key) / scale
         print(f"  {label:22s} {u:8.2f} {unit:3s} {p:8.2f} {unit:3s}   {p / u:.2f}")
