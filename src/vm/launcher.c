@@ -1194,6 +1194,14 @@ int vm_snapshot(const char *name, const char *file, usec_t timeout, VmSnapshotRe
                 actual = json_is_integer(a) ? (uint64_t) json_integer_value(a) : 0;
                 json_decref(val);
         }
+        if (r >= 0 && strcmp(status, "postmigrate") == 0) {
+                /* QEMU will not migrate a guest its last migration paused. */
+                snprintf(err, errlen,
+                         "VM '%s' is paused after a snapshot and QEMU cannot save it again as it is: "
+                         "run it ('ballastctl vm resume %s') first, or use the snapshot it has",
+                         name, name);
+                r = -EBUSY;
+        }
         if (r < 0) {
                 qsync_close(&q);
                 return r;

@@ -159,6 +159,8 @@ def test_snapshot_modes_and_refusals(ctl, snapdir):
     out = snapshot(ctl, name, path)
     assert out["vm"] == "paused", out
     assert qmp_status(ctl, name) == "postmigrate"
+    p = ctl.run("vm", "snapshot", name, os.path.join(snapdir, "again.snap"), check=False)
+    assert p.returncode == 1 and "paused after a snapshot" in p.stderr, p.stderr
     p = ctl.run("vm", "exec", name, "--timeout", "2s", "--", "true", check=False, timeout=60)
     assert p.returncode != 0, "a paused guest answered"
     ctl.run("vm", "resume", name)
