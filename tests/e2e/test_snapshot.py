@@ -15,6 +15,7 @@ import pytest
 
 from conftest import MiB, rss_bytes, settled_rss, wait_until
 from conftest_daemon import ballastd, daemons  # noqa: F401 (fixtures)
+from daemon import parse_time
 from test_parking import Qmp, qmp_ctl
 
 ASSIGNED = 512 * MiB
@@ -223,7 +224,7 @@ def test_ballastd_keeps_vm_through_snapshot_and_restore(ctl, daemons, snapdir): 
     ballastd. Then parked, snapshotted and restored, it is still parked, and an unpark brings it
     back to full size."""
     name = "sn3"
-    boot(ctl, name, "--stats-period", "2")
+    boot(ctl, name)  # no statistics polling of its own: ballastd turns it on (2 s)
     d = daemons().start()
     sock = os.path.join(ctl.json("vm", "info", name)["dir"], "qmp.sock")
     d.register(name, sock, ASSIGNED, floor=256 * MiB, expected_uid=os.geteuid())
@@ -239,7 +240,7 @@ def test_ballastd_keeps_vm_through_snapshot_and_restore(ctl, daemons, snapdir): 
     path = os.path.join(snapdir, "sn3.snap")
     snapshot(ctl, name, path, "--stop")
     restore(ctl, name, path)
-    t_restored = time.monotonic()
+    t_restored, t_restored_rt = time.monotonic(), time.time()
     pid1 = ctl.qemu_pid(name)
     assert pid1 != pid0
     v = d.wait_vms(lambda v: v[name]["status"] == "ok" and v[name]["hypervisor_pid"] == pid1, 120,
@@ -248,6 +249,14 @@ def test_ballastd_keeps_vm_through_snapshot_and_restore(ctl, daemons, snapdir): 
     assert v["floor_bytes"] == 256 * MiB and v["assigned_bytes"] == ASSIGNED, v
     assert abs(v["actual_bytes"] - 256 * MiB) <= TOL and abs(v["target_bytes"] - 256 * MiB) <= TOL, v
     assert abs(ctl.actual(name) - 256 * MiB) <= TOL
+    # The guest's statistics reach ballastd again, newer than the restore: the polling ballastd
+    # turned on (qom-set, not on QEMU's command line) came through in the snapshot's header.
+    st = wait_until(lambda: (lambda r: r if r["last_update"] and parse_time(r["last_update"]) >= int(t_restored_rt)
+                             else None)(d.get(f"/v1/vms/{name}/stats")), 60, 0.5, "guest statistics after the restore")
+    assert st["stats"]["period_s"] == 2 and st["stats"]["total_bytes"], st
+    # ...and keep coming (the guest pushes one report when it is restored, polled or not).
+    wait_until(lambda: parse_time(d.get(f"/v1/vms/{name}/stats")["last_update"]) > parse_time(st["last_update"]),
+               30, 0.5, "the next guest statistics")
     hold1 = d.host()["hold"]
     assert hold1 and hold1["bytes"] == hold0["bytes"] and hold1["until"] == hold0["until"], (hold0, hold1)
     print(f"\nre-adopted {t_adopted:.1f} s after the restore: pid {pid0} -> {pid1}, "
