@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import MiB, rss_bytes, settled_rss, wait_until
+from conftest import IMAGE, MiB, rss_bytes, settled_rss, wait_until
 from conftest_daemon import ballastd, daemons  # noqa: F401 (fixtures)
 from daemon import parse_time
 from test_parking import Qmp, qmp_ctl
@@ -202,12 +202,14 @@ def test_snapshot_modes_and_refusals(ctl, snapdir):
     p = ctl.run("vm", "start", "sn2e", "--restore", os.path.join(snapdir, "missing"), check=False)
     assert p.returncode == 1 and "cannot open snapshot" in p.stderr, p.stderr
     assert [v["name"] for v in ctl.json("vm", "list")] == [name]
-    for d in ("sn2b", "sn2c", "sn2d", "sn2e"):
+    p = ctl.run("vm", "start", "sn2f", "--restore", path, "--image", "/nonexistent", check=False)
+    assert p.returncode == 1 and "no guest image in '/nonexistent'" in p.stderr, p.stderr
+    for d in ("sn2b", "sn2c", "sn2d", "sn2e", "sn2f"):
         assert not os.path.exists(os.path.join(ctl.run_dir, d)), f"a refused restore left {d}"
 
     # Clones: the same snapshot twice more, next to the original.
-    for clone in ("sn2x", "sn2y"):
-        out = restore(ctl, clone, path)
+    for clone, opts in (("sn2x", ()), ("sn2y", ("--image", IMAGE))):
+        out = restore(ctl, clone, path, *opts)
         assert ctl.json("vm", "info", clone)["state"] == "running"
         assert ctl.run("vm", "exec", clone, "--", "true").returncode == 0
     assert [v["name"] for v in ctl.json("vm", "list")] == [name, "sn2x", "sn2y"]
