@@ -28,6 +28,9 @@ static const char vm_usage[] =
         "       ballastctl vm fill NAME MIB [--seed N] [--no-hold] [--check-zero]\n"
         "       ballastctl vm verify|release NAME HANDLE\n"
         "       ballastctl vm agent NAME CMD [JSON-ARGS]\n"
+        "       ballastctl vm snapshot NAME FILE [--stop | --resume]   (see 'ballastctl vm snapshot --help')\n"
+        "       ballastctl vm resume NAME\n"
+        "       ballastctl vm start NAME --restore FILE\n"
         "\n"
         "VMs registered with ballastd (see 'ballastctl vm add --help', and 'ballastctl vms'):\n"
         "       ballastctl vm add ID --driver DRIVER (--socket PATH | --domain NAME) --assigned SIZE\n"
@@ -527,7 +530,11 @@ int cmd_vm(int argc, char **argv) {
         if (strcmp(verb, "show") == 0)
                 return cmd_vm_show(argc, argv);
         if (strcmp(verb, "start") == 0)
-                return vm_start_cmd(argc, argv);
+                return cmd_vm_start_is_restore(argc, argv) ? cmd_vm_restore(argc, argv) : vm_start_cmd(argc, argv);
+        if (strcmp(verb, "snapshot") == 0)
+                return cmd_vm_snapshot(argc, argv);
+        if (strcmp(verb, "resume") == 0)
+                return cmd_vm_resume(argc, argv);
         if (strcmp(verb, "stop") == 0)
                 return vm_stop_cmd(argc, argv);
         if (strcmp(verb, "list") == 0)

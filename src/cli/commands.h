@@ -20,3 +20,8 @@ int cmd_pool(int argc, char **argv);
 int cmd_vm_add(int argc, char **argv);
 int cmd_vm_rm(int argc, char **argv);
 int cmd_vm_show(int argc, char **argv);
+/* vm snapshot|resume and vm start --restore (cmd-vm-snapshot.c), dispatched by cmd_vm(). */
+int cmd_vm_snapshot(int argc, char **argv);
+int cmd_vm_resume(int argc, char **argv);
+int cmd_vm_restore(int argc, char **argv);
+bool cmd_vm_start_is_restore(int argc, char **argv);

@@ -14,15 +14,18 @@
 #include <sys/pidfd.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "config.h"
+#include "hv/qmp-proto.h"
 #include "shared/fs-util.h"
 #include "shared/macro.h"
 #include "shared/strutil.h"
+#include "shared/unix-sock.h"
 
 #define SUPERVISOR_GRACE (10 * USEC_PER_SEC)
 
@@ -339,7 +342,7 @@ static int wait_pidfd(int pidfd, usec_t timeout) {
         }
 }
 
-static _Noreturn void supervisor_main(char **argv, int status_fd) {
+static _Noreturn void supervisor_main(char **argv, int status_fd, bool no_thp) {
         sigset_t mask;
         sigemptyset(&mask);
         sigaddset(&mask, SIGTERM);
@@ -373,6 +376,12 @@ static _Noreturn void supervisor_main(char **argv, int status_fd) {
                 sigemptyset(&none);
                 sigprocmask(SIG_SETMASK, &none, NULL);
                 signal(SIGPIPE, SIG_DFL);
+                /* A restored VM: QEMU asks for transparent huge pages on guest RAM, and the stream
+                 * writes its pages all over it, so every write would make a 2 MiB page resident:
+                 * a parked guest would come back at full size on the host. Without THP only the
+                 * pages the snapshot holds data in become resident (docs/launcher.md). */
+                if (no_thp)
+                        (void) prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
                 int log = open("qemu.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
                 if (log >= 0) {
                         dup2(log, STDOUT_FILENO);
@@ -465,14 +474,21 @@ static void argv_done(Argv *a) {
                 free(a->v[i]);
 }
 
+/* vm.json holds everything the QEMU command line is built from, so that a snapshot can rebuild the
+ * same machine (vm_snapshot() copies it into the file's header). */
 static int write_vm_json(const char *dir, const VmSpec *s, const char *kernel, const char *initrd, const char *accel) {
-        json_t *j = json_pack("{s:s,s:I,s:i,s:b,s:b,s:i,s:s,s:s,s:s,s:I}", "name", s->name, "memory",
+        json_t *j = json_pack("{s:s,s:I,s:i,s:b,s:b,s:i,s:s,s:s,s:s,s:s,s:s,s:I}", "name", s->name, "memory",
                               (json_int_t) s->memory, "cpus", (int) s->cpus, "deflate_on_oom", s->deflate_on_oom,
                               "free_page_reporting", s->free_page_reporting, "stats_period", (int) s->stats_period,
-                              "kernel", kernel, "initrd", initrd, "accel", accel, "started_realtime_us",
+                              "kernel", kernel, "initrd", initrd, "append", s->extra_cmdline ?: "", "qemu",
+                              s->qemu_binary ?: "qemu-system-x86_64", "accel", accel, "started_realtime_us",
                               (json_int_t) now_usec(CLOCK_REALTIME));
         if (!j)
                 return -ENOMEM;
+        if (s->restored_from && json_object_set_new(j, "restored_from", json_string(s->restored_from)) < 0) {
+                json_decref(j);
+                return -ENOMEM;
+        }
         char path[PATH_MAX + 64];
         snprintf(path, sizeof(path), "%s/vm.json", dir);
         int r = json_dump_file(j, path, JSON_INDENT(2)) < 0 ? -EIO : 0;
@@ -497,9 +513,21 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
                 snprintf(err, errlen, "cpus must be between 1 and 64");
                 return -EINVAL;
         }
-        r = vm_find_image(s->image_dir, kernel, initrd, sizeof(kernel), err, errlen);
-        if (r < 0)
+        if (s->kernel && s->initrd) {
+                if (strscpy(kernel, sizeof(kernel), s->kernel) >= sizeof(kernel) ||
+                    strscpy(initrd, sizeof(initrd), s->initrd) >= sizeof(initrd))
+                        return -ENAMETOOLONG;
+                if (access(kernel, R_OK) < 0 || access(initrd, R_OK) < 0) {
+                        r = negative_errno();
+                        snprintf(err, errlen, "guest image '%s' / '%s': %s", kernel, initrd, strerror(-r));
+                        return r;
+                }
+        } else if ((r = vm_find_image(s->image_dir, kernel, initrd, sizeof(kernel), err, errlen)) < 0)
                 return r;
+        if (s->accel && strcmp(s->accel, "kvm") != 0 && strcmp(s->accel, "tcg") != 0) {
+                snprintf(err, errlen, "unknown accelerator '%s'", s->accel);
+                return -EINVAL;
+        }
         if ((r = vm_run_root(root, sizeof(root))) < 0 || (r = vm_dir(s->name, dir, sizeof(dir))) < 0) {
                 snprintf(err, errlen, "run directory path too long");
                 return r;
@@ -551,7 +579,7 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
                 }
         }
 
-        const char *accel = kvm_usable(s->qemu_binary ?: "qemu-system-x86_64", kernel) ? "kvm" : "tcg";
+        const char *accel = s->accel ?: (kvm_usable(s->qemu_binary ?: "qemu-system-x86_64", kernel) ? "kvm" : "tcg");
         r = write_vm_json(dir, s, kernel, initrd, accel);
         if (r < 0) {
                 snprintf(err, errlen, "cannot write vm.json: %s", strerror(-r));
@@ -597,7 +625,7 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
                 argv_add(&a, "virtio-balloon-pci,id=balloon0,deflate-on-oom=%s,free-page-reporting=%s",
                          s->deflate_on_oom ? "on" : "off", s->free_page_reporting ? "on" : "off");
         argv_add(&a, "-qmp");
-        argv_add(&a, "unix:qmp.sock,server=on,wait=off");
+        argv_add(&a, "unix:%s,server=on,wait=off", s->incoming ? "qmp-in.sock" : "qmp.sock");
         argv_add(&a, "-qmp");
         argv_add(&a, "unix:qmp-ctl.sock,server=on,wait=off");
         argv_add(&a, "-chardev");
@@ -606,6 +634,10 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
         argv_add(&a, "virtio-serial-pci,id=vser0");
         argv_add(&a, "-device");
         argv_add(&a, "virtserialport,chardev=agent,name=org.ballast.agent");
+        if (s->incoming) {
+                argv_add(&a, "-incoming");
+                argv_add(&a, "defer");
+        }
         a.v[a.n] = NULL;
 
         int status[2];
@@ -657,7 +689,7 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
                 for (int fd = 3; fd < 1024; fd++)
                         if (fd != status[1])
                                 close(fd);
-                supervisor_main(a.v, status[1]);
+                supervisor_main(a.v, status[1], s->incoming);
         }
         argv_done(&a);
         close(status[1]);
@@ -840,4 +872,598 @@ int proc_rss(pid_t pid, uint64_t *ret) {
         }
         fclose(f);
         return r;
+}
+
+/* --- snapshot and restore --- */
+
+/* A synchronous QMP client for the launcher's own short exchanges (pause, migrate, resume); the
+ * driver in hv/qmp.c is asynchronous and speaks only the balloon. Every call has a deadline. */
+typedef struct QmpSync {
+        int fd;
+        uint64_t next_id;
+        size_t len;
+        char *buf; /* QMP_MAX_MESSAGE bytes */
+} QmpSync;
+
+#define SNAPSHOT_FDNAME "ballast-snapshot"
+
+static void qsync_close(QmpSync *q) {
+        q->fd = safe_close(q->fd);
+        free(q->buf);
+        q->buf = NULL;
+}
+
+/* The next message; events and foreign replies are the caller's to skip. */
+static int qsync_read(QmpSync *q, usec_t deadline, QmpMsg *ret, char *err, size_t errlen) {
+        for (;;) {
+                size_t line_len, consumed;
+                int r = qmp_next_line(q->buf, q->len, QMP_MAX_MESSAGE, &line_len, &consumed);
+                if (r < 0) {
+                        snprintf(err, errlen, "QMP message over %zu bytes", QMP_MAX_MESSAGE);
+                        return r;
+                }
+                if (r > 0 && line_len > 0) {
+                        qmp_clamp_big_ints(q->buf, line_len);
+                        r = qmp_msg_parse(q->buf, line_len, ret, err, errlen);
+                        memmove(q->buf, q->buf + consumed, q->len - consumed);
+                        q->len -= consumed;
+                        return r;
+                }
+                if (r > 0) {
+                        memmove(q->buf, q->buf + consumed, q->len - consumed);
+                        q->len -= consumed;
+                        continue;
+                }
+                struct pollfd p = { .fd = q->fd, .events = POLLIN };
+                int t = usec_to_poll_timeout(deadline, now_mono());
+                if (t == 0) {
+                        snprintf(err, errlen, "QEMU did not answer on QMP in time");
+                        return -ETIMEDOUT;
+                }
+                if (poll(&p, 1, t) < 0 && errno != EINTR)
+                        return negative_errno();
+                ssize_t k = read(q->fd, q->buf + q->len, QMP_MAX_MESSAGE - q->len);
+                if (k < 0 && (errno == EINTR || errno == EAGAIN))
+                        continue;
+                if (k <= 0) {
+                        snprintf(err, errlen, "QEMU closed its QMP connection");
+                        return -ECONNRESET;
+                }
+                q->len += (size_t) k;
+        }
+}
+
+/* Sends a command, with pass_fd (when ≥ 0) as SCM_RIGHTS for getfd, and waits for its answer.
+ * Returns 0 with the "return" value in *ret (owned; may be NULL), -EREMOTEIO with QEMU's error in
+ * err, or another negative errno. */
+static int qsync_call(QmpSync *q, const char *cmd, json_t *args, int pass_fd, usec_t deadline, json_t **ret, char *err,
+                      size_t errlen) {
+        uint64_t id = q->next_id++;
+        _cleanup_free_ char *line = qmp_format_command(cmd, args, id);
+        if (!line)
+                return -ENOMEM;
+        size_t n = strlen(line), off = 0;
+        while (off < n) {
+                union {
+                        struct cmsghdr h;
+                        char buf[CMSG_SPACE(sizeof(int))];
+                } ctl = { 0 };
+                struct iovec iov = { .iov_base = line + off, .iov_len = n - off };
+                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+                if (pass_fd >= 0 && off == 0) {
+                        mh.msg_control = ctl.buf;
+                        mh.msg_controllen = sizeof ctl.buf;
+                        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+                        c->cmsg_level = SOL_SOCKET;
+                        c->cmsg_type = SCM_RIGHTS;
+                        c->cmsg_len = CMSG_LEN(sizeof(int));
+                        memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+                }
+                ssize_t k = sendmsg(q->fd, &mh, MSG_NOSIGNAL);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0 && errno == EAGAIN) {
+                        struct pollfd p = { .fd = q->fd, .events = POLLOUT };
+                        int t = usec_to_poll_timeout(deadline, now_mono());
+                        if (t == 0) {
+                                snprintf(err, errlen, "QEMU did not take the %s command in time", cmd);
+                                return -ETIMEDOUT;
+                        }
+                        (void) poll(&p, 1, t);
+                        continue;
+                }
+                if (k < 0) {
+                        int r = negative_errno();
+                        snprintf(err, errlen, "sending %s to QEMU: %s", cmd, strerror(-r));
+                        return r;
+                }
+                off += (size_t) k;
+        }
+        for (;;) {
+                QmpMsg m;
+                int r = qsync_read(q, deadline, &m, err, errlen);
+                if (r < 0)
+                        return r;
+                bool ours = m.id_is_ours && m.id == id;
+                if (ours && m.type == QMP_MSG_RETURN) {
+                        if (ret)
+                                *ret = json_incref(m.value);
+                        qmp_msg_done(&m);
+                        return 0;
+                }
+                if (ours && m.type == QMP_MSG_ERROR) {
+                        snprintf(err, errlen, "%s: %s", cmd, m.error_desc ?: m.error_class ?: "error");
+                        qmp_msg_done(&m);
+                        return -EREMOTEIO;
+                }
+                qmp_msg_done(&m); /* an event, or the answer to something else */
+        }
+}
+
+/* Connects to a VM's QMP socket, waiting (until the deadline, while QEMU pid `watch` lives) for
+ * QEMU to create it; checks that QEMU runs as us, reads the greeting, negotiates. */
+static int qsync_open(QmpSync *q, const char *path, pid_t watch, usec_t deadline, char *err, size_t errlen) {
+        *q = (QmpSync){ .fd = -EBADF, .next_id = 1 };
+        int fd;
+        for (;;) {
+                fd = usock_connect(path, err, errlen);
+                if (fd >= 0)
+                        break;
+                if (fd != -ENOENT && fd != -ECONNREFUSED && fd != -EAGAIN)
+                        return fd;
+                if (watch > 0 && kill(watch, 0) < 0) {
+                        snprintf(err, errlen, "QEMU (pid %d) exited", (int) watch);
+                        return -ECHILD;
+                }
+                if (now_mono() >= deadline)
+                        return -ETIMEDOUT;
+                (void) poll(NULL, 0, 10);
+        }
+        q->fd = fd;
+        int r = usock_check_peer(fd, geteuid(), NULL, NULL, err, errlen);
+        if (r < 0) {
+                qsync_close(q);
+                return r;
+        }
+        q->buf = malloc(QMP_MAX_MESSAGE);
+        if (!q->buf) {
+                qsync_close(q);
+                return -ENOMEM;
+        }
+        QmpMsg m;
+        r = qsync_read(q, deadline, &m, err, errlen);
+        if (r == -ETIMEDOUT)
+                snprintf(err, errlen, "no QMP greeting on %s (is another client holding it?)", path);
+        if (r >= 0) {
+                if (m.type != QMP_MSG_GREETING) {
+                        snprintf(err, errlen, "%s does not start with a QMP greeting", path);
+                        r = -EPROTO;
+                }
+                qmp_msg_done(&m);
+        }
+        if (r >= 0)
+                r = qsync_call(q, "qmp_capabilities", NULL, -1, deadline, NULL, err, errlen);
+        if (r < 0)
+                qsync_close(q);
+        return r;
+}
+
+static int qsync_open_vm(QmpSync *q, const VmInfo *v, usec_t deadline, char *err, size_t errlen) {
+        char path[PATH_MAX + 64];
+        snprintf(path, sizeof path, "%s/qmp-ctl.sock", v->dir);
+        char why[PATH_MAX + 512] = "";
+        int r = qsync_open(q, path, v->qemu_pid, deadline, why, sizeof why);
+        if (r < 0)
+                snprintf(err, errlen, "VM '%s': QMP: %s", v->name, why[0] ? why : strerror(-r));
+        return r;
+}
+
+static int qsync_status(QmpSync *q, usec_t deadline, char *buf, size_t len, char *err, size_t errlen) {
+        json_t *v = NULL;
+        int r = qsync_call(q, "query-status", NULL, -1, deadline, &v, err, errlen);
+        if (r < 0)
+                return r;
+        strscpy(buf, len, json_string_value(json_object_get(v, "status")) ?: "?");
+        json_decref(v);
+        return 0;
+}
+
+/* Polls query-migrate until the migration ends (QEMU reports no more than that on either side).
+ * Returns 0 once it completed, -EIO when it failed (QEMU's reason in err), -ETIMEDOUT. */
+static int qsync_wait_migration(QmpSync *q, usec_t deadline, char *err, size_t errlen) {
+        for (;;) {
+                json_t *v = NULL;
+                int r = qsync_call(q, "query-migrate", NULL, -1, deadline, &v, err, errlen);
+                if (r < 0)
+                        return r;
+                const char *st = json_string_value(json_object_get(v, "status")) ?: "";
+                if (strcmp(st, "completed") == 0) {
+                        json_decref(v);
+                        return 0;
+                }
+                if (strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0) {
+                        snprintf(err, errlen, "migration %s: %s", st,
+                                 json_string_value(json_object_get(v, "error-desc")) ?: "no reason given");
+                        json_decref(v);
+                        return -EIO;
+                }
+                json_decref(v);
+                if (now_mono() >= deadline) {
+                        snprintf(err, errlen, "the migration did not finish in time (status '%s')", st);
+                        return -ETIMEDOUT;
+                }
+                (void) poll(NULL, 0, 10);
+        }
+}
+
+static int write_all_at(int fd, const void *p, size_t n, off_t off) {
+        while (n > 0) {
+                ssize_t k = pwrite(fd, p, n, off);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k <= 0)
+                        return k < 0 ? negative_errno() : -EIO;
+                p = (const char *) p + k;
+                n -= (size_t) k;
+                off += k;
+        }
+        return 0;
+}
+
+/* The header's configuration: what the QEMU command line is built from (vm.json), with the
+ * statistics period QEMU has now (ballastd or 'balloon stats --period' may have changed it). */
+static json_t *snapshot_config(const VmInfo *v, int64_t stats_period, uint64_t actual) {
+        char path[PATH_MAX + 64];
+        snprintf(path, sizeof path, "%s/vm.json", v->dir);
+        json_t *j = json_load_file(path, 0, NULL);
+        if (!json_is_object(j)) {
+                json_decref(j);
+                return NULL;
+        }
+        const char *kernel = json_string_value(json_object_get(j, "kernel"));
+        const char *initrd = json_string_value(json_object_get(j, "initrd"));
+        const char *accel = json_string_value(json_object_get(j, "accel"));
+        json_t *mem = json_object_get(j, "memory"), *cpus = json_object_get(j, "cpus");
+        json_t *out = NULL;
+        if (stats_period < 0) { /* QEMU did not say: what the VM was started with */
+                json_t *p = json_object_get(j, "stats_period");
+                stats_period = json_is_integer(p) ? json_integer_value(p) : 0;
+        }
+        if (kernel && initrd && accel && json_is_integer(mem) && json_is_integer(cpus))
+                out = json_pack("{s:i,s:s,s:O,s:O,s:b,s:b,s:I,s:s,s:s,s:s,s:s,s:s,s:I,s:I}", "format", 1, "source",
+                                v->name, "memory", mem, "cpus", cpus, "deflate_on_oom",
+                                json_is_true(json_object_get(j, "deflate_on_oom")), "free_page_reporting",
+                                json_is_true(json_object_get(j, "free_page_reporting")), "stats_period",
+                                (json_int_t) stats_period, "kernel", kernel, "initrd", initrd, "append",
+                                json_string_value(json_object_get(j, "append")) ?: "", "qemu",
+                                json_string_value(json_object_get(j, "qemu")) ?: "qemu-system-x86_64", "accel", accel,
+                                "balloon_actual", (json_int_t) actual, "created_realtime_us",
+                                (json_int_t) now_usec(CLOCK_REALTIME));
+        json_decref(j);
+        return out;
+}
+
+static int fsync_parent(const char *file) {
+        char dir[PATH_MAX];
+        if (strscpy(dir, sizeof dir, file) >= sizeof dir)
+                return -ENAMETOOLONG;
+        char *slash = strrchr(dir, '/');
+        if (!slash)
+                strscpy(dir, sizeof dir, ".");
+        else if (slash == dir)
+                dir[1] = '\0';
+        else
+                *slash = '\0';
+        _cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd) < 0)
+                return negative_errno();
+        return 0;
+}
+
+int vm_snapshot(const char *name, const char *file, usec_t timeout, VmSnapshotResult *ret, char *err, size_t errlen) {
+        usec_t t0 = now_mono(), deadline = usec_add(t0, timeout);
+        VmInfo v;
+        int r = vm_info(name, &v);
+        if (r < 0) {
+                snprintf(err, errlen, r == -ENOENT ? "no VM named '%s'" : "VM '%s': %s", name, strerror(-r));
+                return r;
+        }
+        if (!v.qemu_alive) {
+                snprintf(err, errlen, "VM '%s' is not running (%s)", name, v.state);
+                return -ESRCH;
+        }
+        QmpSync q;
+        r = qsync_open_vm(&q, &v, deadline, err, errlen);
+        if (r < 0)
+                return r;
+
+        char status[32];
+        json_t *val = NULL;
+        int64_t period = -1;
+        uint64_t actual = 0;
+        r = qsync_status(&q, deadline, status, sizeof status, err, errlen);
+        if (r >= 0 && qsync_call(&q, "qom-get",
+                                 json_pack("{s:s,s:s}", "path", "/machine/peripheral/balloon0", "property",
+                                           "guest-stats-polling-interval"),
+                                 -1, deadline, &val, err, errlen) >= 0) {
+                period = json_is_integer(val) ? json_integer_value(val) : -1;
+                json_decref(val);
+        }
+        if (r >= 0 && qsync_call(&q, "query-balloon", NULL, -1, deadline, &val, err, errlen) >= 0) {
+                json_t *a = json_object_get(val, "actual");
+                actual = json_is_integer(a) ? (uint64_t) json_integer_value(a) : 0;
+                json_decref(val);
+        }
+        if (r >= 0 && strcmp(status, "postmigrate") == 0) {
+                /* QEMU will not migrate a guest its last migration paused. */
+                snprintf(err, errlen,
+                         "VM '%s' is paused after a snapshot and QEMU cannot save it again as it is: "
+                         "run it ('ballastctl vm resume %s') first, or use the snapshot it has",
+                         name, name);
+                r = -EBUSY;
+        }
+        if (r < 0) {
+                qsync_close(&q);
+                return r;
+        }
+        json_t *cfg = snapshot_config(&v, period, actual);
+        _cleanup_free_ char *text = cfg ? json_dumps(cfg, JSON_COMPACT) : NULL;
+        json_decref(cfg);
+        if (!text) {
+                qsync_close(&q);
+                snprintf(err, errlen, "VM '%s': cannot read its configuration (%s/vm.json)", name, v.dir);
+                return -EBADMSG;
+        }
+        size_t magic = strlen(VM_SNAPSHOT_MAGIC), tl = strlen(text);
+        if (magic + tl + 1 >= VM_SNAPSHOT_HEADER) {
+                qsync_close(&q);
+                snprintf(err, errlen, "VM '%s': its configuration does not fit a snapshot header", name);
+                return -E2BIG;
+        }
+
+        /* Written next to the destination and renamed once complete. */
+        char tmp[PATH_MAX];
+        if (snprintf(tmp, sizeof tmp, "%s.XXXXXX", file) >= (int) sizeof tmp) {
+                qsync_close(&q);
+                snprintf(err, errlen, "snapshot path too long");
+                return -ENAMETOOLONG;
+        }
+        _cleanup_close_ int fd = mkostemp(tmp, O_CLOEXEC);
+        if (fd < 0) {
+                r = negative_errno();
+                qsync_close(&q);
+                snprintf(err, errlen, "cannot create '%s': %s", tmp, strerror(-r));
+                return r;
+        }
+        _cleanup_free_ char *hdr = calloc(1, VM_SNAPSHOT_HEADER);
+        if (!hdr)
+                r = -ENOMEM;
+        else {
+                memcpy(hdr, VM_SNAPSHOT_MAGIC, magic);
+                memcpy(hdr + magic, text, tl);
+                hdr[magic + tl] = '\n';
+                r = write_all_at(fd, hdr, VM_SNAPSHOT_HEADER, 0);
+                if (r >= 0 && lseek(fd, (off_t) VM_SNAPSHOT_HEADER, SEEK_SET) < 0)
+                        r = negative_errno();
+                if (r < 0)
+                        snprintf(err, errlen, "writing '%s': %s", tmp, strerror(-r));
+        }
+
+        /* Paused first: the stream is then one pass over a still guest, and what it holds is the
+         * guest at one instant (the balloon's state with it). */
+        bool was_running = strcmp(status, "running") == 0;
+        if (r >= 0 && was_running)
+                r = qsync_call(&q, "stop", NULL, -1, deadline, NULL, err, errlen);
+        /* QEMU's default migration bandwidth (32 MiB/s) is for links, not for a local file. */
+        if (r >= 0)
+                r = qsync_call(&q, "migrate-set-parameters", json_pack("{s:I}", "max-bandwidth", (json_int_t) 1 << 40),
+                               -1, deadline, NULL, err, errlen);
+        if (r >= 0)
+                r = qsync_call(&q, "getfd", json_pack("{s:s}", "fdname", SNAPSHOT_FDNAME), fd, deadline, NULL, err,
+                               errlen);
+        if (r >= 0)
+                r = qsync_call(&q, "migrate", json_pack("{s:s}", "uri", "fd:" SNAPSHOT_FDNAME), -1, deadline, NULL, err,
+                               errlen);
+        if (r >= 0) {
+                r = qsync_wait_migration(&q, deadline, err, errlen);
+                if (r == -ETIMEDOUT) {
+                        char e2[256];
+                        (void) qsync_call(&q, "migrate_cancel", NULL, -1, usec_add(now_mono(), 5 * USEC_PER_SEC), NULL,
+                                          e2, sizeof e2);
+                }
+        }
+        struct stat st = { 0 };
+        if (r >= 0 && (fsync(fd) < 0 || fstat(fd, &st) < 0 || rename(tmp, file) < 0)) {
+                r = negative_errno();
+                snprintf(err, errlen, "saving '%s': %s", file, strerror(-r));
+        }
+        if (r < 0) {
+                (void) unlink(tmp);
+                if (was_running) {
+                        char e2[256];
+                        (void) qsync_call(&q, "cont", NULL, -1, usec_add(now_mono(), 5 * USEC_PER_SEC), NULL, e2,
+                                          sizeof e2);
+                }
+                qsync_close(&q);
+                return r;
+        }
+        qsync_close(&q);
+        (void) fsync_parent(file);
+        if (ret)
+                *ret = (VmSnapshotResult){
+                        .bytes = (uint64_t) st.st_size,
+                        .balloon_actual = actual,
+                        .duration = now_mono() - t0,
+                };
+        return 0;
+}
+
+int vm_resume(const char *name, usec_t timeout, char *err, size_t errlen) {
+        usec_t deadline = usec_add(now_mono(), timeout);
+        VmInfo v;
+        int r = vm_info(name, &v);
+        if (r < 0 || !v.qemu_alive) {
+                snprintf(err, errlen, r < 0 ? "no VM named '%s'" : "VM '%s' is not running", name);
+                return r < 0 ? r : -ESRCH;
+        }
+        QmpSync q;
+        r = qsync_open_vm(&q, &v, deadline, err, errlen);
+        if (r < 0)
+                return r;
+        r = qsync_call(&q, "cont", NULL, -1, deadline, NULL, err, errlen);
+        qsync_close(&q);
+        return r;
+}
+
+/* Reads and checks a snapshot's header; returns its configuration (owned) or NULL with err. */
+static json_t *snapshot_read_header(int fd, const char *file, char *err, size_t errlen) {
+        _cleanup_free_ char *hdr = malloc(VM_SNAPSHOT_HEADER + 1);
+        if (!hdr) {
+                snprintf(err, errlen, "out of memory");
+                return NULL;
+        }
+        size_t got = 0;
+        while (got < VM_SNAPSHOT_HEADER) {
+                ssize_t k = pread(fd, hdr + got, VM_SNAPSHOT_HEADER - got, (off_t) got);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0) {
+                        snprintf(err, errlen, "reading '%s': %s", file, strerror(errno));
+                        return NULL;
+                }
+                if (k == 0)
+                        break;
+                got += (size_t) k;
+        }
+        hdr[got] = '\0';
+        size_t magic = strlen(VM_SNAPSHOT_MAGIC);
+        if (got < VM_SNAPSHOT_HEADER || memcmp(hdr, VM_SNAPSHOT_MAGIC, magic) != 0) {
+                snprintf(err, errlen, "'%s' is not a ballast snapshot (made by 'ballastctl vm snapshot')", file);
+                return NULL;
+        }
+        size_t len = strcspn(hdr + magic, "\n");
+        json_error_t je;
+        json_t *j = json_loadb(hdr + magic, len, 0, &je);
+        if (!json_is_object(j)) {
+                json_decref(j);
+                snprintf(err, errlen, "'%s': damaged snapshot header (%s)", file, je.text);
+                return NULL;
+        }
+        return j;
+}
+
+static void log_tail(const char *dir, const char *file, char *buf, size_t len) {
+        char path[PATH_MAX + 64];
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+        buf[0] = '\0';
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return;
+        if (fseek(f, -(long) (len - 1), SEEK_END) < 0)
+                rewind(f);
+        size_t n = fread(buf, 1, len - 1, f);
+        buf[n] = '\0';
+        fclose(f);
+        while (n > 0 && buf[n - 1] == '\n')
+                buf[--n] = '\0';
+}
+
+int vm_restore(const char *name, const char *file, const char *image_dir, usec_t timeout, VmInfo *ret, char *err,
+               size_t errlen) {
+        usec_t deadline = usec_add(now_mono(), timeout);
+        _cleanup_close_ int fd = open(file, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+                int r = negative_errno();
+                snprintf(err, errlen, "cannot open snapshot '%s': %s", file, strerror(-r));
+                return r;
+        }
+        json_t *cfg = snapshot_read_header(fd, file, err, errlen);
+        if (!cfg)
+                return -EINVAL;
+        VmSpec s;
+        vm_spec_init(&s);
+        json_t *mem = json_object_get(cfg, "memory"), *cpus = json_object_get(cfg, "cpus"),
+               *period = json_object_get(cfg, "stats_period");
+        s.name = name;
+        s.kernel = json_string_value(json_object_get(cfg, "kernel"));
+        s.initrd = json_string_value(json_object_get(cfg, "initrd"));
+        s.accel = json_string_value(json_object_get(cfg, "accel"));
+        s.qemu_binary = json_string_value(json_object_get(cfg, "qemu"));
+        s.extra_cmdline = json_string_value(json_object_get(cfg, "append"));
+        if (s.extra_cmdline && !*s.extra_cmdline)
+                s.extra_cmdline = NULL;
+        s.deflate_on_oom = json_is_true(json_object_get(cfg, "deflate_on_oom"));
+        s.free_page_reporting = json_is_true(json_object_get(cfg, "free_page_reporting"));
+        s.incoming = true;
+        if (!s.kernel || !s.initrd || !s.accel || !s.qemu_binary || !json_is_integer(mem) ||
+            json_integer_value(mem) <= 0 || !json_is_integer(cpus) || json_integer_value(cpus) < 1 ||
+            json_integer_value(cpus) > 64 || !json_is_integer(period) || json_integer_value(period) < 0 ||
+            json_integer_value(period) > UINT32_MAX) {
+                json_decref(cfg);
+                snprintf(err, errlen, "'%s': the snapshot header lacks the machine's configuration", file);
+                return -EINVAL;
+        }
+        s.memory = (uint64_t) json_integer_value(mem);
+        s.cpus = (unsigned) json_integer_value(cpus);
+        s.stats_period = (uint32_t) json_integer_value(period);
+        char kernel[PATH_MAX], initrd[PATH_MAX], real[PATH_MAX];
+        if (image_dir) {
+                int r = vm_find_image(image_dir, kernel, initrd, sizeof kernel, err, errlen);
+                if (r < 0) {
+                        json_decref(cfg);
+                        return r;
+                }
+                s.kernel = kernel;
+                s.initrd = initrd;
+        }
+        s.restored_from = realpath(file, real) ? real : file;
+
+        VmInfo info;
+        int r = vm_start(&s, &info, err, errlen);
+        json_decref(cfg); /* the strings in s are not used past vm_start() */
+        if (r < 0)
+                return r;
+
+        QmpSync q;
+        r = qsync_open_vm(&q, &info, deadline, err, errlen);
+        if (r >= 0) {
+                if (lseek(fd, (off_t) VM_SNAPSHOT_HEADER, SEEK_SET) < 0) {
+                        r = negative_errno();
+                        snprintf(err, errlen, "seeking in '%s': %s", file, strerror(-r));
+                }
+                if (r >= 0)
+                        r = qsync_call(&q, "getfd", json_pack("{s:s}", "fdname", SNAPSHOT_FDNAME), fd, deadline, NULL,
+                                       err, errlen);
+                if (r >= 0)
+                        r = qsync_call(&q, "migrate-incoming", json_pack("{s:s}", "uri", "fd:" SNAPSHOT_FDNAME), -1,
+                                       deadline, NULL, err, errlen);
+                if (r >= 0)
+                        r = qsync_wait_migration(&q, deadline, err, errlen);
+                if (r >= 0)
+                        r = qsync_call(&q, "cont", NULL, -1, deadline, NULL, err, errlen);
+                qsync_close(&q);
+        }
+        /* Only now may ballastd (or anyone using qmp.sock) see the VM: a balloon command sent while
+         * the stream loads would be overwritten by the device state it carries. */
+        char from[PATH_MAX + 64], to[PATH_MAX + 64];
+        snprintf(from, sizeof from, "%s/qmp-in.sock", info.dir);
+        snprintf(to, sizeof to, "%s/qmp.sock", info.dir);
+        if (r >= 0 && rename(from, to) < 0) {
+                r = negative_errno();
+                snprintf(err, errlen, "renaming '%s': %s", from, strerror(-r));
+        }
+        if (r < 0) {
+                /* QEMU exits when a stream does not load: its own words say why. */
+                char tail[512], e2[256];
+                log_tail(info.dir, "qemu.log", tail, sizeof tail);
+                if (tail[0]) {
+                        size_t n = strlen(err);
+                        snprintf(err + n, errlen - n, "; qemu.log: %s", tail);
+                }
+                (void) vm_stop(name, 5 * USEC_PER_SEC, e2, sizeof e2);
+                return r;
+        }
+        if (ret)
+                return vm_info(name, ret);
+        return 0;
 }

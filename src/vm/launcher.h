@@ -10,6 +10,7 @@
  *   supervisor.pid, qemu.pid
  *   qmp.sock        QMP for the controller (ballastd)
  *   qmp-ctl.sock    QMP for ballastctl and tools (QEMU serves one client per socket)
+ *   qmp-in.sock     qmp.sock while a restored VM loads its snapshot (renamed once it runs)
  *   agent.sock      the guest agent's virtio-serial port
  *   serial.log, qemu.log, supervisor.log, exit-status (when QEMU exited by itself) */
 
@@ -31,6 +32,11 @@ typedef struct VmSpec {
         const char *qemu_binary;   /* NULL = qemu-system-x86_64 */
         const char *extra_cmdline; /* appended to the guest kernel command line */
         bool foreground;           /* the supervisor stays our child and dies with us */
+        /* Set by vm_restore(): the machine comes from a snapshot, not from a search and a probe. */
+        const char *kernel, *initrd; /* NULL = from the guest image */
+        const char *accel;           /* "kvm" or "tcg"; NULL = probe */
+        bool incoming;               /* start paused waiting for a migration stream (-incoming defer) */
+        const char *restored_from;   /* recorded in vm.json */
 } VmSpec;
 
 typedef struct VmInfo {
@@ -76,6 +82,39 @@ int vm_info(const char *name, VmInfo *ret);
 /* All VMs under the run root, sorted by name; *ret is malloc'ed. An unsafe run root (as for
  * vm_info()) fails with its negative errno; a missing one is an empty list. */
 int vm_list(VmInfo **ret, size_t *ret_n);
+
+/* --- snapshot and restore (docs/launcher.md) ---
+ *
+ * A snapshot file is a 64 KiB header, "BALLAST-SNAPSHOT 1\n" then the machine's configuration as
+ * one line of JSON (what vm_restore() needs to build the same QEMU command line), NUL-padded; then
+ * QEMU's migration stream, which carries the guest's RAM and every device's state, the balloon's
+ * target and actual size included. */
+#define VM_SNAPSHOT_MAGIC  "BALLAST-SNAPSHOT 1\n"
+#define VM_SNAPSHOT_HEADER ((size_t) 64 << 10)
+
+typedef struct VmSnapshotResult {
+        uint64_t bytes;          /* size of the file */
+        uint64_t balloon_actual; /* guest memory when it was taken */
+        usec_t duration;         /* from the pause to the file being complete */
+} VmSnapshotResult;
+
+/* Pauses VM `name` and saves it to `file` (written to a temporary file next to it, renamed once
+ * complete and synced: an existing file is replaced only by a complete snapshot). The VM is left
+ * paused (QEMU's "postmigrate"); vm_resume() runs it again, vm_stop() ends it. On failure the VM
+ * runs again if it was running, and no file is left. Returns 0 or a negative errno with err. */
+int vm_snapshot(const char *name, const char *file, usec_t timeout, VmSnapshotResult *ret, char *err, size_t errlen);
+
+/* Runs a paused VM again (QMP cont). Returns 0 or a negative errno with err. */
+int vm_resume(const char *name, usec_t timeout, char *err, size_t errlen);
+
+/* Starts VM `name` from a snapshot: QEMU with the snapshot's machine configuration waits for the
+ * stream (-incoming defer), loads it, and runs it; only then does the VM's qmp.sock appear
+ * (ballastd sees the VM again once it runs, never half-loaded). image_dir, when set, replaces the
+ * snapshot's guest image directory (the kernel and initramfs, which QEMU reads at start). Returns
+ * once the guest runs again (its agent answers at once, see vm_start for waiting on it) with *ret
+ * filled, or a negative errno with err; a failed restore leaves nothing behind. */
+int vm_restore(const char *name, const char *file, const char *image_dir, usec_t timeout, VmInfo *ret, char *err,
+               size_t errlen);
 
 /* Resident memory of a process from /proc/PID/status (VmRSS), bytes. */
 int proc_rss(pid_t pid, uint64_t *ret);
