@@ -39,7 +39,9 @@ static const char usage[] = "Usage: ballastctl [--json] [--api PATH] [--timeout 
                             "Global options: --json (machine-readable output), -v (debug logging), --version, --help;\n"
                             "for the commands that ask ballastd: --api PATH (its socket; default: $BALLAST_API, else\n"
                             "  " CTL_API_SOCKET_DEFAULT ") and --timeout DURATION (default 10s).\n"
-                            "Exit status: 0 done, 1 error (ballastd unreachable or answering an error), 2 usage.\n"
+                            "Exit status: 0 done, 1 error (ballastd unreachable or answering an error), 2 usage,\n"
+                            "  3 balloon set --wait: stalled, 4 balloon set --wait: deadline reached,\n"
+                            "  5 reclaim: less could be planned than requested.\n"
                             "Run 'ballastctl COMMAND --help' for a command's options.\n";
 
 int main(int argc, char **argv) {
@@ -86,6 +88,8 @@ int main(int argc, char **argv) {
         if (argc < 2)
                 return fputs(usage, stderr), EXIT_USAGE;
         const char *cmd = argv[1];
+        if (cmd[0] == '-' && strcmp(cmd, "--help") != 0 && strcmp(cmd, "-h") != 0 && strcmp(cmd, "--version") != 0)
+                return cli_usage_error("unrecognized option '%s'", cmd);
         if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0)
                 return fputs(usage, stdout), EXIT_OK;
         if (strcmp(cmd, "--version") == 0)

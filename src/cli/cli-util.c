@@ -74,6 +74,20 @@ int cli_usage_error(const char *fmt, ...) {
         return EXIT_USAGE;
 }
 
+void cli_set_command(char **argv, char *prog) {
+        argv[0] = prog;
+        cli_command = strncmp(prog, "ballastctl ", 11) == 0 ? prog + 11 : prog;
+}
+
+int cli_common_option(int c, const char *usage) {
+        if (c == 'h') {
+                fputs(usage, stdout);
+                return EXIT_OK;
+        }
+        fprintf(stderr, "Try 'ballastctl %s%s--help'.\n", cli_command ?: "", cli_command ? " " : "");
+        return EXIT_USAGE;
+}
+
 int cli_parse_size(const char *opt, const char *s, uint64_t *ret) {
         int r = parse_size(s, ret);
         if (r < 0)

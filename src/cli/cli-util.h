@@ -17,6 +17,7 @@ enum {
         EXIT_USAGE = 2,
         EXIT_STALLED = 3,
         EXIT_DEADLINE = 4,
+        EXIT_PARTIAL = 5, /* reclaim: less could be planned than was asked for */
 };
 
 extern bool arg_json;
@@ -26,6 +27,16 @@ extern const char *cli_command;
 /* Prints "ballastctl: <message>" on stderr and returns EXIT_FAIL (or the given code). */
 int cli_error(int code, const char *fmt, ...) _printf_(2, 3);
 int cli_usage_error(const char *fmt, ...) _printf_(1, 2);
+
+/* Names the command for messages: getopt's own ("ballastctl vm start: unrecognized option …",
+ * from argv[0]) and the "Try 'ballastctl vm start --help'." hints. prog is the full name in
+ * static writable storage ("ballastctl vm start"); argv[0] is replaced by it. */
+void cli_set_command(char **argv, char *prog);
+
+/* Handles a getopt_long() result that is not one of the command's own options: 'h' (--help, -h)
+ * prints usage on stdout and returns EXIT_OK; anything else (an unknown option or a missing
+ * argument, which getopt_long() has reported) prints the "Try …" hint and returns EXIT_USAGE. */
+int cli_common_option(int c, const char *usage);
 
 int cli_parse_size(const char *opt, const char *s, uint64_t *ret);
 int cli_parse_duration(const char *opt, const char *s, usec_t *ret);
