@@ -43,6 +43,10 @@ int cli_parse_duration(const char *opt, const char *s, usec_t *ret);
 int cli_parse_bool(const char *opt, const char *s, bool *ret);
 /* "any", a number, or a user name. */
 int cli_parse_uid(const char *opt, const char *s, uid_t *ret);
+/* A time: RFC 3339 as the API writes it ("2026-12-02T15:00:00.123Z", an offset "+02:00" instead
+ * of Z), the same with a space for the T, or a date alone; without Z or an offset it is local
+ * time. Sets *ret to realtime microseconds and returns 0, or returns -EINVAL (prints nothing). */
+int cli_parse_time(const char *s, uint64_t *ret);
 
 /* What the daemon says crossed a trust boundary (it quotes hypervisors and API clients): before a
  * string reaches a terminal, control characters and invalid UTF-8 become '?', tab and newline a
@@ -82,6 +86,10 @@ CliTable *cli_table_new(size_t ncols, uint64_t right_aligned, ...);
 /* Takes ncols cell strings. Returns 0 or -ENOMEM. */
 int cli_table_add(CliTable *t, ...);
 void cli_table_print(const CliTable *t, FILE *f);
+/* For output that grows (--follow): prints the rows added since the last call (the header too on
+ * the first call), each column padded to the widest cell it has had so far, then forgets those
+ * rows (the header and the widths stay). */
+void cli_table_print_new(CliTable *t, FILE *f);
 /* Accepts NULL; returns NULL. */
 CliTable *cli_table_free(CliTable *t);
 DEFINE_TRIVIAL_CLEANUP_FUNC(CliTable *, cli_table_free);
