@@ -15,6 +15,13 @@
 
 bool arg_json = false;
 const char *cli_command = NULL;
+static char *capture_buf = NULL;
+static size_t capture_len = 0;
+
+void cli_capture_errors(char *buf, size_t len) {
+        capture_buf = len > 0 ? buf : NULL;
+        capture_len = len;
+}
 
 static int vreport(int code, const char *fmt, va_list ap) _printf_(2, 0);
 static int vreport(int code, const char *fmt, va_list ap) {
@@ -25,7 +32,10 @@ static int vreport(int code, const char *fmt, va_list ap) {
                 s = NULL;
         if (s)
                 cli_text_sanitize(s);
-        fprintf(stderr, "ballastctl: %s\n", s ?: fmt);
+        if (capture_buf)
+                snprintf(capture_buf, capture_len, "%s", s ?: fmt);
+        else
+                fprintf(stderr, "ballastctl: %s\n", s ?: fmt);
         return code;
 }
 
@@ -71,7 +81,8 @@ int cli_usage_error(const char *fmt, ...) {
         va_start(ap, fmt);
         vreport(EXIT_USAGE, fmt, ap);
         va_end(ap);
-        fprintf(stderr, "Try 'ballastctl %s%s--help'.\n", cli_command ?: "", cli_command ? " " : "");
+        if (!capture_buf)
+                fprintf(stderr, "Try 'ballastctl %s%s--help'.\n", cli_command ?: "", cli_command ? " " : "");
         return EXIT_USAGE;
 }
 

@@ -27,6 +27,10 @@ extern const char *cli_command;
 /* Prints "ballastctl: <message>" on stderr and returns EXIT_FAIL (or the given code). */
 int cli_error(int code, const char *fmt, ...) _printf_(2, 3);
 int cli_usage_error(const char *fmt, ...) _printf_(1, 2);
+/* While buf is not NULL, cli_error() and cli_usage_error() write their message (cleaned, without
+ * the "ballastctl: " prefix) into buf instead of stderr, the last one winning: for a full-screen
+ * view. NULL ends it. */
+void cli_capture_errors(char *buf, size_t len);
 
 /* Names the command for messages: getopt's own ("ballastctl vm start: unrecognized option …",
  * from argv[0]) and the "Try 'ballastctl vm start --help'." hints. prog is the full name in

@@ -21,7 +21,7 @@ NOSUCH_API = "/nonexistent/ballast-help-test/api.sock"
 
 # (command words...) for every command and subcommand.
 KNOWN = [
-    (), ("host",), ("vms",), ("capacity",), ("reclaim",), ("history",), ("park",), ("unpark",),
+    (), ("host",), ("vms",), ("capacity",), ("reclaim",), ("history",), ("top",), ("park",), ("unpark",),
     ("vm",), ("vm", "add"), ("vm", "rm"), ("vm", "show"),
     ("vm", "start"), ("vm", "stop"), ("vm", "list"), ("vm", "info"), ("vm", "exec"), ("vm", "ping"),
     ("vm", "meminfo"), ("vm", "drop-caches"), ("vm", "fill"), ("vm", "verify"), ("vm", "release"), ("vm", "agent"),
@@ -72,7 +72,7 @@ def all_commands():
 def test_discovery_finds_the_known_commands():
     """The parser of the usage texts works (otherwise the union above would prove nothing)."""
     d = discovered()
-    for c in [("host",), ("vm", "start"), ("vm", "agent"), ("pool", "drain"), ("balloon", "caps")]:
+    for c in [("host",), ("vm", "start"), ("vm", "agent"), ("pool", "drain"), ("balloon", "caps"), ("top",)]:
         assert c in d, f"{c} not found in the usage texts: {sorted(d)}"
 
 
@@ -114,7 +114,8 @@ def test_unknown_option_is_a_usage_error(cmd):
     ["vm", "start"], ["vm", "stop"], ["vm", "fill", "x"], ["vm", "verify", "x"], ["vm", "agent", "x"],
     ["vm", "list", "extra"], ["vm", "show"], ["vm", "add", "x"], ["reclaim"], ["reclaim", "lots"],
     ["reclaim", "1G", "--hold", "2h"], ["history", "--limit", "0"], ["history", "extra"], ["capacity"], ["park"], ["balloon", "get"], ["balloon", "set", "--vm", "x"],
-    ["--timeout", "0s", "host"],
+    ["top", "--interval", "0s"], ["top", "--sort", "nosuchkey"], ["top", "extra"], ["--json", "top"],
+    ["history", "--since", "yesterday-ish"], ["history", "--interval", "1ms"], ["--timeout", "0s", "host"],
     ["host", "--timeout"],
 ], ids=lambda a: " ".join(a) or "(nothing)")
 def test_usage_errors_exit_2(args):
