@@ -227,3 +227,21 @@ def test_reclaim_that_cannot_be_planned_in_full(fleet):
     assert p.returncode == 0 and "warning" not in p.stderr, p
     p = f.ctl("reclaim", "--clear")
     assert p.returncode == 0 and "warning" not in p.stderr, p
+
+
+def test_vm_show_reads_like_a_form(fleet):
+    """vm show: every line is "label: value" with a label in words (no raw JSON key, no JSON
+    object), sizes with their byte count."""
+    p = fleet.ctl("vm", "show", "p1")
+    assert p.returncode == 0, p.stderr
+    labels = []
+    for line in p.stdout.splitlines():
+        m = re.match(r"^([a-z][a-z ]*):\s+(\S.*)$", line)
+        assert m, f"not a 'label: value' line: {line!r}\n{p.stdout}"
+        labels.append(m.group(1))
+        assert not m.group(2).startswith(("{", "[")), f"raw JSON in vm show: {line!r}"
+    for want in ("id", "assigned", "effective floor", "target", "actual", "reason", "guest", "host rss"):
+        assert want in labels, f"'{want}' missing from vm show:\n{p.stdout}"
+    assert re.search(r"^guest:\s+fresh (yes|no), pressure (yes|no), used \S+.*, available ", p.stdout, re.M), p.stdout
+    assert re.search(r"^host rss:\s+(-|[0-9.]+ [KMG]?i?B \(\d+\))$", p.stdout, re.M), p.stdout
+    assert re.search(r"^assigned:\s+1\.00 GiB \(1073741824\)$", p.stdout, re.M), p.stdout
