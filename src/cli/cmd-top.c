@@ -40,6 +40,7 @@ static const char top_usage[] =
         "\n"
         "Keys: n a t c r s  sort by name, assigned, target, actual (current), reclaimed, status;\n"
         "      i  invert the order;  space  refresh now;  q  quit (also Ctrl-C).\n"
+        "Each refresh waits at most 3s for the daemon unless --timeout says otherwise.\n"
         "\n"
         "Options:\n"
         "  --interval DURATION    how often to refresh, 100ms to 1h (default 1s)\n"
@@ -621,6 +622,10 @@ int cmd_top(int argc, char **argv) {
                 return cli_error(EXIT_FAIL, "top needs a terminal (for a snapshot: 'ballastctl host' and "
                                             "'ballastctl vms')");
 
+        /* Keys are read between requests: a daemon that hangs must not hold 'q' for the default
+         * 10 s. An explicit --timeout is kept. */
+        if (arg_api_timeout == CTL_API_TIMEOUT_DEFAULT)
+                arg_api_timeout = 3 * USEC_PER_SEC;
         /* The daemon must answer once before the screen is taken: a wrong socket is an error. */
         if ((r = top_refresh(&t)) != 0) {
                 json_decref(t.host);
