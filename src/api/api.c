@@ -1275,11 +1275,13 @@ static void route_history(Manager *m, HttpCall *call, const HttpRequest *req) {
         json_t *arr = json_array();
         for (size_t i = 0; i < n; i++) {
                 json_t *targets = json_loads(e[i].targets ? e[i].targets : "{}", 0, NULL);
-                json_array_append_new(arr, json_pack("{s:o,s:s,s:s,s:o,s:o,s:o,s:o}", "time", json_time(e[i].time),
+                json_t *reasons = json_loads(e[i].reasons ? e[i].reasons : "{}", 0, NULL);
+                json_array_append_new(arr, json_pack("{s:o,s:s,s:s,s:o,s:o,s:o,s:o,s:o}", "time", json_time(e[i].time),
                                                      "trigger", e[i].trigger, "state", e[i].state, "available_bytes",
                                                      json_u64(e[i].available), "requested_bytes",
                                                      json_u64(e[i].requested), "planned_bytes", json_u64(e[i].planned),
-                                                     "targets", targets ? targets : json_object()));
+                                                     "targets", targets ? targets : json_object(), "reasons",
+                                                     reasons ? reasons : json_object()));
         }
         store_journal_free_array(e, n);
         http_call_reply_json(call, 200, json_pack("{s:o}", "entries", arr));

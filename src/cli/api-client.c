@@ -32,8 +32,7 @@ int ctl_api_parse_timeout(const char *s) {
 }
 
 void ctl_api_command(char **argv, char *prog) {
-        argv[0] = prog;
-        cli_command = strncmp(prog, "ballastctl ", 11) == 0 ? prog + 11 : prog;
+        cli_set_command(argv, prog);
 }
 
 int ctl_api_common_option(int c, const char *arg, const char *usage) {
@@ -45,13 +44,9 @@ int ctl_api_common_option(int c, const char *arg, const char *usage) {
                 return -1;
         case CTL_OPT_TIMEOUT:
                 return ctl_api_parse_timeout(arg) == 0 ? -1 : EXIT_USAGE;
-        case 'h':
-                fputs(usage, stdout);
-                return EXIT_OK;
         default:
-                /* getopt_long() has said what was wrong. */
-                fprintf(stderr, "Try 'ballastctl %s --help'.\n", cli_command ?: "");
-                return EXIT_USAGE;
+                /* --help, or getopt_long() has said what was wrong. */
+                return cli_common_option(c, usage);
         }
 }
 

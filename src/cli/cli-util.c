@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "shared/strutil.h"
@@ -14,6 +15,13 @@
 
 bool arg_json = false;
 const char *cli_command = NULL;
+static char *capture_buf = NULL;
+static size_t capture_len = 0;
+
+void cli_capture_errors(char *buf, size_t len) {
+        capture_buf = len > 0 ? buf : NULL;
+        capture_len = len;
+}
 
 static int vreport(int code, const char *fmt, va_list ap) _printf_(2, 0);
 static int vreport(int code, const char *fmt, va_list ap) {
@@ -24,7 +32,10 @@ static int vreport(int code, const char *fmt, va_list ap) {
                 s = NULL;
         if (s)
                 cli_text_sanitize(s);
-        fprintf(stderr, "ballastctl: %s\n", s ?: fmt);
+        if (capture_buf)
+                snprintf(capture_buf, capture_len, "%s", s ?: fmt);
+        else
+                fprintf(stderr, "ballastctl: %s\n", s ?: fmt);
         return code;
 }
 
@@ -70,6 +81,21 @@ int cli_usage_error(const char *fmt, ...) {
         va_start(ap, fmt);
         vreport(EXIT_USAGE, fmt, ap);
         va_end(ap);
+        if (!capture_buf)
+                fprintf(stderr, "Try 'ballastctl %s%s--help'.\n", cli_command ?: "", cli_command ? " " : "");
+        return EXIT_USAGE;
+}
+
+void cli_set_command(char **argv, char *prog) {
+        argv[0] = prog;
+        cli_command = strncmp(prog, "ballastctl ", 11) == 0 ? prog + 11 : prog;
+}
+
+int cli_common_option(int c, const char *usage) {
+        if (c == 'h') {
+                fputs(usage, stdout);
+                return EXIT_OK;
+        }
         fprintf(stderr, "Try 'ballastctl %s%s--help'.\n", cli_command ?: "", cli_command ? " " : "");
         return EXIT_USAGE;
 }
@@ -111,6 +137,47 @@ int cli_parse_uid(const char *opt, const char *s, uid_t *ret) {
                 return 0;
         }
         return cli_usage_error("invalid uid for %s: '%s' (a number, a user name, or 'any')", opt, s);
+}
+
+int cli_parse_time(const char *s, uint64_t *ret) {
+        struct tm tm = { .tm_isdst = -1 };
+        const char *p = strptime(s, "%Y-%m-%d", &tm);
+        if (!p)
+                return -EINVAL;
+        uint64_t frac = 0;
+        bool utc = false;
+        long off = 0;
+        if (*p == 'T' || *p == ' ') {
+                p = strptime(p + 1, "%H:%M:%S", &tm);
+                if (!p)
+                        return -EINVAL;
+                if (*p == '.') {
+                        uint64_t scale = USEC_PER_SEC;
+                        for (p++; *p >= '0' && *p <= '9'; p++)
+                                if (scale > 1) {
+                                        scale /= 10;
+                                        frac += (uint64_t) (*p - '0') * scale;
+                                }
+                }
+                if (*p == 'Z' || *p == 'z') {
+                        utc = true;
+                        p++;
+                } else if ((*p == '+' || *p == '-') && strlen(p) == 6 && p[3] == ':') {
+                        int h, m;
+                        if (sscanf(p + 1, "%2d:%2d", &h, &m) != 2 || h > 23 || m > 59)
+                                return -EINVAL;
+                        off = (p[0] == '-' ? -1 : 1) * (h * 3600L + m * 60L);
+                        utc = true;
+                        p += 6;
+                }
+        }
+        if (*p)
+                return -EINVAL;
+        time_t t = utc ? timegm(&tm) - off : mktime(&tm);
+        if (t < 0)
+                return -EINVAL;
+        *ret = (uint64_t) t * USEC_PER_SEC + frac;
+        return 0;
 }
 
 void cli_print_json(json_t *j) {
@@ -206,11 +273,16 @@ const char *cli_format_seconds(char *buf, size_t len, double s) {
         return buf;
 }
 
+#define CLI_TABLE_COLS_MAX 64
+
 struct CliTable {
         size_t ncols;
         uint64_t right;
         size_t nrows, allocated;
         char **cells; /* nrows × ncols */
+        /* cli_table_print_new(): the widths so far, and whether the header was printed. */
+        size_t width[CLI_TABLE_COLS_MAX];
+        bool header_printed;
 };
 
 static int table_add_va(CliTable *t, va_list ap) {
@@ -258,13 +330,9 @@ int cli_table_add(CliTable *t, ...) {
         return r;
 }
 
-void cli_table_print(const CliTable *t, FILE *f) {
-        size_t width[64] = { 0 };
-        size_t ncols = MIN(t->ncols, ELEMENTSOF(width));
-        for (size_t r = 0; r < t->nrows; r++)
-                for (size_t c = 0; c < ncols; c++)
-                        width[c] = MAX(width[c], strlen(t->cells[r * t->ncols + c]));
-        for (size_t r = 0; r < t->nrows; r++) {
+static void table_print_rows(const CliTable *t, FILE *f, const size_t *width, size_t from) {
+        size_t ncols = MIN(t->ncols, (size_t) CLI_TABLE_COLS_MAX);
+        for (size_t r = from; r < t->nrows; r++) {
                 for (size_t c = 0; c < ncols; c++) {
                         const char *s = t->cells[r * t->ncols + c];
                         bool right = c < 64 && (t->right >> c & 1);
@@ -273,6 +341,28 @@ void cli_table_print(const CliTable *t, FILE *f) {
                 }
                 fputc('\n', f);
         }
+}
+
+static void table_widths(const CliTable *t, size_t *width) {
+        size_t ncols = MIN(t->ncols, (size_t) CLI_TABLE_COLS_MAX);
+        for (size_t r = 0; r < t->nrows; r++)
+                for (size_t c = 0; c < ncols; c++)
+                        width[c] = MAX(width[c], strlen(t->cells[r * t->ncols + c]));
+}
+
+void cli_table_print(const CliTable *t, FILE *f) {
+        size_t width[CLI_TABLE_COLS_MAX] = { 0 };
+        table_widths(t, width);
+        table_print_rows(t, f, width, 0);
+}
+
+void cli_table_print_new(CliTable *t, FILE *f) {
+        table_widths(t, t->width);
+        table_print_rows(t, f, t->width, t->header_printed ? 1 : 0);
+        t->header_printed = true;
+        for (size_t i = t->ncols; i < t->nrows * t->ncols; i++)
+                free(t->cells[i]);
+        t->nrows = MIN(t->nrows, (size_t) 1);
 }
 
 CliTable *cli_table_free(CliTable *t) {

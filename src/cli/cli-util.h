@@ -17,6 +17,7 @@ enum {
         EXIT_USAGE = 2,
         EXIT_STALLED = 3,
         EXIT_DEADLINE = 4,
+        EXIT_PARTIAL = 5, /* reclaim: less could be planned than was asked for */
 };
 
 extern bool arg_json;
@@ -26,12 +27,30 @@ extern const char *cli_command;
 /* Prints "ballastctl: <message>" on stderr and returns EXIT_FAIL (or the given code). */
 int cli_error(int code, const char *fmt, ...) _printf_(2, 3);
 int cli_usage_error(const char *fmt, ...) _printf_(1, 2);
+/* While buf is not NULL, cli_error() and cli_usage_error() write their message (cleaned, without
+ * the "ballastctl: " prefix) into buf instead of stderr, the last one winning: for a full-screen
+ * view. NULL ends it. */
+void cli_capture_errors(char *buf, size_t len);
+
+/* Names the command for messages: getopt's own ("ballastctl vm start: unrecognized option …",
+ * from argv[0]) and the "Try 'ballastctl vm start --help'." hints. prog is the full name in
+ * static writable storage ("ballastctl vm start"); argv[0] is replaced by it. */
+void cli_set_command(char **argv, char *prog);
+
+/* Handles a getopt_long() result that is not one of the command's own options: 'h' (--help, -h)
+ * prints usage on stdout and returns EXIT_OK; anything else (an unknown option or a missing
+ * argument, which getopt_long() has reported) prints the "Try …" hint and returns EXIT_USAGE. */
+int cli_common_option(int c, const char *usage);
 
 int cli_parse_size(const char *opt, const char *s, uint64_t *ret);
 int cli_parse_duration(const char *opt, const char *s, usec_t *ret);
 int cli_parse_bool(const char *opt, const char *s, bool *ret);
 /* "any", a number, or a user name. */
 int cli_parse_uid(const char *opt, const char *s, uid_t *ret);
+/* A time: RFC 3339 as the API writes it ("2026-12-02T15:00:00.123Z", an offset "+02:00" instead
+ * of Z), the same with a space for the T, or a date alone; without Z or an offset it is local
+ * time. Sets *ret to realtime microseconds and returns 0, or returns -EINVAL (prints nothing). */
+int cli_parse_time(const char *s, uint64_t *ret);
 
 /* What the daemon says crossed a trust boundary (it quotes hypervisors and API clients): before a
  * string reaches a terminal, control characters and invalid UTF-8 become '?', tab and newline a
@@ -71,6 +90,10 @@ CliTable *cli_table_new(size_t ncols, uint64_t right_aligned, ...);
 /* Takes ncols cell strings. Returns 0 or -ENOMEM. */
 int cli_table_add(CliTable *t, ...);
 void cli_table_print(const CliTable *t, FILE *f);
+/* For output that grows (--follow): prints the rows added since the last call (the header too on
+ * the first call), each column padded to the widest cell it has had so far, then forgets those
+ * rows (the header and the widths stay). */
+void cli_table_print_new(CliTable *t, FILE *f);
 /* Accepts NULL; returns NULL. */
 CliTable *cli_table_free(CliTable *t);
 DEFINE_TRIVIAL_CLEANUP_FUNC(CliTable *, cli_table_free);

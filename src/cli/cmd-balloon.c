@@ -293,14 +293,19 @@ int cmd_balloon(int argc, char **argv) {
                 return argc < 2 ? EXIT_USAGE : EXIT_OK;
         }
         const char *verb = argv[1];
+        if (strcmp(verb, "get") != 0 && strcmp(verb, "set") != 0 && strcmp(verb, "stats") != 0 &&
+            strcmp(verb, "caps") != 0) {
+                cli_command = "balloon";
+                return cli_usage_error("unknown balloon command '%s' (get, set, stats, caps)", verb);
+        }
         argc--;
         argv++;
         optind = 1;
+        static char prog[32];
+        snprintf(prog, sizeof prog, "ballastctl balloon %s", verb);
+        cli_set_command(argv, prog);
         while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0) {
                 switch (c) {
-                case 'h':
-                        fputs(balloon_usage, stdout);
-                        return EXIT_OK;
                 case OPT_QMP:
                         a.qmp = optarg;
                         break;
@@ -338,7 +343,7 @@ int cmd_balloon(int argc, char **argv) {
                         a.period = (int64_t) v;
                         break;
                 default:
-                        return EXIT_USAGE;
+                        return cli_common_option(c, balloon_usage);
                 }
         }
         if (!!a.qmp == !!a.vm)
@@ -349,15 +354,13 @@ int cmd_balloon(int argc, char **argv) {
                         return cli_usage_error("balloon %s takes no arguments", verb);
                 return verb[0] == 'g' ? do_get(&a) : verb[0] == 'c' ? do_caps(&a) : do_stats(&a);
         }
-        if (strcmp(verb, "set") == 0) {
-                if (optind + 1 != argc)
-                        return cli_usage_error("balloon set needs one SIZE (the target guest memory, e.g. 256M)");
-                uint64_t target;
-                if ((r = cli_parse_size("SIZE", argv[optind], &target)) != 0)
-                        return r;
-                if (target < (UINT64_C(1) << 20))
-                        return cli_usage_error("a target below 1 MiB would take all the guest's memory");
-                return do_set(&a, target);
-        }
-        return cli_usage_error("unknown balloon command '%s' (get, set, stats, caps)", verb);
+        /* set */
+        if (optind + 1 != argc)
+                return cli_usage_error("balloon set needs one SIZE (the target guest memory, e.g. 256M)");
+        uint64_t target;
+        if ((r = cli_parse_size("SIZE", argv[optind], &target)) != 0)
+                return r;
+        if (target < (UINT64_C(1) << 20))
+                return cli_usage_error("a target below 1 MiB would take all the guest's memory");
+        return do_set(&a, target);
 }

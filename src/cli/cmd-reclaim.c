@@ -25,7 +25,9 @@ static const char reclaim_usage[] =
         "                         0s clears the hold (automatic pressure alone then decides)\n"
         "  --dry-run              only plan: show what would be done, change nothing\n"
         "  --reason TEXT          why, for the journal (at most 256 characters)\n"
-        "  --clear                end the current hold (reclaim 0 with hold 0s)\n" CTL_API_USAGE_OPTIONS;
+        "  --clear                end the current hold (reclaim 0 with hold 0s)\n" CTL_API_USAGE_OPTIONS "\n"
+        "Exit status: 0 done, 1 error, 2 usage, 5 less could be planned than SIZE (the floors, the\n"
+        "VMs' sizes or what shrinking them returns to the host limit it); a warning says how much.\n";
 
 static int reclaim_show(json_t *a) {
         char b[FORMAT_SIZE_MAX];
@@ -71,6 +73,19 @@ static int reclaim_show(json_t *a) {
         putchar('\n');
         cli_table_print(t, stdout);
         return EXIT_OK;
+}
+
+/* A reclaim that cannot be planned in full is not an error (what could be taken was), but a
+ * script must be able to tell: a warning on stderr and EXIT_PARTIAL. */
+static int reclaim_check_planned(json_t *a) {
+        json_t *q = json_object_get(a, "requested_bytes"), *p = json_object_get(a, "planned_bytes");
+        if (!json_is_integer(q) || !json_is_integer(p) || json_integer_value(p) >= json_integer_value(q))
+                return EXIT_OK;
+        char qs[FORMAT_SIZE_MAX], ps[FORMAT_SIZE_MAX];
+        fprintf(stderr, "ballastctl: warning: only %s of the %s requested could be planned%s\n",
+                cli_json_size(ps, sizeof ps, p), cli_json_size(qs, sizeof qs, q),
+                json_is_true(json_object_get(a, "dry_run")) ? " (dry run)" : "");
+        return EXIT_PARTIAL;
 }
 
 int cmd_reclaim(int argc, char **argv) {
@@ -142,5 +157,12 @@ int cmd_reclaim(int argc, char **argv) {
                 }
                 json_object_set_new(body, "reason", s);
         }
-        return ctl_api_run("POST", "/v1/memory/reclaim", body, reclaim_show);
+        _cleanup_(json_decrefp) json_t *answer = NULL;
+        if ((r = ctl_api_request("POST", "/v1/memory/reclaim", body, &answer)) != 0)
+                return r;
+        if (arg_json)
+                ctl_api_print_json(answer);
+        else if ((r = reclaim_show(answer)) != EXIT_OK)
+                return r;
+        return reclaim_check_planned(answer);
 }

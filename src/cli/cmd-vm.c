@@ -18,6 +18,23 @@
 #include "vm/agent.h"
 #include "vm/launcher.h"
 
+#define VM_START_OPTIONS                                                                                               \
+        "  --memory SIZE              guest RAM (default 512M)\n"                                                      \
+        "  --cpus N                   vCPUs (default 1)\n"                                                             \
+        "  --deflate-on-oom on|off    balloon gives memory back when the guest is OOM (default on)\n"                  \
+        "  --free-page-reporting on|off  guest returns freed pages to the host (default on)\n"                         \
+        "  --stats-period SECONDS     guest statistics polling from boot (default 0 = off)\n"                          \
+        "  --image DIR                guest image (vmlinuz + initramfs.cpio.gz)\n"                                     \
+        "  --boot-timeout DURATION    wait this long for the guest agent (default 60s)\n"                              \
+        "  --no-wait                  return once QEMU runs, without waiting for the guest\n"                          \
+        "  --append ARGS              extra guest kernel command line\n"                                               \
+        "  --foreground               stay in the foreground until the VM ends; the VM dies with this\n"               \
+        "                             process (even on SIGKILL)\n"
+
+#define VM_RUN_DIR_NOTE                                                                                                \
+        "VMs live in $BALLAST_RUN_DIR (default /run/ballast/vms for root). Each VM's directory holds\n"                \
+        "qmp.sock (for ballastd), qmp-ctl.sock (for ballastctl), agent.sock and the logs.\n"
+
 static const char vm_usage[] =
         "Usage: ballastctl vm start NAME [--memory SIZE] [options]\n"
         "       ballastctl vm stop NAME... [--grace DURATION] | --all\n"
@@ -37,21 +54,93 @@ static const char vm_usage[] =
         "       ballastctl vm rm ID\n"
         "       ballastctl vm show ID\n"
         "\n"
-        "start options:\n"
-        "  --memory SIZE              guest RAM (default 512M)\n"
-        "  --cpus N                   vCPUs (default 1)\n"
-        "  --deflate-on-oom on|off    balloon gives memory back when the guest is OOM (default on)\n"
-        "  --free-page-reporting on|off  guest returns freed pages to the host (default on)\n"
-        "  --stats-period SECONDS     guest statistics polling from boot (default 0 = off)\n"
-        "  --image DIR                guest image (vmlinuz + initramfs.cpio.gz)\n"
-        "  --boot-timeout DURATION    wait this long for the guest agent (default 60s)\n"
-        "  --no-wait                  return once QEMU runs, without waiting for the guest\n"
-        "  --append ARGS              extra guest kernel command line\n"
-        "  --foreground               stay in the foreground until the VM ends; the VM dies with this\n"
-        "                             process (even on SIGKILL)\n"
+        "start options:\n" VM_START_OPTIONS "\n" VM_RUN_DIR_NOTE
+        "Run 'ballastctl vm COMMAND --help' for one command's options.\n";
+
+static const char vm_start_usage[] =
+        "Usage: ballastctl vm start NAME [options]\n"
         "\n"
-        "VMs live in $BALLAST_RUN_DIR (default /run/ballast/vms for root). Each VM's directory holds\n"
-        "qmp.sock (for ballastd), qmp-ctl.sock (for ballastctl), agent.sock and the logs.\n";
+        "Boots a QEMU guest from ballast's guest image under a supervisor and, unless\n"
+        "--no-wait, returns when the guest agent answers.\n"
+        "\n"
+        "Options:\n" VM_START_OPTIONS "  --json                     machine-readable output\n"
+        "  --help                     show this text\n"
+        "\n" VM_RUN_DIR_NOTE;
+
+static const char vm_stop_usage[] = "Usage: ballastctl vm stop NAME... [--grace DURATION]\n"
+                                    "       ballastctl vm stop --all [--grace DURATION]\n"
+                                    "\n"
+                                    "Stops launcher VMs: SIGTERM, then SIGKILL after the grace period, then removes\n"
+                                    "each VM's directory.\n"
+                                    "\n"
+                                    "Options:\n"
+                                    "  --grace DURATION    wait this long after SIGTERM (default 10s)\n"
+                                    "  --all               every VM of the launcher\n"
+                                    "  --help              show this text\n";
+
+static const char vm_list_usage[] =
+        "Usage: ballastctl vm list [--json]\n"
+        "\n"
+        "Lists the launcher's VMs: state, QEMU pid, memory, QEMU's resident memory, uptime.\n";
+
+static const char vm_info_usage[] = "Usage: ballastctl vm info NAME [--json]\n"
+                                    "\n"
+                                    "Shows one launcher VM: state, pids, memory, QEMU's resident memory, directory.\n";
+
+static const char vm_exec_usage[] =
+        "Usage: ballastctl vm exec NAME [--timeout DURATION] [--] CMD [ARG...]\n"
+        "\n"
+        "Runs a command in the guest through its agent and prints its output; the exit status is the\n"
+        "command's.\n"
+        "\n"
+        "Options:\n"
+        "  -t, --timeout DURATION   kill the command after this long (default 10s)\n"
+        "  --json                   the agent's reply as JSON\n"
+        "  --help                   show this text\n";
+
+static const char vm_simple_usage[] =
+        "Usage: ballastctl vm ping NAME\n"
+        "       ballastctl vm meminfo NAME\n"
+        "       ballastctl vm drop-caches NAME\n"
+        "\n"
+        "Asks the guest agent: ping (version, zram, balloon), meminfo (the guest's\n"
+        "/proc/meminfo), drop-caches (drops the guest's page cache). Prints the reply as\n"
+        "JSON.\n";
+
+static const char vm_fill_usage[] =
+        "Usage: ballastctl vm fill NAME MIB [--seed N] [--no-hold] [--check-zero] [--timeout DURATION]\n"
+        "\n"
+        "Has the guest agent fill MIB MiB of anonymous memory with a pattern (for tests). Prints the\n"
+        "reply as JSON, with a HANDLE for 'vm verify' and 'vm release'.\n"
+        "\n"
+        "Options:\n"
+        "  --seed N              pattern seed (default 1)\n"
+        "  --no-hold             free the memory at once\n"
+        "  --check-zero          check that the pages were zero before filling\n"
+        "  --timeout DURATION    wait this long for the agent (default 120s)\n"
+        "  --help                show this text\n";
+
+static const char vm_handle_usage[] = "Usage: ballastctl vm verify NAME HANDLE\n"
+                                      "       ballastctl vm release NAME HANDLE\n"
+                                      "\n"
+                                      "verify: checks the pattern of memory filled by 'vm fill'; release: frees it.\n"
+                                      "Prints the agent's reply as JSON.\n";
+
+static const char vm_agent_usage[] = "Usage: ballastctl vm agent NAME CMD [JSON-ARGS]\n"
+                                     "\n"
+                                     "Sends one command to the guest agent (docs/agent-protocol.md), with JSON-ARGS\n"
+                                     "(a JSON object) as its arguments, and prints the reply as JSON.\n";
+
+/* For the verbs that take only positional arguments: --help, and no unknown option. Returns -1
+ * to go on (the arguments are argv[optind..argc)), or the exit code. */
+static int vm_parse_no_options(int argc, char **argv, const char *usage) {
+        static const struct option opts[] = {
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        int c = getopt_long(argc, argv, "h", opts, NULL);
+        return c >= 0 ? cli_common_option(c, usage) : -1;
+}
 
 static int agent_open(const char *name, AgentClient **ret) {
         char path[512], err[256];
@@ -145,6 +234,7 @@ static int vm_start_cmd(int argc, char **argv) {
                 { "no-wait", no_argument, NULL, OPT_NOWAIT },
                 { "append", required_argument, NULL, OPT_APPEND },
                 { "foreground", no_argument, NULL, OPT_FG },
+                { "help", no_argument, NULL, 'h' },
                 {},
         };
         VmSpec s;
@@ -154,7 +244,7 @@ static int vm_start_cmd(int argc, char **argv) {
         int c, r;
         uint64_t v;
 
-        while ((c = getopt_long(argc, argv, "", opts, NULL)) >= 0) {
+        while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0) {
                 switch (c) {
                 case OPT_MEM:
                         if ((r = cli_parse_size("--memory", optarg, &s.memory)) != 0)
@@ -195,7 +285,7 @@ static int vm_start_cmd(int argc, char **argv) {
                         s.foreground = true;
                         break;
                 default:
-                        return EXIT_USAGE;
+                        return cli_common_option(c, vm_start_usage);
                 }
         }
         if (optind + 1 != argc)
@@ -260,12 +350,13 @@ static int vm_stop_cmd(int argc, char **argv) {
         static const struct option opts[] = {
                 { "grace", required_argument, NULL, OPT_GRACE },
                 { "all", no_argument, NULL, OPT_ALL },
+                { "help", no_argument, NULL, 'h' },
                 {},
         };
         usec_t grace = 10 * USEC_PER_SEC;
         bool all = false;
         int c, r;
-        while ((c = getopt_long(argc, argv, "", opts, NULL)) >= 0) {
+        while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0) {
                 switch (c) {
                 case OPT_GRACE:
                         if ((r = cli_parse_duration("--grace", optarg, &grace)) != 0)
@@ -275,7 +366,7 @@ static int vm_stop_cmd(int argc, char **argv) {
                         all = true;
                         break;
                 default:
-                        return EXIT_USAGE;
+                        return cli_common_option(c, vm_stop_usage);
                 }
         }
         if (all == (optind < argc))
@@ -303,12 +394,14 @@ static int vm_stop_cmd(int argc, char **argv) {
 }
 
 static int vm_list_cmd(int argc, char **argv) {
-        (void) argv;
-        if (argc > 1)
+        int r = vm_parse_no_options(argc, argv, vm_list_usage);
+        if (r >= 0)
+                return r;
+        if (optind < argc)
                 return cli_usage_error("vm list takes no arguments");
         VmInfo *list = NULL;
         size_t n = 0;
-        int r = vm_list(&list, &n);
+        r = vm_list(&list, &n);
         if (r < 0)
                 return cli_error(EXIT_FAIL, "cannot list VMs: %s", strerror(-r));
         uint64_t now_rt = now_usec(CLOCK_REALTIME);
@@ -351,11 +444,14 @@ static int vm_list_cmd(int argc, char **argv) {
 }
 
 static int vm_info_cmd(int argc, char **argv) {
-        if (argc != 2)
+        int r = vm_parse_no_options(argc, argv, vm_info_usage);
+        if (r >= 0)
+                return r;
+        if (optind + 1 != argc)
                 return cli_usage_error("vm info needs one NAME");
         VmInfo v;
-        if (vm_info(argv[1], &v) < 0)
-                return cli_error(EXIT_FAIL, "no VM named '%s'", argv[1]);
+        if (vm_info(argv[optind], &v) < 0)
+                return cli_error(EXIT_FAIL, "no VM named '%s'", argv[optind]);
         uint64_t rss = 0;
         if (v.qemu_alive)
                 proc_rss(v.qemu_pid, &rss);
@@ -383,6 +479,7 @@ static void write_out(FILE *f, json_t *s) {
 static int vm_exec_cmd(int argc, char **argv) {
         static const struct option opts[] = {
                 { "timeout", required_argument, NULL, 't' },
+                { "help", no_argument, NULL, 'h' },
                 {},
         };
         usec_t timeout = 10 * USEC_PER_SEC;
@@ -391,9 +488,9 @@ static int vm_exec_cmd(int argc, char **argv) {
         /* Options may stand before or after NAME; everything after "--" (or after the first
          * word following NAME) is the command. "+" stops getopt at NAME, then we go on past it. */
         for (int pass = 0; pass < 2; pass++) {
-                while ((c = getopt_long(argc, argv, "+t:", opts, NULL)) >= 0) {
+                while ((c = getopt_long(argc, argv, "+t:h", opts, NULL)) >= 0) {
                         if (c != 't')
-                                return EXIT_USAGE;
+                                return cli_common_option(c, vm_exec_usage);
                         if ((r = cli_parse_duration("--timeout", optarg, &timeout)) != 0)
                                 return r;
                 }
@@ -459,13 +556,14 @@ static int vm_fill_cmd(int argc, char **argv) {
                 { "no-hold", no_argument, NULL, OPT_NOHOLD },
                 { "check-zero", no_argument, NULL, OPT_CHECKZERO },
                 { "timeout", required_argument, NULL, OPT_TIMEOUT },
+                { "help", no_argument, NULL, 'h' },
                 {},
         };
         uint64_t seed = 1, mib;
         bool hold = true, check_zero = false;
         usec_t timeout = 120 * USEC_PER_SEC;
         int c, r;
-        while ((c = getopt_long(argc, argv, "", opts, NULL)) >= 0) {
+        while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0) {
                 switch (c) {
                 case OPT_SEED:
                         if (parse_u64(optarg, &seed) < 0 || seed > UINT32_MAX)
@@ -482,7 +580,7 @@ static int vm_fill_cmd(int argc, char **argv) {
                                 return r;
                         break;
                 default:
-                        return EXIT_USAGE;
+                        return cli_common_option(c, vm_fill_usage);
                 }
         }
         if (optind + 2 != argc || parse_u64(argv[optind + 1], &mib) < 0 || mib < 1 || mib > (1u << 20))
@@ -492,26 +590,43 @@ static int vm_fill_cmd(int argc, char **argv) {
         return vm_agent_simple(argv[optind], "fill", args, timeout);
 }
 
-static int vm_handle_cmd(int argc, char **argv) {
+static int vm_handle_cmd(const char *verb, int argc, char **argv) {
         uint64_t h;
-        if (argc != 3 || parse_u64(argv[2], &h) < 0)
-                return cli_usage_error("vm %s needs NAME HANDLE", argv[0]);
-        return vm_agent_simple(argv[1], argv[0], json_pack("{s:I}", "handle", (json_int_t) h), 120 * USEC_PER_SEC);
+        int r = vm_parse_no_options(argc, argv, vm_handle_usage);
+        if (r >= 0)
+                return r;
+        if (optind + 2 != argc || parse_u64(argv[optind + 1], &h) < 0)
+                return cli_usage_error("vm %s needs NAME HANDLE", verb);
+        return vm_agent_simple(argv[optind], verb, json_pack("{s:I}", "handle", (json_int_t) h), 120 * USEC_PER_SEC);
 }
 
 static int vm_raw_agent_cmd(int argc, char **argv) {
-        if (argc != 3 && argc != 4)
+        int r = vm_parse_no_options(argc, argv, vm_agent_usage);
+        if (r >= 0)
+                return r;
+        argc -= optind;
+        argv += optind;
+        if (argc != 2 && argc != 3)
                 return cli_usage_error("vm agent needs NAME CMD [JSON-ARGS]");
         json_t *args = NULL;
-        if (argc == 4) {
+        if (argc == 3) {
                 json_error_t je;
-                args = json_loads(argv[3], 0, &je);
+                args = json_loads(argv[2], 0, &je);
                 if (!json_is_object(args)) {
                         json_decref(args);
                         return cli_usage_error("JSON-ARGS must be a JSON object: %s", je.text);
                 }
         }
-        return vm_agent_simple(argv[1], argv[2], args, 120 * USEC_PER_SEC);
+        return vm_agent_simple(argv[0], argv[1], args, 120 * USEC_PER_SEC);
+}
+
+static int vm_simple_cmd(const char *verb, int argc, char **argv) {
+        int r = vm_parse_no_options(argc, argv, vm_simple_usage);
+        if (r >= 0)
+                return r;
+        if (optind + 1 != argc)
+                return cli_usage_error("vm %s needs one NAME", verb);
+        return vm_agent_simple(argv[optind], verb, NULL, 10 * USEC_PER_SEC);
 }
 
 int cmd_vm(int argc, char **argv) {
@@ -523,6 +638,9 @@ int cmd_vm(int argc, char **argv) {
         argc--;
         argv++;
         optind = 1;
+        static char prog[64];
+        snprintf(prog, sizeof prog, "ballastctl vm %.40s", verb);
+        cli_set_command(argv, prog);
         if (strcmp(verb, "add") == 0)
                 return cmd_vm_add(argc, argv);
         if (strcmp(verb, "rm") == 0)
@@ -546,13 +664,11 @@ int cmd_vm(int argc, char **argv) {
         if (strcmp(verb, "fill") == 0)
                 return vm_fill_cmd(argc, argv);
         if (strcmp(verb, "verify") == 0 || strcmp(verb, "release") == 0)
-                return vm_handle_cmd(argc, argv);
+                return vm_handle_cmd(verb, argc, argv);
         if (strcmp(verb, "agent") == 0)
                 return vm_raw_agent_cmd(argc, argv);
-        if (strcmp(verb, "ping") == 0 || strcmp(verb, "meminfo") == 0 || strcmp(verb, "drop-caches") == 0) {
-                if (argc != 2)
-                        return cli_usage_error("vm %s needs one NAME", verb);
-                return vm_agent_simple(argv[1], verb, NULL, 10 * USEC_PER_SEC);
-        }
+        if (strcmp(verb, "ping") == 0 || strcmp(verb, "meminfo") == 0 || strcmp(verb, "drop-caches") == 0)
+                return vm_simple_cmd(verb, argc, argv);
+        cli_command = "vm";
         return cli_usage_error("unknown vm command '%s'", verb);
 }

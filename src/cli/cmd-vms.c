@@ -308,6 +308,65 @@ static void show_scalar(const char *key, json_t *v) {
         }
 }
 
+/* A field the table below does not name, labelled like the others: "host_rss_bytes" reads
+ * "host rss" and is shown as a size. */
+static void field_label(const char *key, char *buf, size_t len, bool *ret_size) {
+        size_t n = strlen(key);
+        *ret_size = n > 6 && strcmp(key + n - 6, "_bytes") == 0;
+        snprintf(buf, len, "%.*s", (int) (*ret_size ? n - 6 : n), key);
+        for (char *c = buf; *c; c++)
+                if (*c == '_')
+                        *c = ' ';
+}
+
+static void show_other(const char *key, json_t *v) {
+        char label[64];
+        bool size;
+        field_label(key, label, sizeof label, &size);
+        if (size) {
+                show_size(label, v);
+                return;
+        }
+        if (!json_is_object(v)) {
+                if (json_is_true(v) || json_is_false(v))
+                        cli_field(label, "%s", json_is_true(v) ? "yes" : "no");
+                else
+                        show_scalar(label, v);
+                return;
+        }
+        /* An object (guest statistics): "available 190 MiB, total 512 MiB, fresh yes" on one line. */
+        _cleanup_free_ char *buf = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&buf, &len);
+        if (!f)
+                return;
+        const char *k;
+        json_t *x;
+        bool first = true;
+        json_object_foreach(v, k, x) {
+                char sub[64], b[FORMAT_SIZE_MAX];
+                bool sub_size;
+                field_label(k, sub, sizeof sub, &sub_size);
+                fprintf(f, "%s%s ", first ? "" : ", ", sub);
+                if (sub_size)
+                        fputs(cli_json_size(b, sizeof b, x), f);
+                else if (json_is_boolean(x))
+                        fputs(json_is_true(x) ? "yes" : "no", f);
+                else if (json_is_string(x))
+                        fputs(cli_json_str(x), f);
+                else if (!x || json_is_null(x))
+                        fputs("-", f);
+                else {
+                        _cleanup_free_ char *j = json_dumps(x, JSON_COMPACT | JSON_ENCODE_ANY);
+                        fputs(j ?: "?", f);
+                }
+                first = false;
+        }
+        if (fclose(f) != 0)
+                return;
+        cli_field(label, "%s", first ? "-" : buf);
+}
+
 static int vm_show(json_t *vm) {
         /* The fields of the VM object (docs/api.md) in a reading order; any others follow as is. */
         static const struct {
@@ -354,7 +413,7 @@ static int vm_show(json_t *vm) {
                 for (size_t i = 0; i < ELEMENTSOF(fields) && !known; i++)
                         known = strcmp(key, fields[i].field) == 0;
                 if (!known)
-                        show_scalar(key, v);
+                        show_other(key, v);
         }
         return EXIT_OK;
 }

@@ -14,6 +14,7 @@ int cmd_capacity(int argc, char **argv);
 int cmd_vms(int argc, char **argv);
 int cmd_reclaim(int argc, char **argv);
 int cmd_history(int argc, char **argv);
+int cmd_top(int argc, char **argv);
 int cmd_park(int argc, char **argv, bool unpark);
 int cmd_pool(int argc, char **argv);
 /* vm add|rm|show, dispatched by cmd_vm(); argv[0] is the verb. */

@@ -86,18 +86,27 @@ static void hook_target_changed(Controller *c, CtlVm *vm, uint64_t target, void 
 static void hook_journal(Controller *c, CtlTrigger trigger, const PlanResult *r, void *userdata) {
         Manager *m = userdata;
         char err[256];
-        json_t *targets = json_object();
-        if (!targets)
+        json_t *targets = json_object(), *reasons = json_object();
+        if (!targets || !reasons) {
+                json_decref(targets);
+                json_decref(reasons);
                 return;
+        }
         /* Only the VMs this plan moved: the journal stays small with thousands of VMs. */
         for (size_t i = 0; i < ctl_vm_count(c); i++) {
                 CtlVmView v;
                 ctl_vm_view(ctl_vm_at(c, i), &v);
-                if (v.changed)
-                        json_object_set_new(targets, v.spec->id, json_integer((json_int_t) v.target));
+                if (!v.changed)
+                        continue;
+                json_object_set_new(targets, v.spec->id, json_integer((json_int_t) v.target));
+                const char *why = plan_reason_to_string(v.last.reason);
+                if (why)
+                        json_object_set_new(reasons, v.spec->id, json_string(why));
         }
         char *text = json_dumps(targets, JSON_COMPACT | JSON_SORT_KEYS);
+        char *why_text = json_dumps(reasons, JSON_COMPACT | JSON_SORT_KEYS);
         json_decref(targets);
+        json_decref(reasons);
         CtlHostView h;
         ctl_host_view(c, &h);
         StoreJournalEntry e = {
@@ -106,6 +115,7 @@ static void hook_journal(Controller *c, CtlTrigger trigger, const PlanResult *r,
                 .requested = r->requested,
                 .planned = r->planned,
                 .targets = text,
+                .reasons = why_text,
         };
         strscpy(e.trigger, sizeof e.trigger, ctl_trigger_to_string(trigger));
         strscpy(e.state, sizeof e.state, plan_state_to_string(r->ctl.state));
@@ -114,6 +124,7 @@ static void hook_journal(Controller *c, CtlTrigger trigger, const PlanResult *r,
                 log_warning("Failed to journal a decision: %s, continuing", err);
         }
         free(text);
+        free(why_text);
 }
 
 static void hook_park_changed(Controller *c, CtlVm *vm, bool parked, uint64_t previous, usec_t until_mono,

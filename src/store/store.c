@@ -83,6 +83,8 @@ static const char *const migrations[] = {
         "  planned INTEGER NOT NULL CHECK (planned >= 0),"
         "  targets TEXT NOT NULL"
         ");",
+        /* 1 → 2: why each VM got its target, next to the targets */
+        "ALTER TABLE journal ADD COLUMN reasons TEXT NOT NULL DEFAULT '{}';",
 };
 static_assert(ELEMENTSOF(migrations) == STORE_SCHEMA_VERSION, "one migration per schema version");
 
@@ -129,11 +131,12 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_HOLD_CLEAR] = "DELETE FROM hold",
         [STMT_HOLD_GET] = "SELECT bytes, until_usec, reason, created_usec FROM hold WHERE id = 1",
         [STMT_JOURNAL_INSERT] = "INSERT INTO journal (time_usec, trigger_name, state, available, requested, planned, "
-                                "targets) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                "targets, reasons) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         /* max(seq) is one step down the rowid b-tree and the range starts there: O(log n) for the
          * one row a steady-state append drops, never a scan. */
         [STMT_JOURNAL_TRIM] = "DELETE FROM journal WHERE seq <= (SELECT coalesce(max(seq), 0) FROM journal) - ?1",
-        [STMT_JOURNAL_LIST] = "SELECT time_usec, trigger_name, state, available, requested, planned, targets, seq "
+        [STMT_JOURNAL_LIST] = "SELECT time_usec, trigger_name, state, available, requested, planned, targets, "
+                              "reasons, seq "
                               "FROM journal ORDER BY seq DESC LIMIT ?1",
 };
 
@@ -376,6 +379,26 @@ static bool targets_are_valid(const char *text, size_t len) {
         if (ok)
                 json_object_foreach(j, key, v) {
                         if (!store_vm_id_is_valid(key) || !json_is_integer(v) || json_integer_value(v) < 0) {
+                                ok = false;
+                                break;
+                        }
+                }
+        json_decref(j);
+        return ok;
+}
+
+/* reasons: a JSON object of VM ids to words. */
+static bool reasons_are_valid(const char *text, size_t len) {
+        if (len > STORE_TARGETS_MAX || memchr(text, 0, len))
+                return false;
+        json_t *j = json_loadb(text, len, JSON_REJECT_DUPLICATES, NULL);
+        bool ok = json_is_object(j);
+        const char *key;
+        json_t *v;
+        if (ok)
+                json_object_foreach(j, key, v) {
+                        if (!store_vm_id_is_valid(key) || !json_is_string(v) ||
+                            json_string_length(v) > STORE_WORD_MAX || !word_is_valid(json_string_value(v))) {
                                 ok = false;
                                 break;
                         }
@@ -1475,13 +1498,16 @@ int store_hold_get(Store *s, StoreHold *ret, char *err, size_t errlen) {
 StoreJournalEntry *store_journal_free_array(StoreJournalEntry *entries, size_t n) {
         if (!entries)
                 return NULL;
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
                 free(entries[i].targets);
+                free(entries[i].reasons);
+        }
         free(entries);
         return NULL;
 }
 
-static int journal_insert(Store *s, const StoreJournalEntry *e, const char *targets, char *err, size_t errlen) {
+static int journal_insert(Store *s, const StoreJournalEntry *e, const char *targets, const char *reasons, char *err,
+                          size_t errlen) {
         _cleanup_stmt_ sqlite3_stmt *st = s->stmt[STMT_JOURNAL_INSERT];
         int rc = bind_u64(st, 1, e->time);
         rc = rc ?: sqlite3_bind_text(st, 2, e->trigger, -1, SQLITE_STATIC);
@@ -1490,6 +1516,7 @@ static int journal_insert(Store *s, const StoreJournalEntry *e, const char *targ
         rc = rc ?: bind_u64(st, 5, e->requested);
         rc = rc ?: bind_u64(st, 6, e->planned);
         rc = rc ?: sqlite3_bind_text(st, 7, targets, -1, SQLITE_STATIC);
+        rc = rc ?: sqlite3_bind_text(st, 8, reasons, -1, SQLITE_STATIC);
         if (rc != SQLITE_OK)
                 return sql_fail(s, rc, "bind", err, errlen);
         return step_done(s, st, "append to journal", err, errlen);
@@ -1510,6 +1537,12 @@ int store_journal_append(Store *s, const StoreJournalEntry *e, char *err, size_t
                        STORE_TARGETS_MAX);
                 return -EINVAL;
         }
+        const char *reasons = e->reasons ? e->reasons : "{}";
+        if (!reasons_are_valid(reasons, strnlen(reasons, STORE_TARGETS_MAX + 1))) {
+                seterr(err, errlen, "Journal reasons must be a JSON object of VM ids to 1-%d characters of [a-z0-9_-]",
+                       STORE_WORD_MAX);
+                return -EINVAL;
+        }
         if (e->time > STORE_U64_MAX || e->available > STORE_U64_MAX || e->requested > STORE_U64_MAX ||
             e->planned > STORE_U64_MAX) {
                 seterr(err, errlen, "Journal time, available, requested or planned is above 2^63-1");
@@ -1519,7 +1552,7 @@ int store_journal_append(Store *s, const StoreJournalEntry *e, char *err, size_t
         int r = tx_begin(s, err, errlen);
         if (r < 0)
                 return r;
-        r = journal_insert(s, e, targets, err, errlen);
+        r = journal_insert(s, e, targets, reasons, err, errlen);
         if (r >= 0)
                 r = journal_trim(s, err, errlen);
         if (r >= 0)
@@ -1531,8 +1564,8 @@ int store_journal_append(Store *s, const StoreJournalEntry *e, char *err, size_t
 
 static int journal_from_row(Store *s, sqlite3_stmt *st, StoreJournalEntry *ret, char *err, size_t errlen) {
         StoreJournalEntry e = {};
-        const char *trigger, *state, *targets, *field = NULL;
-        size_t nt, ns, n;
+        const char *trigger, *state, *targets, *reasons, *field = NULL;
+        size_t nt, ns, n, nr;
         int col = 0;
 
         if (!col_u64(st, col, &e.time))
@@ -1549,16 +1582,22 @@ static int journal_from_row(Store *s, sqlite3_stmt *st, StoreJournalEntry *ret, 
                 field = "planned";
         else if (!col_text(st, ++col, STORE_TARGETS_MAX, false, &targets, &n) || !targets_are_valid(targets, n))
                 field = "targets";
+        else if (!col_text(st, ++col, STORE_TARGETS_MAX, false, &reasons, &nr) || !reasons_are_valid(reasons, nr))
+                field = "reasons";
         if (field) {
                 char row[48];
-                snprintf(row, sizeof(row), "journal #%lld", (long long) sqlite3_column_int64(st, 7));
+                snprintf(row, sizeof(row), "journal #%lld", (long long) sqlite3_column_int64(st, 8));
                 return bad_row(s, st, col, row, field, err, errlen);
         }
         memcpy(e.trigger, trigger, nt + 1);
         memcpy(e.state, state, ns + 1);
         e.targets = strndup(targets, n);
-        if (!e.targets)
+        e.reasons = strndup(reasons, nr);
+        if (!e.targets || !e.reasons) {
+                free(e.targets);
+                free(e.reasons);
                 return -ENOMEM;
+        }
         *ret = e;
         return 0;
 }

@@ -43,7 +43,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define STORE_SCHEMA_VERSION      1          /* PRAGMA user_version this code writes and reads */
+#define STORE_SCHEMA_VERSION      2          /* PRAGMA user_version this code writes and reads */
 #define STORE_APPLICATION_ID      0x626c7374 /* PRAGMA application_id: "blst" */
 #define STORE_DB_NAME             "state.db" /* inside the state directory */
 #define STORE_U64_MAX             ((uint64_t) INT64_MAX)
@@ -89,15 +89,18 @@ typedef struct StoreHold {
         uint64_t created;                         /* realtime usec: when it was set */
 } StoreHold;
 
-/* One journalled decision. In entries returned by store_journal_list() `targets` is owned by the
- * array (store_journal_free_array() frees it); in the argument of store_journal_append() it is
- * only read. */
+/* One journalled decision. In entries returned by store_journal_list() `targets` and `reasons`
+ * are owned by the array (store_journal_free_array() frees them); in the argument of
+ * store_journal_append() they are only read. */
 typedef struct StoreJournalEntry {
         uint64_t time;                          /* realtime usec */
         char trigger[STORE_WORD_MAX + 1];       /* timer | psi | api | driver | start | … */
         char state[STORE_WORD_MAX + 1];         /* healthy | pressure | critical | … */
         uint64_t available, requested, planned; /* bytes */
         char *targets; /* JSON object text {"vm1": N, …}: VM ids to target bytes (integers ≥ 0) */
+        /* JSON object text {"vm1": "reclaim", …}: VM ids to why the plan chose their target (words
+         * of [a-z0-9_-]); NULL is {}. Entries written before schema version 2 read as {}. */
+        char *reasons;
 } StoreJournalEntry;
 
 /* Opens (creating it if needed) the store in `dir`: the directory is created with mode 0700 if it

@@ -284,7 +284,7 @@ static void test_open_creates_private_dir(void **state) {
 static void test_schema_version(void **state) {
         Fx *f = *state;
         fx_open(f);
-        assert_int_equal(db_int(f->db, "PRAGMA user_version"), 1);
+        assert_int_equal(db_int(f->db, "PRAGMA user_version"), 2);
         assert_int_equal(db_int(f->db, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
         assert_int_equal(db_int(f->db, "PRAGMA application_id"), STORE_APPLICATION_ID);
         char mode[16];
@@ -295,7 +295,31 @@ static void test_schema_version(void **state) {
                          3);
         /* Reopening does not migrate again. */
         fx_reopen(f);
-        assert_int_equal(db_int(f->db, "PRAGMA user_version"), 1);
+        assert_int_equal(db_int(f->db, "PRAGMA user_version"), 2);
+}
+
+/* A version 1 store (no journal reasons) is migrated on open; its entries read with no reasons. */
+static void test_migration_1_to_2(void **state) {
+        Fx *f = *state;
+        fx_open(f);
+        journal_append_n(f, 1, 2);
+        f->s = store_close(f->s);
+        db_exec(f->db, "ALTER TABLE journal DROP COLUMN reasons; PRAGMA user_version = 1");
+        fx_open(f);
+        assert_int_equal(db_int(f->db, "PRAGMA user_version"), 2);
+        StoreJournalEntry *es;
+        size_t n;
+        assert_int_equal(store_journal_list(f->s, 10, &es, &n, f->err, sizeof(f->err)), 0);
+        assert_int_equal(n, 2);
+        assert_string_equal(es[0].targets, "{\"vm1\": 2}");
+        assert_string_equal(es[0].reasons, "{}");
+        es = store_journal_free_array(es, n);
+        StoreJournalEntry e = entry_make(3, "api", "{\"vm1\": 3}");
+        e.reasons = (char *) "{\"vm1\": \"no-gain\"}";
+        assert_int_equal(store_journal_append(f->s, &e, f->err, sizeof(f->err)), 0);
+        assert_int_equal(store_journal_list(f->s, 1, &es, &n, f->err, sizeof(f->err)), 0);
+        assert_string_equal(es[0].reasons, "{\"vm1\": \"no-gain\"}");
+        store_journal_free_array(es, n);
 }
 
 static void test_vm_round_trip(void **state) {
@@ -623,6 +647,7 @@ static void test_journal_order_and_limit(void **state) {
         assert_string_equal(es[0].trigger, "psi");
         assert_string_equal(es[0].state, "critical");
         assert_string_equal(es[0].targets, "{}");
+        assert_string_equal(es[0].reasons, "{}");
         assert_int_equal(es[1].time, 10);
         assert_string_equal(es[1].trigger, "timer");
         assert_string_equal(es[1].state, "pressure");
@@ -667,10 +692,32 @@ static void test_journal_order_and_limit(void **state) {
                 snprintf(e.state, sizeof(e.state), "%s", bad_words[i]);
                 assert_int_equal(store_journal_append(f->s, &e, f->err, sizeof(f->err)), -EINVAL);
         }
+        const char *bad_reasons[] = { "[]",
+                                      "{\"vm1\": 1}",
+                                      "{\"vm1\": \"\"}",
+                                      "{\"vm1\": \"No Gain\"}",
+                                      "{\"a b\": \"floor\"}",
+                                      "{\"vm1\": \"floor\", \"vm1\": \"hold\"}",
+                                      "{\"vm1\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}",
+                                      "{" };
+        for (size_t i = 0; i < ELEMENTSOF(bad_reasons); i++) {
+                StoreJournalEntry e = entry_make(1, "api", "{\"vm1\": 1}");
+                e.reasons = (char *) bad_reasons[i];
+                f->err[0] = 0;
+                if (store_journal_append(f->s, &e, f->err, sizeof(f->err)) != -EINVAL)
+                        fail_msg("reasons %s accepted", bad_reasons[i]);
+                assert_true(f->err[0] != 0);
+        }
+        StoreJournalEntry with_reasons = entry_make(11, "api", "{\"vm1\": 1, \"vm2\": 2}");
+        with_reasons.reasons = (char *) "{\"vm1\": \"reclaim\", \"vm2\": \"dead-band\"}";
+        assert_int_equal(store_journal_append(f->s, &with_reasons, f->err, sizeof(f->err)), 0);
+        assert_int_equal(store_journal_list(f->s, 1, &es, &n, f->err, sizeof(f->err)), 0);
+        assert_string_equal(es[0].reasons, "{\"vm1\": \"reclaim\", \"vm2\": \"dead-band\"}");
+        es = store_journal_free_array(es, n);
         StoreJournalEntry unterminated = entry_make(1, "api", "{}");
         memset(unterminated.trigger, 'a', sizeof(unterminated.trigger));
         assert_int_equal(store_journal_append(f->s, &unterminated, f->err, sizeof(f->err)), -EINVAL);
-        assert_int_equal(db_int(f->db, "SELECT count(*) FROM journal"), 11);
+        assert_int_equal(db_int(f->db, "SELECT count(*) FROM journal"), 12);
 }
 
 static void test_journal_trim(void **state) {
@@ -995,6 +1042,8 @@ static void test_corrupt_rows(void **state) {
                 "state = ''",
                 "time_usec = -1",
                 "planned = 'x'",
+                "reasons = '{\"vm1\": 7}'",
+                "reasons = 'x'",
         };
         for (size_t i = 0; i < ELEMENTSOF(jdamage); i++) {
                 char sql[256];
@@ -1333,6 +1382,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 T(test_open_creates_private_dir),
                 T(test_schema_version),
+                T(test_migration_1_to_2),
                 T(test_vm_round_trip),
                 T(test_vm_exists_and_missing),
                 T(test_vm_invalid),

@@ -112,6 +112,7 @@ class HistoryEntry(TypedDict):
     requested_bytes: int
     planned_bytes: int
     targets: dict[str, int]
+    reasons: dict[str, str]  # why each VM of targets got it ({} in entries from older ballastd)
 
 
 class Capacity(TypedDict):
