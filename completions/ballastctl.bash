@@ -3,7 +3,8 @@
 #
 # Self-contained (it does not need the bash-completion package's helpers). Completes commands,
 # subcommands and options; VM ids of `vm show|rm`, `park`, `unpark` and `history --vm` from the
-# daemon (`ballastctl --json vms`), launcher VM names of `vm stop|info|exec|…` from `vm list`.
+# daemon (`ballastctl --json vms`), launcher VM names of `vm stop|info|exec|…` from `vm list`, file
+# names for `vm snapshot NAME FILE` and `vm start --restore FILE`.
 
 _ballastctl_vm_ids() {
     # Registered VM ids: the "id" values of `ballastctl --json vms`, a second at most.
@@ -22,25 +23,31 @@ _ballastctl() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
     local api_opts="--api --timeout --json --help"
     local commands="host vms vm reclaim history top park unpark pool capacity balloon help"
-    local i cmd="" sub="" _ballastctl_api=""
+    local i cmd="" sub="" _ballastctl_api="" restore=""
+    local -i nargs=0  # words after the subcommand that are not options: NAME, FILE, …
 
     # The command and subcommand: the first words that are not options (or option values).
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
             --api) _ballastctl_api=${COMP_WORDS[i+1]}; ((i++)); continue ;;
             --timeout) ((i++)); continue ;;
+            --restore) restore=1; ((i++)); continue ;;
+            --restore=*) restore=1; continue ;;
             -*) continue ;;
         esac
         if [[ -z $cmd ]]; then
             cmd=${COMP_WORDS[i]}
         elif [[ -z $sub && $cmd =~ ^(vm|pool|balloon)$ ]]; then
             sub=${COMP_WORDS[i]}
+        else
+            nargs+=1
         fi
     done
 
     # Values of options.
     case $prev in
-        --api|--socket|--qmp|--image)
+        --api|--socket|--qmp|--image|--restore)
+            compopt -o filenames 2>/dev/null  # a slash after directories (only under readline)
             COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --driver)
             COMPREPLY=($(compgen -W "qemu firecracker cloud-hypervisor libvirt" -- "$cur")); return ;;
@@ -93,10 +100,24 @@ _ballastctl() {
             esac ;;
         vm)
             case $sub in
-                "") words="start stop list info exec ping meminfo drop-caches fill verify release agent add rm show" ;;
+                "") words="start stop list info exec ping meminfo drop-caches fill verify release agent snapshot resume add rm show" ;;
                 add) opts="--driver --socket --uri --domain --expected-uid --assigned --floor --shares $api_opts" ;;
                 rm|show) opts=$api_opts; words=$(_ballastctl_vm_ids) ;;
-                start) opts="--memory --cpus --deflate-on-oom --free-page-reporting --stats-period --image --boot-timeout --no-wait --append --foreground --help" ;;
+                start)
+                    if [[ -n $restore ]]; then
+                        opts="--restore --image --boot-timeout --timeout --no-wait --help"
+                    else
+                        opts="--memory --cpus --deflate-on-oom --free-page-reporting --stats-period --image --boot-timeout --no-wait --append --foreground --restore --help"
+                    fi ;;
+                snapshot)
+                    opts="--stop --resume --timeout --help"
+                    if ((nargs == 0)); then
+                        words=$(_ballastctl_launcher_vms)
+                    elif ((nargs == 1)) && [[ $cur != -* ]]; then
+                        compopt -o filenames 2>/dev/null
+                        COMPREPLY=($(compgen -f -- "$cur"))
+                        return
+                    fi ;;
                 stop) opts="--grace --all --help"; words=$(_ballastctl_launcher_vms) ;;
                 exec) opts="--timeout --help"; words=$(_ballastctl_launcher_vms) ;;
                 fill) opts="--seed --no-hold --check-zero --timeout --help"; words=$(_ballastctl_launcher_vms) ;;

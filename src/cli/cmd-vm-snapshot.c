@@ -36,20 +36,17 @@ static const char snapshot_usage[] =
         "  --timeout DURATION     give up saving or loading after this (default 300s)\n"
         "  --image DIR            restore: the guest image, if it moved since the snapshot\n"
         "  --boot-timeout DURATION  restore: wait this long for the guest agent (default 60s)\n"
-        "  --no-wait              restore: return once the guest runs, without asking its agent\n";
-
-static int print_help(void) {
-        fputs(snapshot_usage, stdout);
-        return EXIT_OK;
-}
+        "  --no-wait              restore: return once the guest runs, without asking its agent\n"
+        "  --json                 machine-readable output\n"
+        "  -h, --help             show this text\n";
 
 int cmd_vm_snapshot(int argc, char **argv) {
-        enum { OPT_STOP = 256, OPT_RESUME, OPT_TIMEOUT, OPT_HELP };
+        enum { OPT_STOP = 256, OPT_RESUME, OPT_TIMEOUT };
         static const struct option opts[] = {
                 { "stop", no_argument, NULL, OPT_STOP },
                 { "resume", no_argument, NULL, OPT_RESUME },
                 { "timeout", required_argument, NULL, OPT_TIMEOUT },
-                { "help", no_argument, NULL, OPT_HELP },
+                { "help", no_argument, NULL, 'h' },
                 {},
         };
         bool stop = false, resume = false;
@@ -67,11 +64,9 @@ int cmd_vm_snapshot(int argc, char **argv) {
                         if ((r = cli_parse_duration("--timeout", optarg, &timeout)) != 0)
                                 return r;
                         break;
-                case OPT_HELP:
-                case 'h':
-                        return print_help();
                 default:
-                        return EXIT_USAGE;
+                        /* --help, or an option getopt_long() has already complained about. */
+                        return cli_common_option(c, snapshot_usage);
                 }
         }
         if (optind + 2 != argc)
@@ -113,16 +108,25 @@ int cmd_vm_snapshot(int argc, char **argv) {
 }
 
 int cmd_vm_resume(int argc, char **argv) {
-        if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0))
-                return print_help();
-        if (argc != 2)
+        static const struct option opts[] = {
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        /* Only --help is an option; getopt_long() finds it after NAME too. */
+        int c = getopt_long(argc, argv, "h", opts, NULL);
+        if (c >= 0)
+                return cli_common_option(c, snapshot_usage);
+        if (optind + 1 != argc)
                 return cli_usage_error("vm resume needs one NAME");
+        const char *name = argv[optind];
         char err[PATH_MAX + 1024];
-        int r = vm_resume(argv[1], 30 * USEC_PER_SEC, err, sizeof err);
+        int r = vm_resume(name, 30 * USEC_PER_SEC, err, sizeof err);
         if (r < 0)
-                return cli_error(EXIT_FAIL, "cannot resume VM '%s': %s", argv[1], err);
-        if (!arg_json)
-                printf("VM %s running\n", argv[1]);
+                return cli_error(EXIT_FAIL, "cannot resume VM '%s': %s", name, err);
+        if (arg_json)
+                cli_print_json(json_pack("{s:s,s:s}", "name", name, "vm", "running"));
+        else
+                printf("VM %s running\n", name);
         return EXIT_OK;
 }
 
@@ -134,7 +138,7 @@ bool cmd_vm_start_is_restore(int argc, char **argv) {
 }
 
 int cmd_vm_restore(int argc, char **argv) {
-        enum { OPT_RESTORE = 256, OPT_IMAGE, OPT_BOOT, OPT_TIMEOUT, OPT_NOWAIT, OPT_HELP, OPT_MACHINE };
+        enum { OPT_RESTORE = 256, OPT_IMAGE, OPT_BOOT, OPT_TIMEOUT, OPT_NOWAIT, OPT_MACHINE };
         /* The machine comes from the snapshot: options that would change it are refused by name
          * rather than ignored. */
         static const struct option opts[] = {
@@ -143,7 +147,7 @@ int cmd_vm_restore(int argc, char **argv) {
                 { "boot-timeout", required_argument, NULL, OPT_BOOT },
                 { "timeout", required_argument, NULL, OPT_TIMEOUT },
                 { "no-wait", no_argument, NULL, OPT_NOWAIT },
-                { "help", no_argument, NULL, OPT_HELP },
+                { "help", no_argument, NULL, 'h' },
                 { "memory", required_argument, NULL, OPT_MACHINE },
                 { "cpus", required_argument, NULL, OPT_MACHINE },
                 { "deflate-on-oom", required_argument, NULL, OPT_MACHINE },
@@ -179,11 +183,9 @@ int cmd_vm_restore(int argc, char **argv) {
                 case OPT_MACHINE:
                         return cli_usage_error("--%s cannot be used with --restore: the snapshot fixes the machine",
                                                opts[idx].name);
-                case OPT_HELP:
-                case 'h':
-                        return print_help();
                 default:
-                        return EXIT_USAGE;
+                        /* --help, or an option getopt_long() has already complained about. */
+                        return cli_common_option(c, snapshot_usage);
                 }
         }
         if (optind + 1 != argc)

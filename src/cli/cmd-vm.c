@@ -59,9 +59,11 @@ static const char vm_usage[] =
 
 static const char vm_start_usage[] =
         "Usage: ballastctl vm start NAME [options]\n"
+        "       ballastctl vm start NAME --restore FILE [options]   (see 'ballastctl vm snapshot --help')\n"
         "\n"
         "Boots a QEMU guest from ballast's guest image under a supervisor and, unless\n"
-        "--no-wait, returns when the guest agent answers.\n"
+        "--no-wait, returns when the guest agent answers. With --restore, starts it from a\n"
+        "snapshot that 'ballastctl vm snapshot' saved instead.\n"
         "\n"
         "Options:\n" VM_START_OPTIONS "  --json                     machine-readable output\n"
         "  --help                     show this text\n"

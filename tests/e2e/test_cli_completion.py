@@ -74,6 +74,23 @@ def test_bash_options_and_values():
     assert bash_complete(["vm", "show", ""]) == []
 
 
+def test_bash_snapshot_commands(tmp_path):
+    (tmp_path / "vm1.snap").write_text("")
+    (tmp_path / "other").write_text("")
+    prefix = str(tmp_path / "vm")
+    assert bash_complete(["vm", "snapshot", "--"]) == sorted(["--stop", "--resume", "--timeout", "--help"])
+    assert bash_complete(["vm", "resume", "--"]) == ["--help"]
+    # FILE, the word after NAME (an option's value does not count), is a file name.
+    assert bash_complete(["vm", "snapshot", "x", prefix]) == [prefix + "1.snap"]
+    assert bash_complete(["vm", "snapshot", "--timeout", "5s", "x", prefix]) == [prefix + "1.snap"]
+    assert bash_complete(["vm", "snapshot", "x", prefix + "1.snap", ""]) == []
+    assert bash_complete(["vm", "start", "x", "--restore", prefix]) == [prefix + "1.snap"]
+    assert "--restore" in bash_complete(["vm", "start", "x", "--r"])
+    # With --restore, only the options a restore takes (the snapshot fixes the machine).
+    assert bash_complete(["vm", "start", "x", "--restore", prefix + "1.snap", "--"]) == sorted(
+        ["--restore", "--image", "--boot-timeout", "--timeout", "--no-wait", "--help"])
+
+
 def test_bash_completes_registered_vm_ids(fleet):  # noqa: F811
     env = dict(os.environ, BALLAST_API=fleet.d.socket)
     assert bash_complete(["vm", "show", ""], env) == ["p1", "p2"]
@@ -139,6 +156,9 @@ def test_zsh_completes_in_a_terminal(tmp_path):
         t("send-keys", "-t", session, "C-u")
         t("send-keys", "-t", session, "ballastctl vm sta", "Tab")
         wait_pane("zsh> ballastctl vm start\n", "TAB to complete 'vm sta' to 'vm start'")
+        t("send-keys", "-t", session, "C-u")
+        t("send-keys", "-t", session, "ballastctl vm snap", "Tab")
+        wait_pane("zsh> ballastctl vm snapshot\n", "TAB to complete 'vm snap' to 'vm snapshot'")
         t("send-keys", "-t", session, "C-u")
         t("send-keys", "-t", session, "ballastctl top --sort rec", "Tab")
         wait_pane("ballastctl top --sort reclaimed", "TAB to complete a --sort key")

@@ -25,6 +25,7 @@ KNOWN = [
     ("vm",), ("vm", "add"), ("vm", "rm"), ("vm", "show"),
     ("vm", "start"), ("vm", "stop"), ("vm", "list"), ("vm", "info"), ("vm", "exec"), ("vm", "ping"),
     ("vm", "meminfo"), ("vm", "drop-caches"), ("vm", "fill"), ("vm", "verify"), ("vm", "release"), ("vm", "agent"),
+    ("vm", "snapshot"), ("vm", "resume"),
     ("pool",), ("pool", "fill"), ("pool", "acquire"), ("pool", "release"), ("pool", "status"), ("pool", "drain"),
     ("balloon",), ("balloon", "get"), ("balloon", "set"), ("balloon", "stats"), ("balloon", "caps"),
 ]
@@ -121,13 +122,28 @@ def test_unknown_option_is_a_usage_error(cmd):
     ["reclaim", "1G", "--hold", "2h"], ["history", "--limit", "0"], ["history", "extra"], ["capacity"], ["park"], ["balloon", "get"], ["balloon", "set", "--vm", "x"],
     ["top", "--interval", "0s"], ["top", "--sort", "nosuchkey"], ["top", "extra"], ["--json", "top"],
     ["history", "--since", "yesterday-ish"], ["history", "--interval", "1ms"], ["--timeout", "0s", "host"],
-    ["host", "--timeout"],
+    ["host", "--timeout"], ["vm", "snapshot", "x"], ["vm", "snapshot", "x", "f", "--stop", "--resume"],
+    ["vm", "snapshot", "x", "f", "--timeout", "soon"], ["vm", "resume"], ["vm", "resume", "a", "b"],
+    ["vm", "start", "x", "--restore"], ["vm", "start", "x", "--restore", ""],
+    ["vm", "start", "x", "--restore", "f", "--memory", "1G"],
 ], ids=lambda a: " ".join(a) or "(nothing)")
 def test_usage_errors_exit_2(args):
     p = run(*args)
     assert p.returncode == 2, f"ballastctl {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}"
     assert p.stderr.strip(), "a usage error says why"
     assert "cannot reach ballastd" not in p.stderr, "a usage error is found before any request"
+
+
+def test_restore_help_and_usage_errors():
+    """vm start --restore is parsed apart from vm start: its --help shows the snapshot usage, its
+    usage errors carry the hint, and vm start --help points to it."""
+    p = run("vm", "start", "x", "--restore", "f", "--help")
+    assert p.returncode == 0 and p.stderr == "", p
+    assert p.stdout.startswith("Usage: ") and "ballastctl vm start NAME --restore FILE" in p.stdout, p.stdout
+    p = run("vm", "start", "x", "--restore", "f", "--no-such-option")
+    assert p.returncode == 2 and p.stdout == "", p
+    assert "--no-such-option" in p.stderr and "Try 'ballastctl vm start --help'." in p.stderr, p.stderr
+    assert "--restore FILE" in run("vm", "start", "--help").stdout
 
 
 def test_version_and_help_word():
