@@ -251,11 +251,13 @@ def test_ballastd_keeps_vm_through_snapshot_and_restore(ctl, daemons, snapdir): 
     assert v["floor_bytes"] == 256 * MiB and v["assigned_bytes"] == ASSIGNED, v
     assert abs(v["actual_bytes"] - 256 * MiB) <= TOL and abs(v["target_bytes"] - 256 * MiB) <= TOL, v
     assert abs(ctl.actual(name) - 256 * MiB) <= TOL
-    # The guest's statistics reach ballastd again, newer than the restore: the polling ballastd
-    # turned on (qom-set, not on QEMU's command line) came through in the snapshot's header.
+    # The guest's statistics reach ballastd again, newer than the restore, polled at a pace ballastd
+    # set (qom-set, not on QEMU's command line, which had none): its configured 2 s, or 1 s as it
+    # polls a shrunk VM (this one is held at its floor); the snapshot's header carries the pace
+    # and ballastd sets it again on the new QEMU.
     st = wait_until(lambda: (lambda r: r if r["last_update"] and parse_time(r["last_update"]) >= int(t_restored_rt)
                              else None)(d.get(f"/v1/vms/{name}/stats")), 60, 0.5, "guest statistics after the restore")
-    assert st["stats"]["period_s"] == 2 and st["stats"]["total_bytes"], st
+    assert st["stats"]["period_s"] in (1, 2) and st["stats"]["total_bytes"], st
     # ...and keep coming (the guest pushes one report when it is restored, polled or not).
     wait_until(lambda: parse_time(d.get(f"/v1/vms/{name}/stats")["last_update"]) > parse_time(st["last_update"]),
                30, 0.5, "the next guest statistics")
