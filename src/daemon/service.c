@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 
+/* CODE_FILE= and CODE_LINE= name the log call, not this file's call to the journal. */
+#define SD_JOURNAL_SUPPRESS_LOCATION 1
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-journal.h>
 

@@ -426,3 +426,90 @@ def test_reload_applies_policy_and_log_level_keeps_vms(service):
     assert wm3 == wm2, f"an invalid file changed the watermarks: {wm2} -> {wm3}"
     assert sim.vms()[n]["status"] == "ok"
     sim.stop()
+
+
+# Runs in a private mount namespace (unshare -m): a tmpfs on /run holds a journal socket, as
+# journald's, that collects what ballastd sends (the native protocol: KEY=value lines).
+JOURNAL_HELPER = r"""
+import json, os, signal, socket, subprocess, sys
+ballastd, config, log = sys.argv[1:4]
+subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/run"], check=True)
+os.makedirs("/run/systemd/journal")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("/run/systemd/journal/socket")
+s.settimeout(0.2)
+f = open(log, "wb")
+st = os.fstat(f.fileno())
+env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+p = subprocess.Popen([ballastd, "--config", config], stdin=subprocess.DEVNULL, stdout=f, stderr=f, env=env)
+print(json.dumps({"pid": p.pid}), flush=True)
+while True:
+    try:
+        data = s.recv(65536)
+    except socket.timeout:
+        if p.poll() is not None:
+            break
+        continue
+    e = dict(l.split("=", 1) for l in data.decode("utf-8", "replace").split("\n") if "=" in l)
+    print(json.dumps(e), flush=True)
+print(json.dumps({"exit": p.returncode}), flush=True)
+"""
+
+
+def test_journal_entries_carry_priority_and_vm(ballastd, tmp_path):  # noqa: F811
+    """With stderr connected to the journal (JOURNAL_STREAM names it), every message is a journal
+    entry with PRIORITY= and SYSLOG_IDENTIFIER=, and one about a VM has VM=; nothing goes to
+    stderr."""
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private mount namespace for a stand-in journal: {probe.stderr.strip()}")
+    root = str(tmp_path)
+    os.chmod(root, 0o755)
+    config, log = os.path.join(root, "c.conf"), os.path.join(root, "stderr")
+    runtime, state = os.path.join(root, "run"), os.path.join(root, "state")
+    os.makedirs(state, mode=0o700)
+    write_config(config, runtime, state)
+    helper = subprocess.Popen(["unshare", "-m", "/usr/bin/python3", "-c", JOURNAL_HELPER, ballastd, config, log],
+                              stdout=subprocess.PIPE, text=True)
+    entries, lines = [], []
+    reader = threading.Thread(target=lambda: lines.extend(iter(helper.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        pid = wait_until(lambda: lines and json.loads(lines[0]).get("pid"), 30, 0.05, "the helper to start ballastd")
+        sock = os.path.join(runtime, "api.sock")
+        wait_until(lambda: os.path.exists(sock) and http_request(sock, "GET", "/v1/health").status == 200, 60, 0.1,
+                   "ballastd to answer")
+        # A VM whose socket is not there: registered, then the driver's failure is logged about it.
+        r = http_request(sock, "POST", "/v1/vms", {"id": "jvm", "driver": "qemu", "socket": os.path.join(root, "none"),
+                                                   "assigned_bytes": 512 * MiB})
+        assert r.status == 201, r
+
+        def vm_entries():
+            return [e for e in map(json.loads, list(lines)) if e.get("VM") == "jvm"]
+
+        wait_until(lambda: len(vm_entries()) >= 2, 30, 0.1, "two journal entries about VM jvm")
+        os.kill(pid, signal.SIGTERM)
+        helper.wait(60)
+        reader.join(10)
+    finally:
+        if helper.poll() is None:
+            helper.kill()
+            helper.wait(30)
+    entries = [json.loads(l) for l in lines[1:]]
+    assert entries and entries[-1] == {"exit": 0}, entries[-3:]
+    entries = entries[:-1]
+    for e in entries:
+        assert e.get("SYSLOG_IDENTIFIER") == "ballastd" and e.get("PRIORITY", "").isdigit() and e.get("MESSAGE"), e
+    by_msg = {e["MESSAGE"]: e for e in entries}
+    ready = [e for m, e in by_msg.items() if " ready: API on " in m]
+    assert ready and ready[0]["PRIORITY"] == "6", by_msg.keys()
+    vm = [e for e in entries if e.get("VM") == "jvm"]
+    assert any(e["MESSAGE"].startswith("VM jvm registered") and e["PRIORITY"] == "6" for e in vm), vm
+    assert any(int(e["PRIORITY"]) <= 4 for e in vm), f"no warning or error about the unreachable VM: {vm}"
+    assert all("VM" not in e for e in ready), ready
+    assert all(e.get("CODE_FILE", "").endswith(".c") and "service.c" not in e["CODE_FILE"] for e in entries), \
+        "CODE_FILE= must name the log call's file"
+    with open(log) as f:
+        assert f.read() == "", "ballastd wrote to stderr although the journal took its messages"
+    print(f"{len(entries)} journal entries, {len(vm)} with VM=jvm, e.g. {vm[-1]}")
