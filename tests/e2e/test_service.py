@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -513,3 +514,38 @@ def test_journal_entries_carry_priority_and_vm(ballastd, tmp_path):  # noqa: F81
     with open(log) as f:
         assert f.read() == "", "ballastd wrote to stderr although the journal took its messages"
     print(f"{len(entries)} journal entries, {len(vm)} with VM=jvm, e.g. {vm[-1]}")
+
+
+def test_unit_points_where_meson_installs_verifies_and_is_hardened(ballastd, tmp_path):  # noqa: F811
+    """The generated unit runs the binary from where `meson install` puts it and is itself
+    installed in a directory systemd reads; `systemd-analyze verify` accepts it (with the built
+    binary standing in at the installed path's place) and `systemd-analyze security` rates it
+    2.5 or lower."""
+    for tool in ("systemd-analyze", "meson"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} is not installed")
+    unit = parse_unit(UNIT)
+    p = subprocess.run(["meson", "introspect", BUILD, "--installed"], capture_output=True, text=True, check=True)
+    installed = json.loads(p.stdout)
+    bin_dest = installed.get(os.path.join(BUILD, "src", "ballastd"))
+    unit_dest = installed.get(UNIT)
+    assert bin_dest and unit_dest, f"meson does not install ballastd and its unit: {installed}"
+    for key in ("ExecStart", "ExecStartPre"):
+        assert shlex.split(unit[key][-1])[0] == bin_dest, f"{key}= runs {unit[key]}, meson installs {bin_dest}"
+    assert os.path.dirname(unit_dest) in ("/etc/systemd/system", "/usr/local/lib/systemd/system",
+                                          "/lib/systemd/system", "/usr/lib/systemd/system"), unit_dest
+    # The same unit with the built binary and the example configuration in place of the installed ones.
+    with open(UNIT) as f:
+        text = f.read()
+    prefix_conf = shlex.split(unit["ExecStart"][-1])[2]
+    text = text.replace(bin_dest, ballastd).replace(prefix_conf, EXAMPLE_CONF)
+    copy = tmp_path / "ballastd.service"
+    copy.write_text(text)
+    v = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=120)
+    assert v.returncode == 0 and not v.stderr.strip(), f"systemd-analyze verify: {v.stdout}{v.stderr}"
+    s = subprocess.run(["systemd-analyze", "security", "--offline=true", str(copy)], capture_output=True, text=True,
+                       timeout=120)
+    m = re.search(r"Overall exposure level for ballastd\.service: (\d+\.\d+)", s.stdout + s.stderr)
+    assert m, f"no exposure level in:\n{s.stdout}{s.stderr}"
+    print(f"systemd-analyze security: {m[1]}")
+    assert float(m[1]) <= 2.5, f"exposure {m[1]} > 2.5:\n{s.stdout}"
