@@ -14,6 +14,7 @@ The launcher keeps its VMs where it does for root, in the runtime directory
 (RUNTIME/ballast/vms/NAME), so a stop, a restart or a crash of ballastd under these rules must leave
 every VM with its sockets, and ballastd must re-adopt each one (status "ok" through the API)."""
 
+import http.client
 import json
 import os
 import re
@@ -549,3 +550,45 @@ def test_unit_points_where_meson_installs_verifies_and_is_hardened(ballastd, tmp
     assert m, f"no exposure level in:\n{s.stdout}{s.stderr}"
     print(f"systemd-analyze security: {m[1]}")
     assert float(m[1]) <= 2.5, f"exposure {m[1]} > 2.5:\n{s.stdout}"
+
+
+def test_reload_rereads_tokens(service):
+    """With the TCP API on, a reload re-reads the tokens file: a new token works, a removed one is
+    refused; a tokens file that cannot be used keeps the previous tokens."""
+    sim = service
+    tokens = os.path.join(sim.root, "tokens")
+    fd = os.open(tokens, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("old-token-0123456789abcdef read\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(sim.config) as f:
+        text = f.read()
+    text = text.replace("#listen =", f"listen = 127.0.0.1:{port}").replace("#tokens_file =", f"tokens_file = {tokens}")
+    with open(sim.config, "w") as f:
+        f.write(text)
+    sim.start()
+
+    def status(token):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            c.request("GET", "/v1/health", headers={"Authorization": f"Bearer {token}"})
+            return c.getresponse().status
+        finally:
+            c.close()
+
+    assert status("old-token-0123456789abcdef") == 200
+    assert status("new-token-0123456789abcdef") == 401
+    with open(tokens, "w") as f:
+        f.write("new-token-0123456789abcdef read\n")
+    sim.reload()
+    assert status("new-token-0123456789abcdef") == 200
+    assert status("old-token-0123456789abcdef") == 401
+    assert "; 1 API token" in sim.log_text()
+    # World-readable: refused, and the tokens in force stay.
+    os.chmod(tokens, 0o644)
+    sim.reload()
+    assert "the previous tokens stay valid" in sim.log_text()
+    assert status("new-token-0123456789abcdef") == 200
+    sim.stop()
