@@ -335,11 +335,14 @@ int manager_reload(Manager *m) {
         }
         config_done(&next);
         m->reloads++;
-        char tokens[64] = "";
+        char tokens[64] = "", waiting[64] = "";
         if (n_tokens >= 0)
                 snprintf(tokens, sizeof tokens, "; %d API token%s", n_tokens, n_tokens == 1 ? "" : "s");
-        log_notice("Reloaded %s: %s%s%s", m->config_path, d.n_applied ? "applied " : "nothing to apply", d.applied,
-                   tokens);
+        if (d.n_restart)
+                snprintf(waiting, sizeof waiting, "; %zu change%s for a restart", d.n_restart,
+                         d.n_restart == 1 ? " waits" : "s wait");
+        log_notice("Reloaded %s: %s%s%s%s", m->config_path, d.n_applied ? "applied " : "nothing to apply", d.applied,
+                   tokens, waiting);
         service_reloaded(m);
         return 0;
 }

@@ -405,7 +405,7 @@ def test_reload_applies_policy_and_log_level_keeps_vms(service):
     assert wm2["high_bytes"] == h2["total_bytes"] // 10000 * 400, wm2
     assert wm2["critical_bytes"] == h2["total_bytes"] // 10000 * 200, wm2
     log = sim.log_text()[before_log:]
-    assert re.search(r"Reloaded .*policy\.low_watermark 10% -> 3%.*log\.level info -> debug", log), log
+    assert re.search(r"Reloaded .*policy\.low_watermark 10% -> 3%.*log\.level info -> debug; 1 change waits for a restart", log), log
     assert "[driver] op_timeout changed (5s -> 7s); it takes effect when ballastd restarts" in log, log
     # Debug lines now appear (the controller's and the API's own).
     wait_until(lambda: "debug:" in sim.log_text()[before_log:], 30, 0.2, "debug lines after the reload")
