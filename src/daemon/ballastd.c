@@ -82,7 +82,8 @@ int main(int argc, char **argv) {
         char err[CONFIG_ERR_MAX];
         int r = config_load(path, &cfg, err, sizeof err);
         if (r < 0) {
-                fprintf(stderr, "ballastd: %s\n", err);
+                /* "ballastd: FILE:LINE: reason" on a terminal; an error entry in the journal. */
+                log_error("%s", err);
                 return 1;
         }
         if (check) {
