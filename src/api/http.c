@@ -1820,6 +1820,21 @@ static int http_tokens_load(HttpServer *s, const char *path, char *err, size_t e
         return r;
 }
 
+int http_server_reload_tokens(HttpServer *s, const char *path, char *err, size_t errlen) {
+        HttpServer old = { .tokens = s->tokens, .n_tokens = s->n_tokens };
+        s->tokens = NULL;
+        s->n_tokens = 0;
+        int r = http_tokens_load(s, path, err, errlen);
+        if (r < 0) {
+                http_tokens_free(s);
+                s->tokens = old.tokens;
+                s->n_tokens = old.n_tokens;
+                return r;
+        }
+        http_tokens_free(&old);
+        return (int) s->n_tokens;
+}
+
 /* --- the server --- */
 
 static int http_listener_start(HttpServer *s, int fd, bool tcp, unsigned timeout_s, char *err, size_t errlen) {

@@ -84,6 +84,10 @@ int http_server_new(Ev *ev, const HttpServerConfig *cfg, http_handler handler, v
 HttpServer *http_server_free(HttpServer *s);
 /* The bound TCP port (useful with "127.0.0.1:0"), or 0 without a TCP listener. */
 uint16_t http_server_tcp_port(const HttpServer *s);
+/* Re-reads the tokens file (a configuration reload): on success the new tokens replace the old
+ * ones for every later request and it returns their count; on failure the old ones stay and it
+ * returns a negative errno with the reason in err. */
+int http_server_reload_tokens(HttpServer *s, const char *path, char *err, size_t errlen);
 
 /* The replies below answer the call and end it (it must not be used afterwards). From inside the
  * handler the reply is queued when the handler returns; from any later loop callback it goes out

@@ -1804,6 +1804,17 @@ int ctl_capacity(Controller *c, uint64_t size, PlanCapacity *ret, PlanResult *re
 const CtlConfig *ctl_config(const Controller *c) {
         return &c->cfg;
 }
+
+int ctl_set_policy(Controller *c, const PlanConfig *plan, char *err, size_t errlen) {
+        const char *field = NULL;
+        if (plan_config_validate(plan, &field) < 0) {
+                snprintf(err, errlen, "invalid policy setting %s", field ? field : "?");
+                return -EINVAL;
+        }
+        c->cfg.plan = *plan;
+        ctl_kick(c, CTL_TRIGGER_API);
+        return 0;
+}
 const CtlStats *ctl_stats(const Controller *c) {
         return &c->stats;
 }

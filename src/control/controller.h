@@ -201,6 +201,11 @@ typedef struct CtlHostView {
 } CtlHostView;
 void ctl_host_view(const Controller *c, CtlHostView *ret);
 const CtlConfig *ctl_config(const Controller *c);
+/* A new policy (a configuration reload): validated like ctl_new's, then in force from the next
+ * tick, which is scheduled at once. VMs move only if the new policy plans so. cgroup v1 usage
+ * thresholds stay registered at the old watermarks (sampling sees the new ones). Returns 0, or
+ * -EINVAL with the offending field in err (the old policy stays). */
+int ctl_set_policy(Controller *c, const PlanConfig *plan, char *err, size_t errlen);
 
 /* Admission hint for a VM of `size` bytes, on a fresh sample and a plan run without applying it:
  * fills *ret (and *ret_plan when not NULL). Returns 0, -ENODATA (no sample of the scope), or

@@ -6,69 +6,53 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "ballast/ballast.h"
+#include <config.h> /* the build's (meson), not daemon/config.h */
 #include "daemon/config.h"
 #include "daemon/manager.h"
+#include "daemon/service.h"
 #include "shared/log.h"
 #include "shared/macro.h"
 
-#define DEFAULT_CONFIG "/etc/ballast/ballastd.conf"
-
-/* sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET ('@' = abstract namespace). */
-static void notify(const char *msg) {
-        const char *path = getenv("NOTIFY_SOCKET");
-        if (!path || !path[0])
-                return;
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        size_t len = strlen(path);
-        if (len >= sizeof sa.sun_path)
-                return;
-        memcpy(sa.sun_path, path, len);
-        if (sa.sun_path[0] == '@')
-                sa.sun_path[0] = '\0';
-        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-                return;
-        if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *) &sa,
-                   (socklen_t) (offsetof(struct sockaddr_un, sun_path) + len)) < 0)
-                log_warning("Failed to notify the service manager: %m, ignoring");
-        close(fd);
-}
+#define DEFAULT_CONFIG BALLAST_CONFIG_FILE
 
 static void usage(FILE *f) {
-        fprintf(f, "Usage: ballastd [--config FILE] [--check-config]\n"
+        fprintf(f, "Usage: ballastd [--config FILE] [--check-config [--quiet]]\n"
                    "\n"
                    "The ballast host daemon: senses memory pressure, reclaims memory from VMs through\n"
                    "their balloons and gives it back, and serves the HTTP API (docs/api.md).\n"
                    "\n"
                    "  -c, --config FILE   configuration (default " DEFAULT_CONFIG "; docs/config.md)\n"
                    "      --check-config  validate the configuration, print the effective one, exit\n"
+                   "  -q, --quiet         with --check-config: print nothing unless it is invalid\n"
                    "  -h, --help          this help\n"
-                   "      --version       print the version\n");
+                   "      --version       print the version\n"
+                   "\n"
+                   "SIGHUP re-reads the configuration (docs/config.md, Reload); SIGTERM exits and leaves\n"
+                   "every VM where it is.\n");
 }
 
 int main(int argc, char **argv) {
         static const struct option opts[] = {
-                { "config", required_argument, NULL, 'c' },
-                { "check-config", no_argument, NULL, 'C' },
-                { "help", no_argument, NULL, 'h' },
-                { "version", no_argument, NULL, 'V' },
-                {},
+                { "config", required_argument, NULL, 'c' }, { "check-config", no_argument, NULL, 'C' },
+                { "quiet", no_argument, NULL, 'q' },        { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, 'V' },      {},
         };
         const char *path = DEFAULT_CONFIG;
-        bool check = false;
+        bool check = false, quiet = false;
         int o;
-        while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) >= 0) {
+        while ((o = getopt_long(argc, argv, "c:qh", opts, NULL)) >= 0) {
                 switch (o) {
                 case 'c':
                         path = optarg;
                         break;
                 case 'C':
                         check = true;
+                        break;
+                case 'q':
+                        quiet = true;
                         break;
                 case 'h':
                         usage(stdout);
@@ -81,21 +65,33 @@ int main(int argc, char **argv) {
                         return 2;
                 }
         }
+        if (quiet && !check) {
+                fprintf(stderr, "ballastd: --quiet goes with --check-config\n");
+                usage(stderr);
+                return 2;
+        }
         if (optind < argc) {
                 fprintf(stderr, "ballastd: unexpected argument '%s'\n", argv[optind]);
                 usage(stderr);
                 return 2;
         }
         log_set_prefix("ballastd");
+        (void) service_log_to_journal();
 
         DaemonConfig cfg;
         char err[CONFIG_ERR_MAX];
         int r = config_load(path, &cfg, err, sizeof err);
         if (r < 0) {
-                fprintf(stderr, "ballastd: %s\n", err);
+                /* "ballastd: FILE:LINE: reason" on a terminal; an error entry in the journal. */
+                log_error("%s", err);
                 return 1;
         }
         if (check) {
+                /* Under systemd (ExecStartPre=) only a problem is worth a journal line. */
+                if (quiet) {
+                        config_done(&cfg);
+                        return 0;
+                }
                 r = config_dump(&cfg, stdout);
                 config_done(&cfg);
                 if (r < 0)
@@ -124,9 +120,16 @@ int main(int argc, char **argv) {
         log_info("ballastd %s ready: API on %s, scope %s%s%s, state in %s", ballast_version(), cfg.api.socket,
                  config_scope_to_string(cfg.pressure.scope), cfg.pressure.cgroup ? ":" : "",
                  cfg.pressure.cgroup ? cfg.pressure.cgroup : "", cfg.state.directory);
-        notify("READY=1\nSTATUS=managing VMs");
+        m->config_path = path;
+        r = service_start(m);
+        if (r < 0) {
+                log_error("Failed to start the service manager's timer: %s", strerror(-r));
+                manager_free(m);
+                config_done(&cfg);
+                return 1;
+        }
         r = manager_run(m);
-        notify("STOPPING=1");
+        service_stop(m);
         manager_free(m);
         config_done(&cfg);
         log_info("Stopped");

@@ -430,6 +430,22 @@ int config_dump(const DaemonConfig *c, FILE *f) {
         return 0;
 }
 
+int config_diff(const DaemonConfig *a, const DaemonConfig *b, config_diff_cb cb, void *userdata) {
+        char va[CONFIG_ERR_MAX], vb[CONFIG_ERR_MAX];
+        int n = 0;
+        for (size_t i = 0; i < N_KEYS; i++) {
+                const ConfigKey *k = config_keys + i;
+                format_key(va, sizeof(va), a, k);
+                format_key(vb, sizeof(vb), b, k);
+                if (strcmp(va, vb) == 0)
+                        continue;
+                n++;
+                if (cb)
+                        cb(section_names[k->section], k->name, va, vb, userdata);
+        }
+        return n;
+}
+
 typedef struct ConfigParser {
         const char *filename;
         const char *text;

@@ -127,6 +127,13 @@ DaemonConfig *config_done(DaemonConfig *c);
  * golden tests. Returns 0, or -EIO when writing to f failed. */
 int config_dump(const DaemonConfig *c, FILE *f);
 
+/* Calls cb for each key whose canonical value (as config_dump() prints it) differs between a and
+ * b, in config_dump() order, with the section and key names and both values ("" for an unset
+ * optional key). Returns the number of such keys. */
+typedef void (*config_diff_cb)(const char *section, const char *key, const char *old_value, const char *new_value,
+                               void *userdata);
+int config_diff(const DaemonConfig *a, const DaemonConfig *b, config_diff_cb cb, void *userdata);
+
 /* "10%", "10", "12.5%", "12.34" (at most two decimals, an optional '%', 0 to 100) → permyriad
  * (1000, 1000, 1250, 1234). Returns 0 and writes *ret_pmy, or -EINVAL (garbage, a sign, spaces),
  * -EDOM (more than two decimals) or -ERANGE (above 100%); *ret_pmy is written on success only. */

@@ -12,6 +12,7 @@
 #include <jansson.h>
 
 #include "api/api.h"
+#include "daemon/service.h"
 #include "hv/chv.h"
 #include "hv/firecracker.h"
 #ifdef HAVE_LIBVIRT
@@ -252,6 +253,106 @@ static void on_signal(Ev *ev, int sig, void *userdata) {
         ev_exit(ev, 0);
 }
 
+/* ---- reload (SIGHUP, systemctl reload) ---- */
+
+/* What a running ballastd can take from a new file; everything else waits for a restart. */
+static bool key_reloadable(const char *section, const char *key) {
+        return strcmp(section, "policy") == 0 || (strcmp(section, "log") == 0 && strcmp(key, "level") == 0) ||
+               (strcmp(section, "state") == 0 && strcmp(key, "journal_max") == 0) ||
+               (strcmp(section, "park") == 0 && strcmp(key, "size") == 0);
+}
+
+typedef struct ReloadDiff {
+        char applied[1024];
+        size_t n_applied, n_restart;
+        bool policy;
+} ReloadDiff;
+
+static void reload_on_diff(const char *section, const char *key, const char *old_value, const char *new_value,
+                           void *userdata) {
+        ReloadDiff *d = userdata;
+        if (!key_reloadable(section, key)) {
+                d->n_restart++;
+                log_warning("Reload: [%s] %s changed (%s -> %s); it takes effect when ballastd restarts, keeping %s",
+                            section, key, old_value[0] ? old_value : "unset", new_value[0] ? new_value : "unset",
+                            old_value[0] ? old_value : "it unset");
+                return;
+        }
+        if (strcmp(section, "policy") == 0)
+                d->policy = true;
+        size_t o = strlen(d->applied);
+        if (o < sizeof d->applied)
+                snprintf(d->applied + o, sizeof d->applied - o, "%s%s.%s %s -> %s", d->n_applied ? ", " : "", section,
+                         key, old_value, new_value);
+        d->n_applied++;
+}
+
+int manager_reload(Manager *m) {
+        if (!m->config_path)
+                return log_warning_errno(EOPNOTSUPP, "Reload requested, but there is no configuration file to re-read");
+        service_reloading(m);
+        DaemonConfig next;
+        char err[CONFIG_ERR_MAX];
+        int r = config_load(m->config_path, &next, err, sizeof err);
+        if (r < 0) {
+                m->reload_failures++;
+                log_error("Reload failed, the running configuration stays in force: %s", err);
+                service_reloaded(m);
+                return r;
+        }
+        ReloadDiff d = {};
+        (void) config_diff(m->cfg, &next, reload_on_diff, &d);
+        /* The policy is validated by the controller before anything is applied, so a refusal
+         * leaves everything as it was. */
+        if (d.policy) {
+                r = ctl_set_policy(m->ctl, &next.policy, err, sizeof err);
+                if (r < 0) {
+                        m->reload_failures++;
+                        log_error("Reload failed, the running configuration stays in force: %s", err);
+                        config_done(&next);
+                        service_reloaded(m);
+                        return r;
+                }
+                m->cfg->policy = next.policy;
+        }
+        if (next.state.journal_max != m->cfg->state.journal_max) {
+                r = store_set_journal_max(m->store, next.state.journal_max, err, sizeof err);
+                if (r < 0)
+                        log_warning("Reload: cannot apply [state] journal_max: %s, keeping %" PRIu64, err,
+                                    m->cfg->state.journal_max);
+                else
+                        m->cfg->state.journal_max = next.state.journal_max;
+        }
+        m->cfg->park.size = next.park.size;
+        m->cfg->log.level = next.log.level;
+        log_set_max_level(next.log.level);
+        /* The tokens file's path is fixed until a restart; its contents are read again. */
+        int n_tokens = -1;
+        if (m->cfg->api.listen && m->cfg->api.tokens_file) {
+                n_tokens = http_server_reload_tokens(m->http, m->cfg->api.tokens_file, err, sizeof err);
+                if (n_tokens < 0)
+                        log_error("Reload: %s; the previous tokens stay valid", err);
+        }
+        config_done(&next);
+        m->reloads++;
+        char tokens[64] = "", waiting[64] = "";
+        if (n_tokens >= 0)
+                snprintf(tokens, sizeof tokens, "; %d API token%s", n_tokens, n_tokens == 1 ? "" : "s");
+        if (d.n_restart)
+                snprintf(waiting, sizeof waiting, "; %zu change%s for a restart", d.n_restart,
+                         d.n_restart == 1 ? " waits" : "s wait");
+        log_notice("Reloaded %s: %s%s%s%s", m->config_path, d.n_applied ? "applied " : "nothing to apply", d.applied,
+                   tokens, waiting);
+        service_reloaded(m);
+        return 0;
+}
+
+static void on_sighup(Ev *ev, int sig, void *userdata) {
+        (void) ev;
+        (void) sig;
+        (void) manager_reload(userdata);
+}
+
 static int manager_restore(Manager *m, char *err, size_t errlen) {
         StoreVm *vms = NULL;
         size_t n = 0;
@@ -321,7 +422,7 @@ static void on_trim(EvTimer *t, void *userdata) {
         ev_timer_set(t, usec_add(now_mono(), TRIM_INTERVAL));
 }
 
-int manager_new(const DaemonConfig *cfg, Manager **ret, char *err, size_t errlen) {
+int manager_new(DaemonConfig *cfg, Manager **ret, char *err, size_t errlen) {
         Manager *m = calloc(1, sizeof *m);
         if (!m)
                 return -ENOMEM;
@@ -396,6 +497,8 @@ int manager_new(const DaemonConfig *cfg, Manager **ret, char *err, size_t errlen
         r = ev_signal_add(m->ev, SIGTERM, on_signal, m);
         if (r >= 0)
                 r = ev_signal_add(m->ev, SIGINT, on_signal, m);
+        if (r >= 0)
+                r = ev_signal_add(m->ev, SIGHUP, on_sighup, m);
         if (r < 0) {
                 snprintf(err, errlen, "cannot watch signals: %s", strerror(-r));
                 goto fail;
@@ -422,6 +525,7 @@ Manager *manager_free(Manager *m) {
         m->ctl = ctl_free(m->ctl);
         m->store = store_close(m->store);
         ev_timer_free(m->trim_timer);
+        ev_timer_free(m->service_timer);
         m->ev = ev_free(m->ev);
         free(m);
         return NULL;

@@ -10,6 +10,22 @@
 
 static int max_level = LOG_LEVEL_INFO;
 static const char *log_prefix = NULL;
+static log_sink_fn log_sink = NULL;
+
+void log_set_sink(log_sink_fn sink) {
+        log_sink = sink;
+}
+
+const char *log_message_vm(const char *msg, char *buf, size_t len) {
+        if (strncmp(msg, "VM ", 3) != 0)
+                return NULL;
+        size_t n = strcspn(msg + 3, " :,");
+        if (n == 0 || n >= len)
+                return NULL;
+        memcpy(buf, msg + 3, n);
+        buf[n] = '\0';
+        return buf;
+}
 
 void log_set_max_level(int level) {
         max_level = level;
@@ -83,6 +99,11 @@ int log_internal(int level, int error, const char *file, int line, const char *f
         char safe[2 * sizeof(text)];
         utf8_sanitize(safe, sizeof(safe), text, strlen(text), UTF8_ESCAPE);
 
+        if (log_sink) {
+                char vm[128];
+                if (log_sink(level, e, file, line, log_message_vm(safe, vm, sizeof vm), safe) >= 0)
+                        return -e;
+        }
         if (getenv("JOURNAL_STREAM"))
                 fprintf(stderr, "<%d>%s%s%s\n", level, log_prefix ?: "", log_prefix ? ": " : "", safe);
         else if (level == LOG_LEVEL_DEBUG)

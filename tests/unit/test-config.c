@@ -554,17 +554,48 @@ static void test_enums(void **state) {
         assert_int_equal(config_log_level_from_string("warn"), -EINVAL);
 }
 
+typedef struct DiffSeen {
+        char lines[8][160];
+        int n;
+} DiffSeen;
+
+static void on_diff(const char *section, const char *key, const char *old_value, const char *new_value,
+                    void *userdata) {
+        DiffSeen *d = userdata;
+        assert_true(d->n < 8);
+        snprintf(d->lines[d->n++], sizeof d->lines[0], "[%s] %s: %s -> %s", section, key, old_value, new_value);
+}
+
+/* config_diff() (what a reload reports): the keys whose canonical values differ, in dump order, an
+ * unset optional key as "". */
+static void test_diff(void **state) {
+        (void) state;
+        static const char a_text[] = "[policy]\nlow_watermark = 10%\n[log]\nlevel = info\n";
+        static const char b_text[] = "[api]\nwrite_group = 0\n[policy]\nlow_watermark = 10.00%\n"
+                                     "high_watermark = 20%\n[driver]\nop_timeout = 5000ms\n[log]\nlevel = debug\n";
+        DaemonConfig a, b;
+        char err[CONFIG_ERR_MAX];
+        assert_int_equal(config_parse_string(a_text, strlen(a_text), "a", &a, err, sizeof err), 0);
+        assert_int_equal(config_parse_string(b_text, strlen(b_text), "b", &b, err, sizeof err), 0);
+        assert_int_equal(config_diff(&a, &a, NULL, NULL), 0);
+        DiffSeen d = {};
+        /* 10% = 10.00% and 5s = 5000ms: the same values written differently are no change. */
+        assert_int_equal(config_diff(&a, &b, on_diff, &d), 3);
+        assert_int_equal(d.n, 3);
+        assert_string_equal(d.lines[0], "[api] write_group:  -> 0");
+        assert_string_equal(d.lines[1], "[policy] high_watermark: 15% -> 20%");
+        assert_string_equal(d.lines[2], "[log] level: info -> debug");
+        config_done(&a);
+        config_done(&b);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_golden),
-                cmocka_unit_test(test_percent),
-                cmocka_unit_test(test_defaults),
-                cmocka_unit_test(test_typed_fields),
-                cmocka_unit_test(test_failure_contract),
-                cmocka_unit_test(test_load),
-                cmocka_unit_test(test_example_config),
-                cmocka_unit_test(test_docs),
-                cmocka_unit_test(test_enums),
+                cmocka_unit_test(test_diff),         cmocka_unit_test(test_golden),
+                cmocka_unit_test(test_percent),      cmocka_unit_test(test_defaults),
+                cmocka_unit_test(test_typed_fields), cmocka_unit_test(test_failure_contract),
+                cmocka_unit_test(test_load),         cmocka_unit_test(test_example_config),
+                cmocka_unit_test(test_docs),         cmocka_unit_test(test_enums),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
