@@ -43,7 +43,7 @@ ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "20"))
 # here, and the rate limit spreads the largest over two seconds; a VM that ballastd wrongly takes
 # for stalled is skipped for 30 s ([driver] stall_backoff), longer than this.
 SETTLE_S = 25
-MAX_KILL_DELAY = 1.5  # seconds after the answer; under TCG the balloons move for about 0.5-2 s
+MAX_KILL_DELAY = 0.8  # seconds after the answer; here the balloons move for about 0.3-1 s
 
 
 @pytest.fixture
