@@ -415,7 +415,10 @@ static void vm_observe(CtlVm *vm, uint64_t actual, usec_t now) {
                 if (vm->resume_target && vm->resume_target <= vm->spec.assigned)
                         t = vm->resume_target;
                 vm->target = vm->sent_target = t;
-                vm->sent_once = vm->resume_target != 0;
+                /* A decided target the VM is not at may never have reached the hypervisor (the
+                 * daemon died between storing the decision and sending it): send it again rather
+                 * than wait for a move that was never commanded and call the VM stalled. */
+                vm->sent_once = vm->resume_target != 0 && absdiff(actual, t) <= c->cfg.tolerance;
                 vm->progress_at = now;
                 vm->progress_actual = actual;
                 if (vm->last.reason == PLAN_REASON_UNREACHABLE)

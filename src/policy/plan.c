@@ -516,7 +516,6 @@ int plan_compute(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vm
          *         guest freed and free page reporting already returned gives nothing twice.
          * pending = what the host will still gain (or, for raises, lose) from commands in flight. */
         s128 pending = 0;
-        u128 fleet = 0;      /* Σ (assigned − e) over non-parked VMs: guest-side reclaim in effect */
         u128 returnable = 0; /* Σ max(rho − floor, 0) over the VMs reclaim may take from */
         size_t m1 = 0, m2 = 0, n_em = 0;
         uint32_t *idx = scratch->idx;
@@ -548,7 +547,6 @@ int plan_compute(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vm
                         cls[i] = VM_PARKED;
                         continue;
                 }
-                fleet += a - e;
                 cls[i] = VM_MOVABLE;
                 if (now < v->unparked_until)
                         d->reason = PLAN_REASON_PROTECTED, cls[i] = VM_FIXED;
