@@ -201,7 +201,11 @@ def test_cgroup_pressure_is_relieved_from_the_balloons(mem_cgroup, pool, daemons
               + (f"{decided * 1000:.0f} ms" if decided is not None else "no entry") +
               f"; available back >= {HIGH:.0%} after {t_relief - t_cross:.1f} s")
         assert seen <= 2.5, f"ballastd took {seen:.2f} s to change a target after the crossing"
-        assert "pressure" in mon.states or "critical" in mon.states, mon.states
+        # The state left healthy (the monitor's polls may all miss it when relief takes well under
+        # a second; the journal and the transition count do not).
+        entered = "pressure" in mon.states or "critical" in mon.states or \
+            any(e["state"] in ("pressure", "critical") for e in d.history() if parse_time(e["time"]) >= t_cross - 1.0)
+        assert entered and d.host()["transitions"] >= 1, (mon.states, d.host()["transitions"])
         low = min(mon.cg_samples, key=lambda x: x[1])
         print(f"lowest cgroup available: {low[1] / MiB:.0f} MiB ({low[1] / limit * 100:.1f}%) "
               f"{(low[0] - t_cross) * 1000:+.0f} ms from the crossing")
