@@ -216,11 +216,13 @@ class Monitor(threading.Thread):
 
     def deepest(self, before):
         """The sample where the fleet had given the most (targets summed), among those taken before
-        `before` where the QEMU VM was below its assigned size."""
+        `before` where the QEMU VM was below its assigned size; of those with the same targets, the
+        one where the balloons had moved the furthest (the first may catch them still moving)."""
         cands = [s for s in self.samples if s[0] < before and self.qemu_below(s[2])]
         if not cands:
             return None
-        return min(cands, key=lambda s: sum(s[2][n]["target_bytes"] for n in NAMES))
+        return min(cands, key=lambda s: (sum(s[2][n]["target_bytes"] for n in NAMES),
+                                         sum(s[2][n]["actual_bytes"] for n in NAMES)))
 
     def trace(self, limit, every=1.0):
         out, last = [], 0
