@@ -23,7 +23,7 @@
 #include "hv/firecracker.h"
 #define REST_VERSION "Firecracker "
 #endif
-#include "hv/http1.h"
+#include "shared/http1.h"
 #include "hv/hv.h"
 #include "shared/ev.h"
 #include "shared/unix-sock.h"

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "hv/http1.h"
+#include "shared/http1.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

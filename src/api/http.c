@@ -19,6 +19,7 @@
 
 #include <microhttpd.h>
 
+#include "shared/fs-util.h"
 #include "shared/log.h"
 #include "shared/macro.h"
 
@@ -1507,29 +1508,6 @@ static void http_on_timer(EvTimer *t, void *userdata) {
 
 /* --- listening sockets --- */
 
-/* Creates the missing directories above path, mode 0755 whatever the umask. */
-static int http_mkdir_parents(const char *path, char *err, size_t errlen) {
-        _cleanup_free_ char *p = strdup(path);
-        if (!p)
-                return -ENOMEM;
-        for (char *s = strchr(p + 1, '/'); s; s = strchr(s + 1, '/')) {
-                *s = 0;
-                if (mkdir(p, 0755) == 0) {
-                        if (chmod(p, 0755) < 0) {
-                                int r = negative_errno();
-                                snprintf(err, errlen, "cannot chmod '%s': %s", p, strerror(-r));
-                                return r;
-                        }
-                } else if (errno != EEXIST) {
-                        int r = negative_errno();
-                        snprintf(err, errlen, "cannot create directory '%s': %s", p, strerror(-r));
-                        return r;
-                }
-                *s = '/';
-        }
-        return 0;
-}
-
 static int http_listen_unix(HttpServer *s, const char *path, char *err, size_t errlen) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         size_t n = strlen(path);
@@ -1543,7 +1521,7 @@ static int http_listen_unix(HttpServer *s, const char *path, char *err, size_t e
         memcpy(sa.sun_path, path, n);
         socklen_t salen = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + n + 1);
 
-        r = http_mkdir_parents(path, err, errlen);
+        r = fs_mkdir_p(path, 0755, true, err, errlen); /* 0755 whatever the umask */
         if (r < 0)
                 return r;
 

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "cli/cli-util.h"
-#include "hv/http1.h"
+#include "shared/http1.h"
 #include "shared/log.h"
 
 const char *arg_api = NULL;
@@ -119,8 +119,8 @@ int ctl_api_request(const char *method, const char *path, json_t *body, json_t *
         Http1Response resp;
         char err[512] = "";
         /* http1 adds Host, Accept and (with a body) Content-Type: application/json. */
-        int r = http1_roundtrip_unix(sock, method, path, NULL, req, req_len, arg_api_timeout, CTL_API_BODY_MAX, &resp,
-                                     &buf, err, sizeof(err));
+        int r = http1_roundtrip_unix(sock, method, path, NULL, req, req_len, arg_api_timeout, API_BODY_MAX, &resp, &buf,
+                                     err, sizeof(err));
         if (r < 0)
                 return transport_error(sock, r, err);
         log_debug("HTTP %d, %zu bytes", resp.status, resp.body_len);

@@ -8,12 +8,11 @@
 #include <getopt.h>
 #include <jansson.h>
 
+#include "shared/api-call.h"
 #include "shared/time-util.h"
 
 #define CTL_API_SOCKET_DEFAULT  "/run/ballast/api.sock"
 #define CTL_API_TIMEOUT_DEFAULT (10 * USEC_PER_SEC)
-/* A history of 1000 entries over many VMs is large; the daemon is trusted not to send junk. */
-#define CTL_API_BODY_MAX        ((size_t) 64 << 20)
 
 /* The option lines every API command's --help ends with. */
 #define CTL_API_USAGE_OPTIONS                                                                                          \

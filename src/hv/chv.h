@@ -2,7 +2,7 @@
 #pragma once
 
 /* The Cloud Hypervisor driver (B1.4): the HvOps over Cloud Hypervisor's REST API socket
- * (--api-socket), one keep-alive HTTP/1.1 connection per VM (hv/http1.h).
+ * (--api-socket), one keep-alive HTTP/1.1 connection per VM (shared/http1.h).
  *
  * Conversions (docs/drivers.md): R = config.memory.size + Σ config.memory.zones[].size from
  * GET /api/v1/vm.info; a target of G guest bytes is sent as desired_balloon = R − G rounded down
@@ -16,7 +16,7 @@
 
 #include <sys/types.h>
 
-#include "hv/http1.h"
+#include "shared/http1.h"
 #include "hv/hv.h"
 
 typedef struct ChvConfig {

@@ -2,7 +2,7 @@
 #pragma once
 
 /* The Firecracker driver (B1.3): the HvOps over Firecracker's REST API socket (--api-sock), one
- * keep-alive HTTP/1.1 connection per VM (hv/http1.h). Guest bytes are converted to the balloon
+ * keep-alive HTTP/1.1 connection per VM (shared/http1.h). Guest bytes are converted to the balloon
  * size Firecracker takes (amount_mib = (mem_size_mib MiB - target) / MiB, rounded so the guest
  * keeps at least the target) and back (guest = mem_size_mib MiB - actual_pages * 4096).
  *
@@ -19,7 +19,7 @@
 
 #include <sys/types.h>
 
-#include "hv/http1.h"
+#include "shared/http1.h"
 #include "hv/hv.h"
 
 typedef struct FcConfig {

@@ -187,3 +187,36 @@ int fs_check_safe_parent(const char *path, uid_t uid, char *err, size_t errlen) 
         }
         return 0;
 }
+
+int fs_mkdir_p(const char *path, mode_t mode, bool parents_only, char *err, size_t errlen) {
+        char buf[PATH_MAX];
+        if (strscpy(buf, sizeof buf, path) >= sizeof buf) {
+                fs_seterr(err, errlen, "path too long: '%.64s…'", path);
+                return -ENAMETOOLONG;
+        }
+        size_t n = strlen(buf);
+        while (n > 1 && buf[n - 1] == '/')
+                buf[--n] = '\0';
+        for (char *p = buf + 1;; p++) {
+                bool end = *p == '\0';
+                if (!end && *p != '/')
+                        continue;
+                if (end && parents_only)
+                        return 0;
+                *p = '\0';
+                if (mkdir(buf, mode) == 0) {
+                        if (chmod(buf, mode) < 0) {
+                                int r = negative_errno();
+                                fs_seterr(err, errlen, "cannot chmod '%s': %s", buf, strerror(-r));
+                                return r;
+                        }
+                } else if (errno != EEXIST) {
+                        int r = negative_errno();
+                        fs_seterr(err, errlen, "cannot create directory '%s': %s", buf, strerror(-r));
+                        return r;
+                }
+                if (end)
+                        return 0;
+                *p = '/';
+        }
+}

@@ -4,6 +4,7 @@
 /* File-system helpers for directories that other users might try to subvert: removing a tree
  * without ever following a symbolic link, and checking that a directory is private to us. */
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -30,3 +31,10 @@ int fs_check_private_dir(const char *path, uid_t uid, char *err, size_t errlen);
  * (followed): owned by uid or root, and either not writable by group and others or sticky (as
  * /tmp). Returns 0 or a negative errno (-EPERM, or from stat) with `err` as above. */
 int fs_check_safe_parent(const char *path, uid_t uid, char *err, size_t errlen);
+
+/* Creates the directories of `path` that are missing, each with exactly `mode` (set again after
+ * mkdir(), so the umask does not narrow it); existing ones are left as they are. With
+ * parents_only, the last component is not created (the path of a socket or a file to come).
+ * Returns 0 or a negative errno, with a one-line explanation naming the directory in `err`
+ * (may be NULL). */
+int fs_mkdir_p(const char *path, mode_t mode, bool parents_only, char *err, size_t errlen);

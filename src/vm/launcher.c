@@ -72,23 +72,6 @@ int vm_socket_path(const char *name, const char *which, char *buf, size_t len) {
         return n < 0 || (size_t) n >= len ? -ENAMETOOLONG : 0;
 }
 
-/* Creates path and its missing parents with `mode`. */
-static int mkdir_p(const char *path, mode_t mode) {
-        char tmp[PATH_MAX];
-        if (strscpy(tmp, sizeof(tmp), path) >= sizeof(tmp))
-                return -ENAMETOOLONG;
-        for (char *p = tmp + 1; *p; p++)
-                if (*p == '/') {
-                        *p = '\0';
-                        if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-                                return negative_errno();
-                        *p = '/';
-                }
-        if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-                return negative_errno();
-        return 0;
-}
-
 /* Everything the launcher does in the run root (reading pid files, removing a VM's directory)
  * assumes that no other user can put anything there: a link at RUN_ROOT/NAME would otherwise
  * make 'vm stop NAME' act on a directory of that user's choosing. So the run root must be a real
@@ -116,6 +99,24 @@ static int run_root_check(const char *root, char *err, size_t errlen) {
                 r = fs_check_private_dir(root, geteuid(), why, sizeof(why));
         if (r < 0 && r != -ENOENT)
                 snprintf(err, errlen, "unsafe run directory: %s (set BALLAST_RUN_DIR to a directory of your own)", why);
+        return r;
+}
+
+int vm_run_root_prepare(char *buf, size_t len, char *err, size_t errlen) {
+        int r = vm_run_root(buf, len);
+        if (r < 0) {
+                snprintf(err, errlen, "run directory path too long");
+                return r;
+        }
+        /* A user's run root (and whatever of its path we create) is private: /tmp/ballast-UID is
+         * in a world-writable directory. root's /run/ballast stays readable as before. */
+        r = fs_mkdir_p(buf, geteuid() == 0 ? 0755 : 0700, false, err, errlen);
+        if (r < 0)
+                return r;
+        /* Checked after creating it: someone else may have made it first. */
+        r = run_root_check(buf, err, errlen);
+        if (r == -ENOENT)
+                snprintf(err, errlen, "run directory '%s' vanished while starting", buf);
         return r;
 }
 
@@ -539,20 +540,8 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
                          dir);
                 return -ENAMETOOLONG;
         }
-        /* A user's run root (and whatever of its path we create) is private: /tmp/ballast-UID is
-         * in a world-writable directory. root's /run/ballast stays readable as before. */
-        r = mkdir_p(root, geteuid() == 0 ? 0755 : 0700);
-        if (r < 0) {
-                snprintf(err, errlen, "cannot create '%s': %s", root, strerror(-r));
+        if ((r = vm_run_root_prepare(root, sizeof(root), err, errlen)) < 0)
                 return r;
-        }
-        /* Checked after creating it: someone else may have made it first. */
-        r = run_root_check(root, err, errlen);
-        if (r < 0) {
-                if (r == -ENOENT)
-                        snprintf(err, errlen, "run directory '%s' vanished while starting", root);
-                return r;
-        }
         if (mkdir(dir, 0700) < 0) {
                 if (errno != EEXIST) {
                         r = negative_errno();

@@ -57,6 +57,10 @@ void vm_spec_init(VmSpec *s);
 /* $BALLAST_RUN_DIR, else /run/ballast/vms for root, else $XDG_RUNTIME_DIR/ballast/vms, else
  * /tmp/ballast-UID/vms. */
 int vm_run_root(char *buf, size_t len);
+/* vm_run_root(), created when missing (mode 0755 for root, 0700 for others) and checked to be a
+ * directory of ours that no other user can write to or rename (see vm_start()). Returns 0 or a
+ * negative errno with a message in err. */
+int vm_run_root_prepare(char *buf, size_t len, char *err, size_t errlen);
 int vm_dir(const char *name, char *buf, size_t len);
 /* Socket path of a VM by name: "qmp", "qmp-ctl" or "agent". */
 int vm_socket_path(const char *name, const char *which, char *buf, size_t len);

@@ -150,7 +150,7 @@ static inline uint64_t rss_kib(void) {
 }
 
 #ifdef PEER_FIXTURE_HV
-#include "hv/http1.h"
+#include "shared/http1.h"
 #include "hv/hv.h"
 #include "shared/unix-sock.h"
 

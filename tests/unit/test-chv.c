@@ -26,7 +26,7 @@
 #include "../peers/chv-peer.c"
 
 #include "hv/chv.h"
-#include "hv/http1.h"
+#include "shared/http1.h"
 #include "hv/hv.h"
 #include "shared/ev.h"
 

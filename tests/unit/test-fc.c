@@ -26,7 +26,7 @@
 #include "../peers/fc-peer.c"
 
 #include "hv/firecracker.h"
-#include "hv/http1.h"
+#include "shared/http1.h"
 #include "hv/hv.h"
 #include "shared/ev.h"
 

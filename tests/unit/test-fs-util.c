@@ -250,11 +250,44 @@ static void test_check_safe_parent(void **state) {
         assert_non_null(strstr(f->err, "owned by uid"));
 }
 
+/* fs_mkdir_p: the missing directories get exactly the mode asked (not narrowed by the umask),
+ * existing ones keep theirs, parents_only leaves the last component, and a file in the way is an
+ * error naming it. */
+static void test_mkdir_p(void **state) {
+        Fx *f = *state;
+        char a[PATH_MAX], b[PATH_MAX];
+        struct stat st;
+        mode_t old = umask(077);
+        assert_int_equal(fs_mkdir_p(p(f, a, "x/y/z"), 0755, false, f->err, sizeof f->err), 0);
+        umask(old);
+        assert_int_equal(stat(p(f, b, "x"), &st), 0);
+        assert_int_equal(st.st_mode & 07777, 0755);
+        assert_int_equal(stat(a, &st), 0);
+        assert_true(S_ISDIR(st.st_mode));
+        assert_int_equal(st.st_mode & 07777, 0755);
+        /* Existing: untouched, and again 0. */
+        assert_int_equal(chmod(p(f, b, "x/y"), 0700), 0);
+        assert_int_equal(fs_mkdir_p(p(f, a, "x/y/z/"), 0755, false, f->err, sizeof f->err), 0);
+        assert_int_equal(stat(b, &st), 0);
+        assert_int_equal(st.st_mode & 07777, 0700);
+        /* parents_only: the socket's directory, not the socket. */
+        assert_int_equal(fs_mkdir_p(p(f, a, "s/t/api.sock"), 0750, true, f->err, sizeof f->err), 0);
+        assert_int_equal(stat(p(f, b, "s/t"), &st), 0);
+        assert_int_equal(st.st_mode & 07777, 0750);
+        assert_int_equal(lstat(a, &st), -1);
+        assert_int_equal(errno, ENOENT);
+        /* A file in the way. */
+        touch(p(f, b, "file"));
+        assert_int_equal(fs_mkdir_p(p(f, a, "file/sub"), 0755, false, f->err, sizeof f->err), -ENOTDIR);
+        assert_non_null(strstr(f->err, "file/sub"));
+}
+
 int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
         const struct CMUnitTest tests[] = {
                 T(test_rm_rf_tree),        T(test_rm_rf_top_is_symlink), T(test_rm_rf_at),
                 T(test_rm_rf_mount_point), T(test_check_private_dir),    T(test_check_safe_parent),
+                T(test_mkdir_p),
         };
 #undef T
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* src/hv/http1.c: the response parser on fixture responses (every valid one also split at every
+/* src/shared/http1.c: the response parser on fixture responses (every valid one also split at every
  * byte offset), the request formatter, the blocking round trip against scripted servers, and the
  * asynchronous client. The Firecracker and Cloud Hypervisor drivers are tested against their
  * protocol-faithful peers in tests/unit/test-fc.c and tests/unit/test-chv.c. */
@@ -23,7 +23,7 @@
 
 #include <cmocka.h>
 
-#include "hv/http1.h"
+#include "shared/http1.h"
 #include "shared/ev.h"
 #include "shared/macro.h"
 #include "shared/unix-sock.h"

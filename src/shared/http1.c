@@ -4,7 +4,7 @@
  * a blocking round trip and an asynchronous keep-alive client on the event loop. Responses are
  * untrusted input: every length is bounded and anything outside the small grammar we need is
  * refused rather than guessed at. */
-#include "hv/http1.h"
+#include "shared/http1.h"
 
 #include <errno.h>
 #include <inttypes.h>
