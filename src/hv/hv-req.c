@@ -9,8 +9,23 @@
 
 #include "shared/strutil.h"
 
-void hv_reqs_init(HvReqs *rs, Hv *hv, void (*release)(HvReq *r)) {
-        *rs = (HvReqs){ .hv = hv, .release = release };
+void hv_reqs_init(HvReqs *rs, Hv *hv, void (*release)(HvReq *r), void (*free_now)(Hv *hv)) {
+        *rs = (HvReqs){ .hv = hv, .release = release, .free_now = free_now };
+}
+
+void hv_reqs_enter(HvReqs *rs) {
+        rs->busy++;
+}
+
+void hv_reqs_leave(HvReqs *rs) {
+        if (--rs->busy == 0 && rs->dead)
+                rs->free_now(rs->hv);
+}
+
+void hv_reqs_kill(HvReqs *rs) {
+        rs->dead = true;
+        if (rs->busy == 0)
+                rs->free_now(rs->hv);
 }
 
 int hv_req_submit(HvReqs *rs, size_t size, HvOp op, uint64_t arg, usec_t timeout, hv_reply_cb cb, void *userdata,

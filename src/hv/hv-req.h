@@ -37,10 +37,22 @@ struct HvReqs {
          * the request itself; NULL when there is none. */
         void (*release)(HvReq *r);
         bool dead; /* the driver was freed: no callback runs any more */
+        /* A driver freed from inside one of its own callbacks (the callee frees it) is freed
+         * when the outermost of its callbacks returns: busy counts them (hv_reqs_enter/leave). */
+        unsigned busy;
+        void (*free_now)(Hv *hv);
 };
 
-/* An empty set of requests for the driver hv; release as in HvReqs. */
-void hv_reqs_init(HvReqs *rs, Hv *hv, void (*release)(HvReq *r));
+/* An empty set of requests for the driver hv; release and free_now as in HvReqs. */
+void hv_reqs_init(HvReqs *rs, Hv *hv, void (*release)(HvReq *r), void (*free_now)(Hv *hv));
+
+/* Around each callback of the driver from the loop: a free meanwhile waits for the leave. */
+void hv_reqs_enter(HvReqs *rs);
+void hv_reqs_leave(HvReqs *rs);
+
+/* The driver's free (HvOps.free): no callback runs any more; free_now runs now, or when the
+ * callback the driver is in returns. */
+void hv_reqs_kill(HvReqs *rs);
 
 /* Allocates a request of size bytes (the driver's struct, which starts with an HvReq; zeroed
  * beyond it), links it and adds its timer at 0 with start (userdata: the request). Returns 0 and

@@ -82,7 +82,6 @@ struct Qmp {
         HvReqs reqs;
         char version[64];
 
-        unsigned busy;
         QmpCounters counters;
         uint64_t old_conn_yields; /* read yields of connections already closed */
         usec_t event_credit;      /* token bucket of the event rate, in usec of refill time */
@@ -97,15 +96,12 @@ static Qmp *qmp_of(Hv *hv) {
         return (Qmp *) hv;
 }
 
-static void qmp_free_now(Qmp *q);
-
 static void qmp_enter(Qmp *q) {
-        q->busy++;
+        hv_reqs_enter(&q->reqs);
 }
 
 static void qmp_leave(Qmp *q) {
-        if (--q->busy == 0 && q->reqs.dead)
-                qmp_free_now(q);
+        hv_reqs_leave(&q->reqs);
 }
 
 static void cmd_free(QmpCmd *c) {
@@ -677,7 +673,8 @@ static void qmp_cancel(Hv *hv, void *userdata) {
         hv_reqs_cancel(&qmp_of(hv)->reqs, userdata);
 }
 
-static void qmp_free_now(Qmp *q) {
+static void qmp_free_now(Hv *hv) {
+        Qmp *q = qmp_of(hv);
         hv_reqs_clear(&q->reqs);
         while (q->cmds) {
                 QmpCmd *c = q->cmds;
@@ -691,10 +688,7 @@ static void qmp_free_now(Qmp *q) {
 }
 
 static void qmp_free(Hv *hv) {
-        Qmp *q = qmp_of(hv);
-        q->reqs.dead = true;
-        if (q->busy == 0)
-                qmp_free_now(q);
+        hv_reqs_kill(&qmp_of(hv)->reqs);
 }
 
 static void qmp_counters(Hv *hv, HvCounters *ret) {
@@ -726,7 +720,7 @@ int qmp_hv_new(Ev *ev, const QmpConfig *cfg, Hv **ret) {
                 return -ENOMEM;
         q->hv.ops = &qmp_ops;
         q->hv.ev = ev;
-        hv_reqs_init(&q->reqs, &q->hv, req_release);
+        hv_reqs_init(&q->reqs, &q->hv, req_release, qmp_free_now);
         q->expected_uid = cfg->expected_uid;
         q->event_credit = QMP_EVENT_CREDIT;
         q->event_credit_at = ev_now(ev);
@@ -736,7 +730,7 @@ int qmp_hv_new(Ev *ev, const QmpConfig *cfg, Hv **ret) {
                 q->balloon_path_fixed = true;
         }
         if (!q->path || (cfg->balloon_qom_path && !q->balloon_path)) {
-                qmp_free_now(q);
+                qmp_free_now(&q->hv);
                 return -ENOMEM;
         }
         *ret = &q->hv;
