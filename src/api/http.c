@@ -1160,7 +1160,7 @@ static void http_conn_handoff(HttpConn *c) {
         enum MHD_Result r = MHD_add_connection(l->daemon, c->mhd_fd, (struct sockaddr *) &c->addr, c->addr_len);
         s->adding = NULL;
         if (r != MHD_YES)
-                log_debug("http: MHD_add_connection() failed: %m");
+                log_debug_errno(errno, "http: MHD_add_connection() failed: %m");
         if (s->adding_closed || (r != MHD_YES && !c->started))
                 http_conn_free(c);
         http_server_kick(s);

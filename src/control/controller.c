@@ -300,8 +300,8 @@ static int ctl_open_pressure(Controller *c, char *err, size_t errlen) {
                                 uint64_t t = c->sample.total - c->sample.total / PLAN_PERMYRIAD * pmy[i];
                                 int tfd = cgroup1_threshold_open(c->cgroup_dir, t);
                                 if (tfd < 0) {
-                                        log_warning("Cannot register a usage threshold on %s: %s, ignoring",
-                                                    c->cgroup_dir, strerror(-tfd));
+                                        log_warning_errno(tfd, "Cannot register a usage threshold on %s: %m, ignoring",
+                                                          c->cgroup_dir);
                                         break;
                                 }
                                 c->pressure_fds[1 + i] = tfd;
@@ -332,8 +332,8 @@ static int ctl_open_pressure(Controller *c, char *err, size_t errlen) {
                 snprintf(err, errlen, "no PSI trigger could be registered for the scope (%s)", strerror(-fd));
                 return fd;
         }
-        log_warning("No PSI trigger for the scope (%s): pressure is sampled every %llu ms only, continuing",
-                    strerror(-fd), (unsigned long long) (c->cfg.sample_interval / USEC_PER_MSEC));
+        log_warning_errno(fd, "No PSI trigger for the scope (%m): pressure is sampled every %llu ms only, continuing",
+                          (unsigned long long) (c->cfg.sample_interval / USEC_PER_MSEC));
         return 0;
 }
 
@@ -722,8 +722,8 @@ static void vm_read_rss(CtlVm *vm, usec_t now, bool active) {
                 c->ram_budget--;
                 int r = vmmem_read_ram("", vm->hv->peer_pid, vm->spec.assigned, &ram);
                 if (r < 0 && (vm->ram_known || vm->next_ram == 0))
-                        log_debug("VM %s: guest RAM not found in smaps (%s); planning on its size", vm->spec.id,
-                                  strerror(-r));
+                        log_debug_errno(r, "VM %s: guest RAM not found in smaps (%m); planning on its size",
+                                        vm->spec.id);
                 vm->next_ram = now + (r >= 0 && active ? 60 : 600) * USEC_PER_SEC;
                 vm->ram_known = r >= 0;
                 if (r >= 0)
@@ -993,7 +993,7 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
         int r = ctl_run_plan(c, &c->hold, now, &res);
         if (r < 0) {
                 if (r != -ENODATA)
-                        log_warning("Plan failed: %s, keeping every target", strerror(-r));
+                        log_warning_errno(r, "Plan failed: %m, keeping every target");
                 c->plans_failed++;
                 for (size_t i = 0; i < c->n_vms; i++)
                         vm_poll(c->vms[i], now);

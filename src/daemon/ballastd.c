@@ -106,7 +106,7 @@ int main(int argc, char **argv) {
         if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
                 rl.rlim_cur = rl.rlim_max;
                 if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-                        log_warning("Failed to raise the open file limit: %m, ignoring");
+                        log_warning_errno(errno, "Failed to raise the open file limit: %m, ignoring");
         }
 
         Manager *m = NULL;
@@ -123,7 +123,7 @@ int main(int argc, char **argv) {
         m->config_path = path;
         r = service_start(m);
         if (r < 0) {
-                log_error("Failed to start the service manager's timer: %s", strerror(-r));
+                log_error_errno(r, "Failed to start the service manager's timer: %m");
                 manager_free(m);
                 config_done(&cfg);
                 return 1;

@@ -102,7 +102,7 @@ static void service_notify_status(Manager *m, const char *prefix) {
                 snprintf(msg, sizeof msg, "%s", prefix);
         int r = sd_notify(0, msg);
         if (r < 0)
-                log_warning("Failed to notify the service manager: %s, ignoring", strerror(-r));
+                log_warning_errno(r, "Failed to notify the service manager: %m, ignoring");
         else
                 memcpy(m->service_status_sent, status, strlen(status) + 1);
 }
@@ -125,7 +125,7 @@ int service_start(Manager *m) {
         uint64_t wd = 0;
         int r = sd_watchdog_enabled(0, &wd);
         if (r < 0)
-                log_warning("Invalid watchdog settings from the service manager: %s, ignoring", strerror(-r));
+                log_warning_errno(r, "Invalid watchdog settings from the service manager: %m, ignoring");
         m->watchdog_usec = r > 0 ? wd : 0;
         service_notify_status(m, "READY=1");
         r = ev_timer_add(m->ev, usec_add(now_mono(), service_interval(m)), on_service_timer, m, &m->service_timer);
