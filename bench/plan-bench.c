@@ -12,8 +12,7 @@
 #include <time.h>
 
 #include "policy/plan.h"
-
-#define MiB (UINT64_C(1) << 20)
+#include "shared/macro.h"
 
 static usec_t mono_usec(void) {
         struct timespec ts;

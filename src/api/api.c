@@ -16,8 +16,6 @@
 #include "shared/strutil.h"
 #include "store/store.h"
 
-#define MiB (UINT64_C(1) << 20)
-
 /* ---- strict body parsing (pure) ---- */
 
 typedef struct Field {

@@ -14,8 +14,6 @@
 #include "shared/strutil.h"
 #include "sense/vm-mem.h"
 
-#define MiB                    (UINT64_C(1) << 20)
-
 /* A park never takes a guest closer than this to its non-reclaimable use (when its statistics are
  * fresh). Smaller than the plan's guest_margin: parking is asked for, and an idle guest (30-50 MiB
  * of use) must still reach the 128 MiB park size. */

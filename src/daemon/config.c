@@ -26,11 +26,6 @@
  * the line ending, and never more than inih's fixed buffer holds. */
 _Static_assert(CONFIG_LINE_MAX + 2 <= INI_MAX_LINE, "a line and its \"\\n\\0\" must fit inih's buffer");
 
-#define KiB           (UINT64_C(1) << 10)
-#define MiB           (UINT64_C(1) << 20)
-#define GiB           (UINT64_C(1) << 30)
-#define TiB           (UINT64_C(1) << 40)
-
 #define USEC_PER_MIN  (60 * USEC_PER_SEC)
 #define USEC_PER_HOUR (60 * USEC_PER_MIN)
 

@@ -24,8 +24,6 @@
 #include "shared/strutil.h"
 #include "shared/unix-sock.h"
 
-#define MiB (UINT64_C(1) << 20)
-
 uint64_t manager_mono_to_rt(usec_t mono) {
         usec_t now = now_mono(), rt = now_usec(CLOCK_REALTIME);
         return mono >= now ? rt + (mono - now) : rt - MIN(rt, now - mono);

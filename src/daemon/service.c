@@ -18,7 +18,6 @@
 #include "shared/log.h"
 #include "shared/macro.h"
 
-#define MiB             (UINT64_C(1) << 20)
 /* STATUS= is refreshed at least this often even without a watchdog: `systemctl status` shows it. */
 #define STATUS_INTERVAL (10 * USEC_PER_SEC)
 

@@ -17,7 +17,6 @@
 #include "shared/strutil.h"
 #include "shared/unix-sock.h"
 
-#define MiB                ((uint64_t) 1 << 20)
 #define FC_PAGE            ((uint64_t) 4096)
 #define FC_STATS_GUEST_MAX 16
 #define FC_BODY_DEFAULT    ((size_t) 64 << 10) /* Firecracker's answers are well under 1 KiB */

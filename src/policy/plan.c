@@ -9,9 +9,6 @@
 typedef unsigned __int128 u128;
 typedef __int128 s128;
 
-#define MiB (UINT64_C(1) << 20)
-#define GiB (UINT64_C(1) << 30)
-
 struct PlanScratch {
         size_t capacity;
         uint32_t *idx, *tidx;

@@ -12,8 +12,6 @@
 #include "sense/sense.h"
 #include "shared/macro.h"
 
-#define MiB                (UINT64_C(1) << 20)
-
 #define VMMEM_MAPPINGS_MAX 16 /* candidates kept; guest memory is one to a few regions */
 
 /* "Key:   123 kB" at the start of line → bytes. */

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -16,6 +17,12 @@
 #define MIN(a, b)        ((a) < (b) ? (a) : (b))
 #define MAX(a, b)        ((a) > (b) ? (a) : (b))
 #define CLAMP(x, lo, hi) ((x) < (lo) ? (lo) : (x) > (hi) ? (hi) : (x))
+
+/* Sizes in bytes, as uint64_t. */
+#define KiB              (UINT64_C(1) << 10)
+#define MiB              (UINT64_C(1) << 20)
+#define GiB              (UINT64_C(1) << 30)
+#define TiB              (UINT64_C(1) << 40)
 
 /* Move ownership out of a variable that has a cleanup attribute. */
 #define TAKE_PTR(p)                                                                                                    \

@@ -56,8 +56,6 @@
 #include "shared/strutil.h"
 #include "shared/unix-sock.h"
 
-#define MiB           ((uint64_t) 1 << 20)
-#define GiB           ((uint64_t) 1 << 30)
 #define SEC           USEC_PER_SEC
 #define MS            USEC_PER_MSEC
 

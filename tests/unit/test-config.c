@@ -24,8 +24,6 @@
 #include "shared/log.h"
 #include "shared/macro.h"
 
-#define MiB (UINT64_C(1) << 20)
-
 static char *source_path(const char *rel) {
         const char *src = getenv("BALLAST_SOURCEDIR");
         char *p;

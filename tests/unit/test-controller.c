@@ -26,9 +26,7 @@
 #include "control/controller.h"
 #include "hv/qmp.h"
 #include "shared/ev.h"
-
-#define MiB (UINT64_C(1) << 20)
-#define GiB (UINT64_C(1) << 30)
+#include "shared/macro.h"
 
 typedef struct Fixture {
         char dir[64];

@@ -32,9 +32,8 @@
 
 #define PEER_FIXTURE_HV
 #include "peer-fixture.h"
+#include "shared/macro.h"
 
-#define MiB    (UINT64_C(1) << 20)
-#define GiB    (UINT64_C(1) << 30)
 #define NOBODY ((uid_t) 65534)
 
 static int setup(void **state) {

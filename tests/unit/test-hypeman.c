@@ -14,8 +14,7 @@
 
 #include "api/api.h"
 #include "api/hypeman.h"
-
-#define MiB (UINT64_C(1) << 20)
+#include "shared/macro.h"
 
 static void check_dur(const char *s, int expect_r, usec_t expect_usec, bool expect_neg) {
         usec_t v = 4242;

@@ -14,9 +14,8 @@
 #include <cmocka.h>
 
 #include "policy/plan.h"
+#include "shared/macro.h"
 
-#define MiB (UINT64_C(1) << 20)
-#define GiB (UINT64_C(1) << 30)
 #define SEC USEC_PER_SEC
 #define NOW (1000 * SEC)
 

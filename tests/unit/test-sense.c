@@ -14,8 +14,7 @@
 
 #include "sense/sense.h"
 #include "sense/vm-mem.h"
-
-#define MiB (UINT64_C(1) << 20)
+#include "shared/macro.h"
 
 static const char meminfo[] = "MemTotal:       24578936 kB\n"
                               "MemFree:        23975564 kB\n"

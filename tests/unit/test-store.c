@@ -31,8 +31,6 @@
 #include "shared/macro.h"
 #include "store/store.h"
 
-#define MiB (UINT64_C(1) << 20)
-#define GiB (UINT64_C(1) << 30)
 #define P62 (UINT64_C(1) << 62)
 #define P63 (UINT64_C(1) << 63)
 

@@ -15,11 +15,6 @@
 #include "shared/macro.h"
 #include "shared/strutil.h"
 
-#define KiB (UINT64_C(1) << 10)
-#define MiB (UINT64_C(1) << 20)
-#define GiB (UINT64_C(1) << 30)
-#define TiB (UINT64_C(1) << 40)
-
 static void check_size(const char *s, int expect_r, uint64_t expect_v) {
         uint64_t v = UINT64_C(0xdeadbeef);
         int r = parse_size(s, &v);
