@@ -476,11 +476,238 @@ static u128 plan_take(Fill *f, PlanScratch *s, uint32_t *idx, size_t m1, size_t 
         return placed;
 }
 
+/* One plan's working state, shared by its passes (plan_compute() below runs them in order). */
+typedef struct Pass {
+        const PlanInput *in;
+        const PlanConfig *c;
+        PlanScratch *scratch;
+        PlanDecision *out;
+        size_t n;
+        usec_t now;
+        PlanState state;
+        bool critical;
+        uint64_t avail; /* MIN(available, total) */
+        uint64_t *lo, *hi, *val, *rho;
+        uint8_t *cls;
+        uint32_t *idx;  /* tier 1 (m1), then tier 2 (m2) */
+        uint32_t *idx2; /* tier 2 while classifying; guest emergencies from its end (n_em) */
+        size_t m1, m2, n_em;
+        s128 pending;    /* what the host will still gain (or, for raises, lose) from commands in flight */
+        u128 returnable; /* Σ max(rho − floor, 0) over the VMs reclaim may take from */
+        s128 need;       /* host bytes that bring available to the high watermark, less pending */
+        u128 em_cost;    /* what the guest emergencies' raises cost */
+        s128 take;       /* the automatic part: > 0 taken, < 0 may be given back */
+        uint64_t host_shortfall, hold;
+        u128 automatic, requested, hold_shortfall;
+        bool hold_dominates;
+} Pass;
+
+/* Pass 1: classes, floors and the host-side accounting. For each VM:
+ *   e   = its guest size once what is in flight lands (target, else actual);
+ *   R   = its host-resident guest memory (the caller's measure; actual when unknown);
+ *   rho = min(R, e): what stays resident once the command in flight lands. Shrinking the
+ *         guest from e to t returns max(rho − t, 0) to the host, not e − t: memory the
+ *         guest freed and free page reporting already returned gives nothing twice. */
+static void pass_classify(Pass *p) {
+        const PlanConfig *c = p->c;
+        size_t n = p->n;
+        for (size_t i = 0; i < n; i++) {
+                const PlanVm *v = p->in->vms + i;
+                PlanDecision *d = p->out + i;
+                uint64_t a = v->assigned, t = MIN(v->target, a), x = MIN(v->actual, a);
+                bool stalled = p->now < v->stalled_until;
+                uint64_t e = v->in_flight && !stalled ? t : x;
+                uint64_t res_now = v->resident ? MIN(v->resident, a) : x;
+
+                p->rho[i] = MIN(res_now, e);
+                if (e <= x)
+                        p->pending += (s128) MIN(res_now, x) - (s128) p->rho[i];
+                else
+                        p->pending -= (s128) (e - x);
+
+                /* In critical a quarter of the guest margin holds: the host is about to OOM-kill
+                 * a whole VM, and a guest that swaps some idle memory into its zram costs less. */
+                uint64_t f = MAX(MIN(v->floor, a), mul_pmy_ceil(a, p->critical ? c->hard_floor_pmy : c->floor_pmy));
+                if (v->guest_fresh)
+                        f = MAX(f, MIN(sat_add(v->guest_used, p->critical ? c->guest_margin / 4 : c->guest_margin), a));
+
+                *d = (PlanDecision){ .target = t, .desired = t, .floor = f, .reason = PLAN_REASON_UNCHANGED };
+                if (v->parked) {
+                        d->reason = PLAN_REASON_PARKED;
+                        p->cls[i] = VM_PARKED;
+                        continue;
+                }
+                p->cls[i] = VM_MOVABLE;
+                if (p->now < v->unparked_until)
+                        d->reason = PLAN_REASON_PROTECTED, p->cls[i] = VM_FIXED;
+                else if (stalled) {
+                        d->reason = PLAN_REASON_STALLED, p->cls[i] = VM_FIXED;
+                        d->target = d->desired = x;
+                        d->dir = x < t ? -1 : x > t ? 1 : 0;
+                } else if (v->guest_pressure && !p->critical) {
+                        d->reason = PLAN_REASON_GUEST_PRESSURE, p->cls[i] = VM_FIXED;
+                        p->idx2[n - 1 - p->n_em++] = (uint32_t) i; /* raised below, within what the host can give */
+                } else if (v->guest_pressure)
+                        p->cls[i] = VM_MOVABLE_LAST;
+                if (p->cls[i] == VM_FIXED)
+                        continue;
+                p->lo[i] = f;
+                p->hi[i] = MAX(p->rho[i], f);
+                d->returnable = p->hi[i] - f;
+                p->returnable += p->hi[i] - f;
+                if (p->cls[i] == VM_MOVABLE)
+                        p->idx[p->m1++] = (uint32_t) i;
+                else
+                        p->idx2[p->m2++] = (uint32_t) i;
+        }
+        memmove(p->idx + p->m1, p->idx2, p->m2 * sizeof(*p->idx));
+}
+
+/* Guest emergencies: a guest under pressure gets its memory back at once, but never more than the
+ * host can give: what is above the low watermark, plus what the other VMs can really return
+ * (taken from them in this same plan). Several emergencies at once must not push the host from
+ * pressure into critical. */
+static void pass_emergencies(Pass *p) {
+        const PlanHost *host = &p->in->host;
+        s128 room = (s128) p->avail + p->pending - (s128) mul_pmy_ceil(host->total, p->c->low_pmy);
+        u128 em_budget = (room > 0 ? (u128) room : 0) + p->returnable;
+        for (size_t k = 0; k < p->n_em; k++) {
+                uint32_t i = p->idx2[p->n - 1 - k];
+                const PlanVm *v = p->in->vms + i;
+                PlanDecision *d = p->out + i;
+                uint64_t a = v->assigned, t = MIN(v->target, a);
+                uint64_t raise = (uint64_t) MIN((u128) (a - t), em_budget - p->em_cost);
+                d->target = d->desired = t + raise;
+                d->dir = raise ? 1 : 0;
+                p->em_cost += raise;
+        }
+}
+
+/* The automatic part, in the state's mode:
+ *  - pressure / critical: take `need` (plus what emergencies cost) in host bytes, from the VMs
+ *    whose shrinking returns the most; a VM that would return nothing is not asked; nothing is
+ *    given back (the reclaim in effect is frozen);
+ *  - healthy: give back only the slack above the high watermark (less what emergencies take), to
+ *    the VMs with the most reclaimed first; nothing is taken, except to pay for an emergency.
+ *    Between the watermarks nothing moves. */
+static void pass_automatic(Pass *p, Fill *fill) {
+        size_t m = p->m1 + p->m2;
+        p->take = p->state == PLAN_STATE_HEALTHY ? (s128) p->em_cost - (p->need < 0 ? -p->need : 0)
+                                                 : p->need + (s128) p->em_cost;
+        u128 placed = 0;
+        for (size_t k = 0; k < m; k++)
+                p->val[p->idx[k]] = p->hi[p->idx[k]];
+        if (p->take > 0)
+                placed = plan_take(fill, p->scratch, p->idx, p->m1, p->m2, (u128) p->take);
+        for (size_t k = 0; k < m; k++) {
+                uint32_t i = p->idx[k];
+                PlanDecision *d = p->out + i;
+                uint64_t t = d->target;
+                /* Keeps all it can return: stays where it is (never raised here). */
+                d->desired = p->val[i] < p->rho[i] ? MIN(p->val[i], t) : t;
+                if (d->desired < d->floor)
+                        d->desired = d->floor; /* a VM below its floor is raised to it */
+        }
+        p->host_shortfall = p->take > 0 ? u128_to_u64_sat((u128) p->take - placed) : 0;
+}
+
+/* Give back (healthy, slack above the high watermark): what stays reclaimed is water-filled over
+ * each VM's reclaim, so the most-reclaimed get back first; a hold keeps its bytes reclaimed. */
+static void pass_give_back(Pass *p, Fill *fill) {
+        if (p->state != PLAN_STATE_HEALTHY || p->take >= 0 || p->m1 == 0)
+                return;
+        const PlanVm *vms = p->in->vms;
+        u128 give = (u128) -p->take, rec = 0, held = 0;
+        for (size_t i = 0; i < p->n; i++)
+                if (p->cls[i] != VM_PARKED)
+                        held += vms[i].assigned - p->out[i].desired;
+        give = held > p->hold ? MIN(give, held - p->hold) : 0;
+        for (size_t k = 0; k < p->m1; k++) {
+                uint32_t i = p->idx[k];
+                p->lo[i] = 0;
+                p->hi[i] = vms[i].assigned - p->out[i].desired;
+                rec += p->hi[i];
+        }
+        give = MIN(give, rec);
+        if (give == 0)
+                return;
+        fill_tier(fill, p->scratch, p->idx, p->scratch->key, p->m1, rec - give, rec);
+        for (size_t k = 0; k < p->m1; k++) {
+                uint32_t i = p->idx[k];
+                p->out[i].desired = MAX(vms[i].assigned - p->val[i], p->out[i].floor);
+        }
+}
+
+/* Holds: at least `hold` bytes stay reclaimed (guest side, non-parked VMs). The larger of the
+ * automatic reclaim and the hold wins; they never add up. */
+static void pass_hold(Pass *p, Fill *fill) {
+        size_t m = p->m1 + p->m2;
+        p->automatic = p->host_shortfall; /* what pressure asks: what it got, and what the floors refused */
+        for (size_t i = 0; i < p->n; i++)
+                if (p->cls[i] != VM_PARKED)
+                        p->automatic += p->in->vms[i].assigned - p->out[i].desired;
+        if (p->hold > p->automatic && m > 0) {
+                u128 deficit = p->hold - p->automatic;
+                for (size_t k = 0; k < m; k++) {
+                        uint32_t i = p->idx[k];
+                        p->lo[i] = p->out[i].floor;
+                        p->hi[i] = MAX(p->out[i].desired, p->out[i].floor);
+                }
+                u128 got = plan_take(fill, p->scratch, p->idx, p->m1, p->m2, deficit);
+                for (size_t k = 0; k < m; k++)
+                        p->out[p->idx[k]].desired = p->val[p->idx[k]];
+                p->hold_shortfall = deficit - got;
+                p->hold_dominates = got > 0;
+        } else if (p->hold > p->automatic)
+                p->hold_shortfall = p->hold - p->automatic;
+        p->requested = MAX(p->automatic, (u128) p->hold);
+}
+
+/* B5.5: shaping each target toward its desired size, and the totals. */
+static void pass_shape(Pass *p, PlanResult *res) {
+        Shape sh = {
+                .c = p->c,
+                .now = p->now,
+                .critical = p->critical,
+                .pressure = p->state != PLAN_STATE_HEALTHY,
+                .hold_active = p->hold > 0,
+                .hold_dominates = p->hold_dominates,
+                .want_more = p->host_shortfall > 0 || p->hold_shortfall > 0,
+        };
+        u128 planned = 0, desired = 0, expected = 0;
+        for (size_t i = 0; i < p->n; i++) {
+                const PlanVm *v = p->in->vms + i;
+                PlanDecision *d = p->out + i;
+                if (p->cls[i] == VM_PARKED)
+                        continue;
+                if (p->cls[i] != VM_FIXED) {
+                        bool no_gain = sh.pressure && d->desired == d->target && d->returnable == 0 &&
+                                       d->target > d->floor && p->rho[i] < d->target;
+                        plan_shape(&sh, v, d);
+                        if (no_gain && d->reason == PLAN_REASON_UNCHANGED)
+                                d->reason = PLAN_REASON_NO_GAIN;
+                }
+                d->gain = p->rho[i] > d->target ? p->rho[i] - d->target : 0;
+                expected += d->gain;
+                desired += v->assigned - d->desired;
+                planned += v->assigned - d->target;
+        }
+        res->automatic = u128_to_u64_sat(p->automatic);
+        res->hold = p->hold;
+        res->requested = u128_to_u64_sat(p->requested);
+        res->desired = u128_to_u64_sat(desired);
+        res->planned = u128_to_u64_sat(planned);
+        res->shortfall = u128_to_u64_sat(p->requested > desired ? p->requested - desired : 0);
+        res->pending = s128_to_s64_sat(p->pending);
+        res->need = s128_to_s64_sat(p->need + p->pending);
+        res->expected = u128_to_u64_sat(expected);
+        res->returnable = u128_to_u64_sat(p->returnable);
+        res->emergency = u128_to_u64_sat(p->em_cost);
+}
+
 int plan_compute(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vms, PlanResult *ret) {
         PlanScratch *own = NULL;
-        int r;
-
-        r = plan_validate(in, scratch, ret_vms, ret);
+        int r = plan_validate(in, scratch, ret_vms, ret);
         if (r < 0)
                 return r;
         if (!scratch) {
@@ -491,218 +718,41 @@ int plan_compute(const PlanInput *in, PlanScratch *scratch, PlanDecision *ret_vm
 
         const PlanConfig *c = in->config;
         const PlanHost *host = &in->host;
-        const usec_t now = in->now;
-        const size_t n = in->n_vms;
-        PlanDecision *out = ret_vms;
         PlanResult res = { .requested = 0 };
-        uint64_t *lo = scratch->lo, *hi = scratch->hi, *val = scratch->val, *rho = scratch->rho;
-        uint8_t *cls = scratch->cls;
-
         PlanState prev = in->ctl.state >= 0 && in->ctl.state < _PLAN_STATE_MAX ? in->ctl.state : PLAN_STATE_HEALTHY;
         PlanState state = plan_next_state(c, host, prev);
         res.ctl.state = state;
-        res.ctl.since = state == in->ctl.state ? in->ctl.since : now;
-        bool critical = state == PLAN_STATE_CRITICAL;
-        uint64_t avail = MIN(host->available, host->total);
+        res.ctl.since = state == in->ctl.state ? in->ctl.since : in->now;
 
-        /* Pass 1: classes, floors and the host-side accounting. For each VM:
-         *   e   = its guest size once what is in flight lands (target, else actual);
-         *   R   = its host-resident guest memory (the caller's measure; actual when unknown);
-         *   rho = min(R, e): what stays resident once the command in flight lands. Shrinking the
-         *         guest from e to t returns max(rho − t, 0) to the host, not e − t: memory the
-         *         guest freed and free page reporting already returned gives nothing twice.
-         * pending = what the host will still gain (or, for raises, lose) from commands in flight. */
-        s128 pending = 0;
-        u128 returnable = 0; /* Σ max(rho − floor, 0) over the VMs reclaim may take from */
-        size_t m1 = 0, m2 = 0, n_em = 0;
-        uint32_t *idx = scratch->idx;
-        uint32_t *idx2 = scratch->tidx; /* tier 2, moved after tier 1 below */
-
-        for (size_t i = 0; i < n; i++) {
-                const PlanVm *v = in->vms + i;
-                PlanDecision *d = out + i;
-                uint64_t a = v->assigned, t = MIN(v->target, a), x = MIN(v->actual, a);
-                bool stalled = now < v->stalled_until;
-                uint64_t e = v->in_flight && !stalled ? t : x;
-                uint64_t res_now = v->resident ? MIN(v->resident, a) : x;
-
-                rho[i] = MIN(res_now, e);
-                if (e <= x)
-                        pending += (s128) MIN(res_now, x) - (s128) rho[i];
-                else
-                        pending -= (s128) (e - x);
-
-                /* In critical a quarter of the guest margin holds: the host is about to OOM-kill
-                 * a whole VM, and a guest that swaps some idle memory into its zram costs less. */
-                uint64_t f = MAX(MIN(v->floor, a), mul_pmy_ceil(a, critical ? c->hard_floor_pmy : c->floor_pmy));
-                if (v->guest_fresh)
-                        f = MAX(f, MIN(sat_add(v->guest_used, critical ? c->guest_margin / 4 : c->guest_margin), a));
-
-                *d = (PlanDecision){ .target = t, .desired = t, .floor = f, .reason = PLAN_REASON_UNCHANGED };
-                if (v->parked) {
-                        d->reason = PLAN_REASON_PARKED;
-                        cls[i] = VM_PARKED;
-                        continue;
-                }
-                cls[i] = VM_MOVABLE;
-                if (now < v->unparked_until)
-                        d->reason = PLAN_REASON_PROTECTED, cls[i] = VM_FIXED;
-                else if (stalled) {
-                        d->reason = PLAN_REASON_STALLED, cls[i] = VM_FIXED;
-                        d->target = d->desired = x;
-                        d->dir = x < t ? -1 : x > t ? 1 : 0;
-                } else if (v->guest_pressure && !critical) {
-                        d->reason = PLAN_REASON_GUEST_PRESSURE, cls[i] = VM_FIXED;
-                        idx2[n - 1 - n_em++] = (uint32_t) i; /* raised below, within what the host can give */
-                } else if (v->guest_pressure)
-                        cls[i] = VM_MOVABLE_LAST;
-                if (cls[i] == VM_FIXED)
-                        continue;
-                lo[i] = f;
-                hi[i] = MAX(rho[i], f);
-                d->returnable = hi[i] - f;
-                returnable += hi[i] - f;
-                if (cls[i] == VM_MOVABLE)
-                        idx[m1++] = (uint32_t) i;
-                else
-                        idx2[m2++] = (uint32_t) i;
-        }
-        memmove(idx + m1, idx2, m2 * sizeof(*idx));
-
-        /* need: host bytes that bring available to the high watermark, less what is in flight. */
-        s128 need = (s128) mul_pmy_ceil(host->total, c->high_pmy) - (s128) avail - pending;
-
-        /* Guest emergencies: a guest under pressure gets its memory back at once, but never more
-         * than the host can give: what is above the low watermark, plus what the other VMs can
-         * really return (taken from them in this same plan). Several emergencies at once must not
-         * push the host from pressure into critical. */
-        s128 room = (s128) avail + pending - (s128) mul_pmy_ceil(host->total, c->low_pmy);
-        u128 em_budget = (room > 0 ? (u128) room : 0) + returnable, em_cost = 0;
-        for (size_t k = 0; k < n_em; k++) {
-                uint32_t i = idx2[n - 1 - k];
-                const PlanVm *v = in->vms + i;
-                PlanDecision *d = out + i;
-                uint64_t a = v->assigned, t = MIN(v->target, a);
-                uint64_t raise = (uint64_t) MIN((u128) (a - t), em_budget - em_cost);
-                d->target = d->desired = t + raise;
-                d->dir = raise ? 1 : 0;
-                em_cost += raise;
-        }
-
-        /* The automatic part, in the state's mode:
-         *  - pressure / critical: take `need` (plus what emergencies cost) in host bytes, from the
-         *    VMs whose shrinking returns the most; a VM that would return nothing is not asked;
-         *    nothing is given back (the reclaim in effect is frozen);
-         *  - healthy: give back only the slack above the high watermark (less what emergencies
-         *    take), to the VMs with the most reclaimed first; nothing is taken, except to pay for
-         *    an emergency. Between the watermarks nothing moves. */
-        Fill fill = { .vms = in->vms, .lo = lo, .hi = hi, .val = val };
-        s128 take = state == PLAN_STATE_HEALTHY ? (s128) em_cost - (need < 0 ? -need : 0) : need + (s128) em_cost;
-        u128 placed = 0;
-        for (size_t k = 0; k < m1 + m2; k++)
-                val[idx[k]] = hi[idx[k]];
-        if (take > 0)
-                placed = plan_take(&fill, scratch, idx, m1, m2, (u128) take);
-        for (size_t k = 0; k < m1 + m2; k++) {
-                uint32_t i = idx[k];
-                PlanDecision *d = out + i;
-                uint64_t t = d->target;
-                /* Keeps all it can return: stays where it is (never raised here). */
-                d->desired = val[i] < rho[i] ? MIN(val[i], t) : t;
-                if (d->desired < d->floor)
-                        d->desired = d->floor; /* a VM below its floor is raised to it */
-        }
-        uint64_t host_shortfall = take > 0 ? u128_to_u64_sat((u128) take - placed) : 0;
-
-        uint64_t hold = in->hold.bytes > 0 && now < in->hold.until ? in->hold.bytes : 0;
-        if (state == PLAN_STATE_HEALTHY && take < 0 && m1 > 0) {
-                /* Give back: what stays reclaimed is water-filled over each VM's reclaim, so the
-                 * most-reclaimed get back first; a hold keeps its bytes reclaimed. */
-                u128 give = (u128) -take, rec = 0, held = 0;
-                for (size_t i = 0; i < n; i++)
-                        if (cls[i] != VM_PARKED)
-                                held += in->vms[i].assigned - out[i].desired;
-                give = held > hold ? MIN(give, held - hold) : 0;
-                for (size_t k = 0; k < m1; k++) {
-                        uint32_t i = idx[k];
-                        lo[i] = 0;
-                        hi[i] = in->vms[i].assigned - out[i].desired;
-                        rec += hi[i];
-                }
-                give = MIN(give, rec);
-                if (give > 0) {
-                        fill_tier(&fill, scratch, idx, scratch->key, m1, rec - give, rec);
-                        for (size_t k = 0; k < m1; k++) {
-                                uint32_t i = idx[k];
-                                out[i].desired = MAX(in->vms[i].assigned - val[i], out[i].floor);
-                        }
-                }
-        }
-
-        /* Holds: at least `hold` bytes stay reclaimed (guest side, non-parked VMs). The larger of
-         * the automatic reclaim and the hold wins; they never add up. */
-        u128 automatic = host_shortfall; /* what pressure asks: what it got, and what the floors refused */
-        for (size_t i = 0; i < n; i++)
-                if (cls[i] != VM_PARKED)
-                        automatic += in->vms[i].assigned - out[i].desired;
-        u128 hold_shortfall = 0;
-        bool hold_dominates = false;
-        if (hold > automatic && m1 + m2 > 0) {
-                u128 deficit = hold - automatic;
-                for (size_t k = 0; k < m1 + m2; k++) {
-                        uint32_t i = idx[k];
-                        lo[i] = out[i].floor;
-                        hi[i] = MAX(out[i].desired, out[i].floor);
-                }
-                u128 got = plan_take(&fill, scratch, idx, m1, m2, deficit);
-                for (size_t k = 0; k < m1 + m2; k++)
-                        out[idx[k]].desired = val[idx[k]];
-                hold_shortfall = deficit - got;
-                hold_dominates = got > 0;
-        } else if (hold > automatic)
-                hold_shortfall = hold - automatic;
-        u128 requested = MAX(automatic, (u128) hold);
-
-        /* B5.5: shaping, and the totals. */
-        Shape sh = {
+        Pass p = {
+                .in = in,
                 .c = c,
-                .now = now,
-                .critical = critical,
-                .pressure = state != PLAN_STATE_HEALTHY,
-                .hold_active = hold > 0,
-                .hold_dominates = hold_dominates,
-                .want_more = host_shortfall > 0 || hold_shortfall > 0,
+                .scratch = scratch,
+                .out = ret_vms,
+                .n = in->n_vms,
+                .now = in->now,
+                .state = state,
+                .critical = state == PLAN_STATE_CRITICAL,
+                .avail = MIN(host->available, host->total),
+                .lo = scratch->lo,
+                .hi = scratch->hi,
+                .val = scratch->val,
+                .rho = scratch->rho,
+                .cls = scratch->cls,
+                .idx = scratch->idx,
+                .idx2 = scratch->tidx, /* tier 2, moved after tier 1 */
         };
-        u128 planned = 0, desired = 0, expected = 0;
-        for (size_t i = 0; i < n; i++) {
-                const PlanVm *v = in->vms + i;
-                PlanDecision *d = out + i;
-                if (cls[i] == VM_PARKED)
-                        continue;
-                if (cls[i] != VM_FIXED) {
-                        bool no_gain = sh.pressure && d->desired == d->target && d->returnable == 0 &&
-                                       d->target > d->floor && rho[i] < d->target;
-                        plan_shape(&sh, v, d);
-                        if (no_gain && d->reason == PLAN_REASON_UNCHANGED)
-                                d->reason = PLAN_REASON_NO_GAIN;
-                }
-                d->gain = rho[i] > d->target ? rho[i] - d->target : 0;
-                expected += d->gain;
-                desired += v->assigned - d->desired;
-                planned += v->assigned - d->target;
-        }
+        uint64_t hold = in->hold.bytes > 0 && in->now < in->hold.until ? in->hold.bytes : 0;
+        Fill fill = { .vms = in->vms, .lo = p.lo, .hi = p.hi, .val = p.val };
 
-        res.automatic = u128_to_u64_sat(automatic);
-        res.hold = hold;
-        res.requested = u128_to_u64_sat(requested);
-        res.desired = u128_to_u64_sat(desired);
-        res.planned = u128_to_u64_sat(planned);
-        res.shortfall = u128_to_u64_sat(requested > desired ? requested - desired : 0);
-        res.pending = s128_to_s64_sat(pending);
-        res.need = s128_to_s64_sat(need + pending);
-        res.expected = u128_to_u64_sat(expected);
-        res.returnable = u128_to_u64_sat(returnable);
-        res.emergency = u128_to_u64_sat(em_cost);
+        pass_classify(&p);
+        p.need = (s128) mul_pmy_ceil(host->total, c->high_pmy) - (s128) p.avail - p.pending;
+        pass_emergencies(&p);
+        pass_automatic(&p, &fill);
+        p.hold = hold;
+        pass_give_back(&p, &fill);
+        pass_hold(&p, &fill);
+        pass_shape(&p, &res);
         *ret = res;
 
         plan_scratch_free(own);
