@@ -894,16 +894,10 @@ static int http_head_field(HttpHead *ret, const unsigned char *n, size_t nlen, c
         return 0;
 }
 
-int http_head_parse(const char *buf, size_t len, HttpHead *ret, char *err, size_t errlen) {
-        const unsigned char *p = (const unsigned char *) buf;
-        size_t i = 0, n_headers = 0;
-        unsigned seen = 0;
-
-        *ret = (HttpHead){ 0 };
-        if (errlen > 0)
-                err[0] = 0;
-
-        /* request-line = method SP request-target SP HTTP-version CRLF */
+/* The request line at p[*pos…len): request-line = method SP request-target SP HTTP-version CRLF.
+ * Returns 1 with *pos after it, 0 when it is incomplete, or a negative errno (HEAD_FAIL). */
+static int http_request_line(const unsigned char *p, size_t len, size_t *pos, HttpHead *ret, char *err, size_t errlen) {
+        size_t i = *pos;
         while (i < len && http_is_tchar(p[i]))
                 i++;
         if (i > 32)
@@ -955,68 +949,90 @@ int http_head_parse(const char *buf, size_t len, HttpHead *ret, char *err, size_
                 return 0;
         if (p[i] != '\n')
                 return HEAD_FAIL(400, "bad_request", "request line must end in CRLF");
-        i++;
+        *pos = i + 1;
+        return 1;
+}
 
-        /* *( field-name ":" OWS field-value OWS CRLF ) CRLF */
-        for (;;) {
-                if (i == len)
-                        return 0;
-                if (p[i] == '\r') {
-                        if (i + 1 == len)
-                                return 0;
-                        if (p[i + 1] != '\n')
-                                return HEAD_FAIL(400, "bad_request", "a bare CR in the header block");
-                        i += 2;
-                        break;
-                }
-                if (p[i] == ' ' || p[i] == '\t')
-                        return HEAD_FAIL(400, "bad_request",
-                                         "a header line starts with whitespace (obsolete line folding)");
-                size_t n0 = i;
-                while (i < len && http_is_tchar(p[i]))
-                        i++;
-                if (i == len)
-                        return 0;
-                if (p[i] != ':') {
-                        if (p[i] == ' ' || p[i] == '\t')
-                                return HEAD_FAIL(400, "bad_request", "whitespace between a header name and its colon");
-                        if (p[i] == 0)
-                                return HEAD_FAIL(400, "bad_request", "a header contains a NUL byte");
-                        return HEAD_FAIL(400, "bad_request", "malformed header line");
-                }
-                if (i == n0)
-                        return HEAD_FAIL(400, "bad_request", "a header line without a name");
-                size_t nlen = i - n0;
-                i++;
-                while (i < len && (p[i] == ' ' || p[i] == '\t'))
-                        i++;
-                size_t v0 = i;
-                /* field-vchar, SP, HTAB and obs-text; no other control byte. */
-                while (i < len && (p[i] == '\t' || (p[i] >= 0x20 && p[i] != 0x7f)))
-                        i++;
-                if (i == len)
-                        return 0;
-                if (p[i] != '\r') {
-                        if (p[i] == 0)
-                                return HEAD_FAIL(400, "bad_request", "a header contains a NUL byte");
-                        if (p[i] == '\n')
-                                return HEAD_FAIL(400, "bad_request", "a header line must end in CRLF");
-                        return HEAD_FAIL(400, "bad_request", "a header contains a control character");
-                }
+/* One header line at p[*pos…len): field-name ":" OWS field-value OWS CRLF, or the blank line that
+ * ends the head. Returns 1 (a header, recorded) or 2 (the end) with *pos after it, 0 when it is
+ * incomplete, or a negative errno (HEAD_FAIL). */
+static int http_header_line(const unsigned char *p, size_t len, size_t *pos, size_t *n_headers, unsigned *seen,
+                            HttpHead *ret, char *err, size_t errlen) {
+        size_t i = *pos;
+        if (i == len)
+                return 0;
+        if (p[i] == '\r') {
                 if (i + 1 == len)
                         return 0;
                 if (p[i + 1] != '\n')
-                        return HEAD_FAIL(400, "bad_request", "a header contains a bare CR");
-                size_t v1 = i;
-                while (v1 > v0 && (p[v1 - 1] == ' ' || p[v1 - 1] == '\t'))
-                        v1--;
-                i += 2;
-                if (++n_headers > HTTP_HEADERS_MAX)
-                        return HEAD_FAIL(431, "header_fields_too_large", "more than %u header lines", HTTP_HEADERS_MAX);
-                int r = http_head_field(ret, p + n0, nlen, p + v0, v1 - v0, &seen, err, errlen);
-                if (r < 0)
-                        return r;
+                        return HEAD_FAIL(400, "bad_request", "a bare CR in the header block");
+                *pos = i + 2;
+                return 2;
         }
+        if (p[i] == ' ' || p[i] == '\t')
+                return HEAD_FAIL(400, "bad_request", "a header line starts with whitespace (obsolete line folding)");
+        size_t n0 = i;
+        while (i < len && http_is_tchar(p[i]))
+                i++;
+        if (i == len)
+                return 0;
+        if (p[i] != ':') {
+                if (p[i] == ' ' || p[i] == '\t')
+                        return HEAD_FAIL(400, "bad_request", "whitespace between a header name and its colon");
+                if (p[i] == 0)
+                        return HEAD_FAIL(400, "bad_request", "a header contains a NUL byte");
+                return HEAD_FAIL(400, "bad_request", "malformed header line");
+        }
+        if (i == n0)
+                return HEAD_FAIL(400, "bad_request", "a header line without a name");
+        size_t nlen = i - n0;
+        i++;
+        while (i < len && (p[i] == ' ' || p[i] == '\t'))
+                i++;
+        size_t v0 = i;
+        /* field-vchar, SP, HTAB and obs-text; no other control byte. */
+        while (i < len && (p[i] == '\t' || (p[i] >= 0x20 && p[i] != 0x7f)))
+                i++;
+        if (i == len)
+                return 0;
+        if (p[i] != '\r') {
+                if (p[i] == 0)
+                        return HEAD_FAIL(400, "bad_request", "a header contains a NUL byte");
+                if (p[i] == '\n')
+                        return HEAD_FAIL(400, "bad_request", "a header line must end in CRLF");
+                return HEAD_FAIL(400, "bad_request", "a header contains a control character");
+        }
+        if (i + 1 == len)
+                return 0;
+        if (p[i + 1] != '\n')
+                return HEAD_FAIL(400, "bad_request", "a header contains a bare CR");
+        size_t v1 = i;
+        while (v1 > v0 && (p[v1 - 1] == ' ' || p[v1 - 1] == '\t'))
+                v1--;
+        if (++*n_headers > HTTP_HEADERS_MAX)
+                return HEAD_FAIL(431, "header_fields_too_large", "more than %u header lines", HTTP_HEADERS_MAX);
+        int r = http_head_field(ret, p + n0, nlen, p + v0, v1 - v0, seen, err, errlen);
+        if (r < 0)
+                return r;
+        *pos = i + 2;
+        return 1;
+}
+
+int http_head_parse(const char *buf, size_t len, HttpHead *ret, char *err, size_t errlen) {
+        const unsigned char *p = (const unsigned char *) buf;
+        size_t i = 0, n_headers = 0;
+        unsigned seen = 0;
+
+        *ret = (HttpHead){ 0 };
+        if (errlen > 0)
+                err[0] = 0;
+        int r = http_request_line(p, len, &i, ret, err, errlen);
+        if (r <= 0)
+                return r;
+        while ((r = http_header_line(p, len, &i, &n_headers, &seen, ret, err, errlen)) == 1)
+                ;
+        if (r <= 0)
+                return r;
         if (ret->chunked && ret->has_length)
                 return HEAD_FAIL(400, "bad_request", "both Content-Length and Transfer-Encoding");
         if (ret->chunked && ret->http10)
