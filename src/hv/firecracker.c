@@ -139,95 +139,107 @@ static void fc_parse_stats(Fc *fc, json_t *j, HvStats *s) {
         }
 }
 
+/* The steps' answers. Each returns 0 to go on with the next step, 1 when it has moved the
+ * operation itself (finished it, or started it over), or a negative errno after failing it. */
+
+static int on_machine_config(FcOp *o, json_t *j) {
+        Fc *fc = fc_of_op(o);
+        HvReq *q = &o->base.req;
+        uint64_t mib;
+        /* Pages of the VM must fit u32 (Firecracker's own limit on amount_mib * 256). */
+        if (!get_u64(j, "mem_size_mib", UINT32_MAX / 256, &mib) || mib == 0) {
+                hv_req_fail(q, -EBADMSG, "Firecracker %s: GET /machine-config has no valid \"mem_size_mib\"",
+                            hv_op_to_string(q->op));
+                return -EBADMSG;
+        }
+        if (mib != fc->mem_mib)
+                fc->mem_frozen = false;
+        fc->mem_mib = mib;
+        fc->mem_connect = fc_connects(fc);
+        q->reply.caps.ram_bytes = mem_bytes(fc);
+        return 0;
+}
+
+static int on_statistics(FcOp *o, json_t *j) {
+        Fc *fc = fc_of_op(o);
+        HvReq *q = &o->base.req;
+        uint64_t target_pages, actual_pages;
+        if (!get_u64(j, "target_pages", UINT32_MAX, &target_pages) ||
+            !get_u64(j, "actual_pages", UINT32_MAX, &actual_pages)) {
+                hv_req_fail(q, -EBADMSG,
+                            "Firecracker %s: GET /balloon/statistics has no valid \"target_pages\"/\"actual_pages\"",
+                            hv_op_to_string(q->op));
+                return -EBADMSG;
+        }
+        if (q->op == HV_OP_GET_ACTUAL && fc->mem_connect != fc_connects(fc) && !o->refetched) {
+                /* Reconnected since the size was read: it may be another VMM now. */
+                o->refetched = true;
+                fc->mem_mib = 0;
+                o->base.step = 0;
+                hv_rest_step(&o->base);
+                return 1;
+        }
+        fc->mem_frozen = true; /* statistics only answer after boot */
+        uint64_t balloon = actual_pages * FC_PAGE;
+        q->reply.actual = mem_bytes(fc) - MIN(balloon, mem_bytes(fc));
+        if (q->op == HV_OP_GET_STATS)
+                fc_parse_stats(fc, j, &q->reply.stats);
+        return 0;
+}
+
+static int on_get_balloon(FcOp *o, json_t *j) {
+        HvReq *q = &o->base.req;
+        HvReply *rep = &q->reply;
+        uint64_t amount, period = 0;
+        if (!get_u64(j, "amount_mib", UINT32_MAX, &amount) || !json_is_boolean(json_object_get(j, "deflate_on_oom"))) {
+                hv_req_fail(q, -EBADMSG, "Firecracker %s: GET /balloon has no valid \"amount_mib\"/\"deflate_on_oom\"",
+                            hv_op_to_string(q->op));
+                return -EBADMSG;
+        }
+        (void) get_u64(j, "stats_polling_interval_s", UINT16_MAX, &period);
+        if (q->op == HV_OP_GET_CAPS) {
+                rep->caps.balloon = true;
+                rep->caps.stats = period > 0;
+                rep->caps.deflate_on_oom = json_is_true(json_object_get(j, "deflate_on_oom"));
+                rep->caps.free_page_reporting = json_is_true(json_object_get(j, "free_page_reporting"));
+        } else if (q->op == HV_OP_GET_STATS)
+                rep->stats.period = (uint32_t) period;
+        else if (q->op == HV_OP_SET_TARGET) {
+                json_decref(o->balloon);
+                o->balloon = json_incref(j);
+        }
+        return 0;
+}
+
 static void op_on_success(FcOp *o, FcStep step, const Http1Response *resp) {
         Fc *fc = fc_of_op(o);
         HvReq *q = &o->base.req;
-        HvReply *rep = &q->reply;
-        json_t *j = NULL;
+        _cleanup_(json_decrefp) json_t *j = NULL;
 
         if (resp->status != 204) {
                 j = fc_json(resp);
                 if (!json_is_object(j)) {
-                        json_decref(j);
                         hv_req_fail(q, -EBADMSG,
                                     "Firecracker %s: %s on %s answered %d with a body that is not a JSON object",
                                     hv_op_to_string(q->op), o->base.label, fc->rest.path, resp->status);
                         return;
                 }
         }
+        int r = 0;
         switch (step) {
-        case FC_STEP_MACHINE_CONFIG: {
-                uint64_t mib;
-                /* Pages of the VM must fit u32 (Firecracker's own limit on amount_mib * 256). */
-                if (!get_u64(j, "mem_size_mib", UINT32_MAX / 256, &mib) || mib == 0) {
-                        json_decref(j);
-                        hv_req_fail(q, -EBADMSG, "Firecracker %s: GET /machine-config has no valid \"mem_size_mib\"",
-                                    hv_op_to_string(q->op));
-                        return;
-                }
-                if (mib != fc->mem_mib)
-                        fc->mem_frozen = false;
-                fc->mem_mib = mib;
-                fc->mem_connect = fc_connects(fc);
-                rep->caps.ram_bytes = mem_bytes(fc);
+        case FC_STEP_MACHINE_CONFIG:
+                r = on_machine_config(o, j);
                 break;
-        }
-        case FC_STEP_STATISTICS: {
-                uint64_t target_pages, actual_pages;
-                if (!get_u64(j, "target_pages", UINT32_MAX, &target_pages) ||
-                    !get_u64(j, "actual_pages", UINT32_MAX, &actual_pages)) {
-                        json_decref(j);
-                        hv_req_fail(q, -EBADMSG,
-                                    "Firecracker %s: GET /balloon/statistics has no valid "
-                                    "\"target_pages\"/\"actual_pages\"",
-                                    hv_op_to_string(q->op));
-                        return;
-                }
-                if (q->op == HV_OP_GET_ACTUAL && fc->mem_connect != fc_connects(fc) && !o->refetched) {
-                        /* Reconnected since the size was read: it may be another VMM now. */
-                        json_decref(j);
-                        o->refetched = true;
-                        fc->mem_mib = 0;
-                        o->base.step = 0;
-                        hv_rest_step(&o->base);
-                        return;
-                }
-                fc->mem_frozen = true; /* statistics only answer after boot */
-                uint64_t balloon = actual_pages * FC_PAGE;
-                rep->actual = mem_bytes(fc) - MIN(balloon, mem_bytes(fc));
-                if (q->op == HV_OP_GET_STATS)
-                        fc_parse_stats(fc, j, &rep->stats);
+        case FC_STEP_STATISTICS:
+                r = on_statistics(o, j);
                 break;
-        }
         case FC_STEP_PATCH_BALLOON:
                 fc->mem_frozen = true;
-                json_decref(j);
                 hv_req_finish(q); /* done: the pre-boot steps are not needed */
                 return;
-        case FC_STEP_GET_BALLOON: {
-                uint64_t amount, period = 0;
-                if (!get_u64(j, "amount_mib", UINT32_MAX, &amount) ||
-                    !json_is_boolean(json_object_get(j, "deflate_on_oom"))) {
-                        json_decref(j);
-                        hv_req_fail(q, -EBADMSG,
-                                    "Firecracker %s: GET /balloon has no valid \"amount_mib\"/\"deflate_on_oom\"",
-                                    hv_op_to_string(q->op));
-                        return;
-                }
-                (void) get_u64(j, "stats_polling_interval_s", UINT16_MAX, &period);
-                if (q->op == HV_OP_GET_CAPS) {
-                        rep->caps.balloon = true;
-                        rep->caps.stats = period > 0;
-                        rep->caps.deflate_on_oom = json_is_true(json_object_get(j, "deflate_on_oom"));
-                        rep->caps.free_page_reporting = json_is_true(json_object_get(j, "free_page_reporting"));
-                } else if (q->op == HV_OP_GET_STATS)
-                        rep->stats.period = (uint32_t) period;
-                else if (q->op == HV_OP_SET_TARGET) {
-                        json_decref(o->balloon);
-                        o->balloon = TAKE_PTR(j);
-                }
+        case FC_STEP_GET_BALLOON:
+                r = on_get_balloon(o, j);
                 break;
-        }
         case FC_STEP_PUT_BALLOON:
                 fc->counters.preboot_puts++;
                 break;
@@ -235,14 +247,15 @@ static void op_on_success(FcOp *o, FcStep step, const Http1Response *resp) {
                 break;
         case FC_STEP_INSTANCE_INFO: {
                 const char *v = json_string_value(json_object_get(j, "vmm_version"));
-                snprintf(rep->caps.version, sizeof(rep->caps.version), "Firecracker %.40s", v ?: "(unknown version)");
+                snprintf(q->reply.caps.version, sizeof(q->reply.caps.version), "Firecracker %.40s",
+                         v ?: "(unknown version)");
                 break;
         }
         case FC_STEP_END:
                 break;
         }
-        json_decref(j);
-        hv_rest_next(&o->base);
+        if (r == 0)
+                hv_rest_next(&o->base);
 }
 
 static void op_on_refusal(FcOp *o, FcStep step, const Http1Response *resp) {
