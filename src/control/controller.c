@@ -74,6 +74,7 @@ struct CtlVm {
         uint64_t stall_lo, stall_hi; /* while stalled, its target stays within these */
         usec_t move_started;         /* for the time-to-target histogram; 0 = not moving */
         bool changed;                /* target changed by the current tick */
+        uint64_t reaction_episode;   /* its target is a reclaim the plan decided in this pressure episode */
         bool plan_fixed;             /* the current plan holds it where it is (unreachable): do not apply */
         /* The API apply batch waiting for this VM's next set_target answer. */
         ApplyBatch *batch;
@@ -164,7 +165,6 @@ struct Controller {
         EvTimer *tick_timer;
         usec_t last_tick;
         unsigned ram_budget; /* smaps reads left in this tick */
-        bool applying;       /* inside the tick's apply loop: a command sent now answers a sample */
         CtlTrigger pending_trigger;
         bool kicked;
 
@@ -173,7 +173,8 @@ struct Controller {
         EvIo *pressure_io[CTL_PRESSURE_FDS];
         int cgroup_version;
 
-        usec_t reaction_start; /* sample time the need first arose; 0 = none pending */
+        usec_t reaction_start; /* sample time the need first arose; 0 = measured, or no episode */
+        uint64_t episode;      /* pressure episodes begun (reaction_episode of the VMs) */
         CtlStats stats;
 };
 
@@ -763,7 +764,10 @@ static void vm_send(CtlVm *vm) {
          * took seconds must not count against the VM. */
         vm->progress_at = now_mono();
         vm->progress_actual = vm->actual;
-        if (t < vm->actual && c->reaction_start && c->applying) {
+        /* Reaction: from the sample that showed the need to the first reclaim the plan decided for it
+         * that is written to a hypervisor, here in the tick or later, once the call it was queued
+         * behind (a statistics read, which the switch to pressure itself starts) has returned. */
+        if (t < vm->actual && c->reaction_start && vm->reaction_episode == c->episode) {
                 usec_t sent = now_mono(); /* ev_now() is the loop's cached time: older than the sample */
                 usec_t d = sent - MIN(sent, c->reaction_start);
                 hist_observe(&c->stats.reaction, d);
@@ -1102,12 +1106,13 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
         /* A pressure episode starts when host pressure first asks for reclaim after asking for
          * none (manual holds are answered synchronously by the API and not counted here). */
         bool needs = res.automatic > 0 && c->last.automatic == 0;
-        if (needs)
+        if (needs) {
                 c->reaction_start = c->sample_at;
+                c->episode++;
+        }
         c->ctl = res.ctl;
         c->last = res;
 
-        c->applying = true;
         for (size_t i = 0; i < c->n_vms; i++) {
                 CtlVm *vm = c->vms[i];
                 const PlanDecision *d = &c->dec[i];
@@ -1144,8 +1149,11 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
                           plan_reason_to_string(d->reason), (unsigned long long) (d->desired / MiB));
                 if (stall_follow)
                         vm->target = t;
-                else
+                else {
+                        if (t < vm->target && c->reaction_start)
+                                vm->reaction_episode = c->episode;
                         vm_decide(vm, t);
+                }
                 vm->changed = true;
                 vm->progress_at = now; /* a new target: the stall clock restarts */
                 vm->progress_actual = vm->actual;
@@ -1158,7 +1166,7 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
                         c->hooks.target_changed(c, vm, vm->target, c->hooks.userdata);
                 vm_send(vm);
         }
-        c->applying = false;
+        /* The episode is over: a reclaim of it still queued is no reaction to a later one. */
         if (res.automatic == 0)
                 c->reaction_start = 0;
         for (size_t i = 0; i < c->n_vms; i++)
@@ -1432,6 +1440,7 @@ int ctl_vm_set_target(Controller *c, CtlVm *vm, uint64_t target) {
         vm->last_dir = target < vm->target ? -1 : 1;
         vm->last_move = now_mono();
         vm_decide(vm, target);
+        vm->reaction_episode = 0; /* the API's, not the plan's */
         c->fleet_idle = false;
         if (c->hooks.target_changed)
                 c->hooks.target_changed(c, vm, target, c->hooks.userdata);
@@ -1645,6 +1654,7 @@ int ctl_vm_park(Controller *c, CtlVm *vm, uint64_t size, usec_t timeout, ctl_par
                 return r;
         vm_batch_done(vm, -ECANCELED);
         vm->parked = vm->parking = true;
+        vm->reaction_episode = 0; /* the park's targets are asked for, not reactions */
         vm->park_prev = prev;
         vm->park_report_prev = prev;
         vm->unparked_until = 0;

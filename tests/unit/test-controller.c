@@ -830,6 +830,47 @@ static void test_give_back_stall_commands_no_reclaim(void **state) {
         assert_true(v.target == 1 * GiB);
 }
 
+static bool reaction_measured(Fixture *f, void *arg) {
+        (void) arg;
+        return ctl_stats(f->c)->reaction.count > 0;
+}
+
+static bool fake_stats_busy(Fixture *f, void *arg) {
+        (void) f, (void) arg;
+        return the_fake && the_fake->stats_pending > 0;
+}
+
+/* The reaction runs from the sample that showed the need to the first reclaim command written to
+ * a hypervisor, even one queued behind another call: here a statistics read that takes 600 ms.
+ * Before, such a command was not counted (only those sent while the plan was applied were), and
+ * the start stayed set until some later plan sent one: figures of 7-36 s in the soak. */
+static void test_reaction_counts_queued_reclaim(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 6 * GiB);
+        start_fake(f, 1, 600 * USEC_PER_MSEC);
+        CtlVm *vm = add(f, "a", 1 * GiB, 256 * MiB);
+        assert_true(run_until(f, vm_adopted, vm, 10 * USEC_PER_SEC));
+        /* The first read comes at the idle fleet's poll (every 5 s), after the period was set. */
+        assert_true(run_until(f, fake_stats_busy, NULL, 20 * USEC_PER_SEC));
+        usec_t pressure = now_mono();
+        size_t before = the_fake->n_cmd;
+        write_meminfo(f, 8 * GiB, 8 * GiB / 20 + 1);
+        if (!run_until(f, reaction_measured, NULL, 5 * USEC_PER_SEC))
+                fail_msg("no reaction measured; commands since the pressure: %s",
+                         before < the_fake->n_cmd ? fake_commands_from(before) : "none");
+        assert_true(the_fake->n_cmd > before);
+        const CtlHistogram *r = &ctl_stats(f->c)->reaction;
+        double upper = (double) (the_fake->cmd_at[before] - pressure) / USEC_PER_SEC;
+        assert_int_equal(r->count, 1);
+        /* Written once the read returned (600 ms), not when the plan decided (within 50 ms). */
+        if (!(r->sum_s >= upper - 0.2 && r->sum_s <= upper + 0.005))
+                fail_msg("reaction %.3f s, but the reclaim was written %.3f s after the pressure began", r->sum_s,
+                         upper);
+        /* Once measured it is not measured again in the same episode. */
+        assert_true(run_until(f, vm_reached_below, vm, 10 * USEC_PER_SEC));
+        assert_int_equal(ctl_stats(f->c)->reaction.count, 1);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_reclaim_and_give_back, setup, teardown),
@@ -842,6 +883,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_time_to_target_from_the_command, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_late_events_are_no_stall, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_give_back_stall_commands_no_reclaim, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_reaction_counts_queued_reclaim, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
