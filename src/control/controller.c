@@ -30,6 +30,11 @@
 /* smaps reads (a few ms each on a QEMU process) per tick, fleet-wide. */
 #define CTL_RAM_READS_PER_TICK 2
 
+/* An observation of actual read more than this after the moment it describes (never more than the
+ * stall window) is late: the loop is behind on that VM, and newer ones may wait behind it. A late
+ * observation never declares a stall (see vm_observe). */
+#define CTL_STALL_MAX_LAG      (1 * USEC_PER_SEC)
+
 typedef struct ApplyBatch ApplyBatch;
 
 struct CtlVm {
@@ -39,8 +44,10 @@ struct CtlVm {
         CtlVmStatus status;
         bool actual_known;
         uint64_t actual;
-        uint64_t target;      /* the target the controller wants the VM at (commanded or queued) */
-        uint64_t sent_target; /* the target of the last set_target sent */
+        uint64_t target;       /* the target the controller wants the VM at (commanded or queued) */
+        uint64_t decided_from; /* where the decided move started: the target before a run of decisions
+                                * in one direction (a reclaim refined in steps is one move) */
+        uint64_t sent_target;  /* the target of the last set_target sent */
         bool sent_once;
         uint64_t resume_target;
         bool op_busy;         /* one driver call in flight */
@@ -53,15 +60,20 @@ struct CtlVm {
         uint64_t errors, commands, stalls;
         usec_t updated;   /* monotonic, last actual */
         usec_t last_read; /* when actual was last read (monotonic) */
+        usec_t read_sent; /* when the get-actual in flight was sent (monotonic) */
+        usec_t seen_at;   /* the moment the last observation of actual describes (monotonic) */
+        usec_t fresh_at;  /* when actual was last observed without lag (monotonic) */
         usec_t retry_at;  /* error back-off: no call before this */
         usec_t backoff;
         /* Stall detection (B5.6). */
         usec_t progress_at;
         uint64_t progress_actual;
         usec_t stalled_until;
-        usec_t move_started; /* for the time-to-target histogram; 0 = not moving */
-        bool changed;        /* target changed by the current tick */
-        bool plan_fixed;     /* the current plan holds it where it is (unreachable): do not apply */
+        uint64_t stall_lo, stall_hi; /* while stalled, its target stays within these */
+        usec_t move_started;         /* for the time-to-target histogram; 0 = not moving */
+        bool changed;                /* target changed by the current tick */
+        uint64_t reaction_episode;   /* its target is a reclaim the plan decided in this pressure episode */
+        bool plan_fixed;             /* the current plan holds it where it is (unreachable): do not apply */
         /* The API apply batch waiting for this VM's next set_target answer. */
         ApplyBatch *batch;
         size_t batch_idx;
@@ -151,7 +163,6 @@ struct Controller {
         EvTimer *tick_timer;
         usec_t last_tick;
         unsigned ram_budget; /* smaps reads left in this tick */
-        bool applying;       /* inside the tick's apply loop: a command sent now answers a sample */
         CtlTrigger pending_trigger;
         bool kicked;
 
@@ -160,7 +171,8 @@ struct Controller {
         EvIo *pressure_io[CTL_PRESSURE_FDS];
         int cgroup_version;
 
-        usec_t reaction_start; /* sample time the need first arose; 0 = none pending */
+        usec_t reaction_start; /* sample time the need first arose; 0 = measured, or no episode */
+        uint64_t episode;      /* pressure episodes begun (reaction_episode of the VMs) */
         CtlStats stats;
 };
 
@@ -395,9 +407,43 @@ static void vm_ok(CtlVm *vm) {
         vm->retry_at = 0;
 }
 
-/* A new actual value, from a reply or an event. */
-static void vm_observe(CtlVm *vm, uint64_t actual, usec_t now) {
+/* A decided target. A decision in the direction of the move under way continues it; one the other
+ * way starts a new move from the current target. */
+static void vm_decide(CtlVm *vm, uint64_t t) {
+        bool same = t < vm->target ? vm->decided_from >= vm->target : vm->decided_from <= vm->target;
+        if (!same)
+                vm->decided_from = vm->target;
+        vm->target = t;
+}
+
+/* Where a stalled VM's target goes (B5.6): where it stopped, but only back along the move that was
+ * decided. Short of a reclaim, the target rises to its actual, never above the target decided before
+ * that reclaim (the guest is left where it is, not pushed on); short of a give-back, or below its
+ * target, the target stays where it was decided: lowering it would be a reclaim nobody decided. */
+static void vm_stall_range(const CtlVm *vm, uint64_t *ret_lo, uint64_t *ret_hi) {
+        *ret_lo = vm->target;
+        *ret_hi = MAX(vm->decided_from, vm->target);
+}
+
+/* A new actual value, from a reply or an event. `seen` is the moment (monotonic) it describes: the
+ * event's own timestamp, or when the read was sent (the answer is no older than that); 0 when the
+ * driver does not say. */
+static void vm_observe(CtlVm *vm, uint64_t actual, usec_t now, usec_t seen) {
         Controller *c = vm->c;
+        usec_t real_now = now_mono(); /* `now` is the loop's cached time: a busy iteration makes it old */
+        /* Observations of one VM arrive in the order its hypervisor wrote them: a later one describes
+         * no earlier a moment (QEMU's rate-limited BALLOON_CHANGE carries the time of the last change,
+         * and nothing changed between that and its delivery). */
+        if (seen) {
+                seen = MAX(MIN(seen, real_now), vm->seen_at);
+                vm->seen_at = seen;
+        }
+        usec_t lag_max = MIN(CTL_STALL_MAX_LAG, c->cfg.stall_window);
+        bool fresh = seen && real_now - seen <= lag_max;
+        /* The previous fresh observation, before this one counts as such. */
+        usec_t fresh_before = vm->fresh_at;
+        if (fresh)
+                vm->fresh_at = real_now;
         if (actual + c->cfg.tolerance < vm->spec.assigned)
                 c->fleet_idle = false;
         bool first = !vm->actual_known;
@@ -413,6 +459,8 @@ static void vm_observe(CtlVm *vm, uint64_t actual, usec_t now) {
                 if (vm->resume_target && vm->resume_target <= vm->spec.assigned)
                         t = vm->resume_target;
                 vm->target = vm->sent_target = t;
+                /* Where the resumed move started is not known; it was at `actual` at the latest. */
+                vm->decided_from = MAX(actual, t);
                 /* A decided target the VM is not at may never have reached the hypervisor (the
                  * daemon died between storing the decision and sending it): send it again rather
                  * than wait for a move that was never commanded and call the VM stalled. */
@@ -440,41 +488,74 @@ static void vm_observe(CtlVm *vm, uint64_t actual, usec_t now) {
         /* A park has its own wait (and stall rule); a parked VM stays where it is. */
         if (vm->parked || vm->parking)
                 return;
-        /* Moving: is it making progress? */
+        /* Moving: is it making progress? Judged at the moment the observation describes. One from
+         * before the command (or the last progress) says nothing about the move. */
         uint64_t window_bytes =
                 (uint64_t) ((unsigned __int128) c->cfg.stall_min_rate * c->cfg.stall_window / USEC_PER_SEC);
+        if (seen && seen < vm->progress_at)
+                return;
         if (absdiff(actual, vm->progress_actual) >= window_bytes) {
-                vm->progress_at = now;
+                vm->progress_at = MAX(vm->progress_at, seen ? seen : real_now);
                 vm->progress_actual = actual;
-        } else if (vm->sent_once && vm->sent_target == vm->target && now - vm->progress_at >= c->cfg.stall_window &&
-                   now >= vm->stalled_until) {
-                /* Only a target that was really sent can stall: one still queued behind another call
-                 * has not had its chance (its clock starts when it is sent, vm_send()). */
-                /* Stalled (B5.6): re-sync the target to where it is and skip it for a while. */
-                vm->stalls++;
-                c->stats.stalls++;
-                log_notice("VM %s: stalled at %llu MiB on the way to %llu MiB, re-synced; skipped for %llu s",
+                return;
+        }
+        /* Stalled (B5.6) only on the word of an observation that
+         *  - describes a moment a whole window after the command or the last progress;
+         *  - was read without lag: a late one means the loop is behind on this VM, and what the
+         *    hypervisor wrote since may be waiting behind it;
+         *  - follows another fresh one by less than a window: a VM not checked for that long was
+         *    starved of attention, and is judged at its next check, not now.
+         * Only a target that was really sent can stall: one still queued behind another call has not
+         * had its chance (its clock starts when it is sent, vm_send()). */
+        bool stalled = vm->sent_once && vm->sent_target == vm->target && now >= vm->stalled_until && fresh &&
+                       seen >= usec_add(vm->progress_at, c->cfg.stall_window) && fresh_before &&
+                       real_now - fresh_before <= MAX(c->cfg.stall_window, USEC_PER_SEC);
+        if (!stalled)
+                return;
+        /* Re-sync the target to where it stopped, within the move that was decided, and skip it for
+         * a while. */
+        uint64_t lo, hi;
+        vm_stall_range(vm, &lo, &hi);
+        uint64_t t = MIN(MAX(actual, lo), hi);
+        vm->stalls++;
+        c->stats.stalls++;
+        if (t != vm->target)
+                log_notice(
+                        "VM %s: stalled at %llu MiB on the way to %llu MiB, re-synced to %llu MiB; skipped for %llu s",
+                        vm->spec.id, (unsigned long long) (actual / MiB), (unsigned long long) (vm->target / MiB),
+                        (unsigned long long) (t / MiB), (unsigned long long) (c->cfg.stall_backoff / USEC_PER_SEC));
+        else
+                log_notice("VM %s: stalled at %llu MiB on the way to %llu MiB, target kept; skipped for %llu s",
                            vm->spec.id, (unsigned long long) (actual / MiB), (unsigned long long) (vm->target / MiB),
                            (unsigned long long) (c->cfg.stall_backoff / USEC_PER_SEC));
-                vm->status = CTL_VM_STALLED;
-                vm->stalled_until = now + c->cfg.stall_backoff;
-                vm->target = actual;
-                vm->move_started = 0;
-                vm->progress_at = now;
-                vm->progress_actual = actual;
-                if (c->hooks.target_changed)
-                        c->hooks.target_changed(c, vm, vm->target, c->hooks.userdata);
-                vm_send(vm);
-        }
+        vm->status = CTL_VM_STALLED;
+        vm->stalled_until = now + c->cfg.stall_backoff;
+        vm->stall_lo = lo;
+        vm->stall_hi = hi;
+        vm->move_started = 0;
+        vm->progress_at = real_now;
+        vm->progress_actual = actual;
+        if (t == vm->target)
+                return;
+        vm->target = t;
+        if (c->hooks.target_changed)
+                c->hooks.target_changed(c, vm, vm->target, c->hooks.userdata);
+        vm_send(vm);
 }
 
 static void vm_on_actual_event(Hv *hv, uint64_t actual, uint64_t when_realtime, void *userdata) {
         CtlVm *vm = userdata;
         (void) hv;
-        (void) when_realtime;
         if (vm->removing)
                 return;
-        vm_observe(vm, actual, ev_now(vm->c->ev));
+        /* The event's own time (QEMU stamps BALLOON_CHANGE with the host's realtime clock), on the
+         * monotonic clock: an event read late describes the guest as it was then, not now. */
+        usec_t seen = 0;
+        if (when_realtime) {
+                usec_t rt = now_usec(CLOCK_REALTIME), mono = now_mono();
+                seen = when_realtime >= rt ? mono : usec_sub_floor(mono, rt - when_realtime);
+        }
+        vm_observe(vm, actual, ev_now(vm->c->ev), seen);
 }
 
 static void vm_after_call(CtlVm *vm) {
@@ -501,7 +582,7 @@ static void vm_on_get_actual(Hv *hv, const HvReply *reply, void *userdata) {
         else {
                 vm_ok(vm);
                 if (!vm->removing)
-                        vm_observe(vm, reply->actual, now);
+                        vm_observe(vm, reply->actual, now, vm->read_sent);
                 vm->last_read = usec_sub_floor(now, vm_jitter(vm, vm->c->cfg.refresh_interval * 4));
         }
         vm_after_call(vm);
@@ -677,9 +758,14 @@ static void vm_send(CtlVm *vm) {
                 vm->move_started = 0;
         else if (!vm->move_started || t != prev_sent)
                 vm->move_started = now;
-        vm->progress_at = now;
+        /* The stall clock runs from the write, not from the loop's cached time: an iteration that
+         * took seconds must not count against the VM. */
+        vm->progress_at = now_mono();
         vm->progress_actual = vm->actual;
-        if (t < vm->actual && c->reaction_start && c->applying) {
+        /* Reaction: from the sample that showed the need to the first reclaim the plan decided for it
+         * that is written to a hypervisor, here in the tick or later, once the call it was queued
+         * behind (a statistics read, which the switch to pressure itself starts) has returned. */
+        if (t < vm->actual && c->reaction_start && vm->reaction_episode == c->episode) {
                 usec_t sent = now_mono(); /* ev_now() is the loop's cached time: older than the sample */
                 usec_t d = sent - MIN(sent, c->reaction_start);
                 hist_observe(&c->stats.reaction, d);
@@ -814,6 +900,7 @@ static void vm_poll(CtlVm *vm, usec_t now) {
                 vm_send(vm);
                 return;
         }
+        vm->read_sent = now_mono();
         if (hv_get_actual(vm->hv, vm->c->cfg.op_timeout, vm_on_get_actual, vm) >= 0)
                 vm->op_busy = true;
 }
@@ -1017,12 +1104,13 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
         /* A pressure episode starts when host pressure first asks for reclaim after asking for
          * none (manual holds are answered synchronously by the API and not counted here). */
         bool needs = res.automatic > 0 && c->last.automatic == 0;
-        if (needs)
+        if (needs) {
                 c->reaction_start = c->sample_at;
+                c->episode++;
+        }
         c->ctl = res.ctl;
         c->last = res;
 
-        c->applying = true;
         for (size_t i = 0; i < c->n_vms; i++) {
                 CtlVm *vm = c->vms[i];
                 const PlanDecision *d = &c->dec[i];
@@ -1032,23 +1120,38 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
                 vm->changed = false;
                 if (c->pvms[i].parked || vm->plan_fixed)
                         continue;
-                if (d->target == vm->target)
+                uint64_t t = d->target;
+                bool stall_follow = d->reason == PLAN_REASON_STALLED;
+                if (stall_follow) {
+                        /* The plan keeps a stalled VM where it is; the re-sync's bounds hold as well:
+                         * never below the target decided before the stall, never above where that
+                         * move started. */
+                        t = MIN(MAX(t, vm->stall_lo), vm->stall_hi);
+                        vm->last.target = vm->last.desired = t;
+                }
+                if (t == vm->target)
                         continue;
-                if (d->target < vm->target && vm->target >= vm->spec.assigned && vm->hv->peer_pid > 0 &&
+                if (t < vm->target && vm->target >= vm->spec.assigned && vm->hv->peer_pid > 0 &&
                     vm->actual + c->cfg.tolerance >= vm->spec.assigned) {
                         /* Leaving full size: the baseline for what the host gets back is now. */
                         uint64_t rss;
                         if (vmmem_read_rss("", vm->hv->peer_pid, &rss) >= 0)
                                 vm->host_rss = vm->rss_base = rss;
                 }
-                if (d->target < vm->target)
-                        c->stats.reclaimed_commanded_bytes += vm->target - d->target;
+                if (t < vm->target)
+                        c->stats.reclaimed_commanded_bytes += vm->target - t;
                 else
-                        c->stats.given_back_commanded_bytes += d->target - vm->target;
+                        c->stats.given_back_commanded_bytes += t - vm->target;
                 log_debug("VM %s: target %llu → %llu MiB (%s, desired %llu MiB)", vm->spec.id,
-                          (unsigned long long) (vm->target / MiB), (unsigned long long) (d->target / MiB),
+                          (unsigned long long) (vm->target / MiB), (unsigned long long) (t / MiB),
                           plan_reason_to_string(d->reason), (unsigned long long) (d->desired / MiB));
-                vm->target = d->target;
+                if (stall_follow)
+                        vm->target = t;
+                else {
+                        if (t < vm->target && c->reaction_start)
+                                vm->reaction_episode = c->episode;
+                        vm_decide(vm, t);
+                }
                 vm->changed = true;
                 vm->progress_at = now; /* a new target: the stall clock restarts */
                 vm->progress_actual = vm->actual;
@@ -1061,7 +1164,7 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
                         c->hooks.target_changed(c, vm, vm->target, c->hooks.userdata);
                 vm_send(vm);
         }
-        c->applying = false;
+        /* The episode is over: a reclaim of it still queued is no reaction to a later one. */
         if (res.automatic == 0)
                 c->reaction_start = 0;
         for (size_t i = 0; i < c->n_vms; i++)
@@ -1246,7 +1349,7 @@ int ctl_vm_add(Controller *c, const CtlVmSpec *spec, uint64_t resume_target, Ctl
         for (const char *p = spec->id; *p; p++)
                 vm->rng = vm->rng * 31u + (uint8_t) *p;
         vm->rng |= 1;
-        vm->target = spec->assigned;
+        vm->target = vm->decided_from = spec->assigned;
         /* Until it answers and a plan runs, the view shows its configured floor and why it is
          * left alone (never "parked", never a floor of 0). */
         vm->last = (PlanDecision){ .target = spec->assigned,
@@ -1334,7 +1437,8 @@ int ctl_vm_set_target(Controller *c, CtlVm *vm, uint64_t target) {
                 return 0;
         vm->last_dir = target < vm->target ? -1 : 1;
         vm->last_move = now_mono();
-        vm->target = target;
+        vm_decide(vm, target);
+        vm->reaction_episode = 0; /* the API's, not the plan's */
         c->fleet_idle = false;
         if (c->hooks.target_changed)
                 c->hooks.target_changed(c, vm, target, c->hooks.userdata);
@@ -1409,7 +1513,7 @@ static void on_park_wait(HvWait *w, const HvWaitOutcome *out, void *userdata) {
                 o.error = out->error ? out->error : -EIO;
                 vm->target = vm->actual_known ? vm->actual : vm->target;
         }
-        vm_observe(vm, out->reached, now);
+        vm_observe(vm, out->reached, now, out->noticed);
         park_persist(vm);
         if (vm->parked && !vm->op_busy)
                 vm_send(vm);
@@ -1548,6 +1652,7 @@ int ctl_vm_park(Controller *c, CtlVm *vm, uint64_t size, usec_t timeout, ctl_par
                 return r;
         vm_batch_done(vm, -ECANCELED);
         vm->parked = vm->parking = true;
+        vm->reaction_episode = 0; /* the park's targets are asked for, not reactions */
         vm->park_prev = prev;
         vm->park_report_prev = prev;
         vm->unparked_until = 0;
@@ -1607,7 +1712,8 @@ int ctl_vm_unpark(Controller *c, CtlVm *vm, uint64_t size, bool wait, usec_t tim
         vm->park_report_prev = vm->target;
         vm->parked = false;
         vm->parking = wait;
-        vm->target = vm->sent_target = t;
+        vm_decide(vm, t);
+        vm->sent_target = t;
         vm->sent_once = true;
         vm->last_dir = 1;
         vm->last_move = now;

@@ -497,6 +497,378 @@ static void test_shrunk_vm_polled_every_second(void **state) {
                 fail_msg("full-size VM: %u guest reports in 6 s, want at most 2", slow);
 }
 
+/* ---- a scripted hypervisor ----
+ * The peers above are real processes, and when the loop reads what they wrote is up to the
+ * machine. This driver writes into an in-process stream instead: every answer and event has the
+ * moment the hypervisor wrote it (monotonic) and is read by the loop at its first iteration after
+ * that moment, in stream order. A test that does not run the loop for a while is a starved loop:
+ * everything written meanwhile is read at once, late. Its guest moves as QEMU's does: the first
+ * BALLOON_CHANGE 10 ms after the command, a little way on, the last one a second later (QEMU's
+ * rate limit), at the target, each stamped with the time of the change. */
+#define FAKE_QUEUE 256
+#define FAKE_STEPS 64
+#define FAKE_CMDS  64
+
+typedef struct FakeMsg {
+        usec_t due; /* monotonic: when the hypervisor wrote it */
+        bool event;
+        uint64_t actual;  /* the answer to get-actual, or the event's value */
+        uint64_t when_rt; /* the event's timestamp (realtime usec) */
+        HvOp op;
+        hv_reply_cb cb;
+        void *ud;
+} FakeMsg;
+
+typedef struct FakeHv {
+        Hv hv;
+        EvTimer *timer;
+        FakeMsg q[FAKE_QUEUE];
+        size_t n;
+        usec_t rt_offset; /* realtime − monotonic */
+        /* The guest: its size is the value of the last step at or before a moment. */
+        struct {
+                usec_t at;
+                uint64_t actual;
+        } steps[FAKE_STEPS];
+        size_t n_steps;
+        bool cannot_grow;   /* a guest whose balloon does not deflate */
+        usec_t stats_delay; /* get-stats is answered this long after the request */
+        unsigned stats_pending;
+        uint64_t cmd[FAKE_CMDS]; /* every target commanded, and when (monotonic) */
+        usec_t cmd_at[FAKE_CMDS];
+        size_t n_cmd;
+} FakeHv;
+
+static FakeHv *the_fake; /* the one scripted VM of a test */
+
+static uint64_t fake_guest_at(const FakeHv *f, usec_t t) {
+        uint64_t a = f->steps[0].actual;
+        for (size_t i = 0; i < f->n_steps && f->steps[i].at <= t; i++)
+                a = f->steps[i].actual;
+        return a;
+}
+
+static void fake_arm(FakeHv *f) {
+        ev_timer_set(f->timer, f->n ? f->q[0].due : USEC_INFINITY);
+}
+
+/* Into the stream, after everything written at or before the same moment. */
+static void fake_put(FakeHv *f, const FakeMsg *m) {
+        assert_true(f->n < FAKE_QUEUE);
+        size_t i = f->n;
+        while (i > 0 && f->q[i - 1].due > m->due)
+                i--;
+        memmove(f->q + i + 1, f->q + i, (f->n - i) * sizeof *f->q);
+        f->q[i] = *m;
+        f->n++;
+        fake_arm(f);
+}
+
+static void fake_on_timer(EvTimer *t, void *userdata) {
+        FakeHv *f = userdata;
+        (void) t;
+        usec_t now = now_mono();
+        /* What is in the socket now is read now, in order; what is written while reading waits. */
+        while (f->n > 0 && f->q[0].due <= now) {
+                FakeMsg m = f->q[0];
+                memmove(f->q, f->q + 1, (f->n - 1) * sizeof *f->q);
+                f->n--;
+                if (m.event) {
+                        hv_notify_actual(&f->hv, m.actual, m.when_rt);
+                        continue;
+                }
+                HvReply r = { .op = m.op, .actual = m.actual };
+                hv_stats_init(&r.stats);
+                if (m.op == HV_OP_GET_STATS) {
+                        f->stats_pending--;
+                        r.stats.last_update = (m.due + f->rt_offset) / USEC_PER_SEC;
+                }
+                m.cb(&f->hv, &r, m.ud);
+                if (the_fake != f)
+                        return; /* freed by the callback */
+        }
+        fake_arm(f);
+}
+
+static int fake_reply(FakeHv *f, HvOp op, usec_t due, uint64_t actual, hv_reply_cb cb, void *ud) {
+        fake_put(f, &(FakeMsg){ .due = due, .op = op, .actual = actual, .cb = cb, .ud = ud });
+        return 0;
+}
+
+static int fake_get_actual(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
+        FakeHv *f = (FakeHv *) hv;
+        usec_t now = now_mono();
+        (void) timeout;
+        return fake_reply(f, HV_OP_GET_ACTUAL, now, fake_guest_at(f, now), cb, ud);
+}
+
+static void fake_step(FakeHv *f, usec_t at, uint64_t actual) {
+        assert_true(f->n_steps < FAKE_STEPS);
+        f->steps[f->n_steps].at = at;
+        f->steps[f->n_steps].actual = actual;
+        f->n_steps++;
+        fake_put(f, &(FakeMsg){ .due = at, .event = true, .actual = actual, .when_rt = at + f->rt_offset });
+}
+
+static int fake_set_target(Hv *hv, uint64_t bytes, usec_t timeout, hv_reply_cb cb, void *ud) {
+        FakeHv *f = (FakeHv *) hv;
+        usec_t now = now_mono();
+        (void) timeout;
+        assert_true(f->n_cmd < FAKE_CMDS);
+        f->cmd[f->n_cmd] = bytes;
+        f->cmd_at[f->n_cmd] = now;
+        f->n_cmd++;
+        /* A new command replaces the rest of the last move. */
+        uint64_t cur = fake_guest_at(f, now);
+        while (f->n_steps > 1 && f->steps[f->n_steps - 1].at > now)
+                f->n_steps--;
+        for (size_t i = 0; i < f->n;)
+                if (f->q[i].event && f->q[i].due > now) {
+                        memmove(f->q + i, f->q + i + 1, (f->n - i - 1) * sizeof *f->q);
+                        f->n--;
+                } else
+                        i++;
+        fake_reply(f, HV_OP_SET_TARGET, now, 0, cb, ud);
+        uint64_t to = f->cannot_grow && bytes > cur ? cur : bytes;
+        if (to != cur) {
+                uint64_t first = to > cur ? cur + MIN(to - cur, 8 * MiB) : cur - MIN(cur - to, 8 * MiB);
+                fake_step(f, now + 10 * USEC_PER_MSEC, first);
+                if (first != to)
+                        fake_step(f, now + USEC_PER_SEC, to);
+        }
+        return 0;
+}
+
+static int fake_get_stats(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
+        FakeHv *f = (FakeHv *) hv;
+        (void) timeout;
+        f->stats_pending++;
+        return fake_reply(f, HV_OP_GET_STATS, now_mono() + f->stats_delay, 0, cb, ud);
+}
+
+static int fake_set_stats_period(Hv *hv, uint32_t s, usec_t timeout, hv_reply_cb cb, void *ud) {
+        (void) s, (void) timeout;
+        return fake_reply((FakeHv *) hv, HV_OP_SET_STATS_PERIOD, now_mono(), 0, cb, ud);
+}
+
+static int fake_get_caps(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
+        (void) hv, (void) timeout, (void) cb, (void) ud;
+        return -EOPNOTSUPP;
+}
+
+static void fake_cancel(Hv *hv, void *ud) {
+        FakeHv *f = (FakeHv *) hv;
+        for (size_t i = 0; i < f->n;)
+                if (!f->q[i].event && f->q[i].ud == ud) {
+                        memmove(f->q + i, f->q + i + 1, (f->n - i - 1) * sizeof *f->q);
+                        f->n--;
+                } else
+                        i++;
+}
+
+static void fake_free(Hv *hv) {
+        FakeHv *f = (FakeHv *) hv;
+        ev_timer_free(f->timer);
+        if (the_fake == f)
+                the_fake = NULL;
+        free(f);
+}
+
+static const HvOps fake_ops = {
+        .name = "fake",
+        .get_actual = fake_get_actual,
+        .set_target = fake_set_target,
+        .get_stats = fake_get_stats,
+        .set_stats_period = fake_set_stats_period,
+        .get_caps = fake_get_caps,
+        .cancel = fake_cancel,
+        .free = fake_free,
+};
+
+static usec_t fake_stats_delay;
+
+static int fake_factory(Ev *ev, const CtlVmSpec *spec, Hv **ret, char *err, size_t errlen) {
+        (void) err, (void) errlen;
+        FakeHv *f = calloc(1, sizeof *f);
+        if (!f)
+                return -ENOMEM;
+        f->hv.ops = &fake_ops;
+        f->hv.ev = ev;
+        f->rt_offset = now_usec(CLOCK_REALTIME) - now_mono();
+        f->steps[0].actual = spec->assigned;
+        f->n_steps = 1;
+        f->stats_delay = fake_stats_delay;
+        int r = ev_timer_add(ev, USEC_INFINITY, fake_on_timer, f, &f->timer);
+        if (r < 0) {
+                free(f);
+                return r;
+        }
+        the_fake = f;
+        *ret = &f->hv;
+        return 0;
+}
+
+static void start_fake(Fixture *f, uint32_t stats_period_s, usec_t stats_delay) {
+        CtlConfig cc;
+        ctl_config_default(&cc);
+        cc.proc_root = f->dir;
+        cc.psi_mode = -1;
+        cc.op_timeout = 2 * USEC_PER_SEC;
+        cc.sample_interval = 50 * USEC_PER_MSEC;
+        cc.stats_period_s = stats_period_s;
+        cc.plan.dwell = 0;
+        fake_stats_delay = stats_delay;
+        CtlHooks h = { .target_changed = on_target, .journal = on_journal, .userdata = f };
+        char err[256];
+        if (ctl_new(f->ev, &cc, fake_factory, &h, &f->c, err, sizeof err) < 0)
+                fail_msg("ctl_new: %s", err);
+}
+
+static bool fake_commanded(Fixture *f, void *arg) {
+        uint64_t t = *(const uint64_t *) arg;
+        (void) f;
+        return the_fake && the_fake->n_cmd > 0 && the_fake->cmd[the_fake->n_cmd - 1] == t;
+}
+
+static bool ticks_passed(Fixture *f, void *arg) {
+        CtlHostView h;
+        ctl_host_view(f->c, &h);
+        return h.ticks >= *(const uint64_t *) arg;
+}
+
+static bool vm_stalled(Fixture *f, void *arg) {
+        CtlVmView v;
+        ctl_vm_view(arg, &v);
+        (void) f;
+        return v.stalls > 0;
+}
+
+/* Every command from the n-th on, for a failure message. */
+static const char *fake_commands_from(size_t n) {
+        static char buf[1024];
+        size_t off = 0;
+        buf[0] = '\0';
+        for (size_t i = n; the_fake && i < the_fake->n_cmd && off < sizeof buf - 32; i++)
+                off += (size_t) snprintf(buf + off, sizeof buf - off, "%s%llu MiB at +%.3f s", i > n ? ", " : "",
+                                         (unsigned long long) (the_fake->cmd[i] / MiB),
+                                         (double) (the_fake->cmd_at[i] - the_fake->cmd_at[n]) / USEC_PER_SEC);
+        return buf;
+}
+
+/* A VM reclaimed in an episode, then given back when the pressure ends; returns the index of the
+ * give-back command in the_fake->cmd. */
+static size_t reclaim_then_give_back(Fixture *f, CtlVm *vm) {
+        assert_true(run_until(f, vm_adopted, vm, 10 * USEC_PER_SEC));
+        write_meminfo(f, 8 * GiB, 8 * GiB / 20 + 1);
+        assert_true(run_until(f, vm_reached_below, vm, 10 * USEC_PER_SEC));
+        write_meminfo(f, 8 * GiB, 6 * GiB);
+        uint64_t full = 1 * GiB;
+        assert_true(run_until(f, fake_commanded, &full, 10 * USEC_PER_SEC));
+        return the_fake->n_cmd - 1;
+}
+
+/* The soak's false stall: a fleet given back at once, read by a loop busy for longer than the stall
+ * window. The guest moved within a second, but its BALLOON_CHANGE events (the first one 8 MiB on,
+ * 10 ms after the command) were read 3.5 s late; taken as "no progress now", the first declared the
+ * VM stalled and the re-sync commanded it back down to that stale size: a reclaim nobody decided, on
+ * a healthy host (the soak's 680 → 1024 → 681 MiB). The events' own timestamps say the VM moved at
+ * once: no stall, and no command below the give-back. */
+static void test_late_events_are_no_stall(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 6 * GiB);
+        start_fake(f, 0, 0);
+        CtlVm *vm = add(f, "a", 1 * GiB, 256 * MiB);
+        size_t gb = reclaim_then_give_back(f, vm);
+        /* The loop starves: nothing is read for longer than the stall window. */
+        usec_t until = the_fake->cmd_at[gb] + ctl_config(f->c)->stall_window + 500 * USEC_PER_MSEC;
+        while (now_mono() < until)
+                (void) usleep(20 * 1000);
+        assert_true(run_until(f, vm_back_full, vm, 10 * USEC_PER_SEC));
+        CtlHostView h;
+        ctl_host_view(f->c, &h);
+        uint64_t ticks = h.ticks + 10;
+        assert_true(run_until(f, ticks_passed, &ticks, 10 * USEC_PER_SEC));
+        CtlVmView v;
+        ctl_vm_view(vm, &v);
+        for (size_t i = gb; i < the_fake->n_cmd; i++)
+                if (the_fake->cmd[i] < 1 * GiB)
+                        fail_msg("a command below the give-back after the late events: %s", fake_commands_from(gb));
+        if (v.stalls != 0)
+                fail_msg("declared stalled %llu times though it moved at once (commands since the give-back: %s)",
+                         (unsigned long long) v.stalls, fake_commands_from(gb));
+}
+
+/* A guest that really cannot grow (its balloon does not deflate) is stalled on its give-back, and
+ * the re-sync leaves its target where it was decided: re-syncing it to its actual would command a
+ * reclaim nobody decided. Nor does the plan's "stalled: where it is" during the back-off. */
+static void test_give_back_stall_commands_no_reclaim(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 6 * GiB);
+        start_fake(f, 0, 0);
+        CtlVm *vm = add(f, "a", 1 * GiB, 256 * MiB);
+        assert_true(run_until(f, vm_adopted, vm, 10 * USEC_PER_SEC));
+        write_meminfo(f, 8 * GiB, 8 * GiB / 20 + 1);
+        assert_true(run_until(f, vm_reached_below, vm, 10 * USEC_PER_SEC));
+        the_fake->cannot_grow = true;
+        write_meminfo(f, 8 * GiB, 6 * GiB);
+        uint64_t full = 1 * GiB;
+        assert_true(run_until(f, fake_commanded, &full, 10 * USEC_PER_SEC));
+        size_t gb = the_fake->n_cmd - 1;
+        assert_true(run_until(f, vm_stalled, vm, 15 * USEC_PER_SEC));
+        CtlHostView h;
+        ctl_host_view(f->c, &h);
+        uint64_t ticks = h.ticks + 20;
+        assert_true(run_until(f, ticks_passed, &ticks, 10 * USEC_PER_SEC));
+        CtlVmView v;
+        ctl_vm_view(vm, &v);
+        assert_int_equal(v.status, CTL_VM_STALLED);
+        for (size_t i = gb; i < the_fake->n_cmd; i++)
+                if (the_fake->cmd[i] < 1 * GiB)
+                        fail_msg("stalled on a give-back, commanded below it: %s", fake_commands_from(gb));
+        assert_true(v.target == 1 * GiB);
+}
+
+static bool reaction_measured(Fixture *f, void *arg) {
+        (void) arg;
+        return ctl_stats(f->c)->reaction.count > 0;
+}
+
+static bool fake_stats_busy(Fixture *f, void *arg) {
+        (void) f, (void) arg;
+        return the_fake && the_fake->stats_pending > 0;
+}
+
+/* The reaction runs from the sample that showed the need to the first reclaim command written to
+ * a hypervisor, even one queued behind another call: here a statistics read that takes 600 ms.
+ * Before, such a command was not counted (only those sent while the plan was applied were), and
+ * the start stayed set until some later plan sent one: figures of 7-36 s in the soak. */
+static void test_reaction_counts_queued_reclaim(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 6 * GiB);
+        start_fake(f, 1, 600 * USEC_PER_MSEC);
+        CtlVm *vm = add(f, "a", 1 * GiB, 256 * MiB);
+        assert_true(run_until(f, vm_adopted, vm, 10 * USEC_PER_SEC));
+        /* The first read comes at the idle fleet's poll (every 5 s), after the period was set. */
+        assert_true(run_until(f, fake_stats_busy, NULL, 20 * USEC_PER_SEC));
+        usec_t pressure = now_mono();
+        size_t before = the_fake->n_cmd;
+        write_meminfo(f, 8 * GiB, 8 * GiB / 20 + 1);
+        if (!run_until(f, reaction_measured, NULL, 5 * USEC_PER_SEC))
+                fail_msg("no reaction measured; commands since the pressure: %s",
+                         before < the_fake->n_cmd ? fake_commands_from(before) : "none");
+        assert_true(the_fake->n_cmd > before);
+        const CtlHistogram *r = &ctl_stats(f->c)->reaction;
+        double upper = (double) (the_fake->cmd_at[before] - pressure) / USEC_PER_SEC;
+        assert_int_equal(r->count, 1);
+        /* Written once the read returned (600 ms), not when the plan decided (within 50 ms). */
+        if (!(r->sum_s >= upper - 0.2 && r->sum_s <= upper + 0.005))
+                fail_msg("reaction %.3f s, but the reclaim was written %.3f s after the pressure began", r->sum_s,
+                         upper);
+        /* Once measured it is not measured again in the same episode. */
+        assert_true(run_until(f, vm_reached_below, vm, 10 * USEC_PER_SEC));
+        assert_int_equal(ctl_stats(f->c)->reaction.count, 1);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_reclaim_and_give_back, setup, teardown),
@@ -507,6 +879,9 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_idle_stats_follow_calm, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_shrunk_vm_polled_every_second, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_time_to_target_from_the_command, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_late_events_are_no_stall, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_give_back_stall_commands_no_reclaim, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_reaction_counts_queued_reclaim, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
