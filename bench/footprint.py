@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""Daemon footprint (PRODUCT.md "Numbers to beat": 1,000 VMs, ≤ 16 MiB RSS, ≤ 0.1% of a core when
+"""Daemon footprint (docs/spec.md "Numbers to beat": 1,000 VMs, ≤ 16 MiB RSS, ≤ 0.1% of a core when
 nothing changes).
 
 Starts N QMP test peers (build/tests/qmp-peer: protocol-faithful fake QEMUs, one process and one

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""Reaction latency (PRODUCT.md "Numbers to beat"): the scope crosses the low watermark → the first
+"""Reaction latency (docs/spec.md "Numbers to beat"): the scope crosses the low watermark → the first
 balloon command reaches the hypervisor.
 
 A memory cgroup v1 with a limit is the scope; ballastd watches it. The VM is the QMP test peer

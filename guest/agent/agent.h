@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* ballast-agent internals shared by main.c, setup.c, children.c.
+/* ballast-agent internals shared by main.c, setup.c, children.c, port.c.
  * The agent is one single-threaded process (PID 1 of the guest); the one
- * Agent object holds everything, and is passed to whoever needs it. */
+ * Agent object holds everything, and is passed to whoever needs it.
+ * Calls run one way: main.c -> setup.c, children.c -> port.c -> util.c. */
 #pragma once
 
 #include <stdbool.h>
@@ -10,6 +11,7 @@
 #include <sys/types.h>
 
 #include "proto.h"
+#include "util.h"
 
 #ifndef AGENT_VERSION
 #define AGENT_VERSION "0.1.0"
@@ -19,8 +21,6 @@
 #define AGENT_OUTQ_MAX       (64u * 1024u * 1024u) /* queued reply bytes before replies are replaced by errors */
 #define AGENT_BACKOFF_MIN_MS 4
 #define AGENT_BACKOFF_MAX_MS 1000
-
-typedef uint64_t usec_t;
 
 typedef struct ExecJob ExecJob;
 typedef struct FillJob FillJob;
@@ -49,14 +49,14 @@ typedef struct Agent {
         uint64_t next_handle;
 } Agent;
 
-/* util (main.c) */
-usec_t agent_now(void);
-void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Reads a whole small file into a NUL-terminated heap string. Returns length or -errno. */
-ssize_t agent_read_file(const char *path, char **ret);
-int agent_write_file(const char *path, const char *s);
-/* Queues one complete reply line for the host (dropped while the host is away). */
+/* port.c: the port's output queue */
+/* Queues one complete reply line for the host (dropped while the host is away;
+ * replaced by a short error line when the queue is full) and writes what it can. */
 void agent_send(Agent *a, AgentBuf *line);
+/* Writes queued bytes until the port would block; a failed write means the host went away. */
+void agent_port_flush(Agent *a);
+/* The host side closed: forget the partial request and the queued replies, start the back-off. */
+void agent_port_went_away(Agent *a);
 
 /* setup.c */
 void agent_setup(Agent *a);

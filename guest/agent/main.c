@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,144 +21,7 @@
 #define PORT_WAIT_BOOT_MS 5000
 
 /* ======================================================================== */
-/* utilities */
-
-usec_t agent_now(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (usec_t) ts.tv_sec * 1000000 + (usec_t) ts.tv_nsec / 1000;
-}
-
-void agent_log(const char *fmt, ...) {
-        char line[512];
-        int n = snprintf(line, sizeof line, "ballast-agent: ");
-        va_list ap;
-        va_start(ap, fmt);
-        n += vsnprintf(line + n, sizeof line - (size_t) n - 1, fmt, ap);
-        va_end(ap);
-        if (n > (int) sizeof line - 2)
-                n = (int) sizeof line - 2;
-        line[n++] = '\n';
-        /* One write, so lines from the agent and its children do not interleave. */
-        if (write(2, line, (size_t) n) < 0) {
-                /* nowhere left to report it */
-        }
-}
-
-ssize_t agent_read_file(const char *path, char **ret) {
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        size_t cap = 4096, len = 0;
-        char *buf = malloc(cap);
-        if (!buf) {
-                close(fd);
-                return -ENOMEM;
-        }
-        for (;;) {
-                if (len + 1 >= cap) {
-                        if (cap >= 4u * 1024 * 1024) /* /proc files we read are a few KiB */
-                                break;
-                        char *nb = realloc(buf, cap * 2);
-                        if (!nb) {
-                                free(buf);
-                                close(fd);
-                                return -ENOMEM;
-                        }
-                        buf = nb;
-                        cap *= 2;
-                }
-                ssize_t n = read(fd, buf + len, cap - len - 1);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0) {
-                        int e = errno;
-                        free(buf);
-                        close(fd);
-                        return -e;
-                }
-                if (n == 0)
-                        break;
-                len += (size_t) n;
-        }
-        close(fd);
-        buf[len] = 0;
-        *ret = buf;
-        return (ssize_t) len;
-}
-
-int agent_write_file(const char *path, const char *s) {
-        int fd = open(path, O_WRONLY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        size_t n = strlen(s);
-        ssize_t w = write(fd, s, n);
-        int e = errno;
-        close(fd);
-        if (w < 0)
-                return -e;
-        return (size_t) w == n ? 0 : -EIO;
-}
-
-/* ======================================================================== */
-/* the port */
-
-static void port_flush(Agent *a);
-
-void agent_send(Agent *a, AgentBuf *line) {
-        if (!a->host_connected || a->port_fd < 0) {
-                /* Nobody to read it: the request came from a connection that is gone. */
-                a->dropped_replies++;
-                return;
-        }
-        if (a->outq.len + line->len > AGENT_OUTQ_MAX) {
-                /* The host stopped reading; keep memory bounded. A short error
-                 * line still fits and tells the host which reply it lost. */
-                a->dropped_replies++;
-                if (a->outq.len + 256 > AGENT_OUTQ_MAX + 4096)
-                        return;
-                const char *id = "null";
-                char idbuf[AGENT_ID_JSON_MAX];
-                if (line->len > 7 && memcmp(line->data, "{\"id\":", 6) == 0) {
-                        size_t i = 6, k = 0;
-                        /* ids are emitted canonically, so the first ',"ok":' ends one */
-                        while (i + 6 <= line->len && memcmp(line->data + i, ",\"ok\":", 6) != 0 && k + 1 < sizeof idbuf)
-                                idbuf[k++] = line->data[i++];
-                        idbuf[k] = 0;
-                        id = idbuf;
-                }
-                AgentBuf e = { 0 };
-                agent_reply_error(&e, id, "reply dropped: output queue full");
-                agent_buf_put(&a->outq, e.data, e.len);
-                agent_buf_free(&e);
-        } else {
-                agent_buf_put(&a->outq, line->data, line->len);
-        }
-        port_flush(a);
-}
-
-static void port_went_away(Agent *a) {
-        a->host_connected = false;
-        a->backoff_ms = AGENT_BACKOFF_MIN_MS;
-        a->next_probe = agent_now() + (usec_t) a->backoff_ms * 1000;
-        agent_line_reset(&a->lines);
-        agent_buf_reset(&a->outq);
-}
-
-static void port_flush(Agent *a) {
-        while (a->host_connected && a->outq.len > 0) {
-                ssize_t n = write(a->port_fd, a->outq.data, a->outq.len);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0 && errno == EAGAIN)
-                        return; /* wait for POLLOUT */
-                if (n <= 0) {
-                        port_went_away(a);
-                        return;
-                }
-                agent_buf_consume(&a->outq, (size_t) n);
-        }
-}
+/* the port: finding, opening, probing (the output queue is port.c) */
 
 static void port_connected(Agent *a) {
         a->host_connected = true;
@@ -282,7 +144,7 @@ static void port_read(Agent *a, short revents) {
                 if (n < 0 && errno == EAGAIN)
                         break;
                 if (n <= 0) {
-                        port_went_away(a);
+                        agent_port_went_away(a);
                         return;
                 }
                 const char *p = buf;
@@ -310,7 +172,7 @@ static void port_read(Agent *a, short revents) {
                 }
         }
         if (revents & (POLLHUP | POLLERR))
-                port_went_away(a);
+                agent_port_went_away(a);
 }
 
 /* ======================================================================== */
@@ -451,7 +313,7 @@ int main(int argc, char **argv) {
                 agent_children_io(a, pfd + child_base, n - child_base);
                 if (port_idx >= 0 && pfd[port_idx].revents && a->host_connected) {
                         if (pfd[port_idx].revents & POLLOUT)
-                                port_flush(a);
+                                agent_port_flush(a);
                         if (a->host_connected)
                                 port_read(a, pfd[port_idx].revents);
                 }

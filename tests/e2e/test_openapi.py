@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""docs/api.yaml against a running ballastd (PRODUCT B6.1: "An OpenAPI document in docs/ describes
-it and a test checks the server against it").
+"""docs/api.yaml against a running ballastd (docs/spec.md B6.1: an OpenAPI document in docs/
+describes the API and a test checks the running server against it).
 
 One ballastd per module, on a Unix socket and a loopback TCP port, with two VMs: `vm-err` (qemu, a
 socket that does not exist: its status becomes "error") and `vm-ok` (qemu, served by the fake QMP

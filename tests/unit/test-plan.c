@@ -507,7 +507,7 @@ static void test_split_two_16g_12g_exact(void **state) {
         assert_int_equal(R.shortfall, 0);
 
         /* Same split from a hold on a healthy host (25% floors = 4 GiB leave 12 GiB of headroom
-         * each). 12 GiB × 12 GiB is past 2^63: a 64-bit product would wrap here (hypeman 7.1). */
+         * each). 12 GiB × 12 GiB is past 2^63: a 64-bit product would wrap here (hypeman's int64 split does). */
         fx(2, 16 * GiB);
         I.hold = (PlanHold){ .bytes = 12 * GiB, .until = NOW + SEC };
         I.host.available = HIGH;
