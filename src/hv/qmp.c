@@ -211,23 +211,136 @@ static void qmp_on_greeting(Qmp *q, const QmpMsg *m) {
 
 static void qmp_step(QmpReq *r);
 
-static void qmp_on_reply(Qmp *q, const QmpMsg *m) {
-        QmpCmd *c = NULL;
-
+/* The command a reply answers: by our id, or (parse errors come back without an id) the oldest
+ * command sent; NULL for a reply to a command that already timed out, or a garbage id. */
+static QmpCmd *qmp_reply_cmd(Qmp *q, const QmpMsg *m) {
         if (m->id_is_ours) {
                 for (QmpCmd *i = q->cmds; i; i = i->next)
-                        if (i->sent && i->id == m->id) {
-                                c = i;
-                                break;
-                        }
+                        if (i->sent && i->id == m->id)
+                                return i;
         } else if (!m->id_present && m->type == QMP_MSG_ERROR) {
-                /* Parse errors come back without an id: they answer the oldest command sent. */
                 for (QmpCmd *i = q->cmds; i; i = i->next)
-                        if (i->sent) {
-                                c = i;
-                                break;
-                        }
+                        if (i->sent)
+                                return i;
         }
+        return NULL;
+}
+
+/* QEMU refused the step's command: some refusals only mean a feature is absent. */
+static void req_on_error(QmpReq *r, QmpStep step, const QmpMsg *m) {
+        const char *cls = m->error_class;
+        HvReply *rep = &r->req.reply;
+        if (step == STEP_QUERY_BALLOON && r->req.op == HV_OP_GET_CAPS && strcmp(cls, "DeviceNotActive") == 0) {
+                rep->caps.balloon = false;
+                r->step++; /* still read the memory size, then stop */
+                if (op_steps[r->req.op][r->step] == STEP_MEM_SUMMARY)
+                        qmp_step(r);
+                else
+                        req_finish(r);
+                return;
+        }
+        if (step == STEP_GET_PERIOD || /* optional */
+            ((step == STEP_GET_DEFLATE_ON_OOM || step == STEP_GET_FREE_PAGE_REPORTING) &&
+             strcmp(cls, "GenericError") == 0)) { /* older QEMU without the property: no such feature */
+                r->step++;
+                qmp_step(r);
+                return;
+        }
+        hv_req_fail(&r->req, strcmp(cls, "DeviceNotActive") == 0 ? -ENODEV : -EREMOTEIO, "QEMU refused %s: %s: %s",
+                    hv_op_to_string(r->req.op), cls, m->error_desc);
+}
+
+/* qom-list of /machine/peripheral or /machine/peripheral-anon: the balloon's QOM path. Returns
+ * false after failing the request. */
+static bool req_on_discover(Qmp *q, QmpReq *r, QmpStep step, json_t *v) {
+        size_t i;
+        json_t *e;
+        const char *base = step == STEP_DISCOVER_PERIPHERAL ? "/machine/peripheral" : "/machine/peripheral-anon";
+        json_array_foreach(v, i, e) {
+                const char *type = json_string_value(json_object_get(e, "type"));
+                const char *name = json_string_value(json_object_get(e, "name"));
+                if (type && name && strncmp(type, "child<virtio-balloon-", 21) == 0 && strlen(name) < 200) {
+                        char path[256];
+                        snprintf(path, sizeof(path), "%s/%s", base, name);
+                        free(q->balloon_path);
+                        q->balloon_path = strdup(path);
+                        if (!q->balloon_path) {
+                                hv_req_fail(&r->req, -ENOMEM, "out of memory");
+                                return false;
+                        }
+                        break;
+                }
+        }
+        if (step == STEP_DISCOVER_ANON && !q->balloon_path) {
+                hv_req_fail(&r->req, -ENODEV, "no virtio-balloon device found under /machine/peripheral{,-anon}");
+                return false;
+        }
+        return true;
+}
+
+/* The step's command returned v. Returns true to go on with the next step, false when the
+ * request was failed or finished here. */
+static bool req_on_return(Qmp *q, QmpReq *r, QmpStep step, json_t *v) {
+        HvReply *rep = &r->req.reply;
+        char err[256];
+        switch (step) {
+        case STEP_QUERY_BALLOON: {
+                json_t *a = json_object_get(v, "actual");
+                if (!json_is_integer(a) || json_integer_value(a) < 0) {
+                        hv_req_fail(&r->req, -EBADMSG, "query-balloon reply has no valid \"actual\"");
+                        return false;
+                }
+                rep->actual = (uint64_t) json_integer_value(a);
+                rep->caps.balloon = true;
+                /* QEMU's virtio-balloon always has the guest-stats properties (the guest fills
+                 * them once a polling interval is set). */
+                rep->caps.stats = true;
+                return true;
+        }
+        case STEP_MEM_SUMMARY: {
+                json_t *b = json_object_get(v, "base-memory");
+                if (!json_is_integer(b) || json_integer_value(b) <= 0) {
+                        hv_req_fail(&r->req, -EBADMSG, "query-memory-size-summary reply has no valid \"base-memory\"");
+                        return false;
+                }
+                rep->caps.ram_bytes = (uint64_t) json_integer_value(b);
+                if (!rep->caps.balloon) {
+                        req_finish(r);
+                        return false;
+                }
+                return true;
+        }
+        case STEP_DISCOVER_PERIPHERAL:
+        case STEP_DISCOVER_ANON:
+                return req_on_discover(q, r, step, v);
+        case STEP_GET_STATS: {
+                int k = qmp_parse_guest_stats(v, &rep->stats, err, sizeof(err));
+                if (k < 0) {
+                        hv_req_fail(&r->req, k, "%s", err);
+                        return false;
+                }
+                return true;
+        }
+        case STEP_GET_PERIOD:
+                if (json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) <= UINT32_MAX)
+                        rep->stats.period = (uint32_t) json_integer_value(v);
+                return true;
+        case STEP_GET_DEFLATE_ON_OOM:
+                rep->caps.deflate_on_oom = json_is_true(v);
+                return true;
+        case STEP_GET_FREE_PAGE_REPORTING:
+                rep->caps.free_page_reporting = json_is_true(v);
+                return true;
+        case STEP_BALLOON_SET:
+        case STEP_SET_PERIOD:
+        case STEP_END:
+                return true;
+        }
+        return true;
+}
+
+static void qmp_on_reply(Qmp *q, const QmpMsg *m) {
+        QmpCmd *c = qmp_reply_cmd(q, m);
         if (!c) {
                 /* A reply to a command that already timed out (or garbage id): drop it. */
                 q->counters.stale_replies++;
@@ -252,121 +365,14 @@ static void qmp_on_reply(Qmp *q, const QmpMsg *m) {
         cmd_free(c);
 
         QmpStep step = op_steps[r->req.op][r->step];
-        HvReply *rep = &r->req.reply;
-
         if (m->type == QMP_MSG_ERROR) {
-                const char *cls = m->error_class;
-                if (step == STEP_QUERY_BALLOON && r->req.op == HV_OP_GET_CAPS && strcmp(cls, "DeviceNotActive") == 0) {
-                        rep->caps.balloon = false;
-                        r->step++; /* still read the memory size, then stop */
-                        if (op_steps[r->req.op][r->step] == STEP_MEM_SUMMARY) {
-                                qmp_step(r);
-                                return;
-                        }
-                        req_finish(r);
-                        return;
-                }
-                if (step == STEP_GET_PERIOD) { /* optional */
-                        r->step++;
-                        qmp_step(r);
-                        return;
-                }
-                if ((step == STEP_GET_DEFLATE_ON_OOM || step == STEP_GET_FREE_PAGE_REPORTING) &&
-                    strcmp(cls, "GenericError") == 0) {
-                        /* Older QEMU without the property: the feature is simply not there. */
-                        r->step++;
-                        qmp_step(r);
-                        return;
-                }
-                hv_req_fail(&r->req, strcmp(cls, "DeviceNotActive") == 0 ? -ENODEV : -EREMOTEIO,
-                            "QEMU refused %s: %s: %s", hv_op_to_string(r->req.op), cls, m->error_desc);
+                req_on_error(r, step, m);
                 return;
         }
-
-        json_t *v = m->value;
-        char err[256];
-        switch (step) {
-        case STEP_QUERY_BALLOON: {
-                json_t *a = json_object_get(v, "actual");
-                if (!json_is_integer(a) || json_integer_value(a) < 0) {
-                        hv_req_fail(&r->req, -EBADMSG, "query-balloon reply has no valid \"actual\"");
-                        return;
-                }
-                rep->actual = (uint64_t) json_integer_value(a);
-                rep->caps.balloon = true;
-                /* QEMU's virtio-balloon always has the guest-stats properties (the guest fills
-                 * them once a polling interval is set). */
-                rep->caps.stats = true;
-                break;
+        if (req_on_return(q, r, step, m->value)) {
+                r->step++;
+                qmp_step(r);
         }
-        case STEP_BALLOON_SET:
-                break;
-        case STEP_MEM_SUMMARY: {
-                json_t *b = json_object_get(v, "base-memory");
-                if (!json_is_integer(b) || json_integer_value(b) <= 0) {
-                        hv_req_fail(&r->req, -EBADMSG, "query-memory-size-summary reply has no valid \"base-memory\"");
-                        return;
-                }
-                rep->caps.ram_bytes = (uint64_t) json_integer_value(b);
-                if (!rep->caps.balloon) {
-                        req_finish(r);
-                        return;
-                }
-                break;
-        }
-        case STEP_DISCOVER_PERIPHERAL:
-        case STEP_DISCOVER_ANON: {
-                size_t i;
-                json_t *e;
-                const char *base =
-                        step == STEP_DISCOVER_PERIPHERAL ? "/machine/peripheral" : "/machine/peripheral-anon";
-                json_array_foreach(v, i, e) {
-                        const char *type = json_string_value(json_object_get(e, "type"));
-                        const char *name = json_string_value(json_object_get(e, "name"));
-                        if (type && name && strncmp(type, "child<virtio-balloon-", 21) == 0 && strlen(name) < 200) {
-                                char path[256];
-                                snprintf(path, sizeof(path), "%s/%s", base, name);
-                                free(q->balloon_path);
-                                q->balloon_path = strdup(path);
-                                if (!q->balloon_path) {
-                                        hv_req_fail(&r->req, -ENOMEM, "out of memory");
-                                        return;
-                                }
-                                break;
-                        }
-                }
-                if (step == STEP_DISCOVER_ANON && !q->balloon_path) {
-                        hv_req_fail(&r->req, -ENODEV,
-                                    "no virtio-balloon device found under /machine/peripheral{,-anon}");
-                        return;
-                }
-                break;
-        }
-        case STEP_GET_STATS: {
-                int k = qmp_parse_guest_stats(v, &rep->stats, err, sizeof(err));
-                if (k < 0) {
-                        hv_req_fail(&r->req, k, "%s", err);
-                        return;
-                }
-                break;
-        }
-        case STEP_GET_PERIOD:
-                if (json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) <= UINT32_MAX)
-                        rep->stats.period = (uint32_t) json_integer_value(v);
-                break;
-        case STEP_SET_PERIOD:
-                break;
-        case STEP_GET_DEFLATE_ON_OOM:
-                rep->caps.deflate_on_oom = json_is_true(v);
-                break;
-        case STEP_GET_FREE_PAGE_REPORTING:
-                rep->caps.free_page_reporting = json_is_true(v);
-                break;
-        case STEP_END:
-                break;
-        }
-        r->step++;
-        qmp_step(r);
 }
 
 /* Whether the event rate leaves room for one more event now. */

@@ -561,18 +561,29 @@ static void test_hung_does_not_block_healthy(void **state) {
         hv_free(ok);
 }
 
-/* A timer that re-arms itself every `period` and records how late it ran: the loop's heartbeat. */
+/* A timer that re-arms itself every `period` and records how late it ran: the loop's heartbeat.
+ * Lateness is counted only as far as this thread was running meanwhile (its CPU time since the
+ * previous tick): a loop that keeps reading a storm without yielding is late while busy, and is
+ * caught; a loop that waited for a CPU on a loaded machine is not the code's doing.
+ * max_late_wall keeps the wall-clock figure for the message. */
 typedef struct Ticker {
         EvTimer *t;
-        usec_t period, due_at, max_late;
+        usec_t period, due_at, max_late, max_late_wall, cpu_prev;
         unsigned fired;
 } Ticker;
 
+static usec_t thread_cpu_now(void) {
+        return now_usec(CLOCK_THREAD_CPUTIME_ID);
+}
+
 static void on_tick(EvTimer *t, void *userdata) {
         Ticker *k = userdata;
-        usec_t now = now_mono();
+        usec_t now = now_mono(), cpu = thread_cpu_now();
+        usec_t late = now - k->due_at;
         k->fired++;
-        k->max_late = MAX(k->max_late, now - k->due_at);
+        k->max_late = MAX(k->max_late, MIN(late, cpu - k->cpu_prev));
+        k->max_late_wall = MAX(k->max_late_wall, late);
+        k->cpu_prev = cpu;
         k->due_at = usec_add(now, k->period);
         ev_timer_set(t, k->due_at);
 }
@@ -594,7 +605,7 @@ static void test_event_storm_does_not_starve(void **state) {
         Listener *l = calloc(1, sizeof(Listener));
         assert_non_null(l);
         assert_int_equal(hv_add_listener(storm, on_actual, l), 0);
-        Ticker k = { .period = 10 * USEC_PER_MSEC };
+        Ticker k = { .period = 10 * USEC_PER_MSEC, .cpu_prev = thread_cpu_now() };
         k.due_at = usec_add(now_mono(), k.period);
         assert_int_equal(ev_timer_add(f->ev, k.due_at, on_tick, &k, &k.t), 0);
 
@@ -629,8 +640,9 @@ static void test_event_storm_does_not_starve(void **state) {
         }
         usec_t stormed = now_mono() - storm_start;
         if (k.max_late >= 200 * USEC_PER_MSEC)
-                fail_msg("a 10 ms timer ran up to %llu ms late during an event storm",
-                         (unsigned long long) (k.max_late / 1000));
+                fail_msg("a 10 ms timer ran up to %llu ms late during an event storm while the loop was running "
+                         "(%llu ms by the wall clock)",
+                         (unsigned long long) (k.max_late / 1000), (unsigned long long) (k.max_late_wall / 1000));
         assert_true(k.fired >= 10);
 
         /* Listeners heard at most the burst plus the rate over the storm; the rest was dropped and
