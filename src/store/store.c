@@ -241,6 +241,42 @@ static int array_reserve(void **a, size_t *cap, size_t want, size_t size) {
         return 0;
 }
 
+/* Reads every row of st into a new array of `size`-byte elements, each by from_row (which fills
+ * the element at its second argument); on failure frees what was read with free_array. Returns 0
+ * with *ret (NULL when no row) and *ret_n, or a negative errno with err. */
+typedef int (*row_reader)(Store *s, sqlite3_stmt *st, void *ret, char *err, size_t errlen);
+static int read_rows(Store *s, sqlite3_stmt *st, size_t size, row_reader from_row,
+                     void (*free_array)(void *a, size_t n), const char *what, void **ret, size_t *ret_n, char *err,
+                     size_t errlen) {
+        void *a = NULL;
+        size_t n = 0, cap = 0;
+        int r;
+        for (;;) {
+                int rc = sqlite3_step(st);
+                if (rc == SQLITE_DONE)
+                        break;
+                if (rc != SQLITE_ROW) {
+                        r = sql_fail(s, rc, what, err, errlen);
+                        goto fail;
+                }
+                r = array_reserve(&a, &cap, n + 1, size);
+                if (r < 0)
+                        goto fail;
+                r = from_row(s, st, (char *) a + n * size, err, errlen);
+                if (r < 0)
+                        goto fail;
+                n++;
+        }
+        *ret = n > 0 ? a : NULL;
+        if (n == 0)
+                free(a);
+        *ret_n = n;
+        return 0;
+fail:
+        free_array(a, n);
+        return r;
+}
+
 /* ---- validation ---- */
 
 static bool text_is_valid(const char *s, size_t max_bytes) {
@@ -702,8 +738,9 @@ static int check_files(Store *s, char *err, size_t errlen) {
         return 0;
 }
 
-/* Reads one integer from a statement without parameters (PRAGMA or SELECT). */
-static int query_int(Store *s, const char *sql, int64_t *ret, char *err, size_t errlen) {
+/* Prepares sql (no parameters: a PRAGMA or a SELECT) and steps to its first row: the statement
+ * in *ret (the caller finalizes it), or a negative errno (no row is -EBADMSG, a corrupt answer). */
+static int query_row(Store *s, const char *sql, sqlite3_stmt **ret, char *err, size_t errlen) {
         sqlite3_stmt *st = NULL;
         int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
         if (rc != SQLITE_OK)
@@ -714,6 +751,16 @@ static int query_int(Store *s, const char *sql, int64_t *ret, char *err, size_t 
                 sqlite3_finalize(st);
                 return r;
         }
+        *ret = st;
+        return 0;
+}
+
+/* Reads one integer. */
+static int query_int(Store *s, const char *sql, int64_t *ret, char *err, size_t errlen) {
+        sqlite3_stmt *st;
+        int r = query_row(s, sql, &st, err, errlen);
+        if (r < 0)
+                return r;
         *ret = sqlite3_column_int64(st, 0);
         sqlite3_finalize(st);
         return 0;
@@ -721,16 +768,10 @@ static int query_int(Store *s, const char *sql, int64_t *ret, char *err, size_t 
 
 /* Reads one text value into buf. */
 static int query_text(Store *s, const char *sql, char *buf, size_t len, char *err, size_t errlen) {
-        sqlite3_stmt *st = NULL;
-        int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sql_fail(s, rc, sql, err, errlen);
-        rc = sqlite3_step(st);
-        if (rc != SQLITE_ROW) {
-                int r = sql_fail(s, rc == SQLITE_DONE ? SQLITE_CORRUPT : rc, sql, err, errlen);
-                sqlite3_finalize(st);
+        sqlite3_stmt *st;
+        int r = query_row(s, sql, &st, err, errlen);
+        if (r < 0)
                 return r;
-        }
         const unsigned char *t = sqlite3_column_text(st, 0);
         snprintf(buf, len, "%s", t ? (const char *) t : "");
         sqlite3_finalize(st);
@@ -1269,17 +1310,23 @@ static int bind_vm(sqlite3_stmt *st, const StoreVm *vm, bool with_created) {
         return rc;
 }
 
-int store_vm_put(Store *s, const StoreVm *vm, char *err, size_t errlen) {
-        if (!s || !vm)
-                return -EINVAL;
+/* Checks vm and binds it to st (the insert, with its creation time, or the update). */
+static int vm_check_bind(Store *s, sqlite3_stmt *st, const StoreVm *vm, bool insert, char *err, size_t errlen) {
         int r = vm_check(vm, err, errlen);
         if (r < 0)
                 return r;
+        int rc = bind_vm(st, vm, insert);
+        return rc == SQLITE_OK ? 0 : sql_fail(s, rc, "bind", err, errlen);
+}
+
+int store_vm_put(Store *s, const StoreVm *vm, char *err, size_t errlen) {
+        if (!s || !vm)
+                return -EINVAL;
         _cleanup_stmt_ sqlite3_stmt *st = s->stmt[STMT_VM_INSERT];
-        int rc = bind_vm(st, vm, true);
-        if (rc != SQLITE_OK)
-                return sql_fail(s, rc, "bind", err, errlen);
-        rc = sqlite3_step(st);
+        int r = vm_check_bind(s, st, vm, true, err, errlen);
+        if (r < 0)
+                return r;
+        int rc = sqlite3_step(st);
         if (rc == SQLITE_DONE)
                 return 0;
         if (rc == SQLITE_CONSTRAINT_PRIMARYKEY) {
@@ -1300,13 +1347,10 @@ static int changed_one(Store *s, const char *id, char *err, size_t errlen) {
 int store_vm_update(Store *s, const StoreVm *vm, char *err, size_t errlen) {
         if (!s || !vm)
                 return -EINVAL;
-        int r = vm_check(vm, err, errlen);
+        _cleanup_stmt_ sqlite3_stmt *st = s->stmt[STMT_VM_UPDATE];
+        int r = vm_check_bind(s, st, vm, false, err, errlen);
         if (r < 0)
                 return r;
-        _cleanup_stmt_ sqlite3_stmt *st = s->stmt[STMT_VM_UPDATE];
-        int rc = bind_vm(st, vm, false);
-        if (rc != SQLITE_OK)
-                return sql_fail(s, rc, "bind", err, errlen);
         r = step_done(s, st, "update VM", err, errlen);
         return r < 0 ? r : changed_one(s, vm->id, err, errlen);
 }
@@ -1393,38 +1437,19 @@ int store_vm_get(Store *s, const char *id, StoreVm *ret, char *err, size_t errle
         return vm_from_row(s, st, ret, err, errlen);
 }
 
+static int vm_row(Store *s, sqlite3_stmt *st, void *ret, char *err, size_t errlen) {
+        return vm_from_row(s, st, ret, err, errlen);
+}
+
+static void vm_array_free(void *a, size_t n) {
+        store_vm_array_free(a, n);
+}
+
 int store_vm_load_all(Store *s, StoreVm **ret, size_t *ret_n, char *err, size_t errlen) {
         if (!s || !ret || !ret_n)
                 return -EINVAL;
         _cleanup_stmt_ sqlite3_stmt *st = s->stmt[STMT_VM_ALL];
-        StoreVm *vms = NULL;
-        size_t n = 0, cap = 0;
-        int r;
-
-        for (;;) {
-                int rc = sqlite3_step(st);
-                if (rc == SQLITE_DONE)
-                        break;
-                if (rc != SQLITE_ROW) {
-                        r = sql_fail(s, rc, "read VMs", err, errlen);
-                        goto fail;
-                }
-                r = array_reserve((void **) &vms, &cap, n + 1, sizeof(StoreVm));
-                if (r < 0)
-                        goto fail;
-                r = vm_from_row(s, st, &vms[n], err, errlen);
-                if (r < 0)
-                        goto fail;
-                n++;
-        }
-        *ret = n > 0 ? vms : NULL;
-        if (n == 0)
-                free(vms);
-        *ret_n = n;
-        return 0;
-fail:
-        store_vm_array_free(vms, n);
-        return r;
+        return read_rows(s, st, sizeof(StoreVm), vm_row, vm_array_free, "read VMs", (void **) ret, ret_n, err, errlen);
 }
 
 /* ---- the hold ---- */
@@ -1602,39 +1627,21 @@ static int journal_from_row(Store *s, sqlite3_stmt *st, StoreJournalEntry *ret, 
         return 0;
 }
 
+static int journal_row(Store *s, sqlite3_stmt *st, void *ret, char *err, size_t errlen) {
+        return journal_from_row(s, st, ret, err, errlen);
+}
+
+static void journal_array_free(void *a, size_t n) {
+        store_journal_free_array(a, n);
+}
+
 int store_journal_list(Store *s, size_t limit, StoreJournalEntry **ret, size_t *ret_n, char *err, size_t errlen) {
         if (!s || !ret || !ret_n)
                 return -EINVAL;
         _cleanup_stmt_ sqlite3_stmt *st = s->stmt[STMT_JOURNAL_LIST];
-        StoreJournalEntry *es = NULL;
-        size_t n = 0, cap = 0;
-        int r;
-
         int rc = sqlite3_bind_int64(st, 1, (sqlite3_int64) MIN(limit, (size_t) INT64_MAX));
         if (rc != SQLITE_OK)
                 return sql_fail(s, rc, "bind", err, errlen);
-        for (;;) {
-                rc = sqlite3_step(st);
-                if (rc == SQLITE_DONE)
-                        break;
-                if (rc != SQLITE_ROW) {
-                        r = sql_fail(s, rc, "read journal", err, errlen);
-                        goto fail;
-                }
-                r = array_reserve((void **) &es, &cap, n + 1, sizeof(StoreJournalEntry));
-                if (r < 0)
-                        goto fail;
-                r = journal_from_row(s, st, &es[n], err, errlen);
-                if (r < 0)
-                        goto fail;
-                n++;
-        }
-        *ret = n > 0 ? es : NULL;
-        if (n == 0)
-                free(es);
-        *ret_n = n;
-        return 0;
-fail:
-        store_journal_free_array(es, n);
-        return r;
+        return read_rows(s, st, sizeof(StoreJournalEntry), journal_row, journal_array_free, "read journal",
+                         (void **) ret, ret_n, err, errlen);
 }
