@@ -94,6 +94,17 @@ static int need_name(int argc, char **argv, int want, const char *what) {
         return -1;
 }
 
+/* The start of every pool command: its options, `want` arguments (the pool's NAME first) and the
+ * pool. -1 to go on, else the exit code. */
+static int begin(int argc, char **argv, const struct option *opts, int want, const char *what, Pool *p) {
+        int r = parse_options(argc, argv, opts);
+        if (r >= 0)
+                return r;
+        if ((r = need_name(argc, argv, want, what)) >= 0)
+                return r;
+        return open_pool(argv[optind], p);
+}
+
 /* fill */
 static struct {
         uint64_t count, memory, park_size, cpus;
@@ -185,17 +196,13 @@ static int cmd_fill(int argc, char **argv) {
                 CTL_API_LONG_OPTIONS,
                 {},
         };
-        int r = parse_options(argc, argv, opts);
+        Pool p;
+        int r = begin(argc, argv, opts, 1, "NAME", &p);
         if (r >= 0)
-                return r;
-        if ((r = need_name(argc, argv, 1, "NAME")) >= 0)
                 return r;
         const char *name = argv[optind];
         if (o.park_size && o.have_memory && o.park_size > o.memory)
                 return cli_usage_error("--park-size is larger than --memory");
-        Pool p;
-        if ((r = open_pool(name, &p)) >= 0)
-                return r;
         PoolSettings s = {
                 .count = o.count,
                 .memory = o.memory,
@@ -244,15 +251,11 @@ static int cmd_acquire(int argc, char **argv) {
                 CTL_API_LONG_OPTIONS,
                 {},
         };
-        int r = parse_options(argc, argv, opts);
+        Pool p;
+        int r = begin(argc, argv, opts, 1, "NAME", &p);
         if (r >= 0)
                 return r;
-        if ((r = need_name(argc, argv, 1, "NAME")) >= 0)
-                return r;
         const char *name = argv[optind];
-        Pool p;
-        if ((r = open_pool(name, &p)) >= 0)
-                return r;
         PoolAcquired a;
         char err[1200];
         if (pool_acquire(&p, o.wait, &a, err, sizeof err) < 0)
@@ -285,15 +288,11 @@ static int cmd_release(int argc, char **argv) {
                 CTL_API_LONG_OPTIONS,
                 {},
         };
-        int r = parse_options(argc, argv, opts);
+        Pool p;
+        int r = begin(argc, argv, opts, 2, "NAME VM", &p);
         if (r >= 0)
                 return r;
-        if ((r = need_name(argc, argv, 2, "NAME VM")) >= 0)
-                return r;
         const char *name = argv[optind], *vm = argv[optind + 1];
-        Pool p;
-        if ((r = open_pool(name, &p)) >= 0)
-                return r;
         usec_t t0 = now_mono();
         char err[600];
         r = pool_release(&p, vm, !o.no_refill, err, sizeof err);
@@ -350,15 +349,11 @@ static int cmd_status(int argc, char **argv) {
                 CTL_API_LONG_OPTIONS,
                 {},
         };
-        int r = parse_options(argc, argv, opts);
+        Pool p;
+        int r = begin(argc, argv, opts, 1, "NAME", &p);
         if (r >= 0)
                 return r;
-        if ((r = need_name(argc, argv, 1, "NAME")) >= 0)
-                return r;
         const char *name = argv[optind];
-        Pool p;
-        if ((r = open_pool(name, &p)) >= 0)
-                return r;
         json_t *s = load_status(&p);
         if (!s)
                 return EXIT_FAIL;
@@ -388,15 +383,11 @@ static int cmd_drain(int argc, char **argv) {
                 CTL_API_LONG_OPTIONS,
                 {},
         };
-        int r = parse_options(argc, argv, opts);
+        Pool p;
+        int r = begin(argc, argv, opts, 1, "NAME", &p);
         if (r >= 0)
                 return r;
-        if ((r = need_name(argc, argv, 1, "NAME")) >= 0)
-                return r;
         const char *name = argv[optind];
-        Pool p;
-        if ((r = open_pool(name, &p)) >= 0)
-                return r;
         usec_t t0 = now_mono();
         json_t *names = NULL;
         char err[600];
