@@ -262,8 +262,58 @@ static int do_caps(const BalloonArgs *a) {
         return 0;
 }
 
-int cmd_balloon(int argc, char **argv) {
-        enum { OPT_QMP = 256, OPT_VM, OPT_UID, OPT_TIMEOUT, OPT_WAIT, OPT_TOL, OPT_WTIMEOUT, OPT_STALL, OPT_PERIOD };
+enum { OPT_QMP = 256, OPT_VM, OPT_UID, OPT_TIMEOUT, OPT_WAIT, OPT_TOL, OPT_WTIMEOUT, OPT_STALL, OPT_PERIOD };
+
+/* Applies one option (c, with its argument arg) to a. Returns -1 to go on, or the exit code. */
+static int balloon_option(int c, const char *arg, BalloonArgs *a) {
+        uint64_t v;
+        int r;
+        switch (c) {
+        case OPT_QMP:
+                a->qmp = arg;
+                break;
+        case OPT_VM:
+                a->vm = arg;
+                break;
+        case OPT_UID:
+                if ((r = cli_parse_uid("--expected-uid", arg, &a->expected_uid)) != 0)
+                        return r;
+                break;
+        case OPT_TIMEOUT:
+                if ((r = cli_parse_duration("--timeout", arg, &a->timeout)) != 0)
+                        return r;
+                if (a->timeout == 0)
+                        return cli_usage_error("--timeout must be more than 0");
+                break;
+        case OPT_WAIT:
+                a->wait = true;
+                break;
+        case OPT_TOL:
+                if ((r = cli_parse_size("--tolerance", arg, &a->tolerance)) != 0)
+                        return r;
+                break;
+        case OPT_WTIMEOUT:
+                if ((r = cli_parse_duration("--wait-timeout", arg, &a->wait_timeout)) != 0)
+                        return r;
+                break;
+        case OPT_STALL:
+                if ((r = cli_parse_duration("--stall", arg, &a->stall)) != 0)
+                        return r;
+                break;
+        case OPT_PERIOD:
+                if (parse_u64(arg, &v) < 0 || v > UINT32_MAX)
+                        return cli_usage_error("invalid --period '%s' (seconds, 0 = off)", arg);
+                a->period = (int64_t) v;
+                break;
+        default:
+                return cli_common_option(c, balloon_usage);
+        }
+        return -1;
+}
+
+/* Parses the options after the verb into a (argv[0] is the verb). Returns -1 to go on, or the
+ * exit code. */
+static int balloon_parse(int argc, char **argv, const char *verb, BalloonArgs *a) {
         static const struct option opts[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "qmp", required_argument, NULL, OPT_QMP },
@@ -277,6 +327,21 @@ int cmd_balloon(int argc, char **argv) {
                 { "period", required_argument, NULL, OPT_PERIOD },
                 {},
         };
+        static char prog[32];
+        int c, r;
+
+        optind = 1;
+        snprintf(prog, sizeof prog, "ballastctl balloon %s", verb);
+        cli_set_command(argv, prog);
+        while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0)
+                if ((r = balloon_option(c, optarg, a)) >= 0)
+                        return r;
+        if (!!a->qmp == !!a->vm)
+                return cli_usage_error("balloon %s: give exactly one of --qmp PATH or --vm NAME", verb);
+        return -1;
+}
+
+int cmd_balloon(int argc, char **argv) {
         BalloonArgs a = {
                 .expected_uid = geteuid(),
                 .timeout = 5 * USEC_PER_SEC,
@@ -285,8 +350,7 @@ int cmd_balloon(int argc, char **argv) {
                 .stall = 3 * USEC_PER_SEC,
                 .period = -1,
         };
-        int c, r;
-        uint64_t v;
+        int r;
 
         if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
                 fputs(balloon_usage, argc < 2 ? stderr : stdout);
@@ -300,54 +364,8 @@ int cmd_balloon(int argc, char **argv) {
         }
         argc--;
         argv++;
-        optind = 1;
-        static char prog[32];
-        snprintf(prog, sizeof prog, "ballastctl balloon %s", verb);
-        cli_set_command(argv, prog);
-        while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0) {
-                switch (c) {
-                case OPT_QMP:
-                        a.qmp = optarg;
-                        break;
-                case OPT_VM:
-                        a.vm = optarg;
-                        break;
-                case OPT_UID:
-                        if ((r = cli_parse_uid("--expected-uid", optarg, &a.expected_uid)) != 0)
-                                return r;
-                        break;
-                case OPT_TIMEOUT:
-                        if ((r = cli_parse_duration("--timeout", optarg, &a.timeout)) != 0)
-                                return r;
-                        if (a.timeout == 0)
-                                return cli_usage_error("--timeout must be more than 0");
-                        break;
-                case OPT_WAIT:
-                        a.wait = true;
-                        break;
-                case OPT_TOL:
-                        if ((r = cli_parse_size("--tolerance", optarg, &a.tolerance)) != 0)
-                                return r;
-                        break;
-                case OPT_WTIMEOUT:
-                        if ((r = cli_parse_duration("--wait-timeout", optarg, &a.wait_timeout)) != 0)
-                                return r;
-                        break;
-                case OPT_STALL:
-                        if ((r = cli_parse_duration("--stall", optarg, &a.stall)) != 0)
-                                return r;
-                        break;
-                case OPT_PERIOD:
-                        if (parse_u64(optarg, &v) < 0 || v > UINT32_MAX)
-                                return cli_usage_error("invalid --period '%s' (seconds, 0 = off)", optarg);
-                        a.period = (int64_t) v;
-                        break;
-                default:
-                        return cli_common_option(c, balloon_usage);
-                }
-        }
-        if (!!a.qmp == !!a.vm)
-                return cli_usage_error("balloon %s: give exactly one of --qmp PATH or --vm NAME", verb);
+        if ((r = balloon_parse(argc, argv, verb, &a)) >= 0)
+                return r;
 
         if (strcmp(verb, "get") == 0 || strcmp(verb, "caps") == 0 || strcmp(verb, "stats") == 0) {
                 if (optind != argc)

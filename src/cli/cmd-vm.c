@@ -212,137 +212,169 @@ static int supervise_foreground(pid_t sup) {
         }
 }
 
-static int vm_start_cmd(int argc, char **argv) {
-        enum {
-                OPT_MEM = 256,
-                OPT_CPUS,
-                OPT_DOO,
-                OPT_FPR,
-                OPT_STATS,
-                OPT_IMAGE,
-                OPT_BOOT,
-                OPT_NOWAIT,
-                OPT_APPEND,
-                OPT_FG
-        };
+enum {
+        OPT_START_MEM = 256,
+        OPT_START_CPUS,
+        OPT_START_DOO,
+        OPT_START_FPR,
+        OPT_START_STATS,
+        OPT_START_IMAGE,
+        OPT_START_BOOT,
+        OPT_START_NOWAIT,
+        OPT_START_APPEND,
+        OPT_START_FG
+};
+
+typedef struct VmStartArgs {
+        VmSpec spec;
+        usec_t boot_timeout;
+        bool wait;
+} VmStartArgs;
+
+/* Applies one of vm start's options (c, with its argument arg) to a. Returns -1 to go on, or the
+ * exit code. */
+static int vm_start_option(int c, const char *arg, VmStartArgs *a) {
+        uint64_t v;
+        int r;
+        switch (c) {
+        case OPT_START_MEM:
+                if ((r = cli_parse_size("--memory", arg, &a->spec.memory)) != 0)
+                        return r;
+                break;
+        case OPT_START_CPUS:
+                if (parse_u64(arg, &v) < 0 || v < 1 || v > 64)
+                        return cli_usage_error("invalid --cpus '%s' (1-64)", arg);
+                a->spec.cpus = (unsigned) v;
+                break;
+        case OPT_START_DOO:
+                if ((r = cli_parse_bool("--deflate-on-oom", arg, &a->spec.deflate_on_oom)) != 0)
+                        return r;
+                break;
+        case OPT_START_FPR:
+                if ((r = cli_parse_bool("--free-page-reporting", arg, &a->spec.free_page_reporting)) != 0)
+                        return r;
+                break;
+        case OPT_START_STATS:
+                if (parse_u64(arg, &v) < 0 || v > 3600)
+                        return cli_usage_error("invalid --stats-period '%s' (seconds, 0-3600)", arg);
+                a->spec.stats_period = (uint32_t) v;
+                break;
+        case OPT_START_IMAGE:
+                a->spec.image_dir = arg;
+                break;
+        case OPT_START_BOOT:
+                if ((r = cli_parse_duration("--boot-timeout", arg, &a->boot_timeout)) != 0)
+                        return r;
+                break;
+        case OPT_START_NOWAIT:
+                a->wait = false;
+                break;
+        case OPT_START_APPEND:
+                a->spec.extra_cmdline = arg;
+                break;
+        case OPT_START_FG:
+                a->spec.foreground = true;
+                break;
+        default:
+                return cli_common_option(c, vm_start_usage);
+        }
+        return -1;
+}
+
+/* Parses vm start's options and NAME into a. Returns -1 to go on, or the exit code. */
+static int vm_start_parse(int argc, char **argv, VmStartArgs *a) {
         static const struct option opts[] = {
-                { "memory", required_argument, NULL, OPT_MEM },
-                { "cpus", required_argument, NULL, OPT_CPUS },
-                { "deflate-on-oom", required_argument, NULL, OPT_DOO },
-                { "free-page-reporting", required_argument, NULL, OPT_FPR },
-                { "stats-period", required_argument, NULL, OPT_STATS },
-                { "image", required_argument, NULL, OPT_IMAGE },
-                { "boot-timeout", required_argument, NULL, OPT_BOOT },
-                { "no-wait", no_argument, NULL, OPT_NOWAIT },
-                { "append", required_argument, NULL, OPT_APPEND },
-                { "foreground", no_argument, NULL, OPT_FG },
+                { "memory", required_argument, NULL, OPT_START_MEM },
+                { "cpus", required_argument, NULL, OPT_START_CPUS },
+                { "deflate-on-oom", required_argument, NULL, OPT_START_DOO },
+                { "free-page-reporting", required_argument, NULL, OPT_START_FPR },
+                { "stats-period", required_argument, NULL, OPT_START_STATS },
+                { "image", required_argument, NULL, OPT_START_IMAGE },
+                { "boot-timeout", required_argument, NULL, OPT_START_BOOT },
+                { "no-wait", no_argument, NULL, OPT_START_NOWAIT },
+                { "append", required_argument, NULL, OPT_START_APPEND },
+                { "foreground", no_argument, NULL, OPT_START_FG },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
-        VmSpec s;
-        vm_spec_init(&s);
-        usec_t boot_timeout = 60 * USEC_PER_SEC;
-        bool wait = true;
+        vm_spec_init(&a->spec);
+        a->boot_timeout = 60 * USEC_PER_SEC;
+        a->wait = true;
         int c, r;
-        uint64_t v;
-
-        while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0) {
-                switch (c) {
-                case OPT_MEM:
-                        if ((r = cli_parse_size("--memory", optarg, &s.memory)) != 0)
-                                return r;
-                        break;
-                case OPT_CPUS:
-                        if (parse_u64(optarg, &v) < 0 || v < 1 || v > 64)
-                                return cli_usage_error("invalid --cpus '%s' (1-64)", optarg);
-                        s.cpus = (unsigned) v;
-                        break;
-                case OPT_DOO:
-                        if ((r = cli_parse_bool("--deflate-on-oom", optarg, &s.deflate_on_oom)) != 0)
-                                return r;
-                        break;
-                case OPT_FPR:
-                        if ((r = cli_parse_bool("--free-page-reporting", optarg, &s.free_page_reporting)) != 0)
-                                return r;
-                        break;
-                case OPT_STATS:
-                        if (parse_u64(optarg, &v) < 0 || v > 3600)
-                                return cli_usage_error("invalid --stats-period '%s' (seconds, 0-3600)", optarg);
-                        s.stats_period = (uint32_t) v;
-                        break;
-                case OPT_IMAGE:
-                        s.image_dir = optarg;
-                        break;
-                case OPT_BOOT:
-                        if ((r = cli_parse_duration("--boot-timeout", optarg, &boot_timeout)) != 0)
-                                return r;
-                        break;
-                case OPT_NOWAIT:
-                        wait = false;
-                        break;
-                case OPT_APPEND:
-                        s.extra_cmdline = optarg;
-                        break;
-                case OPT_FG:
-                        s.foreground = true;
-                        break;
-                default:
-                        return cli_common_option(c, vm_start_usage);
-                }
-        }
+        while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0)
+                if ((r = vm_start_option(c, optarg, a)) >= 0)
+                        return r;
         if (optind + 1 != argc)
                 return cli_usage_error("vm start needs exactly one NAME");
-        s.name = argv[optind];
+        a->spec.name = argv[optind];
+        return -1;
+}
 
-        char err[512];
-        VmInfo info;
-        usec_t t0 = now_mono();
-        r = vm_start(&s, &info, err, sizeof(err));
-        if (r < 0)
-                return cli_error(EXIT_FAIL, "cannot start VM '%s': %s", s.name, err);
-
-        json_t *ping = NULL;
-        if (wait) {
-                char path[512];
-                vm_socket_path(s.name, "agent", path, sizeof(path));
-                r = agent_wait_ready(path, geteuid(), boot_timeout, info.qemu_pid, &ping, err, sizeof(err));
-                if (r < 0) {
-                        /* Leave nothing half-started behind; point at the logs first. */
-                        char tail[1024] = "";
-                        char log[PATH_MAX + 64];
-                        snprintf(log, sizeof(log), "%s/qemu.log", info.dir);
-                        FILE *f = fopen(log, "re");
-                        if (f) {
-                                size_t n = fread(tail, 1, sizeof(tail) - 1, f);
-                                tail[n] = '\0';
-                                fclose(f);
-                        }
-                        char e2[256];
-                        vm_stop(s.name, 5 * USEC_PER_SEC, e2, sizeof(e2));
-                        return cli_error(EXIT_FAIL, "VM '%s' did not become ready: %s%s%s", s.name, err,
-                                         tail[0] ? "\nqemu.log: " : "", tail);
-                }
+/* Waits for the started VM's guest agent. Returns 0 with its ping reply (owned) in ret, or, after
+ * stopping the VM and saying why (with the start of qemu.log), the exit code. */
+static int vm_start_wait_ready(const char *name, const VmInfo *info, usec_t timeout, json_t **ret) {
+        char path[512], err[512];
+        vm_socket_path(name, "agent", path, sizeof(path));
+        int r = agent_wait_ready(path, geteuid(), timeout, info->qemu_pid, ret, err, sizeof(err));
+        if (r >= 0)
+                return 0;
+        /* Leave nothing half-started behind; point at the logs first. */
+        char tail[1024] = "";
+        char log[PATH_MAX + 64];
+        snprintf(log, sizeof(log), "%s/qemu.log", info->dir);
+        FILE *f = fopen(log, "re");
+        if (f) {
+                size_t n = fread(tail, 1, sizeof(tail) - 1, f);
+                tail[n] = '\0';
+                fclose(f);
         }
-        double secs = (double) (now_mono() - t0) / 1e6;
+        char e2[256];
+        vm_stop(name, 5 * USEC_PER_SEC, e2, sizeof(e2));
+        return cli_error(EXIT_FAIL, "VM '%s' did not become ready: %s%s%s", name, err, tail[0] ? "\nqemu.log: " : "",
+                         tail);
+}
+
+/* Prints what vm start did: the VM, and the guest's ping reply if it was waited for. */
+static void vm_start_print(const VmSpec *s, const VmInfo *info, double secs, json_t *ping) {
         if (arg_json) {
-                json_t *j = json_pack("{s:s,s:i,s:I,s:s,s:s,s:f,s:b}", "name", s.name, "qemu_pid", (int) info.qemu_pid,
-                                      "memory", (json_int_t) s.memory, "dir", info.dir, "accel", info.accel, "seconds",
-                                      secs, "ready", ping != NULL);
+                json_t *j = json_pack("{s:s,s:i,s:I,s:s,s:s,s:f,s:b}", "name", s->name, "qemu_pid",
+                                      (int) info->qemu_pid, "memory", (json_int_t) s->memory, "dir", info->dir, "accel",
+                                      info->accel, "seconds", secs, "ready", ping != NULL);
                 if (ping)
                         json_object_set(j, "agent", ping);
                 cli_print_json(j);
         } else {
                 char m[FORMAT_SIZE_MAX], sum[256];
-                printf("VM %s started: QEMU pid %d, %s, %s", s.name, (int) info.qemu_pid,
-                       format_size(m, sizeof(m), s.memory), info.accel);
+                printf("VM %s started: QEMU pid %d, %s, %s", s->name, (int) info->qemu_pid,
+                       format_size(m, sizeof(m), s->memory), info->accel);
                 if (ping)
                         printf("; guest ready in %.2f s (%s)\n", secs, ready_summary(ping, sum, sizeof(sum)));
                 else
                         printf("\n");
         }
+}
+
+static int vm_start_cmd(int argc, char **argv) {
+        VmStartArgs a;
+        int r = vm_start_parse(argc, argv, &a);
+        if (r >= 0)
+                return r;
+        const VmSpec *s = &a.spec;
+
+        char err[512];
+        VmInfo info;
+        usec_t t0 = now_mono();
+        r = vm_start(s, &info, err, sizeof(err));
+        if (r < 0)
+                return cli_error(EXIT_FAIL, "cannot start VM '%s': %s", s->name, err);
+
+        json_t *ping = NULL;
+        if (a.wait && (r = vm_start_wait_ready(s->name, &info, a.boot_timeout, &ping)) != 0)
+                return r;
+        vm_start_print(s, &info, (double) (now_mono() - t0) / 1e6, ping);
         json_decref(ping);
         fflush(stdout);
-        if (s.foreground)
+        if (s->foreground)
                 return supervise_foreground(info.supervisor_pid);
         return EXIT_OK;
 }

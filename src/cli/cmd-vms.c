@@ -128,128 +128,168 @@ static int vm_added(json_t *vm) {
         return EXIT_OK;
 }
 
-int cmd_vm_add(int argc, char **argv) {
-        enum {
-                OPT_DRIVER = CTL_OPT_LOCAL,
-                OPT_SOCKET,
-                OPT_URI,
-                OPT_DOMAIN,
-                OPT_UID,
-                OPT_ASSIGNED,
-                OPT_FLOOR,
-                OPT_SHARES,
-        };
+enum {
+        OPT_ADD_DRIVER = CTL_OPT_LOCAL,
+        OPT_ADD_SOCKET,
+        OPT_ADD_URI,
+        OPT_ADD_DOMAIN,
+        OPT_ADD_UID,
+        OPT_ADD_ASSIGNED,
+        OPT_ADD_FLOOR,
+        OPT_ADD_SHARES,
+};
+
+static const char *const vm_add_drivers[] = { "qemu", "firecracker", "cloud-hypervisor", "libvirt" };
+
+typedef struct VmAddArgs {
+        const char *id;
+        const char *driver, *sock, *uri, *domain;
+        uint64_t assigned, floor_bytes, shares;
+        bool have_floor, have_shares, have_uid;
+        uid_t uid;
+} VmAddArgs;
+
+/* Applies one option of vm add (c, with its argument arg) to a. Returns -1 to go on, or the exit
+ * code. */
+static int vm_add_option(int c, const char *arg, VmAddArgs *a) {
+        int r;
+        switch (c) {
+        case OPT_ADD_DRIVER:
+                a->driver = arg;
+                break;
+        case OPT_ADD_SOCKET:
+                a->sock = arg;
+                break;
+        case OPT_ADD_URI:
+                a->uri = arg;
+                break;
+        case OPT_ADD_DOMAIN:
+                a->domain = arg;
+                break;
+        case OPT_ADD_UID:
+                if ((r = cli_parse_uid("--expected-uid", arg, &a->uid)) != 0)
+                        return r;
+                a->have_uid = a->uid != UID_ANY;
+                break;
+        case OPT_ADD_ASSIGNED:
+                if ((r = cli_parse_size("--assigned", arg, &a->assigned)) != 0)
+                        return r;
+                break;
+        case OPT_ADD_FLOOR:
+                if ((r = cli_parse_size("--floor", arg, &a->floor_bytes)) != 0)
+                        return r;
+                a->have_floor = true;
+                break;
+        case OPT_ADD_SHARES:
+                if (parse_u64(arg, &a->shares) < 0 || a->shares < 1 || a->shares > 1000000)
+                        return cli_usage_error("invalid --shares '%s' (1-1000000)", arg);
+                a->have_shares = true;
+                break;
+        default:
+                return ctl_api_common_option(c, arg, vm_add_usage);
+        }
+        return -1;
+}
+
+/* Parses vm add's options and ID into a. Returns -1 to go on, or the exit code. */
+static int vm_add_parse(int argc, char **argv, VmAddArgs *a) {
         static const struct option opts[] = {
-                { "driver", required_argument, NULL, OPT_DRIVER },
-                { "socket", required_argument, NULL, OPT_SOCKET },
-                { "uri", required_argument, NULL, OPT_URI },
-                { "domain", required_argument, NULL, OPT_DOMAIN },
-                { "expected-uid", required_argument, NULL, OPT_UID },
-                { "assigned", required_argument, NULL, OPT_ASSIGNED },
-                { "floor", required_argument, NULL, OPT_FLOOR },
-                { "shares", required_argument, NULL, OPT_SHARES },
+                { "driver", required_argument, NULL, OPT_ADD_DRIVER },
+                { "socket", required_argument, NULL, OPT_ADD_SOCKET },
+                { "uri", required_argument, NULL, OPT_ADD_URI },
+                { "domain", required_argument, NULL, OPT_ADD_DOMAIN },
+                { "expected-uid", required_argument, NULL, OPT_ADD_UID },
+                { "assigned", required_argument, NULL, OPT_ADD_ASSIGNED },
+                { "floor", required_argument, NULL, OPT_ADD_FLOOR },
+                { "shares", required_argument, NULL, OPT_ADD_SHARES },
                 CTL_API_LONG_OPTIONS,
                 {},
         };
-        static const char *const drivers[] = { "qemu", "firecracker", "cloud-hypervisor", "libvirt" };
         static char prog[] = "ballastctl vm add";
-        const char *driver = NULL, *sock = NULL, *uri = NULL, *domain = NULL;
-        uint64_t assigned = 0, floor_bytes = 0, shares = 0;
-        bool have_floor = false, have_shares = false, have_uid = false;
-        uid_t uid = UID_ANY;
         int c, r;
 
+        *a = (VmAddArgs){ .uid = UID_ANY };
         ctl_api_command(argv, prog);
-        while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0) {
-                switch (c) {
-                case OPT_DRIVER:
-                        driver = optarg;
-                        break;
-                case OPT_SOCKET:
-                        sock = optarg;
-                        break;
-                case OPT_URI:
-                        uri = optarg;
-                        break;
-                case OPT_DOMAIN:
-                        domain = optarg;
-                        break;
-                case OPT_UID:
-                        if ((r = cli_parse_uid("--expected-uid", optarg, &uid)) != 0)
-                                return r;
-                        have_uid = uid != UID_ANY;
-                        break;
-                case OPT_ASSIGNED:
-                        if ((r = cli_parse_size("--assigned", optarg, &assigned)) != 0)
-                                return r;
-                        break;
-                case OPT_FLOOR:
-                        if ((r = cli_parse_size("--floor", optarg, &floor_bytes)) != 0)
-                                return r;
-                        have_floor = true;
-                        break;
-                case OPT_SHARES:
-                        if (parse_u64(optarg, &shares) < 0 || shares < 1 || shares > 1000000)
-                                return cli_usage_error("invalid --shares '%s' (1-1000000)", optarg);
-                        have_shares = true;
-                        break;
-                default:
-                        if ((r = ctl_api_common_option(c, optarg, vm_add_usage)) >= 0)
-                                return r;
-                }
-        }
+        while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0)
+                if ((r = vm_add_option(c, optarg, a)) >= 0)
+                        return r;
         if (optind + 1 != argc)
                 return cli_usage_error("vm add needs exactly one ID");
-        const char *id = argv[optind];
-        if (!vm_id_is_valid(id))
-                return cli_usage_error("invalid VM id '%s' (1-64 of A-Z a-z 0-9 . _ -)", id);
+        a->id = argv[optind];
+        if (!vm_id_is_valid(a->id))
+                return cli_usage_error("invalid VM id '%s' (1-64 of A-Z a-z 0-9 . _ -)", a->id);
+        return -1;
+}
 
-        if (!driver)
+/* Checks that the options fit together: a known driver with its way to reach the VM, and sizes
+ * that make sense. Returns 0, or the exit code after saying why. */
+static int vm_add_check(const VmAddArgs *a) {
+        const char *const *drivers = vm_add_drivers;
+        if (!a->driver)
                 return cli_usage_error("vm add needs --driver (%s, %s, %s or %s)", drivers[0], drivers[1], drivers[2],
                                        drivers[3]);
         bool known = false;
-        for (size_t i = 0; i < ELEMENTSOF(drivers); i++)
-                known = known || strcmp(driver, drivers[i]) == 0;
+        for (size_t i = 0; i < ELEMENTSOF(vm_add_drivers); i++)
+                known = known || strcmp(a->driver, drivers[i]) == 0;
         if (!known)
-                return cli_usage_error("unknown --driver '%s' (%s, %s, %s or %s)", driver, drivers[0], drivers[1],
+                return cli_usage_error("unknown --driver '%s' (%s, %s, %s or %s)", a->driver, drivers[0], drivers[1],
                                        drivers[2], drivers[3]);
-        bool libvirt = strcmp(driver, "libvirt") == 0;
-        if (libvirt) {
-                if (sock)
+        if (strcmp(a->driver, "libvirt") == 0) {
+                if (a->sock)
                         return cli_usage_error("--driver libvirt takes --uri and --domain, not --socket");
-                if (!domain || !domain[0])
+                if (!a->domain || !a->domain[0])
                         return cli_usage_error("--driver libvirt needs --domain NAME");
         } else {
-                if (uri || domain)
+                if (a->uri || a->domain)
                         return cli_usage_error("--uri and --domain are for --driver libvirt; %s takes --socket",
-                                               driver);
-                if (!sock)
-                        return cli_usage_error("--driver %s needs --socket PATH", driver);
-                if (sock[0] != '/')
-                        return cli_usage_error("--socket must be an absolute path (ballastd opens it), not '%s'", sock);
+                                               a->driver);
+                if (!a->sock)
+                        return cli_usage_error("--driver %s needs --socket PATH", a->driver);
+                if (a->sock[0] != '/')
+                        return cli_usage_error("--socket must be an absolute path (ballastd opens it), not '%s'",
+                                               a->sock);
         }
-        if (assigned == 0)
+        if (a->assigned == 0)
                 return cli_usage_error("vm add needs --assigned SIZE (the VM's full memory)");
-        if (assigned < ((uint64_t) 1 << 20))
+        if (a->assigned < ((uint64_t) 1 << 20))
                 return cli_usage_error("--assigned must be at least 1M");
-        if (have_floor && floor_bytes > assigned)
+        if (a->have_floor && a->floor_bytes > a->assigned)
                 return cli_usage_error("--floor must not exceed --assigned");
+        return 0;
+}
 
+/* Builds the POST /v1/vms request body from a. Returns 0 with it (owned) in ret, or the exit code
+ * after saying why. */
+static int vm_add_body(const VmAddArgs *a, json_t **ret) {
         json_t *body = json_object();
-        if ((r = add_string(body, "id", "ID", id)) != 0 || (r = add_string(body, "driver", "--driver", driver)) != 0 ||
-            (sock && (r = add_string(body, "socket", "--socket", sock)) != 0) ||
-            (uri && (r = add_string(body, "uri", "--uri", uri)) != 0) ||
-            (domain && (r = add_string(body, "domain", "--domain", domain)) != 0)) {
+        int r;
+        if ((r = add_string(body, "id", "ID", a->id)) != 0 ||
+            (r = add_string(body, "driver", "--driver", a->driver)) != 0 ||
+            (a->sock && (r = add_string(body, "socket", "--socket", a->sock)) != 0) ||
+            (a->uri && (r = add_string(body, "uri", "--uri", a->uri)) != 0) ||
+            (a->domain && (r = add_string(body, "domain", "--domain", a->domain)) != 0)) {
                 json_decref(body);
                 return r;
         }
-        if (have_uid)
-                json_object_set_new(body, "expected_uid", json_integer((json_int_t) uid));
-        json_object_set_new(body, "assigned_bytes", json_integer((json_int_t) assigned));
-        if (have_floor)
-                json_object_set_new(body, "floor_bytes", json_integer((json_int_t) floor_bytes));
-        if (have_shares)
-                json_object_set_new(body, "shares", json_integer((json_int_t) shares));
+        if (a->have_uid)
+                json_object_set_new(body, "expected_uid", json_integer((json_int_t) a->uid));
+        json_object_set_new(body, "assigned_bytes", json_integer((json_int_t) a->assigned));
+        if (a->have_floor)
+                json_object_set_new(body, "floor_bytes", json_integer((json_int_t) a->floor_bytes));
+        if (a->have_shares)
+                json_object_set_new(body, "shares", json_integer((json_int_t) a->shares));
+        *ret = body;
+        return 0;
+}
+
+int cmd_vm_add(int argc, char **argv) {
+        VmAddArgs a;
+        json_t *body;
+        int r = vm_add_parse(argc, argv, &a);
+        if (r >= 0)
+                return r;
+        if ((r = vm_add_check(&a)) != 0 || (r = vm_add_body(&a, &body)) != 0)
+                return r;
         return ctl_api_run("POST", "/v1/vms", body, vm_added);
 }
 

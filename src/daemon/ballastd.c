@@ -34,25 +34,24 @@ static void usage(FILE *f) {
                    "every VM where it is.\n");
 }
 
-int main(int argc, char **argv) {
+/* Parses the command line into path, check and quiet. Returns -1 to go on, or the exit code. */
+static int parse_argv(int argc, char **argv, const char **path, bool *check, bool *quiet) {
         static const struct option opts[] = {
                 { "config", required_argument, NULL, 'c' }, { "check-config", no_argument, NULL, 'C' },
                 { "quiet", no_argument, NULL, 'q' },        { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, 'V' },      {},
         };
-        const char *path = DEFAULT_CONFIG;
-        bool check = false, quiet = false;
         int o;
         while ((o = getopt_long(argc, argv, "c:qh", opts, NULL)) >= 0) {
                 switch (o) {
                 case 'c':
-                        path = optarg;
+                        *path = optarg;
                         break;
                 case 'C':
-                        check = true;
+                        *check = true;
                         break;
                 case 'q':
-                        quiet = true;
+                        *quiet = true;
                         break;
                 case 'h':
                         usage(stdout);
@@ -65,7 +64,7 @@ int main(int argc, char **argv) {
                         return 2;
                 }
         }
-        if (quiet && !check) {
+        if (*quiet && !*check) {
                 fprintf(stderr, "ballastd: --quiet goes with --check-config\n");
                 usage(stderr);
                 return 2;
@@ -75,63 +74,85 @@ int main(int argc, char **argv) {
                 usage(stderr);
                 return 2;
         }
-        log_set_prefix("ballastd");
-        (void) service_log_to_journal();
+        return -1;
+}
 
-        DaemonConfig cfg;
-        char err[CONFIG_ERR_MAX];
-        int r = config_load(path, &cfg, err, sizeof err);
-        if (r < 0) {
-                /* "ballastd: FILE:LINE: reason" on a terminal; an error entry in the journal. */
-                log_error("%s", err);
-                return 1;
-        }
-        if (check) {
-                /* Under systemd (ExecStartPre=) only a problem is worth a journal line. */
-                if (quiet) {
-                        config_done(&cfg);
-                        return 0;
-                }
-                r = config_dump(&cfg, stdout);
-                config_done(&cfg);
-                if (r < 0)
-                        return 1;
-                fprintf(stderr, "ballastd: %s: configuration OK\n", path);
+/* --check-config: prints the effective configuration (unless quiet) and frees cfg. Returns the
+ * exit code. */
+static int check_config(DaemonConfig *cfg, const char *path, bool quiet) {
+        /* Under systemd (ExecStartPre=) only a problem is worth a journal line. */
+        if (quiet) {
+                config_done(cfg);
                 return 0;
         }
-        log_set_max_level(cfg.log.level);
-        /* One fd per VM connection plus up to 512 API clients per listener: the soft limit of
-         * 1024 is too low for a large fleet, and the hard limit is ours to use. */
+        int r = config_dump(cfg, stdout);
+        config_done(cfg);
+        if (r < 0)
+                return 1;
+        fprintf(stderr, "ballastd: %s: configuration OK\n", path);
+        return 0;
+}
+
+/* One fd per VM connection plus up to 512 API clients per listener: the soft limit of 1024 is too
+ * low for a large fleet, and the hard limit is ours to use. Raises the soft limit to it. */
+static void raise_fd_limit(void) {
         struct rlimit rl;
         if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
                 rl.rlim_cur = rl.rlim_max;
                 if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
                         log_warning_errno(errno, "Failed to raise the open file limit: %m, ignoring");
         }
+}
 
+/* Runs the daemon with cfg until it is told to stop, and frees cfg. Returns the exit code. */
+static int run_daemon(DaemonConfig *cfg, const char *path) {
         Manager *m = NULL;
         char merr[1024];
-        r = manager_new(&cfg, &m, merr, sizeof merr);
+        int r = manager_new(cfg, &m, merr, sizeof merr);
         if (r < 0) {
                 log_error("Failed to start: %s", merr);
-                config_done(&cfg);
+                config_done(cfg);
                 return 1;
         }
-        log_info("ballastd %s ready: API on %s, scope %s%s%s, state in %s", ballast_version(), cfg.api.socket,
-                 config_scope_to_string(cfg.pressure.scope), cfg.pressure.cgroup ? ":" : "",
-                 cfg.pressure.cgroup ? cfg.pressure.cgroup : "", cfg.state.directory);
+        log_info("ballastd %s ready: API on %s, scope %s%s%s, state in %s", ballast_version(), cfg->api.socket,
+                 config_scope_to_string(cfg->pressure.scope), cfg->pressure.cgroup ? ":" : "",
+                 cfg->pressure.cgroup ? cfg->pressure.cgroup : "", cfg->state.directory);
         m->config_path = path;
         r = service_start(m);
         if (r < 0) {
                 log_error_errno(r, "Failed to start the service manager's timer: %m");
                 manager_free(m);
-                config_done(&cfg);
+                config_done(cfg);
                 return 1;
         }
         r = manager_run(m);
         service_stop(m);
         manager_free(m);
-        config_done(&cfg);
+        config_done(cfg);
         log_info("Stopped");
         return r < 0 ? 1 : r;
+}
+
+int main(int argc, char **argv) {
+        const char *path = DEFAULT_CONFIG;
+        bool check = false, quiet = false;
+        int r = parse_argv(argc, argv, &path, &check, &quiet);
+        if (r >= 0)
+                return r;
+        log_set_prefix("ballastd");
+        (void) service_log_to_journal();
+
+        DaemonConfig cfg;
+        char err[CONFIG_ERR_MAX];
+        r = config_load(path, &cfg, err, sizeof err);
+        if (r < 0) {
+                /* "ballastd: FILE:LINE: reason" on a terminal; an error entry in the journal. */
+                log_error("%s", err);
+                return 1;
+        }
+        if (check)
+                return check_config(&cfg, path, quiet);
+        log_set_max_level(cfg.log.level);
+        raise_fd_limit();
+        return run_daemon(&cfg, path);
 }

@@ -343,7 +343,8 @@ static int wait_pidfd(int pidfd, usec_t timeout) {
         }
 }
 
-static _Noreturn void supervisor_main(char **argv, int status_fd, bool no_thp) {
+/* Blocks the signals the supervisor acts on; returns a signalfd for them, or negative (errno set). */
+static int supervisor_signalfd(void) {
         sigset_t mask;
         sigemptyset(&mask);
         sigaddset(&mask, SIGTERM);
@@ -351,7 +352,104 @@ static _Noreturn void supervisor_main(char **argv, int status_fd, bool no_thp) {
         sigaddset(&mask, SIGHUP);
         sigaddset(&mask, SIGCHLD);
         sigprocmask(SIG_BLOCK, &mask, NULL);
-        int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+        return signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+}
+
+/* In the child the supervisor forks for QEMU: sets up its process and execs argv. If the exec
+ * fails, writes its errno to errfd. Does not return. */
+static _Noreturn void qemu_exec(char **argv, int errfd, pid_t supervisor, bool no_thp) {
+        /* QEMU dies with the supervisor, whatever kills it (B3.2). */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != supervisor)
+                _exit(1);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        /* A restored VM: QEMU asks for transparent huge pages on guest RAM, and the stream
+         * writes its pages all over it, so every write would make a 2 MiB page resident:
+         * a parked guest would come back at full size on the host. Without THP only the
+         * pages the snapshot holds data in become resident (docs/launcher.md). */
+        if (no_thp)
+                (void) prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        int log = open("qemu.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (log >= 0) {
+                dup2(log, STDOUT_FILENO);
+                dup2(log, STDERR_FILENO);
+        }
+        execvp(argv[0], argv);
+        int e = errno;
+        (void) !write(errfd, &e, sizeof(e));
+        _exit(127);
+}
+
+/* Forks QEMU and waits until its exec succeeded (errpipe closes) or failed (errpipe carries the
+ * errno). Returns QEMU's pid; on failure, reports it on status_fd and exits. */
+static pid_t supervisor_fork_qemu(char **argv, int errpipe[2], int status_fd, bool no_thp) {
+        pid_t me = getpid();
+        pid_t qpid = fork();
+        if (qpid < 0) {
+                dprintf(status_fd, "error fork: %s\n", strerror(errno));
+                _exit(1);
+        }
+        if (qpid == 0)
+                qemu_exec(argv, errpipe[1], me, no_thp);
+        close(errpipe[1]);
+        int e = 0;
+        if (read(errpipe[0], &e, sizeof(e)) == (ssize_t) sizeof(e)) {
+                dprintf(status_fd, "error cannot run %s: %s\n", argv[0], strerror(e));
+                waitpid(qpid, NULL, 0);
+                _exit(1);
+        }
+        close(errpipe[0]);
+        return qpid;
+}
+
+/* QEMU has exited: records how in exit-status and exits. The directory stays, for 'vm info'. */
+static _Noreturn void supervisor_qemu_exited(pid_t qpid) {
+        int st = 0;
+        waitpid(qpid, &st, 0);
+        char what[64];
+        if (WIFEXITED(st))
+                snprintf(what, sizeof(what), "exited %d\n", WEXITSTATUS(st));
+        else
+                snprintf(what, sizeof(what), "signal %d\n", WTERMSIG(st));
+        write_file("exit-status", what);
+        fprintf(stderr, "supervisor: QEMU %s", what);
+        _exit(0);
+}
+
+/* Told to stop: SIGTERM to QEMU, SIGKILL after the grace period, then removes the VM's
+ * directory (the supervisor's cwd) and exits. */
+static _Noreturn void supervisor_stop_qemu(int pidfd, pid_t qpid) {
+        fprintf(stderr, "supervisor: stopping QEMU pid %d\n", (int) qpid);
+        pidfd_send_signal(pidfd, SIGTERM, NULL, 0);
+        if (wait_pidfd(pidfd, SUPERVISOR_GRACE) < 0) {
+                pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
+                wait_pidfd(pidfd, USEC_INFINITY);
+        }
+        waitpid(qpid, NULL, 0);
+        /* Only now that QEMU is confirmed gone is the directory removed. */
+        char cwd[PATH_MAX];
+        if (getcwd(cwd, sizeof(cwd))) {
+                if (chdir("/") == 0)
+                        fs_rm_rf(cwd);
+        }
+        _exit(0);
+}
+
+/* Drains the signalfd; returns whether any of the signals asks the supervisor to stop. */
+static bool supervisor_stop_requested(int sfd) {
+        struct signalfd_siginfo si;
+        bool stop = false;
+        while (read(sfd, &si, sizeof(si)) == (ssize_t) sizeof(si))
+                if (si.ssi_signo != SIGCHLD)
+                        stop = true;
+        return stop;
+}
+
+static _Noreturn void supervisor_main(char **argv, int status_fd, bool no_thp) {
+        int sfd = supervisor_signalfd();
 
         char buf[64];
         snprintf(buf, sizeof(buf), "%d\n", (int) getpid());
@@ -362,92 +460,23 @@ static _Noreturn void supervisor_main(char **argv, int status_fd, bool no_thp) {
                 dprintf(status_fd, "error cannot set up the supervisor: %s\n", strerror(errno));
                 _exit(1);
         }
-        pid_t me = getpid();
-        pid_t qpid = fork();
-        if (qpid < 0) {
-                dprintf(status_fd, "error fork: %s\n", strerror(errno));
-                _exit(1);
-        }
-        if (qpid == 0) {
-                /* QEMU dies with the supervisor, whatever kills it (B3.2). */
-                prctl(PR_SET_PDEATHSIG, SIGKILL);
-                if (getppid() != me)
-                        _exit(1);
-                sigset_t none;
-                sigemptyset(&none);
-                sigprocmask(SIG_SETMASK, &none, NULL);
-                signal(SIGPIPE, SIG_DFL);
-                /* A restored VM: QEMU asks for transparent huge pages on guest RAM, and the stream
-                 * writes its pages all over it, so every write would make a 2 MiB page resident:
-                 * a parked guest would come back at full size on the host. Without THP only the
-                 * pages the snapshot holds data in become resident (docs/launcher.md). */
-                if (no_thp)
-                        (void) prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
-                int log = open("qemu.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-                if (log >= 0) {
-                        dup2(log, STDOUT_FILENO);
-                        dup2(log, STDERR_FILENO);
-                }
-                execvp(argv[0], argv);
-                int e = errno;
-                (void) !write(errpipe[1], &e, sizeof(e));
-                _exit(127);
-        }
-        close(errpipe[1]);
-        int e = 0;
-        if (read(errpipe[0], &e, sizeof(e)) == (ssize_t) sizeof(e)) {
-                dprintf(status_fd, "error cannot run %s: %s\n", argv[0], strerror(e));
-                waitpid(qpid, NULL, 0);
-                _exit(1);
-        }
-        close(errpipe[0]);
+        pid_t qpid = supervisor_fork_qemu(argv, errpipe, status_fd, no_thp);
 
         snprintf(buf, sizeof(buf), "%d\n", (int) qpid);
         write_file("qemu.pid", buf);
         int pidfd = pidfd_open(qpid, 0);
         dprintf(status_fd, "ok %d\n", (int) qpid);
         close(status_fd);
-        fprintf(stderr, "supervisor %d: QEMU pid %d started\n", (int) me, (int) qpid);
+        fprintf(stderr, "supervisor %d: QEMU pid %d started\n", (int) getpid(), (int) qpid);
 
         for (;;) {
                 struct pollfd p[2] = { { .fd = sfd, .events = POLLIN }, { .fd = pidfd, .events = POLLIN } };
                 if (poll(p, 2, -1) < 0 && errno != EINTR)
                         break;
-                if (p[1].revents) {
-                        int st = 0;
-                        waitpid(qpid, &st, 0);
-                        char what[64];
-                        if (WIFEXITED(st))
-                                snprintf(what, sizeof(what), "exited %d\n", WEXITSTATUS(st));
-                        else
-                                snprintf(what, sizeof(what), "signal %d\n", WTERMSIG(st));
-                        write_file("exit-status", what);
-                        fprintf(stderr, "supervisor: QEMU %s", what);
-                        _exit(0);
-                }
-                if (p[0].revents) {
-                        struct signalfd_siginfo si;
-                        bool stop = false;
-                        while (read(sfd, &si, sizeof(si)) == (ssize_t) sizeof(si))
-                                if (si.ssi_signo != SIGCHLD)
-                                        stop = true;
-                        if (!stop)
-                                continue;
-                        fprintf(stderr, "supervisor: stopping QEMU pid %d\n", (int) qpid);
-                        pidfd_send_signal(pidfd, SIGTERM, NULL, 0);
-                        if (wait_pidfd(pidfd, SUPERVISOR_GRACE) < 0) {
-                                pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
-                                wait_pidfd(pidfd, USEC_INFINITY);
-                        }
-                        waitpid(qpid, NULL, 0);
-                        /* Only now that QEMU is confirmed gone is the directory removed. */
-                        char cwd[PATH_MAX];
-                        if (getcwd(cwd, sizeof(cwd))) {
-                                if (chdir("/") == 0)
-                                        fs_rm_rf(cwd);
-                        }
-                        _exit(0);
-                }
+                if (p[1].revents)
+                        supervisor_qemu_exited(qpid);
+                if (p[0].revents && supervisor_stop_requested(sfd))
+                        supervisor_stop_qemu(pidfd, qpid);
         }
         _exit(1);
 }
@@ -497,10 +526,10 @@ static int write_vm_json(const char *dir, const VmSpec *s, const char *kernel, c
         return r;
 }
 
-int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
-        char dir[PATH_MAX], root[PATH_MAX], kernel[PATH_MAX], initrd[PATH_MAX];
+/* Checks what vm_start() is asked for and finds the guest image. Returns 0 with the kernel's and
+ * initramfs's paths in kernel and initrd, or a negative errno with the reason in err. */
+static int vm_spec_check(const VmSpec *s, char *kernel, char *initrd, size_t len, char *err, size_t errlen) {
         int r;
-
         if (!name_is_valid(s->name)) {
                 snprintf(err, errlen, "invalid VM name '%s': use 1-32 of A-Z a-z 0-9 _ . - (not starting with . or -)",
                          s->name ?: "");
@@ -515,21 +544,60 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
                 return -EINVAL;
         }
         if (s->kernel && s->initrd) {
-                if (strscpy(kernel, sizeof(kernel), s->kernel) >= sizeof(kernel) ||
-                    strscpy(initrd, sizeof(initrd), s->initrd) >= sizeof(initrd))
+                if (strscpy(kernel, len, s->kernel) >= len || strscpy(initrd, len, s->initrd) >= len)
                         return -ENAMETOOLONG;
                 if (access(kernel, R_OK) < 0 || access(initrd, R_OK) < 0) {
                         r = negative_errno();
                         snprintf(err, errlen, "guest image '%s' / '%s': %s", kernel, initrd, strerror(-r));
                         return r;
                 }
-        } else if ((r = vm_find_image(s->image_dir, kernel, initrd, sizeof(kernel), err, errlen)) < 0)
+        } else if ((r = vm_find_image(s->image_dir, kernel, initrd, len, err, errlen)) < 0)
                 return r;
         if (s->accel && strcmp(s->accel, "kvm") != 0 && strcmp(s->accel, "tcg") != 0) {
                 snprintf(err, errlen, "unknown accelerator '%s'", s->accel);
                 return -EINVAL;
         }
-        if ((r = vm_run_root(root, sizeof(root))) < 0 || (r = vm_dir(s->name, dir, sizeof(dir))) < 0) {
+        return 0;
+}
+
+/* Creates the VM's directory dir; if it exists, clears what a VM of that name that is gone left
+ * there. Returns 0, -EEXIST if that VM still runs, or another negative errno, with err. */
+static int vm_dir_make(const char *name, const char *dir, char *err, size_t errlen) {
+        int r;
+        if (mkdir(dir, 0700) >= 0)
+                return 0;
+        if (errno != EEXIST) {
+                r = negative_errno();
+                snprintf(err, errlen, "cannot create '%s': %s", dir, strerror(-r));
+                return r;
+        }
+        char why[PATH_MAX + 256];
+        r = fs_check_private_dir(dir, geteuid(), why, sizeof(why));
+        if (r < 0) {
+                snprintf(err, errlen, "VM '%s': %s", name, why);
+                return r;
+        }
+        VmInfo old;
+        if (vm_info(name, &old) >= 0 && (old.supervisor_alive || old.qemu_alive)) {
+                snprintf(err, errlen, "VM '%s' is already running (QEMU pid %d)", name, (int) old.qemu_pid);
+                return -EEXIST;
+        }
+        /* Left over from a VM that is gone: its processes are dead, clear it. */
+        fs_rm_rf(dir);
+        if (mkdir(dir, 0700) < 0) {
+                r = negative_errno();
+                snprintf(err, errlen, "cannot create '%s': %s", dir, strerror(-r));
+                return r;
+        }
+        return 0;
+}
+
+/* Prepares the run root and creates the VM's directory in it. Returns 0 with its path in dir, or
+ * a negative errno with err. */
+static int vm_dir_create(const char *name, char *dir, size_t len, char *err, size_t errlen) {
+        char root[PATH_MAX];
+        int r;
+        if ((r = vm_run_root(root, sizeof(root))) < 0 || (r = vm_dir(name, dir, len)) < 0) {
                 snprintf(err, errlen, "run directory path too long");
                 return r;
         }
@@ -542,31 +610,153 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
         }
         if ((r = vm_run_root_prepare(root, sizeof(root), err, errlen)) < 0)
                 return r;
-        if (mkdir(dir, 0700) < 0) {
-                if (errno != EEXIST) {
-                        r = negative_errno();
-                        snprintf(err, errlen, "cannot create '%s': %s", dir, strerror(-r));
-                        return r;
-                }
-                char why[PATH_MAX + 256];
-                r = fs_check_private_dir(dir, geteuid(), why, sizeof(why));
-                if (r < 0) {
-                        snprintf(err, errlen, "VM '%s': %s", s->name, why);
-                        return r;
-                }
-                VmInfo old;
-                if (vm_info(s->name, &old) >= 0 && (old.supervisor_alive || old.qemu_alive)) {
-                        snprintf(err, errlen, "VM '%s' is already running (QEMU pid %d)", s->name, (int) old.qemu_pid);
-                        return -EEXIST;
-                }
-                /* Left over from a VM that is gone: its processes are dead, clear it. */
-                fs_rm_rf(dir);
-                if (mkdir(dir, 0700) < 0) {
-                        r = negative_errno();
-                        snprintf(err, errlen, "cannot create '%s': %s", dir, strerror(-r));
-                        return r;
-                }
+        return vm_dir_make(name, dir, err, errlen);
+}
+
+/* Builds QEMU's command line for s into a (NULL-terminated; free with argv_done()). */
+static void qemu_argv_build(Argv *a, const VmSpec *s, const char *kernel, const char *initrd, const char *accel) {
+        argv_add(a, "%s", s->qemu_binary ?: "qemu-system-x86_64");
+        argv_add(a, "-name");
+        argv_add(a, "guest=ballast-%s", s->name);
+        argv_add(a, "-M");
+        argv_add(a, "q35");
+        argv_add(a, "-accel");
+        argv_add(a, "%s", accel);
+        argv_add(a, "-cpu");
+        argv_add(a, "%s", strcmp(accel, "kvm") == 0 ? "host" : "max");
+        argv_add(a, "-m");
+        argv_add(a, "%" PRIu64 "M", s->memory >> 20);
+        argv_add(a, "-smp");
+        argv_add(a, "%u", s->cpus);
+        argv_add(a, "-nodefaults");
+        argv_add(a, "-no-user-config");
+        argv_add(a, "-display");
+        argv_add(a, "none");
+        argv_add(a, "-kernel");
+        argv_add(a, "%s", kernel);
+        argv_add(a, "-initrd");
+        argv_add(a, "%s", initrd);
+        argv_add(a, "-append");
+        /* init_on_alloc=0: the guest would otherwise zero every page it hands to the balloon,
+         * in emulated code: inflation is 4-8x faster without it under TCG. */
+        argv_add(a, "console=ttyS0 quiet init_on_alloc=0%s%s", s->extra_cmdline ? " " : "", s->extra_cmdline ?: "");
+        argv_add(a, "-serial");
+        argv_add(a, "file:serial.log");
+        argv_add(a, "-device");
+        if (s->stats_period)
+                argv_add(a,
+                         "virtio-balloon-pci,id=balloon0,deflate-on-oom=%s,free-page-reporting=%s,guest-stats-polling-"
+                         "interval=%u",
+                         s->deflate_on_oom ? "on" : "off", s->free_page_reporting ? "on" : "off", s->stats_period);
+        else
+                argv_add(a, "virtio-balloon-pci,id=balloon0,deflate-on-oom=%s,free-page-reporting=%s",
+                         s->deflate_on_oom ? "on" : "off", s->free_page_reporting ? "on" : "off");
+        argv_add(a, "-qmp");
+        argv_add(a, "unix:%s,server=on,wait=off", s->incoming ? "qmp-in.sock" : "qmp.sock");
+        argv_add(a, "-qmp");
+        argv_add(a, "unix:qmp-ctl.sock,server=on,wait=off");
+        argv_add(a, "-chardev");
+        argv_add(a, "socket,id=agent,path=agent.sock,server=on,wait=off");
+        argv_add(a, "-device");
+        argv_add(a, "virtio-serial-pci,id=vser0");
+        argv_add(a, "-device");
+        argv_add(a, "virtserialport,chardev=agent,name=org.ballast.agent");
+        if (s->incoming) {
+                argv_add(a, "-incoming");
+                argv_add(a, "defer");
         }
+        a->v[a->n] = NULL;
+}
+
+/* In the child of supervisor_spawn()'s fork: becomes the supervisor in dir (detached from the
+ * caller unless s->foreground), with its output in supervisor.log. Does not return. */
+static _Noreturn void supervisor_child(const VmSpec *s, const char *dir, char **argv, const int status[2],
+                                       pid_t caller) {
+        close(status[0]);
+        if (s->foreground) {
+                /* The caller stays the supervisor's parent: if it dies, even by SIGKILL, the
+                 * supervisor gets SIGTERM and stops QEMU and cleans up as for 'vm stop'. */
+                prctl(PR_SET_PDEATHSIG, SIGTERM);
+                if (getppid() != caller || chdir(dir) < 0)
+                        _exit(1);
+        } else {
+                /* Double fork: the supervisor is re-parented away from the caller, which
+                 * may be a short-lived CLI, and never becomes its zombie. */
+                if (setsid() < 0 || chdir(dir) < 0)
+                        _exit(1);
+                pid_t sup = fork();
+                if (sup != 0)
+                        _exit(sup < 0 ? 1 : 0);
+        }
+        int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+        int log = open("supervisor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (devnull >= 0)
+                dup2(devnull, STDIN_FILENO);
+        if (log >= 0) {
+                dup2(log, STDOUT_FILENO);
+                dup2(log, STDERR_FILENO);
+        }
+        /* Close everything else the caller had open (but the status pipe). */
+        for (int fd = 3; fd < 1024; fd++)
+                if (fd != status[1])
+                        close(fd);
+        supervisor_main(argv, status[1], s->incoming);
+}
+
+/* Forks the supervisor, which runs QEMU with argv in dir. Returns the read end of the pipe the
+ * supervisor reports on, or a negative errno with err. */
+static int supervisor_spawn(const VmSpec *s, const char *dir, char **argv, char *err, size_t errlen) {
+        int status[2], r;
+        if (pipe2(status, O_CLOEXEC) < 0) {
+                r = negative_errno();
+                snprintf(err, errlen, "pipe: %s", strerror(-r));
+                return r;
+        }
+        fflush(NULL);
+        pid_t caller = getpid();
+        pid_t mid = fork();
+        if (mid < 0) {
+                r = negative_errno();
+                close(status[0]);
+                close(status[1]);
+                snprintf(err, errlen, "fork: %s", strerror(-r));
+                return r;
+        }
+        if (mid == 0)
+                supervisor_child(s, dir, argv, status, caller);
+        close(status[1]);
+        if (!s->foreground)
+                waitpid(mid, NULL, 0);
+        return status[0];
+}
+
+/* Reads the supervisor's report from fd (and closes it): "ok PID" once QEMU runs, else "error
+ * REASON". Returns 0, or -ECHILD with the reason in err. */
+static int supervisor_report(int fd, char *err, size_t errlen) {
+        char line[512] = "";
+        FILE *f = fdopen(fd, "re");
+        if (!f || !fgets(line, sizeof(line), f))
+                snprintf(line, sizeof(line), "error the supervisor died before starting QEMU");
+        if (f)
+                fclose(f);
+        else
+                close(fd);
+        line[strcspn(line, "\n")] = '\0';
+        if (strncmp(line, "ok ", 3) != 0) {
+                snprintf(err, errlen, "%s", strncmp(line, "error ", 6) == 0 ? line + 6 : line);
+                return -ECHILD;
+        }
+        return 0;
+}
+
+int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
+        char dir[PATH_MAX], kernel[PATH_MAX], initrd[PATH_MAX];
+        int r = vm_spec_check(s, kernel, initrd, sizeof(kernel), err, errlen);
+        if (r < 0)
+                return r;
+        r = vm_dir_create(s->name, dir, sizeof(dir), err, errlen);
+        if (r < 0)
+                return r;
 
         const char *accel = s->accel ?: (kvm_usable(s->qemu_binary ?: "qemu-system-x86_64", kernel) ? "kvm" : "tcg");
         r = write_vm_json(dir, s, kernel, initrd, accel);
@@ -577,127 +767,13 @@ int vm_start(const VmSpec *s, VmInfo *ret, char *err, size_t errlen) {
         }
 
         Argv a = { 0 };
-        argv_add(&a, "%s", s->qemu_binary ?: "qemu-system-x86_64");
-        argv_add(&a, "-name");
-        argv_add(&a, "guest=ballast-%s", s->name);
-        argv_add(&a, "-M");
-        argv_add(&a, "q35");
-        argv_add(&a, "-accel");
-        argv_add(&a, "%s", accel);
-        argv_add(&a, "-cpu");
-        argv_add(&a, "%s", strcmp(accel, "kvm") == 0 ? "host" : "max");
-        argv_add(&a, "-m");
-        argv_add(&a, "%" PRIu64 "M", s->memory >> 20);
-        argv_add(&a, "-smp");
-        argv_add(&a, "%u", s->cpus);
-        argv_add(&a, "-nodefaults");
-        argv_add(&a, "-no-user-config");
-        argv_add(&a, "-display");
-        argv_add(&a, "none");
-        argv_add(&a, "-kernel");
-        argv_add(&a, "%s", kernel);
-        argv_add(&a, "-initrd");
-        argv_add(&a, "%s", initrd);
-        argv_add(&a, "-append");
-        /* init_on_alloc=0: the guest would otherwise zero every page it hands to the balloon,
-         * in emulated code: inflation is 4-8x faster without it under TCG. */
-        argv_add(&a, "console=ttyS0 quiet init_on_alloc=0%s%s", s->extra_cmdline ? " " : "", s->extra_cmdline ?: "");
-        argv_add(&a, "-serial");
-        argv_add(&a, "file:serial.log");
-        argv_add(&a, "-device");
-        if (s->stats_period)
-                argv_add(&a,
-                         "virtio-balloon-pci,id=balloon0,deflate-on-oom=%s,free-page-reporting=%s,guest-stats-polling-"
-                         "interval=%u",
-                         s->deflate_on_oom ? "on" : "off", s->free_page_reporting ? "on" : "off", s->stats_period);
-        else
-                argv_add(&a, "virtio-balloon-pci,id=balloon0,deflate-on-oom=%s,free-page-reporting=%s",
-                         s->deflate_on_oom ? "on" : "off", s->free_page_reporting ? "on" : "off");
-        argv_add(&a, "-qmp");
-        argv_add(&a, "unix:%s,server=on,wait=off", s->incoming ? "qmp-in.sock" : "qmp.sock");
-        argv_add(&a, "-qmp");
-        argv_add(&a, "unix:qmp-ctl.sock,server=on,wait=off");
-        argv_add(&a, "-chardev");
-        argv_add(&a, "socket,id=agent,path=agent.sock,server=on,wait=off");
-        argv_add(&a, "-device");
-        argv_add(&a, "virtio-serial-pci,id=vser0");
-        argv_add(&a, "-device");
-        argv_add(&a, "virtserialport,chardev=agent,name=org.ballast.agent");
-        if (s->incoming) {
-                argv_add(&a, "-incoming");
-                argv_add(&a, "defer");
-        }
-        a.v[a.n] = NULL;
-
-        int status[2];
-        if (pipe2(status, O_CLOEXEC) < 0) {
-                r = negative_errno();
-                argv_done(&a);
-                fs_rm_rf(dir);
-                snprintf(err, errlen, "pipe: %s", strerror(-r));
-                return r;
-        }
-        fflush(NULL);
-        pid_t caller = getpid();
-        pid_t mid = fork();
-        if (mid < 0) {
-                r = negative_errno();
-                argv_done(&a);
-                close(status[0]);
-                close(status[1]);
-                fs_rm_rf(dir);
-                snprintf(err, errlen, "fork: %s", strerror(-r));
-                return r;
-        }
-        if (mid == 0) {
-                close(status[0]);
-                if (s->foreground) {
-                        /* The caller stays the supervisor's parent: if it dies, even by SIGKILL, the
-                         * supervisor gets SIGTERM and stops QEMU and cleans up as for 'vm stop'. */
-                        prctl(PR_SET_PDEATHSIG, SIGTERM);
-                        if (getppid() != caller || chdir(dir) < 0)
-                                _exit(1);
-                } else {
-                        /* Double fork: the supervisor is re-parented away from the caller, which
-                         * may be a short-lived CLI, and never becomes its zombie. */
-                        if (setsid() < 0 || chdir(dir) < 0)
-                                _exit(1);
-                        pid_t sup = fork();
-                        if (sup != 0)
-                                _exit(sup < 0 ? 1 : 0);
-                }
-                int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-                int log = open("supervisor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-                if (devnull >= 0)
-                        dup2(devnull, STDIN_FILENO);
-                if (log >= 0) {
-                        dup2(log, STDOUT_FILENO);
-                        dup2(log, STDERR_FILENO);
-                }
-                /* Close everything else the caller had open (but the status pipe). */
-                for (int fd = 3; fd < 1024; fd++)
-                        if (fd != status[1])
-                                close(fd);
-                supervisor_main(a.v, status[1], s->incoming);
-        }
+        qemu_argv_build(&a, s, kernel, initrd, accel);
+        int fd = supervisor_spawn(s, dir, a.v, err, errlen);
         argv_done(&a);
-        close(status[1]);
-        if (!s->foreground)
-                waitpid(mid, NULL, 0);
-
-        char line[512] = "";
-        FILE *f = fdopen(status[0], "re");
-        if (!f || !fgets(line, sizeof(line), f))
-                snprintf(line, sizeof(line), "error the supervisor died before starting QEMU");
-        if (f)
-                fclose(f);
-        else
-                close(status[0]);
-        line[strcspn(line, "\n")] = '\0';
-        if (strncmp(line, "ok ", 3) != 0) {
-                snprintf(err, errlen, "%s", strncmp(line, "error ", 6) == 0 ? line + 6 : line);
+        r = fd < 0 ? fd : supervisor_report(fd, err, errlen);
+        if (r < 0) {
                 fs_rm_rf(dir);
-                return -ECHILD;
+                return r;
         }
         if (ret)
                 return vm_info(s->name, ret);
@@ -1149,38 +1225,38 @@ static int fsync_parent(const char *file) {
         return 0;
 }
 
-int vm_snapshot(const char *name, const char *file, usec_t timeout, VmSnapshotResult *ret, char *err, size_t errlen) {
-        usec_t t0 = now_mono(), deadline = usec_add(t0, timeout);
-        VmInfo v;
-        int r = vm_info(name, &v);
+/* Finds the running VM name and connects to its QMP control socket. Returns 0, or a negative
+ * errno with err. */
+static int snapshot_connect(const char *name, usec_t deadline, VmInfo *v, QmpSync *q, char *err, size_t errlen) {
+        int r = vm_info(name, v);
         if (r < 0) {
                 snprintf(err, errlen, r == -ENOENT ? "no VM named '%s'" : "VM '%s': %s", name, strerror(-r));
                 return r;
         }
-        if (!v.qemu_alive) {
-                snprintf(err, errlen, "VM '%s' is not running (%s)", name, v.state);
+        if (!v->qemu_alive) {
+                snprintf(err, errlen, "VM '%s' is not running (%s)", name, v->state);
                 return -ESRCH;
         }
-        QmpSync q;
-        r = qsync_open_vm(&q, &v, deadline, err, errlen);
-        if (r < 0)
-                return r;
+        return qsync_open_vm(q, v, deadline, err, errlen);
+}
 
-        char status[32];
+/* Asks QEMU for its run state (into status), its statistics period (-1 if it does not say) and the
+ * balloon's actual size (0 if it does not say). Returns 0, -EBUSY if the VM cannot be saved as it
+ * is, or another negative errno, with err. */
+static int snapshot_query(QmpSync *q, const char *name, usec_t deadline, char *status, size_t len, int64_t *period,
+                          uint64_t *actual, char *err, size_t errlen) {
         json_t *val = NULL;
-        int64_t period = -1;
-        uint64_t actual = 0;
-        r = qsync_status(&q, deadline, status, sizeof status, err, errlen);
-        if (r >= 0 && qsync_call(&q, "qom-get",
+        int r = qsync_status(q, deadline, status, len, err, errlen);
+        if (r >= 0 && qsync_call(q, "qom-get",
                                  json_pack("{s:s,s:s}", "path", "/machine/peripheral/balloon0", "property",
                                            "guest-stats-polling-interval"),
                                  -1, deadline, &val, err, errlen) >= 0) {
-                period = json_is_integer(val) ? json_integer_value(val) : -1;
+                *period = json_is_integer(val) ? json_integer_value(val) : -1;
                 json_decref(val);
         }
-        if (r >= 0 && qsync_call(&q, "query-balloon", NULL, -1, deadline, &val, err, errlen) >= 0) {
+        if (r >= 0 && qsync_call(q, "query-balloon", NULL, -1, deadline, &val, err, errlen) >= 0) {
                 json_t *a = json_object_get(val, "actual");
-                actual = json_is_integer(a) ? (uint64_t) json_integer_value(a) : 0;
+                *actual = json_is_integer(a) ? (uint64_t) json_integer_value(a) : 0;
                 json_decref(val);
         }
         if (r >= 0 && strcmp(status, "postmigrate") == 0) {
@@ -1191,76 +1267,118 @@ int vm_snapshot(const char *name, const char *file, usec_t timeout, VmSnapshotRe
                          name, name);
                 r = -EBUSY;
         }
+        return r;
+}
+
+/* The configuration text for the snapshot's header. Returns 0 with it (owned) in ret, or a
+ * negative errno with err. */
+static int snapshot_header_text(const VmInfo *v, const char *name, int64_t period, uint64_t actual, char **ret,
+                                char *err, size_t errlen) {
+        json_t *cfg = snapshot_config(v, period, actual);
+        _cleanup_free_ char *text = cfg ? json_dumps(cfg, JSON_COMPACT) : NULL;
+        json_decref(cfg);
+        if (!text) {
+                snprintf(err, errlen, "VM '%s': cannot read its configuration (%s/vm.json)", name, v->dir);
+                return -EBADMSG;
+        }
+        if (strlen(VM_SNAPSHOT_MAGIC) + strlen(text) + 1 >= VM_SNAPSHOT_HEADER) {
+                snprintf(err, errlen, "VM '%s': its configuration does not fit a snapshot header", name);
+                return -E2BIG;
+        }
+        *ret = TAKE_PTR(text);
+        return 0;
+}
+
+/* Creates the temporary file the snapshot is written to, next to file (its path into tmp). Returns
+ * its fd, or a negative errno with err. */
+static int snapshot_mktemp(const char *file, char *tmp, size_t len, char *err, size_t errlen) {
+        if (snprintf(tmp, len, "%s.XXXXXX", file) >= (int) len) {
+                snprintf(err, errlen, "snapshot path too long");
+                return -ENAMETOOLONG;
+        }
+        int fd = mkostemp(tmp, O_CLOEXEC);
+        if (fd < 0) {
+                int r = negative_errno();
+                snprintf(err, errlen, "cannot create '%s': %s", tmp, strerror(-r));
+                return r;
+        }
+        return fd;
+}
+
+/* Writes the header (magic, configuration text, zero padding) to fd (the file tmp) and leaves the
+ * offset after it, where QEMU's stream goes. Returns 0, or a negative errno with err. */
+static int snapshot_write_header(int fd, const char *tmp, const char *text, char *err, size_t errlen) {
+        size_t magic = strlen(VM_SNAPSHOT_MAGIC), tl = strlen(text);
+        _cleanup_free_ char *hdr = calloc(1, VM_SNAPSHOT_HEADER);
+        if (!hdr)
+                return -ENOMEM;
+        memcpy(hdr, VM_SNAPSHOT_MAGIC, magic);
+        memcpy(hdr + magic, text, tl);
+        hdr[magic + tl] = '\n';
+        int r = write_all_at(fd, hdr, VM_SNAPSHOT_HEADER, 0);
+        if (r >= 0 && lseek(fd, (off_t) VM_SNAPSHOT_HEADER, SEEK_SET) < 0)
+                r = negative_errno();
+        if (r < 0)
+                snprintf(err, errlen, "writing '%s': %s", tmp, strerror(-r));
+        return r;
+}
+
+/* Has QEMU stream the guest (paused first if it ran) into fd and waits for the end of it; cancels
+ * the migration if it does not finish in time. Returns 0, or a negative errno with err. */
+static int snapshot_migrate(QmpSync *q, int fd, bool was_running, usec_t deadline, char *err, size_t errlen) {
+        int r = 0;
+        /* Paused first: the stream is then one pass over a still guest, and what it holds is the
+         * guest at one instant (the balloon's state with it). */
+        if (was_running)
+                r = qsync_call(q, "stop", NULL, -1, deadline, NULL, err, errlen);
+        /* QEMU's default migration bandwidth (32 MiB/s) is for links, not for a local file. */
+        if (r >= 0)
+                r = qsync_call(q, "migrate-set-parameters", json_pack("{s:I}", "max-bandwidth", (json_int_t) 1 << 40),
+                               -1, deadline, NULL, err, errlen);
+        if (r >= 0)
+                r = qsync_call(q, "getfd", json_pack("{s:s}", "fdname", SNAPSHOT_FDNAME), fd, deadline, NULL, err,
+                               errlen);
+        if (r >= 0)
+                r = qsync_call(q, "migrate", json_pack("{s:s}", "uri", "fd:" SNAPSHOT_FDNAME), -1, deadline, NULL, err,
+                               errlen);
+        if (r >= 0) {
+                r = qsync_wait_migration(q, deadline, err, errlen);
+                if (r == -ETIMEDOUT) {
+                        char e2[256];
+                        (void) qsync_call(q, "migrate_cancel", NULL, -1, usec_add(now_mono(), 5 * USEC_PER_SEC), NULL,
+                                          e2, sizeof e2);
+                }
+        }
+        return r;
+}
+
+int vm_snapshot(const char *name, const char *file, usec_t timeout, VmSnapshotResult *ret, char *err, size_t errlen) {
+        usec_t t0 = now_mono(), deadline = usec_add(t0, timeout);
+        VmInfo v;
+        QmpSync q;
+        int r = snapshot_connect(name, deadline, &v, &q, err, errlen);
+        if (r < 0)
+                return r;
+
+        char status[32], tmp[PATH_MAX];
+        int64_t period = -1;
+        uint64_t actual = 0;
+        _cleanup_free_ char *text = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        r = snapshot_query(&q, name, deadline, status, sizeof status, &period, &actual, err, errlen);
+        if (r >= 0)
+                r = snapshot_header_text(&v, name, period, actual, &text, err, errlen);
+        /* Written next to the destination and renamed once complete. */
+        if (r >= 0)
+                r = fd = snapshot_mktemp(file, tmp, sizeof tmp, err, errlen);
         if (r < 0) {
                 qsync_close(&q);
                 return r;
         }
-        json_t *cfg = snapshot_config(&v, period, actual);
-        _cleanup_free_ char *text = cfg ? json_dumps(cfg, JSON_COMPACT) : NULL;
-        json_decref(cfg);
-        if (!text) {
-                qsync_close(&q);
-                snprintf(err, errlen, "VM '%s': cannot read its configuration (%s/vm.json)", name, v.dir);
-                return -EBADMSG;
-        }
-        size_t magic = strlen(VM_SNAPSHOT_MAGIC), tl = strlen(text);
-        if (magic + tl + 1 >= VM_SNAPSHOT_HEADER) {
-                qsync_close(&q);
-                snprintf(err, errlen, "VM '%s': its configuration does not fit a snapshot header", name);
-                return -E2BIG;
-        }
-
-        /* Written next to the destination and renamed once complete. */
-        char tmp[PATH_MAX];
-        if (snprintf(tmp, sizeof tmp, "%s.XXXXXX", file) >= (int) sizeof tmp) {
-                qsync_close(&q);
-                snprintf(err, errlen, "snapshot path too long");
-                return -ENAMETOOLONG;
-        }
-        _cleanup_close_ int fd = mkostemp(tmp, O_CLOEXEC);
-        if (fd < 0) {
-                r = negative_errno();
-                qsync_close(&q);
-                snprintf(err, errlen, "cannot create '%s': %s", tmp, strerror(-r));
-                return r;
-        }
-        _cleanup_free_ char *hdr = calloc(1, VM_SNAPSHOT_HEADER);
-        if (!hdr)
-                r = -ENOMEM;
-        else {
-                memcpy(hdr, VM_SNAPSHOT_MAGIC, magic);
-                memcpy(hdr + magic, text, tl);
-                hdr[magic + tl] = '\n';
-                r = write_all_at(fd, hdr, VM_SNAPSHOT_HEADER, 0);
-                if (r >= 0 && lseek(fd, (off_t) VM_SNAPSHOT_HEADER, SEEK_SET) < 0)
-                        r = negative_errno();
-                if (r < 0)
-                        snprintf(err, errlen, "writing '%s': %s", tmp, strerror(-r));
-        }
-
-        /* Paused first: the stream is then one pass over a still guest, and what it holds is the
-         * guest at one instant (the balloon's state with it). */
+        r = snapshot_write_header(fd, tmp, text, err, errlen);
         bool was_running = strcmp(status, "running") == 0;
-        if (r >= 0 && was_running)
-                r = qsync_call(&q, "stop", NULL, -1, deadline, NULL, err, errlen);
-        /* QEMU's default migration bandwidth (32 MiB/s) is for links, not for a local file. */
         if (r >= 0)
-                r = qsync_call(&q, "migrate-set-parameters", json_pack("{s:I}", "max-bandwidth", (json_int_t) 1 << 40),
-                               -1, deadline, NULL, err, errlen);
-        if (r >= 0)
-                r = qsync_call(&q, "getfd", json_pack("{s:s}", "fdname", SNAPSHOT_FDNAME), fd, deadline, NULL, err,
-                               errlen);
-        if (r >= 0)
-                r = qsync_call(&q, "migrate", json_pack("{s:s}", "uri", "fd:" SNAPSHOT_FDNAME), -1, deadline, NULL, err,
-                               errlen);
-        if (r >= 0) {
-                r = qsync_wait_migration(&q, deadline, err, errlen);
-                if (r == -ETIMEDOUT) {
-                        char e2[256];
-                        (void) qsync_call(&q, "migrate_cancel", NULL, -1, usec_add(now_mono(), 5 * USEC_PER_SEC), NULL,
-                                          e2, sizeof e2);
-                }
-        }
+                r = snapshot_migrate(&q, fd, was_running, deadline, err, errlen);
         struct stat st = { 0 };
         if (r >= 0 && (fsync(fd) < 0 || fstat(fd, &st) < 0 || rename(tmp, file) < 0)) {
                 r = negative_errno();
