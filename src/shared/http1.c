@@ -390,14 +390,149 @@ static void describe_parse_error(int r, const char *why, char *err, size_t errle
                 err_set(err, errlen, "malformed response: %s", why);
 }
 
+/* The blocking round trip's connection: where, until when, and what went wrong on the way. */
+typedef struct Roundtrip {
+        int fd;
+        const char *socket_path;
+        usec_t deadline, timeout;
+        int write_error; /* a send that failed: reported only if no usable response arrives */
+        char *err;
+        size_t errlen;
+} Roundtrip;
+
+/* Waits until fd is ready for events; 0 when ready, else a negative errno with err (doing: what
+ * was being done, for the timeout's message). */
+static int rt_wait(Roundtrip *t, short events, const char *doing) {
+        int r = wait_fd(t->fd, events, t->deadline);
+        if (r < 0) {
+                err_set(t->err, t->errlen, "poll %s: %s", t->socket_path, strerror(-r));
+                return r;
+        }
+        if (r == 0) {
+                char d[32];
+                err_set(t->err, t->errlen, "timed out after %s %s", http1_format_timeout(d, sizeof(d), t->timeout),
+                        doing);
+                return -ETIMEDOUT;
+        }
+        return 0;
+}
+
+/* Sends everything. A peer that answers early and closes (a refusal) may still have left a
+ * response to read: on EPIPE/ECONNRESET this records the error and returns 0, to go on reading. */
+static int rt_send(Roundtrip *t, const char *req, size_t len) {
+        size_t off = 0;
+        while (off < len) {
+                ssize_t n = send(t->fd, req + off, len - off, MSG_NOSIGNAL);
+                if (n >= 0) {
+                        off += (size_t) n;
+                        continue;
+                }
+                if (errno == EINTR)
+                        continue;
+                if (errno != EAGAIN) {
+                        t->write_error = negative_errno();
+                        return 0;
+                }
+                int r = rt_wait(t, POLLOUT, "sending the request");
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* Looks for the final response in buf[0…*len): interim (1xx) responses are dropped from the front.
+ * Returns the response's length (> 0), 0 when more bytes are needed, or a negative errno. */
+static int rt_parse(Roundtrip *t, char *buf, size_t *len, size_t max_body, unsigned *interim, Http1Response *resp) {
+        char why[160] = "";
+        while (*len > 0) {
+                int r = http1_parse_response_ex(buf, *len, max_body, resp, why, sizeof(why));
+                if (r < 0) {
+                        describe_parse_error(r, why, t->err, t->errlen);
+                        return r;
+                }
+                if (r == 0 || resp->status >= 200)
+                        return r;
+                /* An interim response (100 Continue): the real one follows. */
+                if (++*interim > HTTP1_INTERIM_MAX) {
+                        err_set(t->err, t->errlen, "malformed response: more than %d interim (1xx) responses",
+                                HTTP1_INTERIM_MAX);
+                        return -EBADMSG;
+                }
+                memmove(buf, buf + r, *len - (size_t) r);
+                *len -= (size_t) r;
+        }
+        return 0;
+}
+
+/* The end of the stream (n == 0) or a read error before the response was complete. */
+static int rt_cut(Roundtrip *t, ssize_t n, size_t len) {
+        if (n < 0 && t->write_error == 0)
+                t->write_error = negative_errno();
+        if (t->write_error != 0 && len == 0) {
+                err_set(t->err, t->errlen, "send to %s: %s", t->socket_path, strerror(-t->write_error));
+                return t->write_error;
+        }
+        if (n < 0)
+                err_set(t->err, t->errlen, "read from %s: %s", t->socket_path, strerror(errno));
+        else
+                err_set(t->err, t->errlen,
+                        "connection closed by %s before the response was complete (%zu bytes received)", t->socket_path,
+                        len);
+        return -ECONNRESET;
+}
+
+/* Reads until the final response is whole. */
+static int rt_receive(Roundtrip *t, size_t max_body, Http1Response *ret_resp, char **ret_buf) {
+        _cleanup_free_ char *buf = NULL;
+        size_t cap = MIN(max_body, HTTP1_BODY_HARD_MAX) + HTTP1_HEADERS_MAX, len = 0, alloc = 0;
+        unsigned interim = 0;
+        for (;;) {
+                Http1Response resp;
+                int r = rt_parse(t, buf, &len, max_body, &interim, &resp);
+                if (r < 0)
+                        return r;
+                if (r > 0) {
+                        buf[r] = '\0'; /* anything after the response is dropped */
+                        resp.body = buf + resp.header_len;
+                        *ret_resp = resp;
+                        *ret_buf = TAKE_PTR(buf);
+                        return 0;
+                }
+                if (len == alloc) {
+                        if (alloc >= cap) { /* the parser bounds this first; belt and braces */
+                                err_set(t->err, t->errlen, "response too large: over %zu bytes", cap);
+                                return -EMSGSIZE;
+                        }
+                        size_t na = MIN(MAX(alloc * 2, (size_t) 4096), cap);
+                        char *nb = realloc(buf, na + 1);
+                        if (!nb) {
+                                err_set(t->err, t->errlen, "out of memory");
+                                return -ENOMEM;
+                        }
+                        buf = nb;
+                        alloc = na;
+                }
+                ssize_t n = recv(t->fd, buf + len, alloc - len, 0);
+                if (n > 0) {
+                        len += (size_t) n;
+                        continue;
+                }
+                if (n == 0 || (errno != EINTR && errno != EAGAIN))
+                        return rt_cut(t, n, len);
+                if (errno == EINTR)
+                        continue;
+                r = rt_wait(t, POLLIN, "waiting for the response");
+                if (r < 0)
+                        return r;
+        }
+}
+
 int http1_roundtrip_unix(const char *socket_path, const char *method, const char *path, const char *extra_headers,
                          const char *body, size_t body_len, usec_t timeout, size_t max_body, Http1Response *ret_resp,
                          char **ret_buf, char *err, size_t errlen) {
-        _cleanup_free_ char *req = NULL, *buf = NULL;
+        _cleanup_free_ char *req = NULL;
         _cleanup_close_ int fd = -EBADF;
-        char d[32], why[160] = "";
         usec_t deadline = usec_add(now_mono(), timeout);
-        int r;
 
         if (err && errlen > 0)
                 err[0] = '\0';
@@ -417,113 +552,16 @@ int http1_roundtrip_unix(const char *socket_path, const char *method, const char
                         err_set(err, errlen, "connect %s: %s", socket_path, strerror(-fd));
                 return fd;
         }
-
-        /* Send everything. A peer that answers early and closes (a refusal) may still have left a
-         * response to read: on EPIPE/ECONNRESET go on reading and report the write error only if
-         * nothing usable arrives. */
-        int write_error = 0;
-        size_t off = 0;
-        while (off < (size_t) req_len) {
-                ssize_t n = send(fd, req + off, (size_t) req_len - off, MSG_NOSIGNAL);
-                if (n >= 0) {
-                        off += (size_t) n;
-                        continue;
-                }
-                if (errno == EINTR)
-                        continue;
-                if (errno != EAGAIN) {
-                        write_error = negative_errno();
-                        break;
-                }
-                r = wait_fd(fd, POLLOUT, deadline);
-                if (r < 0) {
-                        err_set(err, errlen, "poll %s: %s", socket_path, strerror(-r));
-                        return r;
-                }
-                if (r == 0) {
-                        err_set(err, errlen, "timed out after %s sending the request",
-                                http1_format_timeout(d, sizeof(d), timeout));
-                        return -ETIMEDOUT;
-                }
-        }
-
-        size_t cap = MIN(max_body, HTTP1_BODY_HARD_MAX) + HTTP1_HEADERS_MAX, len = 0, alloc = 0;
-        unsigned interim = 0;
-        for (;;) {
-                Http1Response resp;
-                if (len > 0) {
-                        r = http1_parse_response_ex(buf, len, max_body, &resp, why, sizeof(why));
-                        if (r < 0) {
-                                describe_parse_error(r, why, err, errlen);
-                                return r;
-                        }
-                        if (r > 0 && resp.status < 200) {
-                                /* An interim response (100 Continue): the real one follows. */
-                                if (++interim > HTTP1_INTERIM_MAX) {
-                                        err_set(err, errlen, "malformed response: more than %d interim (1xx) responses",
-                                                HTTP1_INTERIM_MAX);
-                                        return -EBADMSG;
-                                }
-                                memmove(buf, buf + r, len - (size_t) r);
-                                len -= (size_t) r;
-                                continue;
-                        }
-                        if (r > 0) {
-                                buf[r] = '\0'; /* anything after the response is dropped */
-                                resp.body = buf + resp.header_len;
-                                *ret_resp = resp;
-                                *ret_buf = TAKE_PTR(buf);
-                                return 0;
-                        }
-                }
-                if (len == alloc) {
-                        if (alloc >= cap) { /* the parser bounds this first; belt and braces */
-                                err_set(err, errlen, "response too large: over %zu bytes", cap);
-                                return -EMSGSIZE;
-                        }
-                        size_t na = MIN(MAX(alloc * 2, (size_t) 4096), cap);
-                        char *nb = realloc(buf, na + 1);
-                        if (!nb) {
-                                err_set(err, errlen, "out of memory");
-                                return -ENOMEM;
-                        }
-                        buf = nb;
-                        alloc = na;
-                }
-                ssize_t n = recv(fd, buf + len, alloc - len, 0);
-                if (n > 0) {
-                        len += (size_t) n;
-                        continue;
-                }
-                if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-                        if (n < 0 && write_error == 0)
-                                write_error = negative_errno();
-                        if (write_error != 0 && len == 0) {
-                                err_set(err, errlen, "send to %s: %s", socket_path, strerror(-write_error));
-                                return write_error;
-                        }
-                        if (n < 0)
-                                err_set(err, errlen, "read from %s: %s", socket_path, strerror(errno));
-                        else
-                                err_set(err, errlen,
-                                        "connection closed by %s before the response was complete (%zu bytes "
-                                        "received)",
-                                        socket_path, len);
-                        return -ECONNRESET;
-                }
-                if (errno == EINTR)
-                        continue;
-                r = wait_fd(fd, POLLIN, deadline);
-                if (r < 0) {
-                        err_set(err, errlen, "poll %s: %s", socket_path, strerror(-r));
-                        return r;
-                }
-                if (r == 0) {
-                        err_set(err, errlen, "timed out after %s waiting for the response",
-                                http1_format_timeout(d, sizeof(d), timeout));
-                        return -ETIMEDOUT;
-                }
-        }
+        Roundtrip t = { .fd = fd,
+                        .socket_path = socket_path,
+                        .deadline = deadline,
+                        .timeout = timeout,
+                        .err = err,
+                        .errlen = errlen };
+        int r = rt_send(&t, req, (size_t) req_len);
+        if (r < 0)
+                return r;
+        return rt_receive(&t, max_body, ret_resp, ret_buf);
 }
 
 /* --- asynchronous client --- */

@@ -287,10 +287,13 @@ static int cl_read(int fd, Resp *r) {
         return 0;
 }
 
+/* A server that refuses a request early (413 before the body) answers and closes while the body
+ * is still being sent: the send then fails (EPIPE, ECONNRESET), and the answer is still there to
+ * read. A failed send is a failure only when no answer can be read. */
 static int cl_roundtrip_fd(int fd, const char *req, size_t len, Resp *r) {
-        if (!cl_send(fd, req, len))
-                return -1;
-        return cl_read(fd, r);
+        bool sent = cl_send(fd, req, len);
+        int k = cl_read(fd, r);
+        return sent || k == 0 ? k : -1;
 }
 
 /* Whether the peer closes the connection within the receive timeout (reads and drops data). */
