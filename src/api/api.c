@@ -688,10 +688,9 @@ static void list_call_step(ListCall *lc) {
         size_t len = 0;
         char *body = stale == 0 ? vm_cache_join(lc->m, &len) : NULL;
         if (body)
-                http_call_reply_text(lc->call, 200, "application/json", body, len);
+                http_call_reply_text_take(lc->call, 200, "application/json", body, len);
         else
                 http_call_reply_error(lc->call, 500, "internal", "out of memory");
-        free(body);
         list_call_free(lc);
 }
 
@@ -1327,9 +1326,7 @@ void api_handle(HttpCall *call, const HttpRequest *req, void *userdata) {
                 char *text = metrics_render(m, &len);
                 if (!text)
                         return http_call_reply_error(call, 500, "internal", "out of memory");
-                http_call_reply_text(call, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
-                free(text);
-                return;
+                return http_call_reply_text_take(call, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
         }
         if (strcmp(p, "/v1/memory/reclaim") == 0)
                 return route_reclaim(m, call, req, false);
