@@ -7,6 +7,7 @@
  * process figures that change between two calls (CPU time, RSS) are masked. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -143,7 +144,7 @@ static void add(Fixture *f, const char *name, uint64_t assigned, uint64_t floor)
                 fail_msg("ctl_vm_add: %s", err);
 }
 
-/* Runs the loop for at most timeout until the first n VMs have reached a target below full. */
+/* Runs the loop for at most timeout until n VMs are at (within 2 MiB of) a target below full. */
 static bool run_until_moved(Fixture *f, size_t n, usec_t timeout) {
         usec_t deadline = now_mono() + timeout;
         for (;;) {
@@ -151,12 +152,21 @@ static bool run_until_moved(Fixture *f, size_t n, usec_t timeout) {
                 for (size_t i = 0; i < ctl_vm_count(f->c); i++) {
                         CtlVmView v;
                         ctl_vm_view(ctl_vm_at(f->c, i), &v);
-                        k += v.actual_known && v.target < v.spec->assigned && v.actual == v.target;
+                        k += v.actual_known && v.target < v.spec->assigned && v.actual < v.spec->assigned &&
+                             (v.actual > v.target ? v.actual - v.target : v.target - v.actual) <= 2 * MiB;
                 }
                 if (k >= n)
                         return true;
-                if (now_mono() >= deadline)
+                if (now_mono() >= deadline) {
+                        for (size_t i = ctl_vm_count(f->c) - 3; i < ctl_vm_count(f->c); i++) {
+                                CtlVmView v;
+                                ctl_vm_view(ctl_vm_at(f->c, i), &v);
+                                print_message("%s: status %s, actual %s %" PRIu64 ", target %" PRIu64 "\n", v.spec->id,
+                                              ctl_vm_status_to_string(v.status), v.actual_known ? "known" : "unknown",
+                                              v.actual, v.target);
+                        }
                         return false;
+                }
                 assert_true(ev_run_once(f->ev, MIN(deadline, now_mono() + 50 * USEC_PER_MSEC)) >= 0);
         }
 }
