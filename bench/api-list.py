@@ -10,9 +10,17 @@ that do not exist (every VM in 'error', retrying with back-off). Then measures:
    requests, divided by REPEAT) and the answer's size;
 2. the latency of small requests (GET /v1/health, one every 5 ms on fresh connections) first
    alone, then while another client asks GET /v1/vms back to back: what one big answer costs the
-   requests queued behind it on the loop.
+   requests queued behind it on the loop;
+3. with --churn K: the wall time of GET /v1/vms (sequential, for --window s) while K processes
+   remove the first K VMs and register them again as fast as they are answered. Every such change
+   moves the cache entry of every VM after it (the list is in id order), so the cache is never
+   complete: the list waits for its time bound (API_VM_LIST_WAIT, src/api/api.c), and did wait
+   API_VM_CACHE_TURNS loop turns before that bound existed. GET /v1/health is timed meanwhile.
 
-usage: bench/api-list.py [N] [--peers] [--repeat R] [--window S]   (defaults 1000, no peers, 50, 5)
+--ballastd PATH runs another binary (e.g. one built from an older commit) with the same load.
+
+usage: bench/api-list.py [N] [--peers] [--repeat R] [--window S] [--churn K] [--ballastd PATH]
+       (defaults 1000, no peers, 50, 5, 0, BUILD/src/ballastd)
 """
 
 import argparse
@@ -55,6 +63,29 @@ def hammer(sock, stop, count):
             count.value += 1
 
 
+def churn(sock, work, k, stop, count):
+    body = {"id": f"vm{k:04d}", "driver": "qemu", "socket": f"{work}/vm{k}.sock", "assigned_bytes": 1 << 30}
+    while not stop.is_set():
+        st, _ = http(sock, "DELETE", f"/v1/vms/vm{k:04d}")
+        assert st == 200, st
+        st, _ = http(sock, "POST", "/v1/vms", body)
+        assert st == 201, st
+        with count.get_lock():
+            count.value += 1
+
+
+def timed_lists(sock, window, stop):
+    lat = []
+    end = time.monotonic() + window
+    while time.monotonic() < end:
+        t = time.monotonic()
+        st, _ = http(sock, "GET", "/v1/vms")
+        assert st == 200, st
+        lat.append((time.monotonic() - t) * 1000)
+    stop.set()
+    return lat
+
+
 def cpu_ticks(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return int(f[11]) + int(f[12])  # utime + stime
@@ -84,6 +115,8 @@ def main():
     ap.add_argument("--peers", action="store_true")
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--window", type=float, default=5)
+    ap.add_argument("--churn", type=int, default=0)
+    ap.add_argument("--ballastd", default=os.path.join(BUILD, "src/ballastd"))
     a = ap.parse_args()
     n = a.n
     work = tempfile.mkdtemp(prefix="ballast-bench-api-list-")
@@ -104,7 +137,7 @@ def main():
         with open(conf, "w") as f:
             f.write(f"[api]\nsocket = {sock}\n[state]\ndirectory = {work}/state\n[pressure]\nscope = host\n"
                     "[log]\nlevel = error\n")
-        bd = subprocess.Popen([os.path.join(BUILD, "src/ballastd"), "--config", conf])
+        bd = subprocess.Popen([a.ballastd, "--config", conf])
         while not os.path.exists(sock):
             time.sleep(0.05)
         for i in range(n):
@@ -151,6 +184,27 @@ def main():
               f"({a.repeat} sequential)")
         print(f"  GET /v1/health alone:                 {summary(base)}")
         print(f"  GET /v1/health behind GET /v1/vms:    {summary(loaded)}; {len(big)} lists answered meanwhile")
+
+        if a.churn:
+            stop = multiprocessing.Event()
+            count = multiprocessing.Value("i", 0)
+            ch = [multiprocessing.Process(target=churn, args=(sock, work, k, stop, count)) for k in range(a.churn)]
+            for p in ch:
+                p.start()
+            time.sleep(0.2)
+            hstop = multiprocessing.Event()
+            q = multiprocessing.Queue()
+            hp = multiprocessing.Process(target=lambda: q.put(small_latencies(sock, a.window + 60, hstop)))
+            hp.start()
+            lists = timed_lists(sock, a.window, hstop)
+            health = q.get()
+            hp.join()
+            stop.set()
+            for p in ch:
+                p.join()
+            print(f"  GET /v1/vms while {a.churn} clients remove and register the first {a.churn} VMs "
+                  f"({count.value} times): {summary(lists)}")
+            print(f"  GET /v1/health meanwhile:             {summary(health)}")
     finally:
         if bd:
             bd.send_signal(signal.SIGTERM)

@@ -336,19 +336,32 @@ void http_call_reply_json(HttpCall *call, unsigned status, json_t *body) {
         http_call_answer(call, status, resp);
 }
 
-void http_call_reply_text(HttpCall *call, unsigned status, const char *content_type, const char *text, size_t len) {
+static void http_call_reply_buffer(HttpCall *call, unsigned status, const char *content_type, const char *text,
+                                   size_t len, bool take) {
         if (!http_status_valid(status)) {
                 log_debug("http: reply with status %u, sending 500 instead", status);
                 status = 500;
         }
         struct MHD_Response *resp =
-                MHD_create_response_from_buffer(text ? len : 0, (void *) (text ? text : ""), MHD_RESPMEM_MUST_COPY);
+                take && text ? MHD_create_response_from_buffer(len, (void *) text, MHD_RESPMEM_MUST_FREE)
+                             : MHD_create_response_from_buffer(text ? len : 0, (void *) (text ? text : ""),
+                                                               MHD_RESPMEM_MUST_COPY);
+        if (!resp && take)
+                free((void *) text);
         if (resp && MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                                             content_type ? content_type : "text/plain; charset=utf-8") != MHD_YES) {
                 MHD_destroy_response(resp);
                 resp = NULL;
         }
         http_call_answer(call, status, resp);
+}
+
+void http_call_reply_text(HttpCall *call, unsigned status, const char *content_type, const char *text, size_t len) {
+        http_call_reply_buffer(call, status, content_type, text, len, false);
+}
+
+void http_call_reply_text_take(HttpCall *call, unsigned status, const char *content_type, char *text, size_t len) {
+        http_call_reply_buffer(call, status, content_type, text, len, true);
 }
 
 /* Length of the valid UTF-8 sequence at p (RFC 3629: no overlongs, surrogates or > U+10FFFF),

@@ -98,6 +98,9 @@ int http_server_reload_tokens(HttpServer *s, const char *path, char *err, size_t
 void http_call_reply_json(HttpCall *call, unsigned status, json_t *body);
 /* Answers with a text body (copied), e.g. Prometheus metrics. */
 void http_call_reply_text(HttpCall *call, unsigned status, const char *content_type, const char *text, size_t len);
+/* The same with a malloc()ed body that the call takes (freed with the response, or at once when
+ * it cannot be made): no copy of a large answer (/metrics, GET /v1/vms) on the loop. */
+void http_call_reply_text_take(HttpCall *call, unsigned status, const char *content_type, char *text, size_t len);
 /* Answers {"error": {"code": code, "message": printf(fmt…)}} (flat under flat_error_prefix). */
 void http_call_reply_error(HttpCall *call, unsigned status, const char *code, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));

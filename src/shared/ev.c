@@ -27,8 +27,7 @@ struct EvIo {
 struct EvTimer {
         Ev *ev;
         usec_t when;
-        size_t idx;           /* position in the heap, SIZE_MAX when not queued */
-        uint64_t armed_round; /* ev->round when last armed */
+        size_t idx; /* position in the heap, SIZE_MAX when not queued */
         ev_timer_cb cb;
         void *userdata;
 };
@@ -236,8 +235,18 @@ int ev_timer_add(Ev *ev, usec_t when, ev_timer_cb cb, void *userdata, EvTimer **
 
 void ev_timer_set(EvTimer *t, usec_t when) {
         Ev *ev = t->ev;
+        /* Armed while this round's callbacks run, for a time already reached ("now", 0): a timer
+         * due in this round already stays due; any other is due just after this round's cutoff,
+         * so it runs in the next round, never in this one (a zero-delay re-arm cannot spin here),
+         * and never holds back the other due timers, as stopping the timer loop at it did (one
+         * re-arm for 0 per round, the HTTP server's after an asynchronous answer, starved every
+         * timer for seconds under API load). */
+        if (ev->dispatching > 0 && when <= ev->now) {
+                if (t->idx != SIZE_MAX && t->when <= ev->now)
+                        return; /* due in this round already: it runs in this round */
+                when = ev->now + 1;
+        }
         t->when = when;
-        t->armed_round = ev->round;
         if (when == USEC_INFINITY) {
                 heap_remove(ev, t);
                 return;
@@ -359,10 +368,11 @@ int ev_run_once(Ev *ev, usec_t max_wait) {
                 io->cb(io, io->fd, EPOLLIN, io->userdata);
                 ran++;
         }
-        /* Timers due now. One armed during this round (a callback re-arming itself for "now")
-         * waits for the next round, so a zero-delay re-arm cannot starve fds or spin here. */
+        /* Timers due now. One armed during this round for "now" is due after the cutoff
+         * (ev_timer_set()): it waits for the next round, so a zero-delay re-arm cannot starve fds
+         * or spin here. */
         usec_t cutoff = ev->now;
-        while (ev->n_heap > 0 && ev->heap[0]->when <= cutoff && ev->heap[0]->armed_round != ev->round) {
+        while (ev->n_heap > 0 && ev->heap[0]->when <= cutoff) {
                 EvTimer *t = ev->heap[0];
                 heap_remove(ev, t);
                 t->when = USEC_INFINITY;
