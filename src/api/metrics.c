@@ -396,53 +396,36 @@ static void gauge(Out *o, const char *name, const char *help, uint64_t v) {
         out_printf(o, "%s %llu\n", name, (unsigned long long) v);
 }
 
-char *metrics_render(Manager *m, size_t *ret_len) {
-        VmViews vms;
-        if (vm_views_read(m, &vms) < 0)
-                return NULL;
-        /* About 670 bytes a VM with every series, and the fleet-wide part: one allocation (pages not
-         * written to are never touched). */
-        Out out = { 0 }, *o = &out;
-        (void) out_reserve(o, 16384 + vms.n * 768);
-        CtlHostView h;
-        ctl_host_view(m->ctl, &h);
-        const CtlStats *st = ctl_stats(m->ctl);
-
-        header(o, "ballast_build_info", "gauge", "1, labelled with the version of ballastd.");
-        out_puts(o, "ballast_build_info{version=\"");
-        label(o, BALLAST_VERSION);
-        out_puts(o, "\"} 1\n");
-        process_metrics(o, m);
-        scope_metrics(o, m, &h);
-
+/* The pressure state and the reclaim, stage by stage, and the admission hint. */
+static void reclaim_metrics(Out *o, Manager *m, const CtlHostView *h) {
         header(o, "ballast_pressure_state", "gauge", "1 for the current pressure state.");
         for (int s = 0; s < _PLAN_STATE_MAX; s++)
-                out_printf(o, "ballast_pressure_state{state=\"%s\"} %d\n", plan_state_to_string(s), h.ctl.state == s);
+                out_printf(o, "ballast_pressure_state{state=\"%s\"} %d\n", plan_state_to_string(s), h->ctl.state == s);
         header(o, "ballast_pressure_transitions_total", "counter", "Pressure state changes.");
-        out_printf(o, "ballast_pressure_transitions_total %llu\n", (unsigned long long) h.transitions);
+        out_printf(o, "ballast_pressure_transitions_total %llu\n", (unsigned long long) h->transitions);
 
         /* Reclaim, stage by stage: each is its own quantity (they do not add up), so each has its
          * own name. The first five are the last plan's; the last three are measured now. */
         gauge(o, "ballast_reclaim_automatic_bytes",
               "Reclaim host pressure alone asks for: what brings available memory back to the high watermark.",
-              h.last.automatic);
-        gauge(o, "ballast_reclaim_hold_bytes", "Reclaim of the manual hold in force (0: none).", h.last.hold);
+              h->last.automatic);
+        gauge(o, "ballast_reclaim_hold_bytes", "Reclaim of the manual hold in force (0: none).", h->last.hold);
         gauge(o, "ballast_reclaim_requested_bytes",
               "Reclaim the last plan was asked for: the larger of automatic and hold (they never add up).",
-              h.last.requested);
+              h->last.requested);
         gauge(o, "ballast_reclaim_planned_bytes",
               "What the last plan's targets amount to: the sum of assigned - target over the VMs it moves.",
-              h.last.planned);
+              h->last.planned);
         gauge(o, "ballast_reclaim_shortfall_bytes", "Requested reclaim the floors did not allow in the last plan.",
-              h.last.shortfall);
+              h->last.shortfall);
         gauge(o, "ballast_reclaim_commanded_bytes",
               "Sum of assigned - target over the VMs that answer: what the balloons are told to hold now.",
-              h.commanded);
+              h->commanded);
         gauge(o, "ballast_reclaim_guest_reached_bytes",
-              "Sum of assigned - actual: what the guests have given up to their balloons.", h.guest_reached);
+              "Sum of assigned - actual: what the guests have given up to their balloons.", h->guest_reached);
         gauge(o, "ballast_reclaim_reached_bytes",
               "Host memory really given back: the fall of the hypervisors' resident memory since full size.",
-              h.reached);
+              h->reached);
         /* The admission hint in bytes, so a fleet's Prometheus can add hosts up: VMs of size S that
          * fit on a host = floor((free + returnable) / (S + overhead)). */
         PlanCapacity cap;
@@ -454,6 +437,10 @@ char *metrics_render(Manager *m, size_t *ret_len) {
                 gauge(o, "ballast_capacity_overhead_bytes",
                       "What a new VM's hypervisor costs beside guest RAM (the largest measured here).", cap.overhead);
         }
+}
+
+/* What the controller did: commands, ticks, failures, latencies. */
+static void controller_metrics(Out *o, const CtlStats *st, const CtlHostView *h) {
         header(o, "ballast_balloon_commanded_bytes_total", "counter",
                "Bytes of target changes commanded, by direction (reclaim: down, give_back: up).");
         out_printf(o, "ballast_balloon_commanded_bytes_total{direction=\"reclaim\"} %llu\n",
@@ -461,9 +448,9 @@ char *metrics_render(Manager *m, size_t *ret_len) {
         out_printf(o, "ballast_balloon_commanded_bytes_total{direction=\"give_back\"} %llu\n",
                    (unsigned long long) st->given_back_commanded_bytes);
         header(o, "ballast_ticks_total", "counter", "Controller ticks.");
-        out_printf(o, "ballast_ticks_total %llu\n", (unsigned long long) h.ticks);
+        out_printf(o, "ballast_ticks_total %llu\n", (unsigned long long) h->ticks);
         header(o, "ballast_plans_failed_total", "counter", "Plans that could not be computed (no sample, no memory).");
-        out_printf(o, "ballast_plans_failed_total %llu\n", (unsigned long long) h.plans_failed);
+        out_printf(o, "ballast_plans_failed_total %llu\n", (unsigned long long) h->plans_failed);
         header(o, "ballast_balloon_commands_total", "counter", "Balloon target commands sent.");
         out_printf(o, "ballast_balloon_commands_total %llu\n", (unsigned long long) st->commands);
         header(o, "ballast_stalls_total", "counter", "VMs found stalled on the way to their target.");
@@ -480,46 +467,52 @@ char *metrics_render(Manager *m, size_t *ret_len) {
                   "From the command of a new target to the VM reaching it (a target within tolerance of where the "
                   "VM is is no move).",
                   &st->time_to_target);
+}
 
+/* The fleet, one series per VM. */
+static void vm_metrics(Out *o, const VmViews *vms) {
         header(o, "ballast_vms", "gauge", "Registered VMs.");
-        out_printf(o, "ballast_vms %zu\n", vms.n);
-        vm_status(o, &vms);
-        per_vm(o, &vms, "ballast_vm_assigned_bytes", "gauge", "Full memory of the VM.", f_assigned);
-        per_vm(o, &vms, "ballast_vm_target_bytes", "gauge", "Target guest memory commanded.", f_target);
-        per_vm(o, &vms, "ballast_vm_actual_bytes", "gauge", "Guest memory reported by the hypervisor.", f_actual);
-        per_vm(o, &vms, "ballast_vm_floor_bytes", "gauge",
+        out_printf(o, "ballast_vms %zu\n", vms->n);
+        vm_status(o, vms);
+        per_vm(o, vms, "ballast_vm_assigned_bytes", "gauge", "Full memory of the VM.", f_assigned);
+        per_vm(o, vms, "ballast_vm_target_bytes", "gauge", "Target guest memory commanded.", f_target);
+        per_vm(o, vms, "ballast_vm_actual_bytes", "gauge", "Guest memory reported by the hypervisor.", f_actual);
+        per_vm(o, vms, "ballast_vm_floor_bytes", "gauge",
                "Floor in force in the last plan (the API's effective_floor_bytes).", f_floor);
-        per_vm(o, &vms, "ballast_vm_configured_floor_bytes", "gauge", "Floor given at registration (floor_bytes).",
+        per_vm(o, vms, "ballast_vm_configured_floor_bytes", "gauge", "Floor given at registration (floor_bytes).",
                f_configured_floor);
-        per_vm(o, &vms, "ballast_vm_driver_errors_total", "counter", "Failed driver operations of the VM.", f_errors);
-        per_vm(o, &vms, "ballast_vm_stalls_total", "counter", "Stalls of the VM.", f_stalls);
-        per_vm(o, &vms, "ballast_vm_commands_total", "counter", "Balloon commands sent to the VM.", f_commands);
-        per_vm(o, &vms, "ballast_vm_host_rss_bytes", "gauge", "Resident memory of the VM's hypervisor process.", f_rss);
-        per_vm(o, &vms, "ballast_vm_host_confirmed_bytes", "gauge",
+        per_vm(o, vms, "ballast_vm_driver_errors_total", "counter", "Failed driver operations of the VM.", f_errors);
+        per_vm(o, vms, "ballast_vm_stalls_total", "counter", "Stalls of the VM.", f_stalls);
+        per_vm(o, vms, "ballast_vm_commands_total", "counter", "Balloon commands sent to the VM.", f_commands);
+        per_vm(o, vms, "ballast_vm_host_rss_bytes", "gauge", "Resident memory of the VM's hypervisor process.", f_rss);
+        per_vm(o, vms, "ballast_vm_host_confirmed_bytes", "gauge",
                "Fall of the hypervisor's resident memory since the VM was last at full size.", f_confirmed);
-        per_vm(o, &vms, "ballast_vm_guest_available_bytes", "gauge", "The guest's own MemAvailable, as last reported.",
+        per_vm(o, vms, "ballast_vm_guest_available_bytes", "gauge", "The guest's own MemAvailable, as last reported.",
                f_g_available);
-        per_vm(o, &vms, "ballast_vm_guest_free_bytes", "gauge", "The guest's free memory, as last reported.", f_g_free);
-        per_vm(o, &vms, "ballast_vm_guest_memory_total_bytes", "gauge", "The guest's total memory, as last reported.",
+        per_vm(o, vms, "ballast_vm_guest_free_bytes", "gauge", "The guest's free memory, as last reported.", f_g_free);
+        per_vm(o, vms, "ballast_vm_guest_memory_total_bytes", "gauge", "The guest's total memory, as last reported.",
                f_g_total);
-        per_vm(o, &vms, "ballast_vm_guest_cache_bytes", "gauge", "The guest's page cache, as last reported.",
+        per_vm(o, vms, "ballast_vm_guest_cache_bytes", "gauge", "The guest's page cache, as last reported.",
                f_g_caches);
-        per_vm(o, &vms, "ballast_vm_guest_swap_in_bytes_total", "counter",
-               "Memory the guest swapped in since its boot.", f_g_swap_in);
-        per_vm(o, &vms, "ballast_vm_guest_swap_out_bytes_total", "counter",
+        per_vm(o, vms, "ballast_vm_guest_swap_in_bytes_total", "counter", "Memory the guest swapped in since its boot.",
+               f_g_swap_in);
+        per_vm(o, vms, "ballast_vm_guest_swap_out_bytes_total", "counter",
                "Memory the guest swapped out since its boot.", f_g_swap_out);
-        per_vm(o, &vms, "ballast_vm_guest_major_faults_total", "counter",
+        per_vm(o, vms, "ballast_vm_guest_major_faults_total", "counter",
                "Major page faults in the guest since its boot.", f_g_major);
-        per_vm(o, &vms, "ballast_vm_guest_minor_faults_total", "counter",
+        per_vm(o, vms, "ballast_vm_guest_minor_faults_total", "counter",
                "Minor page faults in the guest since its boot.", f_g_minor);
-        per_vm(o, &vms, "ballast_vm_guest_oom_kills_total", "counter", "OOM kills in the guest since its boot.",
+        per_vm(o, vms, "ballast_vm_guest_oom_kills_total", "counter", "OOM kills in the guest since its boot.",
                f_g_oom);
-        per_vm(o, &vms, "ballast_vm_guest_stats_timestamp_seconds", "gauge",
+        per_vm(o, vms, "ballast_vm_guest_stats_timestamp_seconds", "gauge",
                "When the guest's statistics above were taken, in seconds since the epoch.", f_g_updated);
-        per_vm(o, &vms, "ballast_vm_guest_pressure", "gauge",
+        per_vm(o, vms, "ballast_vm_guest_pressure", "gauge",
                "1 while the guest shows memory pressure (swapping in, faulting hard or nearly out): it gives last.",
                f_g_pressure);
+}
 
+/* The API server's answers and refusals. */
+static void api_metrics(Out *o, Manager *m) {
         HttpCounters hc = { 0 };
         if (m->http)
                 http_server_counters(m->http, &hc);
@@ -541,7 +534,10 @@ char *metrics_render(Manager *m, size_t *ret_len) {
         header(o, "ballast_api_accept_backoffs_total", "counter",
                "Times accept() was paused for lack of file descriptors.");
         out_printf(o, "ballast_api_accept_backoffs_total %llu\n", (unsigned long long) hc.accept_backoff);
+}
 
+/* What the hypervisors sent beyond what ballast asked for, and the store. */
+static void hv_metrics(Out *o, Manager *m) {
         /* What the hypervisors sent beyond what ballast asked for, over the fleet. */
         HvCounters hv = { 0 };
         for (size_t i = 0; i < ctl_vm_count(m->ctl); i++) {
@@ -564,6 +560,30 @@ char *metrics_render(Manager *m, size_t *ret_len) {
         out_printf(o, "ballast_hv_read_yields_total %llu\n", (unsigned long long) hv.read_yields);
         header(o, "ballast_store_errors_total", "counter", "Failed writes to the state database.");
         out_printf(o, "ballast_store_errors_total %llu\n", (unsigned long long) m->store_errors);
+}
+
+char *metrics_render(Manager *m, size_t *ret_len) {
+        VmViews vms;
+        if (vm_views_read(m, &vms) < 0)
+                return NULL;
+        /* About 670 bytes a VM with every series, and the fleet-wide part: one allocation (pages not
+         * written to are never touched). */
+        Out out = { 0 }, *o = &out;
+        (void) out_reserve(o, 16384 + vms.n * 768);
+        CtlHostView h;
+        ctl_host_view(m->ctl, &h);
+
+        header(o, "ballast_build_info", "gauge", "1, labelled with the version of ballastd.");
+        out_puts(o, "ballast_build_info{version=\"");
+        label(o, BALLAST_VERSION);
+        out_puts(o, "\"} 1\n");
+        process_metrics(o, m);
+        scope_metrics(o, m, &h);
+        reclaim_metrics(o, m, &h);
+        controller_metrics(o, ctl_stats(m->ctl), &h);
+        vm_metrics(o, &vms);
+        api_metrics(o, m);
+        hv_metrics(o, m);
         vm_views_done(&vms);
         if (out.oom || !out_reserve(o, 0)) {
                 free(out.p);
