@@ -349,6 +349,27 @@ static int api_park(const Pool *p, const char *vm, uint64_t size, json_t **ret, 
 
 /* ---- members ---- */
 
+/* The pool's state under its exclusive lock, for a worker or a clean-up: NULL with *ret_error
+ * (-ENOENT: the pool is gone, said nowhere; anything else said in the log). The lock is *ret_fd. */
+static json_t *pool_load_locked(const Pool *p, int *ret_fd, int *ret_error) {
+        char err[512];
+        int fd = pool_lock(p, LOCK_EX, err, sizeof err);
+        if (fd < 0) {
+                pool_say(p, "pool %s: %s", p->name, err);
+                *ret_error = fd;
+                return NULL;
+        }
+        json_t *pool = pool_load(p, ret_error, err, sizeof err);
+        if (!pool) {
+                if (*ret_error != -ENOENT)
+                        pool_say(p, "pool %s: %s", p->name, err);
+                safe_close(fd);
+                return NULL;
+        }
+        *ret_fd = fd;
+        return pool;
+}
+
 /* Unregisters and stops a VM; what fails is said in the log, not fatal (an unreachable ballastd
  * only when !quiet). Returns 0 when the VM is gone. */
 static int member_destroy(const Pool *p, const char *vm, bool quiet) {
@@ -378,13 +399,9 @@ static int cleanup_members(const Pool *p, json_t *names, bool quiet) {
         if (json_array_size(names) == 0)
                 return ret;
         char err[512];
-        _cleanup_close_ int fd = pool_lock(p, LOCK_EX, err, sizeof err);
-        if (fd < 0) {
-                pool_say(p, "pool %s: %s", p->name, err);
-                return fd;
-        }
+        _cleanup_close_ int fd = -EBADF;
         int e;
-        _cleanup_(json_decrefp) json_t *pool = pool_load(p, &e, err, sizeof err);
+        _cleanup_(json_decrefp) json_t *pool = pool_load_locked(p, &fd, &e);
         if (!pool)
                 return e == -ENOENT ? ret : e;
         json_array_foreach(names, i, v) {
@@ -527,18 +544,11 @@ static int pool_worker(const Pool *p, unsigned max_members) {
                 PoolSpec spec;
                 _cleanup_(json_decrefp) json_t *stale = json_array();
                 {
-                        _cleanup_close_ int fd = pool_lock(p, LOCK_EX, err, sizeof err);
-                        if (fd < 0) {
-                                pool_say(p, "pool %s: %s", p->name, err);
-                                return fd;
-                        }
+                        _cleanup_close_ int fd = -EBADF;
                         int e;
-                        _cleanup_(json_decrefp) json_t *pool = pool_load(p, &e, err, sizeof err);
-                        if (!pool) {
-                                if (e != -ENOENT)
-                                        pool_say(p, "pool %s: %s", p->name, err);
+                        _cleanup_(json_decrefp) json_t *pool = pool_load_locked(p, &fd, &e);
+                        if (!pool)
                                 return e == -ENOENT ? ret : e;
-                        }
                         bool dirty = pool_take_stale(pool, stale) > 0;
                         size_t have = count_state(pool, "parked") + count_state(pool, "booting");
                         size_t want = pool_u64(pool, "count");

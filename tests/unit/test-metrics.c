@@ -32,9 +32,6 @@
 #include "hv/qmp.h"
 #include "shared/ev.h"
 
-#define MiB (UINT64_C(1) << 20)
-#define GiB (UINT64_C(1) << 30)
-
 char *metrics_render_ref(Manager *m, size_t *ret_len);
 
 typedef struct Fixture {
