@@ -464,7 +464,9 @@ static void test_hung_does_not_block_healthy(void **state) {
         assert_false(gh.done);
         assert_int_equal(gg.r.error, 0);
         assert_true(gg.r.actual == GiB);
-        if (gg.at - t0 >= 200 * USEC_PER_MSEC)
+        /* Not queued behind the hung one: answered before half of its 2 s deadline (a bound for a
+         * loaded machine; the healthy peer answers in about a millisecond). */
+        if (gg.at - t0 >= USEC_PER_SEC)
                 fail_msg("healthy operation took %llu ms next to a hung peer",
                          (unsigned long long) ((gg.at - t0) / 1000));
         run_until(f->ev, &gh.done, 10 * USEC_PER_SEC);
