@@ -91,6 +91,21 @@ void cli_set_command(char **argv, char *prog) {
         cli_command = strncmp(prog, "ballastctl ", 11) == 0 ? prog + 11 : prog;
 }
 
+int cli_subcommand(int *argc, char ***argv, const char *group, const char *usage, const char **ret_verb) {
+        if (*argc < 2 || strcmp((*argv)[1], "--help") == 0 || strcmp((*argv)[1], "-h") == 0) {
+                fputs(usage, *argc < 2 ? stderr : stdout);
+                return *argc < 2 ? EXIT_USAGE : EXIT_OK;
+        }
+        *ret_verb = (*argv)[1];
+        (*argc)--;
+        (*argv)++;
+        optind = 1;
+        static char prog[96];
+        snprintf(prog, sizeof prog, "ballastctl %.20s %.40s", group, *ret_verb);
+        cli_set_command(*argv, prog);
+        return -1;
+}
+
 int cli_common_option(int c, const char *usage) {
         if (c == 'h') {
                 fputs(usage, stdout);

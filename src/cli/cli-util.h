@@ -37,6 +37,12 @@ void cli_capture_errors(char *buf, size_t len);
  * static writable storage ("ballastctl vm start"); argv[0] is replaced by it. */
 void cli_set_command(char **argv, char *prog);
 
+/* The start of a command with sub-commands (ballastctl GROUP VERB …): without VERB, the usage on
+ * stderr and EXIT_USAGE; with --help or -h, on stdout and EXIT_OK. Otherwise shifts the arguments
+ * past GROUP, names the command "ballastctl GROUP VERB" (cli_set_command()), resets getopt, sets
+ * *ret_verb and returns -1. */
+int cli_subcommand(int *argc, char ***argv, const char *group, const char *usage, const char **ret_verb);
+
 /* Handles a getopt_long() result that is not one of the command's own options: 'h' (--help, -h)
  * prints usage on stdout and returns EXIT_OK; anything else (an unknown option or a missing
  * argument, which getopt_long() has reported) prints the "Try …" hint and returns EXIT_USAGE. */

@@ -185,22 +185,9 @@ static json_t *load_status(Pool *p) {
         return s;
 }
 
-static int cmd_fill(int argc, char **argv) {
-        static const struct option opts[] = {
-                { "count", required_argument, NULL, OPT_COUNT },
-                { "memory", required_argument, NULL, OPT_MEMORY },
-                { "park-size", required_argument, NULL, OPT_PARK_SIZE },
-                { "cpus", required_argument, NULL, OPT_CPUS },
-                { "image", required_argument, NULL, OPT_IMAGE },
-                { "boot-timeout", required_argument, NULL, OPT_BOOT },
-                CTL_API_LONG_OPTIONS,
-                {},
-        };
-        Pool p;
-        int r = begin(argc, argv, opts, 1, "NAME", &p);
-        if (r >= 0)
-                return r;
-        const char *name = argv[optind];
+static int cmd_fill(Pool *p, char **args) {
+        int r;
+        const char *name = args[0];
         if (o.park_size && o.have_memory && o.park_size > o.memory)
                 return cli_usage_error("--park-size is larger than --memory");
         PoolSettings s = {
@@ -219,13 +206,13 @@ static int cmd_fill(int argc, char **argv) {
         usec_t t0 = now_mono();
         size_t started = 0;
         char err[600];
-        r = pool_fill(&p, &s, &started, err, sizeof err);
+        r = pool_fill(p, &s, &started, err, sizeof err);
         if (r == -EINVAL)
                 return cli_usage_error("%s", err);
         if (r < 0 && started == 0)
                 return cli_error(EXIT_FAIL, "%s", err);
         int ret = r < 0 ? EXIT_FAIL : EXIT_OK;
-        json_t *st = load_status(&p);
+        json_t *st = load_status(p);
         if (!st)
                 return cli_error(EXIT_FAIL, "pool %s is gone (drained meanwhile?)", name);
         uint64_t parked = pool_u64(st, "parked");
@@ -245,20 +232,11 @@ static int cmd_fill(int argc, char **argv) {
         return ret;
 }
 
-static int cmd_acquire(int argc, char **argv) {
-        static const struct option opts[] = {
-                { "wait", no_argument, NULL, OPT_WAIT },
-                CTL_API_LONG_OPTIONS,
-                {},
-        };
-        Pool p;
-        int r = begin(argc, argv, opts, 1, "NAME", &p);
-        if (r >= 0)
-                return r;
-        const char *name = argv[optind];
+static int cmd_acquire(Pool *p, char **args) {
+        const char *name = args[0];
         PoolAcquired a;
         char err[1200];
-        if (pool_acquire(&p, o.wait, &a, err, sizeof err) < 0)
+        if (pool_acquire(p, o.wait, &a, err, sizeof err) < 0)
                 return cli_error(EXIT_FAIL, "%s", err);
         json_t *ans = a.answer;
         const char *res = json_string_value(json_object_get(ans, "result"));
@@ -282,20 +260,12 @@ static int cmd_acquire(int argc, char **argv) {
         return EXIT_OK;
 }
 
-static int cmd_release(int argc, char **argv) {
-        static const struct option opts[] = {
-                { "no-refill", no_argument, NULL, OPT_NO_REFILL },
-                CTL_API_LONG_OPTIONS,
-                {},
-        };
-        Pool p;
-        int r = begin(argc, argv, opts, 2, "NAME VM", &p);
-        if (r >= 0)
-                return r;
-        const char *name = argv[optind], *vm = argv[optind + 1];
+static int cmd_release(Pool *p, char **args) {
+        int r;
+        const char *name = args[0], *vm = args[1];
         usec_t t0 = now_mono();
         char err[600];
-        r = pool_release(&p, vm, !o.no_refill, err, sizeof err);
+        r = pool_release(p, vm, !o.no_refill, err, sizeof err);
         if (r < 0)
                 return r == -EIO ? EXIT_FAIL : cli_error(EXIT_FAIL, "%s", err); /* -EIO: said in the log */
         if (arg_json)
@@ -344,17 +314,10 @@ static int show_members(json_t *pool) {
         return EXIT_OK;
 }
 
-static int cmd_status(int argc, char **argv) {
-        static const struct option opts[] = {
-                CTL_API_LONG_OPTIONS,
-                {},
-        };
-        Pool p;
-        int r = begin(argc, argv, opts, 1, "NAME", &p);
-        if (r >= 0)
-                return r;
-        const char *name = argv[optind];
-        json_t *s = load_status(&p);
+static int cmd_status(Pool *p, char **args) {
+        int r;
+        const char *name = args[0];
+        json_t *s = load_status(p);
         if (!s)
                 return EXIT_FAIL;
         if (arg_json) {
@@ -378,20 +341,13 @@ static int cmd_status(int argc, char **argv) {
         return r;
 }
 
-static int cmd_drain(int argc, char **argv) {
-        static const struct option opts[] = {
-                CTL_API_LONG_OPTIONS,
-                {},
-        };
-        Pool p;
-        int r = begin(argc, argv, opts, 1, "NAME", &p);
-        if (r >= 0)
-                return r;
-        const char *name = argv[optind];
+static int cmd_drain(Pool *p, char **args) {
+        int r;
+        const char *name = args[0];
         usec_t t0 = now_mono();
         json_t *names = NULL;
         char err[600];
-        r = pool_drain(&p, &names, err, sizeof err);
+        r = pool_drain(p, &names, err, sizeof err);
         if (!names) /* nothing was tried */
                 return cli_error(EXIT_FAIL, "%s", err);
         int ret = r < 0 ? EXIT_FAIL : EXIT_OK; /* each VM that would not stop is said in the log */
@@ -405,28 +361,66 @@ static int cmd_drain(int argc, char **argv) {
         return ret;
 }
 
+static const struct option fill_opts[] = {
+        { "count", required_argument, NULL, OPT_COUNT },
+        { "memory", required_argument, NULL, OPT_MEMORY },
+        { "park-size", required_argument, NULL, OPT_PARK_SIZE },
+        { "cpus", required_argument, NULL, OPT_CPUS },
+        { "image", required_argument, NULL, OPT_IMAGE },
+        { "boot-timeout", required_argument, NULL, OPT_BOOT },
+        CTL_API_LONG_OPTIONS,
+        {},
+};
+
+static const struct option acquire_opts[] = {
+        { "wait", no_argument, NULL, OPT_WAIT },
+        CTL_API_LONG_OPTIONS,
+        {},
+};
+
+static const struct option release_opts[] = {
+        { "no-refill", no_argument, NULL, OPT_NO_REFILL },
+        CTL_API_LONG_OPTIONS,
+        {},
+};
+
+static const struct option status_opts[] = {
+        CTL_API_LONG_OPTIONS,
+        {},
+};
+
+static const struct option drain_opts[] = {
+        CTL_API_LONG_OPTIONS,
+        {},
+};
+
+/* The pool commands: their options, their arguments (the pool's NAME first), what they do. */
+static const struct {
+        const char *verb;
+        const struct option *opts;
+        int want;
+        const char *what;
+        int (*run)(Pool *p, char **args);
+} verbs[] = {
+        { "fill", fill_opts, 1, "NAME", cmd_fill },
+        { "acquire", acquire_opts, 1, "NAME", cmd_acquire },
+        { "release", release_opts, 2, "NAME VM", cmd_release },
+        { "status", status_opts, 1, "NAME", cmd_status },
+        { "drain", drain_opts, 1, "NAME", cmd_drain },
+};
+
 int cmd_pool(int argc, char **argv) {
-        if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-                fputs(pool_usage, argc < 2 ? stderr : stdout);
-                return argc < 2 ? EXIT_USAGE : EXIT_OK;
+        const char *verb;
+        int r = cli_subcommand(&argc, &argv, "pool", pool_usage, &verb);
+        if (r >= 0)
+                return r;
+        for (size_t i = 0; i < ELEMENTSOF(verbs); i++) {
+                if (strcmp(verb, verbs[i].verb) != 0)
+                        continue;
+                Pool p;
+                r = begin(argc, argv, verbs[i].opts, verbs[i].want, verbs[i].what, &p);
+                return r >= 0 ? r : verbs[i].run(&p, argv + optind);
         }
-        const char *verb = argv[1];
-        argc--;
-        argv++;
-        optind = 1;
-        static char prog[64];
-        snprintf(prog, sizeof prog, "ballastctl pool %.40s", verb);
-        ctl_api_command(argv, prog);
-        if (strcmp(verb, "fill") == 0)
-                return cmd_fill(argc, argv);
-        if (strcmp(verb, "acquire") == 0)
-                return cmd_acquire(argc, argv);
-        if (strcmp(verb, "release") == 0)
-                return cmd_release(argc, argv);
-        if (strcmp(verb, "status") == 0)
-                return cmd_status(argc, argv);
-        if (strcmp(verb, "drain") == 0)
-                return cmd_drain(argc, argv);
         cli_command = "pool";
         return cli_usage_error("unknown pool command '%s' (fill, acquire, release, status, drain)", verb);
 }

@@ -664,17 +664,10 @@ static int vm_simple_cmd(const char *verb, int argc, char **argv) {
 }
 
 int cmd_vm(int argc, char **argv) {
-        if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-                fputs(vm_usage, argc < 2 ? stderr : stdout);
-                return argc < 2 ? EXIT_USAGE : EXIT_OK;
-        }
-        const char *verb = argv[1];
-        argc--;
-        argv++;
-        optind = 1;
-        static char prog[64];
-        snprintf(prog, sizeof prog, "ballastctl vm %.40s", verb);
-        cli_set_command(argv, prog);
+        const char *verb;
+        int r = cli_subcommand(&argc, &argv, "vm", vm_usage, &verb);
+        if (r >= 0)
+                return r;
         if (strcmp(verb, "add") == 0)
                 return cmd_vm_add(argc, argv);
         if (strcmp(verb, "rm") == 0)
