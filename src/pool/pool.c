@@ -632,15 +632,26 @@ int pool_spawn_refill(Pool *p, char *err, size_t errlen) {
 
 /* ---- what the commands do ---- */
 
+/* Takes the pool's exclusive lock (in *ret_fd, which the caller closes) and loads the state: NULL
+ * with *ret_error -ENOENT when there is no such pool (the lock held), or another negative errno
+ * with err. */
+static json_t *pool_lock_load(const Pool *p, int *ret_fd, int *ret_error, char *err, size_t errlen) {
+        int fd = pool_lock(p, LOCK_EX, err, errlen);
+        if (fd < 0) {
+                *ret_error = fd;
+                return NULL;
+        }
+        *ret_fd = fd;
+        return pool_load(p, ret_error, err, errlen);
+}
+
 int pool_fill(Pool *p, const PoolSettings *o, size_t *ret_started, char *err, size_t errlen) {
         size_t missing;
         *ret_started = 0;
         {
-                _cleanup_close_ int fd = pool_lock(p, LOCK_EX, err, errlen);
-                if (fd < 0)
-                        return fd;
+                _cleanup_close_ int fd = -EBADF;
                 int e;
-                _cleanup_(json_decrefp) json_t *pool = pool_load(p, &e, err, errlen);
+                _cleanup_(json_decrefp) json_t *pool = pool_lock_load(p, &fd, &e, err, errlen);
                 if (!pool && e != -ENOENT)
                         return e;
                 bool have_memory = o->have_memory;
@@ -783,11 +794,9 @@ int pool_acquire(Pool *p, bool wait, PoolAcquired *ret, char *err, size_t errlen
         *ret = (PoolAcquired){ .unpark_ms = NAN };
         char *vm = ret->vm;
         {
-                _cleanup_close_ int fd = pool_lock(p, LOCK_EX, err, errlen);
-                if (fd < 0)
-                        return fd;
+                _cleanup_close_ int fd = -EBADF;
                 int e;
-                _cleanup_(json_decrefp) json_t *pool = pool_load(p, &e, err, errlen);
+                _cleanup_(json_decrefp) json_t *pool = pool_lock_load(p, &fd, &e, err, errlen);
                 if (!pool) {
                         if (e == -ENOENT)
                                 snprintf(err, errlen,
@@ -878,11 +887,9 @@ int pool_acquire(Pool *p, bool wait, PoolAcquired *ret, char *err, size_t errlen
 
 int pool_release(Pool *p, const char *vm, bool refill, char *err, size_t errlen) {
         {
-                _cleanup_close_ int fd = pool_lock(p, LOCK_EX, err, errlen);
-                if (fd < 0)
-                        return fd;
+                _cleanup_close_ int fd = -EBADF;
                 int e;
-                _cleanup_(json_decrefp) json_t *pool = pool_load(p, &e, err, errlen);
+                _cleanup_(json_decrefp) json_t *pool = pool_lock_load(p, &fd, &e, err, errlen);
                 if (!pool)
                         return e;
                 json_t *m = find_member(pool, vm, NULL);
@@ -943,11 +950,9 @@ int pool_drain(Pool *p, json_t **ret_stopped, char *err, size_t errlen) {
         _cleanup_(json_decrefp) json_t *members = NULL;
         *ret_stopped = NULL;
         {
-                _cleanup_close_ int fd = pool_lock(p, LOCK_EX, err, errlen);
-                if (fd < 0)
-                        return fd;
+                _cleanup_close_ int fd = -EBADF;
                 int e;
-                _cleanup_(json_decrefp) json_t *pool = pool_load(p, &e, err, errlen);
+                _cleanup_(json_decrefp) json_t *pool = pool_lock_load(p, &fd, &e, err, errlen);
                 if (!pool && e != -ENOENT)
                         return e;
                 if (!pool) {
