@@ -37,6 +37,14 @@
 
 typedef struct ApplyBatch ApplyBatch;
 
+/* A caller of ctl_vm_stats() waiting for the VM's next on-demand statistics read. */
+typedef struct CtlStatsWaiter CtlStatsWaiter;
+struct CtlStatsWaiter {
+        ctl_stats_cb cb;
+        void *userdata;
+        CtlStatsWaiter *next;
+};
+
 struct CtlVm {
         Controller *c;
         CtlVmSpec spec;
@@ -74,6 +82,8 @@ struct CtlVm {
         bool changed;                /* target changed by the current tick */
         uint64_t reaction_episode;   /* its target is a reclaim the plan decided in this pressure episode */
         bool plan_fixed;             /* the current plan holds it where it is (unreachable): do not apply */
+        /* ctl_vm_stats() callers, in order: answered by the next on-demand read's reply. */
+        CtlStatsWaiter *stats_waiters;
         /* The API apply batch waiting for this VM's next set_target answer. */
         ApplyBatch *batch;
         size_t batch_idx;
@@ -558,6 +568,75 @@ static void vm_on_actual_event(Hv *hv, uint64_t actual, uint64_t when_realtime, 
         vm_observe(vm, actual, ev_now(vm->c->ev), seen);
 }
 
+/* Answers every ctl_vm_stats() caller waiting on this VM with `reply`. */
+static void vm_stats_answer(CtlVm *vm, const HvReply *reply) {
+        CtlStatsWaiter *w = TAKE_PTR(vm->stats_waiters);
+        while (w) {
+                CtlStatsWaiter *next = w->next;
+                w->cb(vm->c, vm, reply, w->userdata);
+                free(w);
+                w = next;
+        }
+}
+
+/* The VM is going: its on-demand statistics readers are answered now, not when its last call
+ * returns (or never, once its driver is freed). */
+static void vm_stats_cancel(CtlVm *vm) {
+        HvReply r = { .op = HV_OP_GET_STATS, .error = -ECANCELED };
+        snprintf(r.message, sizeof r.message, "VM %s was removed", vm->spec.id);
+        hv_stats_init(&r.stats);
+        vm_stats_answer(vm, &r);
+}
+
+static void vm_after_call(CtlVm *vm);
+
+static void vm_on_api_stats(Hv *hv, const HvReply *reply, void *userdata) {
+        CtlVm *vm = userdata;
+        (void) hv;
+        vm->op_busy = false;
+        vm_stats_answer(vm, reply);
+        vm_after_call(vm);
+}
+
+/* Sends the on-demand statistics read the waiters wait for; a driver that refuses at once answers
+ * them at once. */
+static int vm_send_api_stats(CtlVm *vm) {
+        int r = hv_get_stats(vm->hv, vm->c->cfg.op_timeout, vm_on_api_stats, vm);
+        if (r >= 0) {
+                vm->op_busy = true;
+                return 0;
+        }
+        HvReply fake = { .op = HV_OP_GET_STATS, .error = r };
+        snprintf(fake.message, sizeof fake.message, "get stats: %s", strerror(-r));
+        hv_stats_init(&fake.stats);
+        vm_stats_answer(vm, &fake);
+        return r;
+}
+
+int ctl_vm_stats(Controller *c, CtlVm *vm, ctl_stats_cb cb, void *userdata) {
+        (void) c;
+        if (vm->removing)
+                return -ENOENT;
+        CtlStatsWaiter *w = calloc(1, sizeof *w);
+        if (!w)
+                return -ENOMEM;
+        *w = (CtlStatsWaiter){ .cb = cb, .userdata = userdata };
+        if (!vm->op_busy) {
+                /* Nothing in flight: read now (a refusal is the caller's answer, not a callback). */
+                int r = hv_get_stats(vm->hv, vm->c->cfg.op_timeout, vm_on_api_stats, vm);
+                if (r < 0) {
+                        free(w);
+                        return r;
+                }
+                vm->op_busy = true;
+        }
+        CtlStatsWaiter **p = &vm->stats_waiters;
+        while (*p)
+                p = &(*p)->next;
+        *p = w;
+        return 0;
+}
+
 static void vm_after_call(CtlVm *vm) {
         if (vm->removing) {
                 if (vm->sent_target != vm->spec.assigned && vm->actual_known) {
@@ -571,6 +650,8 @@ static void vm_after_call(CtlVm *vm) {
         }
         if (vm->target != vm->sent_target || !vm->sent_once)
                 vm_send(vm);
+        if (!vm->op_busy && vm->stats_waiters)
+                vm_send_api_stats(vm);
 }
 
 static void vm_on_get_actual(Hv *hv, const HvReply *reply, void *userdata) {
@@ -1255,6 +1336,7 @@ static void vm_free(CtlVm *vm) {
                                 break;
                         }
         vm_batch_done(vm, -ECANCELED);
+        vm_stats_cancel(vm);
         hv_wait_free(vm->park_wait);
         hv_wait_free(vm->park_done);
         ev_timer_free(vm->park_timer);
@@ -1388,6 +1470,7 @@ int ctl_vm_remove(Controller *c, const char *id) {
         memmove(c->vms + pos, c->vms + pos + 1, (c->n_vms - pos - 1) * sizeof *c->vms);
         c->n_vms--;
         vm_batch_done(vm, -ECANCELED);
+        vm_stats_cancel(vm);
         vm->removing = true;
         vm->next_removing = c->removing;
         c->removing = vm;
