@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "control/ctl-internal.h"
+#include "control/guest-assess.h"
 #include "sense/vm-mem.h"
 #include "shared/log.h"
 #include "shared/strutil.h"
@@ -352,48 +353,31 @@ static void vm_on_stats_period(Hv *hv, const HvReply *reply, void *userdata) {
         vm_after_call(vm);
 }
 
-/* Guest statistics → what the plan may use (B5.4, B5.9). Fresh: reported within three periods.
- * Non-reclaimable use: actual − available. Pressure: swapping in, faulting hard, or nearly out. */
+/* Guest statistics → what the plan may use (B5.4, B5.9), assessed by guest_assess(); a guest under
+ * pressure stops a park in progress, raises a parked VM, and wakes the tick. */
 void vm_take_stats(CtlVm *vm, const HvStats *st) {
         Controller *c = vm->c;
-        uint64_t now_rt_s = now_usec(CLOCK_REALTIME) / USEC_PER_SEC;
-        bool have = st->total != HV_STAT_UNSET && st->available != HV_STAT_UNSET && st->last_update != 0 &&
-                    st->last_update != HV_STAT_UNSET;
-        /* Fresh means the guest itself reported within three of its periods when we asked: a
-         * guest that stopped reporting is noticed at the next read, however rarely we read. */
-        uint64_t max_age = 3 * (uint64_t) c->cfg.stats_period_s + 1;
-        bool fresh = have && st->last_update + max_age >= now_rt_s;
-        bool pressure = false;
-        if (fresh && vm->guest_have && st->last_update > vm->guest.last_update) {
-                if (st->swap_in != HV_STAT_UNSET && vm->guest.swap_in != HV_STAT_UNSET &&
-                    st->swap_in > vm->guest.swap_in && st->swap_in - vm->guest.swap_in >= 4 * MiB)
-                        pressure = true;
-                if (st->major_faults != HV_STAT_UNSET && vm->guest.major_faults != HV_STAT_UNSET &&
-                    st->major_faults > vm->guest.major_faults &&
-                    st->major_faults - vm->guest.major_faults >= 200 * (uint64_t) c->cfg.stats_period_s)
-                        pressure = true;
-        } else if (fresh && vm->guest_have)
-                pressure = vm->guest_pressure; /* no new report: keep the last verdict */
-        if (fresh && st->available < st->total / 32)
-                pressure = true;
-        /* In the balloon's terms (guest memory the VM has now, kernel reservations included): what
-         * the guest could not give up is all of it but what it could free. MemTotal is not the
-         * frame: it lacks the kernel's reservations (30-50 MiB) and, with deflate-on-oom, still
-         * counts the balloon. */
-        uint64_t used = fresh && vm->actual > st->available ? vm->actual - st->available : 0;
-        /* A report taken before the guest's size last changed is in another frame (right after
-         * an unpark: the old, small available against the new, full actual would make the whole
-         * guest look used): keep the use measured in the last consistent report. */
-        if (fresh && st->last_update <= vm->actual_changed_rt_s && vm->guest_have && vm->guest_fresh)
-                used = vm->guest_used;
+        GuestAssessment prev = { .stats = vm->guest,
+                                 .have = vm->guest_have,
+                                 .fresh = vm->guest_fresh,
+                                 .pressure = vm->guest_pressure,
+                                 .used = vm->guest_used },
+                        a;
+        GuestReport in = { .stats = st,
+                           .period_s = c->cfg.stats_period_s,
+                           .now_rt_s = now_usec(CLOCK_REALTIME) / USEC_PER_SEC,
+                           .actual = vm->actual,
+                           .actual_changed_rt_s = vm->actual_changed_rt_s };
+        guest_assess(&prev, &in, &a);
+        bool pressure = a.pressure;
         if (pressure && !vm->guest_pressure)
                 log_notice("VM %s: the guest shows memory pressure (available %llu MiB): it gives last and gets "
                            "back first",
                            vm->spec.id, (unsigned long long) (st->available / MiB));
-        vm->guest = *st;
-        vm->guest_have = have;
-        vm->guest_fresh = fresh;
-        vm->guest_used = used;
+        vm->guest = a.stats;
+        vm->guest_have = a.have;
+        vm->guest_fresh = a.fresh;
+        vm->guest_used = a.used;
         vm->guest_pressure = pressure;
         if (pressure && vm->parking && vm->park_wait && vm->parked && st->last_update >= vm->park_started_rt_s) {
                 /* The guest ran out while the balloon was still inflating: stop here, give it the
