@@ -603,6 +603,7 @@ int ctl_vm_add(Controller *c, const CtlVmSpec *spec, uint64_t resume_target, Ctl
         if (!vm)
                 return -ENOMEM;
         vm->c = c;
+        vm->park_call.vm = vm;
         vm->spec = *spec;
         vm->status = CTL_VM_CONNECTING;
         vm->resume_target = resume_target;

@@ -35,6 +35,12 @@
 
 typedef struct ApplyBatch ApplyBatch;
 
+/* The userdata of a park's own driver calls (not the VM itself, so that hv_cancel() of the VM's
+ * cycle leaves them alone and the other way round). */
+typedef struct CtlParkCall {
+        CtlVm *vm;
+} CtlParkCall;
+
 /* A caller of ctl_vm_stats() waiting for the VM's next on-demand statistics read. */
 typedef struct CtlStatsWaiter CtlStatsWaiter;
 struct CtlStatsWaiter {
@@ -94,8 +100,8 @@ struct CtlVm {
         void *park_ud;
         uint64_t park_report_prev;
         usec_t park_started;
-        char park_token;    /* userdata of direct park-path driver calls */
-        uint64_t park_size; /* asked for */
+        CtlParkCall park_call; /* userdata of the park's own driver calls (cancelled apart from the cycle's) */
+        uint64_t park_size;    /* asked for */
         usec_t park_timeout;
         bool park_capped;           /* parked at the guest's use + margin instead of park_size */
         uint64_t park_used;         /* the guest's use that capped it */

@@ -86,12 +86,23 @@ void on_park_wait(HvWait *w, const HvWaitOutcome *out, void *userdata) {
         park_report(vm, &o);
 }
 
+/* The park's set-and-wait toward t, within timeout. */
+static int park_wait_start(CtlVm *vm, uint64_t t, usec_t timeout) {
+        Controller *c = vm->c;
+        HvWaitOptions o;
+        hv_wait_options_init(&o);
+        o.tolerance = c->cfg.tolerance;
+        o.timeout = timeout;
+        o.stall_window = c->cfg.stall_window;
+        o.op_timeout = c->cfg.op_timeout;
+        return hv_wait_start(vm->hv, t, &o, on_park_wait, vm, &vm->park_wait);
+}
+
 /* Starts the wait toward the park size, or toward what the guest can really give up when its
  * statistics are fresh: its non-reclaimable use plus the guest margin. Parking an idle guest
  * below that is what B4.1 forbids (a balloon that takes the last free page leaves the next
  * allocation in the guest to the OOM killer; with deflate-on-oom off nothing gives it back). */
 static int park_begin(CtlVm *vm) {
-        Controller *c = vm->c;
         uint64_t t = vm->park_size;
         vm->park_capped = false;
         if (vm->guest_fresh && vm->guest_used) {
@@ -114,15 +125,9 @@ static int park_begin(CtlVm *vm) {
                 on_park_wait(NULL, &out, vm);
                 return 0;
         }
-        HvWaitOptions o;
-        hv_wait_options_init(&o);
-        o.tolerance = c->cfg.tolerance;
         /* The park's deadline counts from the request: waiting for fresh guest statistics used
          * part of it already. */
-        o.timeout = vm->park_timeout > waited ? vm->park_timeout - waited : 1;
-        o.stall_window = c->cfg.stall_window;
-        o.op_timeout = c->cfg.op_timeout;
-        int r = hv_wait_start(vm->hv, t, &o, on_park_wait, vm, &vm->park_wait);
+        int r = park_wait_start(vm, t, vm->park_timeout > waited ? vm->park_timeout - waited : 1);
         if (r < 0)
                 return r;
         vm->target = t;
@@ -157,7 +162,7 @@ static void park_go(CtlVm *vm) {
 }
 
 static void on_park_stats(Hv *hv, const HvReply *reply, void *userdata) {
-        CtlVm *vm = (CtlVm *) ((char *) userdata - offsetof(CtlVm, park_token));
+        CtlVm *vm = ((CtlParkCall *) userdata)->vm;
         Controller *c = vm->c;
         (void) hv;
         bool fresh_enough = false;
@@ -181,12 +186,16 @@ static void on_park_stats(Hv *hv, const HvReply *reply, void *userdata) {
         ev_timer_set(vm->park_timer, usec_add(now_mono(), 250 * USEC_PER_MSEC));
 }
 
-static void park_ask_stats(CtlVm *vm) {
+/* Fresh statistics for the park: the period first when the cycle has not set it yet. */
+static int park_request_stats(CtlVm *vm) {
         Controller *c = vm->c;
-        int r = vm->stats_period_set ? hv_get_stats(vm->hv, c->cfg.op_timeout, on_park_stats, &vm->park_token)
-                                     : hv_set_stats_period(vm->hv, c->cfg.stats_period_s, c->cfg.op_timeout,
-                                                           on_park_stats, &vm->park_token);
-        if (r < 0)
+        return vm->stats_period_set ? hv_get_stats(vm->hv, c->cfg.op_timeout, on_park_stats, &vm->park_call)
+                                    : hv_set_stats_period(vm->hv, c->cfg.stats_period_s, c->cfg.op_timeout,
+                                                          on_park_stats, &vm->park_call);
+}
+
+static void park_ask_stats(CtlVm *vm) {
+        if (park_request_stats(vm) < 0)
                 park_go(vm);
 }
 
@@ -206,9 +215,7 @@ int ctl_vm_park(Controller *c, CtlVm *vm, uint64_t size, usec_t timeout, ctl_par
         /* Fresh figures first (the idle pace reads them only every 30 s). */
         bool ask = c->cfg.stats_period_s && !vm->stats_off;
         if (ask)
-                r = vm->stats_period_set ? hv_get_stats(vm->hv, c->cfg.op_timeout, on_park_stats, &vm->park_token)
-                                         : hv_set_stats_period(vm->hv, c->cfg.stats_period_s, c->cfg.op_timeout,
-                                                               on_park_stats, &vm->park_token);
+                r = park_request_stats(vm);
         else
                 r = park_begin(vm);
         if (r < 0)
@@ -233,7 +240,7 @@ int ctl_vm_park(Controller *c, CtlVm *vm, uint64_t size, usec_t timeout, ctl_par
 }
 
 static void on_unpark_sent(Hv *hv, const HvReply *reply, void *userdata) {
-        CtlVm *vm = (CtlVm *) ((char *) userdata - offsetof(CtlVm, park_token));
+        CtlVm *vm = ((CtlParkCall *) userdata)->vm;
         (void) hv;
         CtlParkOutcome o = {
                 .previous = vm->park_report_prev,
@@ -259,17 +266,11 @@ int ctl_vm_unpark(Controller *c, CtlVm *vm, uint64_t size, bool wait, usec_t tim
         uint64_t t = size ? MIN(size, vm->spec.assigned) : vm->park_prev ? vm->park_prev : vm->spec.assigned;
         usec_t now = now_mono();
         int r;
-        if (wait) {
-                HvWaitOptions o;
-                hv_wait_options_init(&o);
-                o.tolerance = c->cfg.tolerance;
-                o.timeout = timeout ? timeout : c->cfg.park_timeout;
-                o.stall_window = c->cfg.stall_window;
-                o.op_timeout = c->cfg.op_timeout;
-                r = hv_wait_start(vm->hv, t, &o, on_park_wait, vm, &vm->park_wait);
-        } else
+        if (wait)
+                r = park_wait_start(vm, t, timeout ? timeout : c->cfg.park_timeout);
+        else
                 /* Straight to the driver, ahead of anything queued: unpark always wins (B4.2). */
-                r = hv_set_target(vm->hv, t, c->cfg.op_timeout, on_unpark_sent, &vm->park_token);
+                r = hv_set_target(vm->hv, t, c->cfg.op_timeout, on_unpark_sent, &vm->park_call);
         if (r < 0)
                 return r;
         vm->park_report_prev = vm->target;
@@ -313,5 +314,5 @@ void park_cancel(CtlVm *vm) {
                 cb(vm->c, vm, &o, vm->park_ud);
         }
         if (vm->hv)
-                hv_cancel(vm->hv, &vm->park_token);
+                hv_cancel(vm->hv, &vm->park_call);
 }
