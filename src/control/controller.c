@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "control/ctl-internal.h"
+#include "sense/pressure-watch.h"
 #include "sense/vm-mem.h"
 #include "shared/log.h"
 #include "shared/strutil.h"
@@ -106,58 +107,25 @@ static void ctl_pressure_io(EvIo *io, int fd, uint32_t revents, void *userdata) 
 static int ctl_open_pressure(Controller *c, char *err, size_t errlen) {
         if (c->cfg.psi_mode < 0)
                 return 0;
-        int fd;
-        if (c->cgroup_dir) {
-                char path[PATH_MAX];
-                snprintf(path, sizeof path, "%s/memory.pressure", c->cgroup_dir);
-                if (access(path, F_OK) == 0) {
-                        fd = psi_trigger_open(path, "some", c->cfg.psi_stall, c->cfg.psi_window);
-                        if (fd >= 0) {
-                                c->pressure_fds[0] = fd;
-                                return ev_io_add(c->ev, fd, EPOLLPRI, ctl_pressure_io, c, &c->pressure_io[0]);
-                        }
-                }
-                fd = cgroup1_pressure_open(c->cgroup_dir, "medium");
-                if (fd >= 0) {
-                        c->pressure_fds[0] = fd;
-                        int r = ev_io_add(c->ev, fd, EPOLLIN, ctl_pressure_io, c, &c->pressure_io[0]);
+        /* cgroup v1: usage thresholds at the low, critical and high watermarks. */
+        const uint32_t pmy[] = { c->cfg.plan.low_pmy, c->cfg.plan.critical_pmy, c->cfg.plan.high_pmy };
+        uint64_t th[ELEMENTSOF(pmy)];
+        for (size_t i = 0; i < ELEMENTSOF(pmy); i++)
+                th[i] = c->sample.total - c->sample.total / PLAN_PERMYRIAD * pmy[i];
+        int fd = pressure_watch_open(&c->pressure, c->cgroup_dir, c->proc_root, c->cgroup_version, c->cfg.psi_stall,
+                                     c->cfg.psi_window, th, ELEMENTSOF(th));
+        if (c->pressure.threshold_error < 0)
+                log_warning_errno(c->pressure.threshold_error, "Cannot register a usage threshold on %s: %m, ignoring",
+                                  c->cgroup_dir);
+        for (size_t i = 0; i < PRESSURE_WATCH_MAX; i++)
+                if (c->pressure.fds[i] >= 0) {
+                        int r = ev_io_add(c->ev, c->pressure.fds[i], c->pressure.events[i], ctl_pressure_io, c,
+                                          &c->pressure_io[i]);
                         if (r < 0)
                                 return r;
-                        /* v1 has no PSI: usage thresholds at the low and critical watermarks wake
-                         * the controller the moment they are crossed, not at the next sample. */
-                        const uint32_t pmy[] = { c->cfg.plan.low_pmy, c->cfg.plan.critical_pmy, c->cfg.plan.high_pmy };
-                        for (size_t i = 0; i < ELEMENTSOF(pmy) && c->cgroup_version == 1; i++) {
-                                uint64_t t = c->sample.total - c->sample.total / PLAN_PERMYRIAD * pmy[i];
-                                int tfd = cgroup1_threshold_open(c->cgroup_dir, t);
-                                if (tfd < 0) {
-                                        log_warning_errno(tfd, "Cannot register a usage threshold on %s: %m, ignoring",
-                                                          c->cgroup_dir);
-                                        break;
-                                }
-                                c->pressure_fds[1 + i] = tfd;
-                                r = ev_io_add(c->ev, tfd, EPOLLIN, ctl_pressure_io, c, &c->pressure_io[1 + i]);
-                                if (r < 0)
-                                        return r;
-                        }
-                        return 0;
                 }
-        } else {
-                char path[PATH_MAX];
-                snprintf(path, sizeof path, "%s/proc/pressure/memory", c->proc_root ? c->proc_root : "");
-                fd = psi_trigger_open(path, "some", c->cfg.psi_stall, c->cfg.psi_window);
-                if (fd >= 0) {
-                        c->pressure_fds[0] = fd;
-                        int r = ev_io_add(c->ev, fd, EPOLLPRI, ctl_pressure_io, c, &c->pressure_io[0]);
-                        if (r < 0)
-                                return r;
-                        fd = psi_trigger_open(path, "full", c->cfg.psi_stall, c->cfg.psi_window);
-                        if (fd >= 0) {
-                                c->pressure_fds[1] = fd;
-                                return ev_io_add(c->ev, fd, EPOLLPRI, ctl_pressure_io, c, &c->pressure_io[1]);
-                        }
-                        return 0;
-                }
-        }
+        if (fd > 0)
+                return 0;
         if (c->cfg.psi_mode > 0) {
                 snprintf(err, errlen, "no PSI trigger could be registered for the scope (%s)", strerror(-fd));
                 return fd;
@@ -495,8 +463,7 @@ int ctl_new(Ev *ev, const CtlConfig *cfg, ctl_driver_factory factory, const CtlH
         c->factory = factory;
         if (hooks)
                 c->hooks = *hooks;
-        for (size_t i = 0; i < CTL_PRESSURE_FDS; i++)
-                c->pressure_fds[i] = -1;
+        pressure_watch_init(&c->pressure);
         if (cfg->cgroup_dir && cfg->cgroup_dir[0] && !(c->cgroup_dir = strdup(cfg->cgroup_dir)))
                 goto oom;
         if (cfg->proc_root && cfg->proc_root[0] && !(c->proc_root = strdup(cfg->proc_root)))
@@ -543,11 +510,9 @@ Controller *ctl_free(Controller *c) {
                 vm_free(c->removing); /* unlinks itself */
         free(c->vms);
         ev_timer_free(c->tick_timer);
-        for (size_t i = 0; i < CTL_PRESSURE_FDS; i++) {
+        for (size_t i = 0; i < PRESSURE_WATCH_MAX; i++)
                 ev_io_free(c->pressure_io[i]);
-                if (c->pressure_fds[i] >= 0)
-                        close(c->pressure_fds[i]);
-        }
+        pressure_watch_close(&c->pressure);
         plan_scratch_free(c->scratch);
         free(c->pvms);
         free(c->dec);
@@ -774,7 +739,7 @@ void ctl_host_view(const Controller *c, CtlHostView *ret) {
                 .transitions = c->transitions,
                 .ticks = c->ticks,
                 .plans_failed = c->plans_failed,
-                .has_psi_trigger = c->pressure_fds[0] >= 0,
+                .has_psi_trigger = c->pressure.fds[0] >= 0,
         };
         strscpy(ret->sample_error, sizeof ret->sample_error, c->sample_error);
         /* Totals over the VMs that answer: a dead VM's numbers mean nothing any more. Sums

@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "control/controller.h"
+#include "sense/pressure-watch.h"
 #include "shared/macro.h"
 
 /* A park never takes a guest closer than this to its non-reclaimable use (when its statistics are
@@ -180,9 +181,8 @@ struct Controller {
         CtlTrigger pending_trigger;
         bool kicked;
 
-#define CTL_PRESSURE_FDS 4
-        int pressure_fds[CTL_PRESSURE_FDS];
-        EvIo *pressure_io[CTL_PRESSURE_FDS];
+        PressureWatch pressure;
+        EvIo *pressure_io[PRESSURE_WATCH_MAX];
         int cgroup_version;
 
         usec_t reaction_start; /* sample time the need first arose; 0 = measured, or no episode */
