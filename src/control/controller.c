@@ -355,7 +355,7 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
                 changed = true;
                 /* Pressure (or its end): read every VM and its guest now, not at the idle pace. */
                 for (size_t i = 0; i < c->n_vms; i++)
-                        c->vms[i]->last_stats = c->vms[i]->last_read = c->vms[i]->next_rss = 0;
+                        c->vms[i]->last_stats = c->vms[i]->last_read = c->vms[i]->mem.next_rss = 0;
         }
         /* Reaction latency starts when the need first appears in a sample. */
         /* A pressure episode starts when host pressure first asks for reclaim after asking for
@@ -391,9 +391,7 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
                 if (t < vm->target && vm->target >= vm->spec.assigned && vm->hv->peer_pid > 0 &&
                     vm->actual + c->cfg.tolerance >= vm->spec.assigned) {
                         /* Leaving full size: the baseline for what the host gets back is now. */
-                        uint64_t rss;
-                        if (vmmem_read_rss("", vm->hv->peer_pid, &rss) >= 0)
-                                vm->host_rss = vm->rss_base = rss;
+                        vmmem_track_baseline(&vm->mem, "", vm->hv->peer_pid);
                 }
                 if (t < vm->target)
                         c->stats.reclaimed_commanded_bytes += vm->target - t;
@@ -751,8 +749,7 @@ void ctl_host_view(const Controller *c, CtlHostView *ret) {
                 ret->commanded = sat_add_u64(ret->commanded, vm->spec.assigned - MIN(vm->target, vm->spec.assigned));
                 ret->guest_reached =
                         sat_add_u64(ret->guest_reached, vm->spec.assigned - MIN(vm->actual, vm->spec.assigned));
-                if (vm->rss_base > vm->host_rss && vm->host_rss)
-                        ret->confirmed = sat_add_u64(ret->confirmed, vm->rss_base - vm->host_rss);
+                ret->confirmed = sat_add_u64(ret->confirmed, vmmem_track_confirmed(&vm->mem));
         }
         ret->reached = ret->confirmed;
 }
@@ -769,8 +766,8 @@ int ctl_capacity(Controller *c, uint64_t size, PlanCapacity *ret, PlanResult *re
          * in smaps; QEMU under TCG keeps its translation buffer there, ~115 MiB). */
         uint64_t overhead = 0, returnable = 0;
         for (size_t i = 0; i < c->n_vms; i++)
-                if (c->vms[i]->ram_known && c->vms[i]->status != CTL_VM_ERROR) {
-                        overhead = MAX(overhead, c->vms[i]->ram_overhead);
+                if (c->vms[i]->mem.ram_known && c->vms[i]->status != CTL_VM_ERROR) {
+                        overhead = MAX(overhead, c->vms[i]->mem.ram_overhead);
                         /* Only what is measured: a VM whose resident memory is not known yet (just
                          * booted) would count its whole size above the floor. The plan itself may
                          * still take from it (its balloon is real); the hint does not promise it. */

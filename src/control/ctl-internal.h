@@ -11,6 +11,7 @@
 
 #include "control/controller.h"
 #include "sense/pressure-watch.h"
+#include "sense/vm-mem.h"
 #include "shared/macro.h"
 
 /* A park never takes a guest closer than this to its non-reclaimable use (when its statistics are
@@ -120,17 +121,11 @@ struct CtlVm {
         /* Realtime second of the last change of actual: a guest report from that second or before
          * describes the guest at another size, so its figures do not go with the current actual. */
         uint64_t actual_changed_rt_s;
-        /* Host side (B5.7). */
-        uint64_t host_rss;
-        uint64_t rss_base; /* host_rss when it last was at full size; 0 unknown */
-        usec_t next_rss;
+        /* Host side (B5.7): RSS, its full-size baseline, and guest RAM resident = RSS − the
+         * hypervisor's own memory (a TCG code buffer included), measured from smaps now and then,
+         * since smaps costs milliseconds and VmRSS nothing. */
+        VmMemTrack mem;
         uint32_t rng; /* xorshift state: spreads each VM's periodic reads (seeded from its id) */
-        /* Guest RAM resident on the host = host_rss − ram_overhead: the overhead (the hypervisor's
-         * own memory, a TCG code buffer included) is measured from smaps now and then, since
-         * smaps costs milliseconds and VmRSS nothing. */
-        bool ram_known;
-        uint64_t ram_overhead;
-        usec_t next_ram;
 };
 
 struct ApplyBatch {

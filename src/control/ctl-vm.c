@@ -47,7 +47,7 @@ static void vm_ok(CtlVm *vm) {
                 log_info("VM %s: driver works again", vm->spec.id);
                 /* It may be another process now (restarted, or restored from a snapshot): read its
                  * memory map, RSS and guest again, and set its statistics period again. */
-                vm->next_rss = vm->next_ram = vm->last_stats = 0;
+                vm->mem.next_rss = vm->mem.next_ram = vm->last_stats = 0;
                 vm->stats_period_set = vm->stats_fast = vm->stats_fast_refused = false;
         }
         if (vm->status == CTL_VM_ERROR || vm->status == CTL_VM_CONNECTING)
@@ -477,46 +477,26 @@ void vm_send(CtlVm *vm) {
 /* Host-side verification (B5.7): the hypervisor process's resident memory, from /proc, and how
  * much of it is guest RAM (what shrinking the guest can return). */
 static void vm_read_rss(CtlVm *vm, usec_t now, bool active) {
-        if (now < vm->next_rss || vm->hv->peer_pid <= 0)
+        if (!vmmem_track_due(&vm->mem, now) || vm->hv->peer_pid <= 0)
                 return;
         Controller *c = vm->c;
         /* Every second while memory moves, every 4-6 minutes otherwise (the admission hint and the
          * first plan of an episode use it; a state change re-reads every VM at once): /proc reads
-         * add up at 1,000 VMs. */
-        vm->next_rss = active ? now + USEC_PER_SEC : now + 240 * USEC_PER_SEC + vm_jitter(vm, 120 * USEC_PER_SEC);
-        uint64_t rss;
-        if (vmmem_read_rss("", vm->hv->peer_pid, &rss) < 0) {
-                vm->host_rss = 0;
-                vm->ram_known = false;
-                return;
-        }
-        vm->host_rss = rss;
+         * add up at 1,000 VMs. smaps only for a few VMs per tick, so a fleet adopted at once does
+         * not stall the loop. */
+        usec_t next = active ? now + USEC_PER_SEC : now + 240 * USEC_PER_SEC + vm_jitter(vm, 120 * USEC_PER_SEC);
         /* The baseline for host-confirmed reclaim: the RSS while the VM is at full size. */
-        if (vm->actual_known && vm->actual + c->cfg.tolerance >= vm->spec.assigned && vm->target >= vm->spec.assigned)
-                vm->rss_base = rss;
-        /* The overhead drifts slowly (QEMU's TCG buffer fills as the guest runs new code): re-measure
-         * it every minute while the VM matters to a plan, every ten otherwise, and only a few VMs
-         * per tick so a fleet adopted at once does not stall the loop. */
-        if (now >= vm->next_ram && c->ram_budget > 0) {
-                uint64_t ram;
-                c->ram_budget--;
-                int r = vmmem_read_ram("", vm->hv->peer_pid, vm->spec.assigned, &ram);
-                if (r < 0 && (vm->ram_known || vm->next_ram == 0))
-                        log_debug_errno(r, "VM %s: guest RAM not found in smaps (%m); planning on its size",
-                                        vm->spec.id);
-                vm->next_ram = now + (r >= 0 && active ? 60 : 600) * USEC_PER_SEC;
-                vm->ram_known = r >= 0;
-                if (r >= 0)
-                        vm->ram_overhead = rss > ram ? rss - ram : 0;
-        }
+        bool at_full = vm->actual_known && vm->actual + c->cfg.tolerance >= vm->spec.assigned &&
+                       vm->target >= vm->spec.assigned;
+        int r = vmmem_track_read(&vm->mem, "", vm->hv->peer_pid, vm->spec.assigned, at_full, active, now, next,
+                                 &c->ram_budget);
+        if (r < 0)
+                log_debug_errno(r, "VM %s: guest RAM not found in smaps (%m); planning on its size", vm->spec.id);
 }
 
 /* Guest RAM the host holds for the VM; 0 when unknown (the plan then uses the guest's size). */
 uint64_t vm_resident(const CtlVm *vm) {
-        if (!vm->ram_known || !vm->host_rss)
-                return 0;
-        uint64_t r = vm->host_rss > vm->ram_overhead ? vm->host_rss - vm->ram_overhead : 1;
-        return MAX(MIN(r, vm->spec.assigned), (uint64_t) 1);
+        return vmmem_track_resident(&vm->mem, vm->spec.assigned);
 }
 
 void vm_poll(CtlVm *vm, usec_t now) {
@@ -674,8 +654,8 @@ void ctl_vm_view(const CtlVm *vm, CtlVmView *ret) {
                 .guest_used = vm->guest_used,
                 .guest = vm->guest,
                 .hv_pid = vm->hv ? vm->hv->peer_pid : 0,
-                .host_rss = vm->host_rss,
-                .host_confirmed = vm->rss_base > vm->host_rss && vm->host_rss ? vm->rss_base - vm->host_rss : 0,
+                .host_rss = vm->mem.host_rss,
+                .host_confirmed = vmmem_track_confirmed(&vm->mem),
                 .resident = vm_resident(vm),
         };
         if (!vm->guest_have)
