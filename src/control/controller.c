@@ -64,7 +64,7 @@ const char *ctl_trigger_to_string(CtlTrigger t) {
 
 /* ---- sensing ---- */
 
-static int ctl_sample(Controller *c, usec_t now) {
+int ctl_sample(Controller *c, usec_t now) {
         MemSample s;
         char err[256] = "";
         int r;
@@ -164,103 +164,6 @@ void vm_batch_done(CtlVm *vm, int result) {
 
 /* ---- the tick ---- */
 
-static int ctl_grow(Controller *c, size_t n) {
-        if (n <= c->cap_plan)
-                return 0;
-        size_t cap = MAX(n, c->cap_plan * 2);
-        PlanVm *p = realloc(c->pvms, cap * sizeof *p);
-        if (!p)
-                return -ENOMEM;
-        c->pvms = p;
-        PlanDecision *d = realloc(c->dec, cap * sizeof *d);
-        if (!d)
-                return -ENOMEM;
-        c->dec = d;
-        PlanScratch *s = plan_scratch_new(cap);
-        if (!s)
-                return -ENOMEM;
-        plan_scratch_free(c->scratch);
-        c->scratch = s;
-        c->cap_plan = cap;
-        return 0;
-}
-
-/* What the plan sees of each VM. A VM the controller cannot talk to must neither hide the
- * reclaim it really gives nor be counted for reclaim it does not give:
- *  - never read, no history: left out (it gives nothing, takes nothing);
- *  - never read since a restart: fixed at the target it had before (B7), so a hold restored at
- *    start is not piled onto the first VMs to answer;
- *  - its last call failed: fixed at the size it last reported, nothing in flight, so its share
- *    goes to the others until it answers again. */
-static void ctl_fill_plan(Controller *c, usec_t now) {
-        for (size_t i = 0; i < c->n_vms; i++) {
-                CtlVm *vm = c->vms[i];
-                uint64_t a = vm->spec.assigned;
-                PlanVm *p = &c->pvms[i];
-                *p = (PlanVm){
-                        .id = i,
-                        .assigned = a,
-                        .floor = vm->spec.floor,
-                        .shares = vm->spec.shares ? vm->spec.shares : 1,
-                        .target = MIN(vm->target, a),
-                        .actual = MIN(vm->actual, a),
-                        .in_flight = absdiff(vm->actual, vm->target) > c->cfg.tolerance,
-                        .last_dir = vm->last_dir,
-                        .last_move = vm->last_move,
-                        .parked = vm->parked || vm->parking,
-                        .unparked_until = vm->unparked_until,
-                        .stalled_until = vm->stalled_until,
-                        .guest_fresh = vm->guest_fresh,
-                        .guest_used = vm->guest_used,
-                        .guest_pressure = vm->guest_pressure,
-                        .resident = vm_resident(vm),
-                };
-                vm->plan_fixed = false;
-                if (!vm->actual_known) {
-                        if (!vm->resume_target) {
-                                p->parked = true;
-                                p->target = p->actual = a;
-                                p->in_flight = false;
-                                continue;
-                        }
-                        p->target = p->actual = MIN(vm->resume_target, a);
-                        p->in_flight = false;
-                        p->stalled_until = usec_add(now, 1);
-                        vm->plan_fixed = true;
-                } else if (vm->status == CTL_VM_ERROR) {
-                        /* Dead or failing: outside every total (its reclaim may be gone with its
-                         * process), untouched until it answers again. */
-                        p->parked = true;
-                        p->in_flight = false;
-                        vm->plan_fixed = true;
-                }
-        }
-}
-
-static int ctl_run_plan(Controller *c, const PlanHold *hold, usec_t now, PlanResult *ret) {
-        int r = ctl_grow(c, MAX(c->n_vms, (size_t) 1));
-        if (r < 0)
-                return r;
-        if (!c->sample_ok)
-                return -ENODATA;
-        ctl_fill_plan(c, now);
-        PlanInput in = {
-                .config = &c->cfg.plan,
-                .host = { .total = c->sample.total,
-                          .available = c->sample.available,
-                          .has_psi = c->sample.has_psi,
-                          .psi_some_avg10 = c->sample.psi.some.avg10,
-                          .psi_full_avg10 = c->sample.has_psi && c->sample.psi.has_full ? c->sample.psi.full.avg10 : 0,
-                          .at = c->sample_at },
-                .ctl = c->ctl,
-                .hold = *hold,
-                .vms = c->pvms,
-                .n_vms = c->n_vms,
-                .now = now,
-        };
-        return plan_compute(&in, c->scratch, c->dec, ret);
-}
-
 /* Polls every VM; returns (and records in fleet_idle) whether every one is idle: known, at full
  * size, not parked, no guest pressure, nothing in flight. */
 static bool ctl_poll_all(Controller *c, usec_t now) {
@@ -296,6 +199,88 @@ static void ctl_update_calm(Controller *c, usec_t now) {
         c->calm = calm;
 }
 
+/* Applies the plan's decision for the VM at i: a changed target is recorded, reported and sent.
+ * Returns whether its target changed. */
+static bool ctl_apply_decision(Controller *c, size_t i, usec_t now) {
+        CtlVm *vm = c->vms[i];
+        const PlanDecision *d = &c->dec[i];
+        vm->last = *d;
+        if (!vm->actual_known || vm->status == CTL_VM_ERROR)
+                vm->last.reason = PLAN_REASON_UNREACHABLE;
+        vm->changed = false;
+        if (c->pvms[i].parked || vm->plan_fixed)
+                return false;
+        uint64_t t = d->target;
+        bool stall_follow = d->reason == PLAN_REASON_STALLED;
+        if (stall_follow) {
+                /* The plan keeps a stalled VM where it is; the re-sync's bounds hold as well:
+                 * never below the target decided before the stall, never above where that
+                 * move started. */
+                t = MIN(MAX(t, vm->stall_lo), vm->stall_hi);
+                vm->last.target = vm->last.desired = t;
+        }
+        if (t == vm->target)
+                return false;
+        if (t < vm->target && vm->target >= vm->spec.assigned && vm->hv->peer_pid > 0 &&
+            vm->actual + c->cfg.tolerance >= vm->spec.assigned) {
+                /* Leaving full size: the baseline for what the host gets back is now. */
+                vmmem_track_baseline(&vm->mem, "", vm->hv->peer_pid);
+        }
+        if (t < vm->target)
+                c->stats.reclaimed_commanded_bytes += vm->target - t;
+        else
+                c->stats.given_back_commanded_bytes += t - vm->target;
+        log_debug("VM %s: target %llu → %llu MiB (%s, desired %llu MiB)", vm->spec.id,
+                  (unsigned long long) (vm->target / MiB), (unsigned long long) (t / MiB),
+                  plan_reason_to_string(d->reason), (unsigned long long) (d->desired / MiB));
+        if (stall_follow)
+                vm->target = t;
+        else {
+                if (t < vm->target && c->reaction_start)
+                        vm->reaction_episode = c->episode;
+                vm_decide(vm, t);
+        }
+        vm->changed = true;
+        vm->progress_at = now; /* a new target: the stall clock restarts */
+        vm->progress_actual = vm->actual;
+        if (d->dir != 0) {
+                vm->last_dir = d->dir;
+                vm->last_move = now;
+        }
+        if (c->hooks.target_changed)
+                c->hooks.target_changed(c, vm, vm->target, c->hooks.userdata);
+        vm_send(vm);
+        return true;
+}
+
+/* Nothing to decide on a healthy host above the low watermark with every VM at full size and no
+ * hold: the plan is skipped (it would change nothing) and the fleet only polled. Returns whether
+ * the tick is done. */
+static bool ctl_tick_idle(Controller *c, usec_t now) {
+        if (!(c->sample_ok && c->ctl.state == PLAN_STATE_HEALTHY && !(c->hold.bytes && now < c->hold.until) &&
+              (unsigned __int128) c->sample.available * PLAN_PERMYRIAD >=
+                      (unsigned __int128) c->sample.total * c->cfg.plan.low_pmy &&
+              (!c->sample.has_psi || c->sample.psi.some.avg10 < c->cfg.plan.psi_some_pmy)))
+                return false;
+        /* The fleet's idleness is learnt while polling, and polling an idle fleet every few seconds
+         * is enough (its deadlines are tens of seconds): with 1,000 VMs the tick then costs one
+         * sample, not two passes over every VM. Anything that could make a VM non-idle (an API
+         * call, a driver event, a new actual) clears fleet_idle. */
+        if (c->fleet_idle) {
+                c->skipped_plans++;
+                if (now >= c->next_idle_poll) {
+                        c->next_idle_poll = now + CTL_IDLE_POLL;
+                        ctl_poll_all(c, now);
+                }
+                return true;
+        }
+        if (!ctl_poll_all(c, now))
+                return false;
+        c->skipped_plans++;
+        c->next_idle_poll = now + CTL_IDLE_POLL;
+        return true;
+}
+
 static void ctl_tick(Controller *c, CtlTrigger trigger) {
         usec_t now = now_mono();
         c->ticks++;
@@ -305,30 +290,8 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
         c->ram_budget = CTL_RAM_READS_PER_TICK;
         ctl_update_calm(c, now);
 
-        /* Nothing to decide on a healthy host above the low watermark with every VM at full size
-         * and no hold: skip the plan (it would change nothing) and only poll. */
-        if (c->sample_ok && c->ctl.state == PLAN_STATE_HEALTHY && !(c->hold.bytes && now < c->hold.until) &&
-            (unsigned __int128) c->sample.available * PLAN_PERMYRIAD >=
-                    (unsigned __int128) c->sample.total * c->cfg.plan.low_pmy &&
-            (!c->sample.has_psi || c->sample.psi.some.avg10 < c->cfg.plan.psi_some_pmy)) {
-                /* The fleet's idleness is learnt while polling, and polling an idle fleet every
-                 * few seconds is enough (its deadlines are tens of seconds): with 1,000 VMs the tick
-                 * then costs one sample, not two passes over every VM. Anything that could make a
-                 * VM non-idle (an API call, a driver event, a new actual) clears fleet_idle. */
-                if (c->fleet_idle) {
-                        c->skipped_plans++;
-                        if (now >= c->next_idle_poll) {
-                                c->next_idle_poll = now + CTL_IDLE_POLL;
-                                ctl_poll_all(c, now);
-                        }
-                        return;
-                }
-                if (ctl_poll_all(c, now)) {
-                        c->skipped_plans++;
-                        c->next_idle_poll = now + CTL_IDLE_POLL;
-                        return;
-                }
-        }
+        if (ctl_tick_idle(c, now))
+                return;
 
         /* Plan and send first, poll after: a reclaim command never waits behind a read. */
         PlanResult res;
@@ -368,57 +331,8 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
         c->ctl = res.ctl;
         c->last = res;
 
-        for (size_t i = 0; i < c->n_vms; i++) {
-                CtlVm *vm = c->vms[i];
-                const PlanDecision *d = &c->dec[i];
-                vm->last = *d;
-                if (!vm->actual_known || vm->status == CTL_VM_ERROR)
-                        vm->last.reason = PLAN_REASON_UNREACHABLE;
-                vm->changed = false;
-                if (c->pvms[i].parked || vm->plan_fixed)
-                        continue;
-                uint64_t t = d->target;
-                bool stall_follow = d->reason == PLAN_REASON_STALLED;
-                if (stall_follow) {
-                        /* The plan keeps a stalled VM where it is; the re-sync's bounds hold as well:
-                         * never below the target decided before the stall, never above where that
-                         * move started. */
-                        t = MIN(MAX(t, vm->stall_lo), vm->stall_hi);
-                        vm->last.target = vm->last.desired = t;
-                }
-                if (t == vm->target)
-                        continue;
-                if (t < vm->target && vm->target >= vm->spec.assigned && vm->hv->peer_pid > 0 &&
-                    vm->actual + c->cfg.tolerance >= vm->spec.assigned) {
-                        /* Leaving full size: the baseline for what the host gets back is now. */
-                        vmmem_track_baseline(&vm->mem, "", vm->hv->peer_pid);
-                }
-                if (t < vm->target)
-                        c->stats.reclaimed_commanded_bytes += vm->target - t;
-                else
-                        c->stats.given_back_commanded_bytes += t - vm->target;
-                log_debug("VM %s: target %llu → %llu MiB (%s, desired %llu MiB)", vm->spec.id,
-                          (unsigned long long) (vm->target / MiB), (unsigned long long) (t / MiB),
-                          plan_reason_to_string(d->reason), (unsigned long long) (d->desired / MiB));
-                if (stall_follow)
-                        vm->target = t;
-                else {
-                        if (t < vm->target && c->reaction_start)
-                                vm->reaction_episode = c->episode;
-                        vm_decide(vm, t);
-                }
-                vm->changed = true;
-                vm->progress_at = now; /* a new target: the stall clock restarts */
-                vm->progress_actual = vm->actual;
-                if (d->dir != 0) {
-                        vm->last_dir = d->dir;
-                        vm->last_move = now;
-                }
-                changed = true;
-                if (c->hooks.target_changed)
-                        c->hooks.target_changed(c, vm, vm->target, c->hooks.userdata);
-                vm_send(vm);
-        }
+        for (size_t i = 0; i < c->n_vms; i++)
+                changed = ctl_apply_decision(c, i, now) || changed;
         /* The episode is over: a reclaim of it still queued is no reaction to a later one. */
         if (res.automatic == 0)
                 c->reaction_start = 0;
@@ -651,18 +565,6 @@ PlanHold ctl_hold(const Controller *c) {
         return c->hold;
 }
 
-int ctl_plan_preview(Controller *c, const PlanHold *hold, PlanDecision *ret_vms, PlanResult *ret) {
-        usec_t now = now_mono();
-        (void) ctl_sample(c, now);
-        PlanResult res;
-        int r = ctl_run_plan(c, hold, now, &res);
-        if (r < 0)
-                return r;
-        memcpy(ret_vms, c->dec, c->n_vms * sizeof *ret_vms);
-        *ret = res;
-        return 0;
-}
-
 static void batch_on_deadline(EvTimer *t, void *userdata) {
         ApplyBatch *b = userdata;
         (void) t;
@@ -752,31 +654,6 @@ void ctl_host_view(const Controller *c, CtlHostView *ret) {
                 ret->confirmed = sat_add_u64(ret->confirmed, vmmem_track_confirmed(&vm->mem));
         }
         ret->reached = ret->confirmed;
-}
-
-int ctl_capacity(Controller *c, uint64_t size, PlanCapacity *ret, PlanResult *ret_plan) {
-        usec_t now = now_mono();
-        (void) ctl_sample(c, now);
-        PlanResult res;
-        PlanHold none = { 0 };
-        int r = ctl_run_plan(c, &none, now, &res);
-        if (r < 0)
-                return r;
-        /* A new VM's hypervisor costs what the largest one here costs beside guest RAM (measured
-         * in smaps; QEMU under TCG keeps its translation buffer there, ~115 MiB). */
-        uint64_t overhead = 0, returnable = 0;
-        for (size_t i = 0; i < c->n_vms; i++)
-                if (c->vms[i]->mem.ram_known && c->vms[i]->status != CTL_VM_ERROR) {
-                        overhead = MAX(overhead, c->vms[i]->mem.ram_overhead);
-                        /* Only what is measured: a VM whose resident memory is not known yet (just
-                         * booted) would count its whole size above the floor. The plan itself may
-                         * still take from it (its balloon is real); the hint does not promise it. */
-                        returnable = sat_add_u64(returnable, c->dec[i].returnable);
-                }
-        r = plan_capacity(&c->cfg.plan, c->sample.total, c->sample.available, returnable, size, overhead, ret);
-        if (r >= 0 && ret_plan)
-                *ret_plan = res;
-        return r;
 }
 
 const CtlConfig *ctl_config(const Controller *c) {

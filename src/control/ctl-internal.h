@@ -195,6 +195,11 @@ static inline uint64_t absdiff(uint64_t a, uint64_t b) {
 
 /* controller.c */
 void hist_observe(CtlHistogram *h, usec_t d);
+int ctl_sample(Controller *c, usec_t now);
+
+/* ctl-plan.c */
+int ctl_grow(Controller *c, size_t n);
+int ctl_run_plan(Controller *c, const PlanHold *hold, usec_t now, PlanResult *ret);
 void vm_batch_done(CtlVm *vm, int result);
 
 /* ctl-vm.c: the call cycle. */

@@ -74,6 +74,63 @@ static void vm_stall_range(const CtlVm *vm, uint64_t *ret_lo, uint64_t *ret_hi) 
         *ret_hi = MAX(vm->decided_from, vm->target);
 }
 
+/* The first actual of a VM: adoption (B7). */
+static void vm_adopt(CtlVm *vm, uint64_t actual, usec_t now) {
+        Controller *c = vm->c;
+        /* Adoption (B7): resume from the decided target when it is plausible, else from
+         * where the VM is. Never jump to full or to floor. */
+        uint64_t t = actual;
+        if (vm->resume_target && vm->resume_target <= vm->spec.assigned)
+                t = vm->resume_target;
+        vm->target = vm->sent_target = t;
+        /* Where the resumed move started is not known; it was at `actual` at the latest. */
+        vm->decided_from = MAX(actual, t);
+        /* A decided target the VM is not at may never have reached the hypervisor (the
+         * daemon died between storing the decision and sending it): send it again rather
+         * than wait for a move that was never commanded and call the VM stalled. */
+        vm->sent_once = vm->resume_target != 0 && absdiff(actual, t) <= c->cfg.tolerance;
+        vm->progress_at = now;
+        vm->progress_actual = actual;
+        if (vm->last.reason == PLAN_REASON_UNREACHABLE)
+                vm->last.reason = PLAN_REASON_UNCHANGED;
+        log_info("VM %s: adopted at %llu MiB (target %llu MiB)", vm->spec.id, (unsigned long long) (actual / MiB),
+                 (unsigned long long) (t / MiB));
+        ctl_kick(c, CTL_TRIGGER_DRIVER);
+}
+
+/* A VM that stopped short of its target (B5.6): its target re-synced to where it stopped, within
+ * the move that was decided, and skipped for a while. */
+static void vm_stall(CtlVm *vm, uint64_t actual, usec_t now, usec_t real_now) {
+        Controller *c = vm->c;
+        uint64_t lo, hi;
+        vm_stall_range(vm, &lo, &hi);
+        uint64_t t = MIN(MAX(actual, lo), hi);
+        vm->stalls++;
+        c->stats.stalls++;
+        if (t != vm->target)
+                log_notice(
+                        "VM %s: stalled at %llu MiB on the way to %llu MiB, re-synced to %llu MiB; skipped for %llu s",
+                        vm->spec.id, (unsigned long long) (actual / MiB), (unsigned long long) (vm->target / MiB),
+                        (unsigned long long) (t / MiB), (unsigned long long) (c->cfg.stall_backoff / USEC_PER_SEC));
+        else
+                log_notice("VM %s: stalled at %llu MiB on the way to %llu MiB, target kept; skipped for %llu s",
+                           vm->spec.id, (unsigned long long) (actual / MiB), (unsigned long long) (vm->target / MiB),
+                           (unsigned long long) (c->cfg.stall_backoff / USEC_PER_SEC));
+        vm->status = CTL_VM_STALLED;
+        vm->stalled_until = now + c->cfg.stall_backoff;
+        vm->stall_lo = lo;
+        vm->stall_hi = hi;
+        vm->move_started = 0;
+        vm->progress_at = real_now;
+        vm->progress_actual = actual;
+        if (t == vm->target)
+                return;
+        vm->target = t;
+        if (c->hooks.target_changed)
+                c->hooks.target_changed(c, vm, vm->target, c->hooks.userdata);
+        vm_send(vm);
+}
+
 /* A new actual value, from a reply or an event. `seen` is the moment (monotonic) it describes: the
  * event's own timestamp, or when the read was sent (the answer is no older than that); 0 when the
  * driver does not say. */
@@ -101,27 +158,8 @@ void vm_observe(CtlVm *vm, uint64_t actual, usec_t now, usec_t seen) {
         vm->actual = actual;
         vm->actual_known = true;
         vm->updated = now;
-        if (first) {
-                /* Adoption (B7): resume from the decided target when it is plausible, else from
-                 * where the VM is. Never jump to full or to floor. */
-                uint64_t t = actual;
-                if (vm->resume_target && vm->resume_target <= vm->spec.assigned)
-                        t = vm->resume_target;
-                vm->target = vm->sent_target = t;
-                /* Where the resumed move started is not known; it was at `actual` at the latest. */
-                vm->decided_from = MAX(actual, t);
-                /* A decided target the VM is not at may never have reached the hypervisor (the
-                 * daemon died between storing the decision and sending it): send it again rather
-                 * than wait for a move that was never commanded and call the VM stalled. */
-                vm->sent_once = vm->resume_target != 0 && absdiff(actual, t) <= c->cfg.tolerance;
-                vm->progress_at = now;
-                vm->progress_actual = actual;
-                if (vm->last.reason == PLAN_REASON_UNREACHABLE)
-                        vm->last.reason = PLAN_REASON_UNCHANGED;
-                log_info("VM %s: adopted at %llu MiB (target %llu MiB)", vm->spec.id,
-                         (unsigned long long) (actual / MiB), (unsigned long long) (t / MiB));
-                ctl_kick(c, CTL_TRIGGER_DRIVER);
-        }
+        if (first)
+                vm_adopt(vm, actual, now);
         bool in_flight = absdiff(actual, vm->target) > c->cfg.tolerance;
         if (!in_flight) {
                 if (vm->move_started) {
@@ -161,35 +199,7 @@ void vm_observe(CtlVm *vm, uint64_t actual, usec_t now, usec_t seen) {
                        real_now - fresh_before <= MAX(c->cfg.stall_window, USEC_PER_SEC);
         if (!stalled)
                 return;
-        /* Re-sync the target to where it stopped, within the move that was decided, and skip it for
-         * a while. */
-        uint64_t lo, hi;
-        vm_stall_range(vm, &lo, &hi);
-        uint64_t t = MIN(MAX(actual, lo), hi);
-        vm->stalls++;
-        c->stats.stalls++;
-        if (t != vm->target)
-                log_notice(
-                        "VM %s: stalled at %llu MiB on the way to %llu MiB, re-synced to %llu MiB; skipped for %llu s",
-                        vm->spec.id, (unsigned long long) (actual / MiB), (unsigned long long) (vm->target / MiB),
-                        (unsigned long long) (t / MiB), (unsigned long long) (c->cfg.stall_backoff / USEC_PER_SEC));
-        else
-                log_notice("VM %s: stalled at %llu MiB on the way to %llu MiB, target kept; skipped for %llu s",
-                           vm->spec.id, (unsigned long long) (actual / MiB), (unsigned long long) (vm->target / MiB),
-                           (unsigned long long) (c->cfg.stall_backoff / USEC_PER_SEC));
-        vm->status = CTL_VM_STALLED;
-        vm->stalled_until = now + c->cfg.stall_backoff;
-        vm->stall_lo = lo;
-        vm->stall_hi = hi;
-        vm->move_started = 0;
-        vm->progress_at = real_now;
-        vm->progress_actual = actual;
-        if (t == vm->target)
-                return;
-        vm->target = t;
-        if (c->hooks.target_changed)
-                c->hooks.target_changed(c, vm, vm->target, c->hooks.userdata);
-        vm_send(vm);
+        vm_stall(vm, actual, now, real_now);
 }
 
 void vm_on_actual_event(Hv *hv, uint64_t actual, uint64_t when_realtime, void *userdata) {
