@@ -834,16 +834,20 @@ static void reply_errno(HttpCall *call, int r, const char *msg) {
         }
 }
 
-/* GET /v1/vms/{id}/stats: the driver's answer arrives later. */
+/* GET /v1/vms/{id}/stats: read in the VM's call cycle (ctl_vm_stats()), answered later; a VM
+ * removed meanwhile answers 404. */
 typedef struct StatsCall {
         HttpCall *call;
         char id[CTL_ID_MAX + 1];
 } StatsCall;
 
-static void on_stats(Hv *hv, const HvReply *reply, void *userdata) {
+static void on_stats(Controller *c, CtlVm *vm, const HvReply *reply, void *userdata) {
         StatsCall *sc = userdata;
-        (void) hv;
-        if (reply->error < 0)
+        (void) c, (void) vm;
+        if (reply->error == -ECANCELED)
+                http_call_reply_error(sc->call, 404, "not_found", "VM %s was removed while its statistics were read",
+                                      sc->id);
+        else if (reply->error < 0)
                 http_call_reply_error(sc->call, reply->error == -EOPNOTSUPP ? 501 : 503,
                                       reply->error == -EOPNOTSUPP ? "not_implemented" : "unavailable", "VM %s: %s",
                                       sc->id, reply->message);
@@ -1190,7 +1194,7 @@ static void route_vm(Manager *m, HttpCall *call, const HttpRequest *req, const c
                         return http_call_reply_error(call, 500, "internal", "out of memory");
                 sc->call = call;
                 strscpy(sc->id, sizeof sc->id, id);
-                int r = hv_get_stats(ctl_vm_hv(vm), m->cfg->driver.op_timeout, on_stats, sc);
+                int r = ctl_vm_stats(m->ctl, vm, on_stats, sc);
                 if (r < 0) {
                         free(sc);
                         /* Refused at once because the driver has none (Cloud Hypervisor): 501, as

@@ -133,6 +133,14 @@ int ctl_vm_unpark(Controller *c, CtlVm *vm, uint64_t size, bool wait, usec_t tim
 /* After a restart: the stored parking state (until_mono 0: no protection). */
 void ctl_vm_restore_park(Controller *c, CtlVm *vm, bool parked, uint64_t previous, usec_t until_mono);
 
+/* Guest statistics on demand (GET /v1/vms/{id}/stats): read in the VM's call cycle like every other
+ * driver call, so the read waits behind the one in flight (one call per VM). The callback runs
+ * once, with the driver's reply, or with -ECANCELED once the VM is removed (ctl_vm_remove()) or the
+ * controller freed before the reply came; the VM must then not be used past the callback. Returns
+ * 0, or a negative errno when the driver refuses at once (-EOPNOTSUPP: it has no statistics). */
+typedef void (*ctl_stats_cb)(Controller *c, CtlVm *vm, const HvReply *reply, void *userdata);
+int ctl_vm_stats(Controller *c, CtlVm *vm, ctl_stats_cb cb, void *userdata);
+
 /* Read-only view of a VM, for the API and metrics. */
 typedef struct CtlVmView {
         const CtlVmSpec *spec;

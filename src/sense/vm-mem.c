@@ -193,3 +193,46 @@ int vmmem_read_ram(const char *root, pid_t pid, uint64_t assigned, uint64_t *ret
         free(buf);
         return r;
 }
+
+int vmmem_track_read(VmMemTrack *t, const char *root, pid_t pid, uint64_t assigned, bool at_full, bool active,
+                     usec_t now, usec_t next_rss_at, unsigned *ram_budget) {
+        t->next_rss = next_rss_at;
+        uint64_t rss;
+        if (vmmem_read_rss(root, pid, &rss) < 0) {
+                t->host_rss = 0;
+                t->ram_known = false;
+                return 0;
+        }
+        t->host_rss = rss;
+        if (at_full)
+                t->rss_base = rss;
+        /* The overhead drifts slowly (QEMU's TCG buffer fills as the guest runs new code). */
+        if (now < t->next_ram || *ram_budget == 0)
+                return 0;
+        uint64_t ram;
+        (*ram_budget)--;
+        int r = vmmem_read_ram(root, pid, assigned, &ram);
+        bool report = r < 0 && (t->ram_known || t->next_ram == 0);
+        t->next_ram = now + (r >= 0 && active ? 60 : 600) * USEC_PER_SEC;
+        t->ram_known = r >= 0;
+        if (r >= 0)
+                t->ram_overhead = rss > ram ? rss - ram : 0;
+        return report ? r : 0;
+}
+
+void vmmem_track_baseline(VmMemTrack *t, const char *root, pid_t pid) {
+        uint64_t rss;
+        if (vmmem_read_rss(root, pid, &rss) >= 0)
+                t->host_rss = t->rss_base = rss;
+}
+
+uint64_t vmmem_track_resident(const VmMemTrack *t, uint64_t assigned) {
+        if (!t->ram_known || !t->host_rss)
+                return 0;
+        uint64_t r = t->host_rss > t->ram_overhead ? t->host_rss - t->ram_overhead : 1;
+        return MAX(MIN(r, assigned), (uint64_t) 1);
+}
+
+uint64_t vmmem_track_confirmed(const VmMemTrack *t) {
+        return t->rss_base > t->host_rss && t->host_rss ? t->rss_base - t->host_rss : 0;
+}

@@ -4,6 +4,7 @@
  *
  *   qmp-peer --socket PATH --mode normal|hang|greet-only|garbage|flood|close-mid-reply|event-storm
  *            [--ram BYTES] [--rate-mib-s N] [--floor BYTES] [--no-balloon] [--log-commands FILE]
+ *            [--stats-delay-ms N]
  *
  * Modes: normal = QEMU 7.2; hang = accepts and never writes a byte; greet-only = greets and then
  * never answers anything (not even qmp_capabilities); garbage = negotiates, then answers every
@@ -12,7 +13,8 @@
  * a reply and closes the connection; event-storm = QEMU 7.2 as in normal mode, but from the end of
  * capabilities negotiation it also sends BALLOON_CHANGE events as fast as the client reads them,
  * for 30 s (real QEMU sends at most one a second), between its replies, through an 8 MiB socket
- * buffer.
+ * buffer. --stats-delay-ms holds each guest-stats answer (and all output behind it) that long,
+ * as a guest whose statistics are slow to come.
  *
  * Serves one client at a time like QEMU: a second client's connect() succeeds but it hears
  * nothing until the first one leaves. Runs until SIGTERM/SIGINT or a `quit` command.
@@ -67,7 +69,10 @@ typedef struct PeerConfig {
         uint64_t floor;      /* the guest cannot give up memory below this actual */
         bool no_balloon;     /* no balloon device: DeviceNotActive */
         int reached_fd;      /* if >= 0: 8 bytes of monotonic usec each time actual reaches the target */
-        int log_fd;          /* if >= 0: a line "MONOTONIC_USEC balloon VALUE" per balloon command */
+        int log_fd;          /* if >= 0: a line "MONOTONIC_USEC balloon VALUE" per balloon command, and
+                              * "MONOTONIC_USEC stats" / "MONOTONIC_USEC stats-reply" when guest-stats
+                              * is asked for / answered */
+        usec_t stats_delay;  /* guest-stats answers are held this long (and every output behind them) */
         int ready_fd;        /* if >= 0: one byte once listening, then closed */
 } PeerConfig;
 
@@ -112,6 +117,7 @@ typedef struct Peer {
         uint64_t pending_actual, pending_when_rt;
 
         bool quit;
+        usec_t hold_until; /* a delayed guest-stats answer: no output before this (0: none) */
 } Peer;
 
 static volatile sig_atomic_t peer_stop;
@@ -271,6 +277,8 @@ static usec_t peer_next_wakeup(Peer *p) {
         usec_t w = USEC_INFINITY;
         if (p->cfg->rate_mib_s > 0 && p->actual != p->target && !(p->target < p->actual && p->actual <= p->cfg->floor))
                 w = p->next_step;
+        if (p->hold_until)
+                w = MIN(w, p->hold_until);
         if (p->event_pending)
                 w = MIN(w, p->last_event + PEER_EVENT_INTERVAL);
         return w;
@@ -310,7 +318,18 @@ static bool peer_is_balloon(const Peer *p, const char *path) {
         return !p->cfg->no_balloon && (strcmp(path, PEER_BALLOON_PATH) == 0 || strcmp(path, "balloon0") == 0);
 }
 
+static void peer_log(Peer *p, const char *what) {
+        if (p->cfg->log_fd < 0)
+                return;
+        char line[96];
+        int n = snprintf(line, sizeof(line), "%" PRIu64 " %s\n", now_usec(CLOCK_MONOTONIC), what);
+        (void) !write(p->cfg->log_fd, line, (size_t) n);
+}
+
 static void peer_stats(Peer *p, json_t *id) {
+        peer_log(p, "stats");
+        if (p->cfg->stats_delay > 0)
+                p->hold_until = usec_add(now_mono(), p->cfg->stats_delay);
         /* The guest answers once per interval while polling is on (a driver is needed). */
         uint64_t now_s = now_usec(CLOCK_REALTIME) / USEC_PER_SEC;
         if (p->poll_interval > 0 && p->cfg->rate_mib_s > 0 &&
@@ -602,6 +621,7 @@ static void peer_drop_client(Peer *p) {
         p->negotiated = p->flooding = p->close_after_flush = false;
         p->flooded = 0;
         p->storm_until = 0;
+        p->hold_until = 0;
 }
 
 static void peer_accept(Peer *p) {
@@ -665,7 +685,19 @@ static bool peer_storming(const Peer *p) {
         return p->storm_until > 0 && now_mono() < p->storm_until;
 }
 
+static bool peer_holding(Peer *p) {
+        if (!p->hold_until)
+                return false;
+        if (now_mono() < p->hold_until)
+                return true;
+        p->hold_until = 0;
+        peer_log(p, "stats-reply");
+        return false;
+}
+
 static void peer_write(Peer *p) {
+        if (peer_holding(p))
+                return;
         if (peer_storming(p) && p->out_len < 65536) {
                 /* Whole events, so that replies written in between stay on lines of their own. */
                 char ev[160];
@@ -731,10 +763,12 @@ static int peer_serve(const PeerConfig *cfg) {
                 if (p.cfd < 0)
                         fds[n++] = (struct pollfd){ .fd = p.lfd, .events = POLLIN };
                 else
-                        fds[n++] = (struct pollfd){
-                                .fd = p.cfd,
-                                .events = POLLIN | (p.out_len > 0 || p.flooding || peer_storming(&p) ? POLLOUT : 0)
-                        };
+                        fds[n++] = (struct pollfd){ .fd = p.cfd,
+                                                    .events = POLLIN |
+                                                              ((p.out_len > 0 || p.flooding || peer_storming(&p)) &&
+                                                                               !peer_holding(&p)
+                                                                       ? POLLOUT
+                                                                       : 0) };
                 usec_t now = now_mono();
                 int r = poll(fds, n, usec_to_poll_timeout(peer_next_wakeup(&p), now));
                 if (r < 0 && errno != EINTR)
@@ -783,7 +817,7 @@ static void usage(FILE *f) {
         fprintf(f, "usage: qmp-peer --socket PATH --mode normal|hang|greet-only|garbage|flood|close-mid-reply|\n"
                    "                event-storm\n"
                    "                [--ram BYTES] [--rate-mib-s N] [--floor BYTES] [--no-balloon]\n"
-                   "                [--log-commands FILE]\n");
+                   "                [--log-commands FILE] [--stats-delay-ms N]\n");
 }
 
 int main(int argc, char **argv) {
@@ -821,6 +855,12 @@ int main(int argc, char **argv) {
                 else if (strcmp(a, "--log-commands") == 0) {
                         cfg.log_fd = open(v, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
                         r = cfg.log_fd < 0 ? -errno : 0;
+                } else if (strcmp(a, "--stats-delay-ms") == 0) {
+                        uint64_t ms;
+                        r = parse_u64(v, &ms);
+                        if (r == 0 && ms > 3600 * 1000)
+                                r = -ERANGE;
+                        cfg.stats_delay = (usec_t) ms * USEC_PER_MSEC;
                 } else {
                         usage(stderr);
                         return 2;

@@ -80,6 +80,9 @@ static int teardown(void **state) {
         return 0;
 }
 
+/* How long the next peers hold each guest-stats answer (0: not at all). */
+static usec_t peer_stats_delay;
+
 static void spawn_peer(Fixture *f, const char *name, PeerMode mode, uint64_t ram, uint64_t floor) {
         int ready[2];
         assert_int_equal(pipe2(ready, O_CLOEXEC), 0);
@@ -97,6 +100,7 @@ static void spawn_peer(Fixture *f, const char *name, PeerMode mode, uint64_t ram
                 c.ram = ram;
                 c.floor = floor;
                 c.rate_mib_s = 2048;
+                c.stats_delay = peer_stats_delay;
                 c.ready_fd = ready[1];
                 _exit(peer_serve(&c) < 0 ? 11 : 0);
         }
@@ -869,6 +873,73 @@ static void test_reaction_counts_queued_reclaim(void **state) {
         assert_int_equal(ctl_stats(f->c)->reaction.count, 1);
 }
 
+/* On-demand statistics (GET /v1/vms/{id}/stats) go through the VM's call cycle: answered with the
+ * driver's reply, and with -ECANCELED at once when the VM is removed while the read is pending
+ * (before, the API called the driver around the controller and the request was lost with it). */
+typedef struct StatsAnswer {
+        unsigned n;
+        int error;
+        usec_t at;
+        uint64_t total;
+} StatsAnswer;
+
+static void on_stats_answer(Controller *c, CtlVm *vm, const HvReply *reply, void *userdata) {
+        StatsAnswer *a = userdata;
+        (void) c, (void) vm;
+        a->n++;
+        a->error = reply->error;
+        a->at = now_mono();
+        a->total = reply->stats.total;
+}
+
+static bool stats_answered(Fixture *f, void *arg) {
+        const StatsAnswer *a = arg;
+        (void) f;
+        return a[0].n > 0 && a[1].n > 0;
+}
+
+static bool stats_answered_twice(Fixture *f, void *arg) {
+        const StatsAnswer *a = arg;
+        (void) f;
+        return a[0].n > 1 || a[1].n > 1;
+}
+
+static void test_stats_on_demand_cancelled_by_remove(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 6 * GiB);
+        peer_stats_delay = 3 * USEC_PER_SEC;
+        spawn_peer(f, "s1", PEER_NORMAL, GiB, 0);
+        peer_stats_delay = 0;
+        start(f, 10 * USEC_PER_SEC);
+        CtlVm *vm = add(f, "s1", GiB, 0);
+        assert_true(run_until(f, all_known, (void *) (uintptr_t) 1, 10 * USEC_PER_SEC));
+
+        /* Answered with the driver's reply (held 3 s by the peer). */
+        StatsAnswer a[2] = { 0 };
+        assert_int_equal(ctl_vm_stats(f->c, vm, on_stats_answer, &a[0]), 0);
+        assert_int_equal(ctl_vm_stats(f->c, vm, on_stats_answer, &a[1]), 0);
+        assert_true(run_until(f, stats_answered, a, 20 * USEC_PER_SEC));
+        assert_int_equal(a[0].n, 1);
+        assert_int_equal(a[0].error, 0);
+        assert_int_equal(a[1].error, 0);
+
+        /* Removed while a read is pending: both callers hear -ECANCELED at once, exactly once. */
+        memset(a, 0, sizeof a);
+        assert_int_equal(ctl_vm_stats(f->c, vm, on_stats_answer, &a[0]), 0);
+        assert_int_equal(ctl_vm_stats(f->c, vm, on_stats_answer, &a[1]), 0);
+        usec_t removed = now_mono();
+        assert_int_equal(ctl_vm_remove(f->c, "s1"), 0);
+        assert_int_equal(a[0].n, 1);
+        assert_int_equal(a[1].n, 1);
+        assert_int_equal(a[0].error, -ECANCELED);
+        assert_int_equal(a[1].error, -ECANCELED);
+        assert_true(a[1].at - removed < USEC_PER_SEC);
+        /* The read still in flight comes back to a VM being removed: freed then, no second answer. */
+        assert_false(run_until(f, stats_answered_twice, a, 4 * USEC_PER_SEC));
+        assert_int_equal(a[0].n, 1);
+        assert_int_equal(a[1].n, 1);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_reclaim_and_give_back, setup, teardown),
@@ -882,6 +953,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_late_events_are_no_stall, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_give_back_stall_commands_no_reclaim, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_reaction_counts_queued_reclaim, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_stats_on_demand_cancelled_by_remove, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
