@@ -1120,125 +1120,146 @@ static void route_vms(Manager *m, HttpCall *call, const HttpRequest *req) {
         http_call_reply_json(call, 201, vm_json(ctl_vm_find(m->ctl, spec.id)));
 }
 
-static void route_vm(Manager *m, HttpCall *call, const HttpRequest *req, const char *id, const char *sub) {
+/* PATCH /v1/vms/{id}: assigned size, floor, shares. */
+static void vm_patch(Manager *m, HttpCall *call, const HttpRequest *req, CtlVm *vm) {
         char err[512];
+        if (!need_write(call, req))
+                return;
+        ApiVmPatch p;
+        if (api_parse_vm_patch(req->body, req->body_len, &p, err, sizeof err) < 0)
+                return http_call_reply_error(call, 400, "bad_request", "%s", err);
+        CtlVmView v;
+        ctl_vm_view(vm, &v);
+        uint64_t assigned = p.has_assigned ? p.assigned : v.spec->assigned;
+        uint64_t floor = p.has_floor ? p.floor : v.spec->floor;
+        uint32_t shares = p.has_shares ? p.shares : v.spec->shares;
+        if (floor > assigned)
+                return http_call_reply_error(call, 400, "bad_request",
+                                             "field \"floor_bytes\" must not exceed \"assigned_bytes\"");
+        int r = manager_vm_update(m, vm, assigned, floor, shares, err, sizeof err);
+        if (r < 0)
+                return reply_errno(call, r, err);
+        return http_call_reply_json(call, 200, vm_json(vm));
+}
+
+/* DELETE /v1/vms/{id}. */
+static void vm_delete(Manager *m, HttpCall *call, const HttpRequest *req, const char *id) {
+        char err[512];
+        if (!need_write(call, req))
+                return;
+        char idc[CTL_ID_MAX + 1];
+        strscpy(idc, sizeof idc, id);
+        int r = manager_vm_delete(m, idc, err, sizeof err);
+        if (r < 0)
+                return reply_errno(call, r, err);
+        return http_call_reply_json(call, 200, json_pack("{s:s}", "deleted", idc));
+}
+
+/* PUT /v1/vms/{id}/target: a manual target. */
+static void vm_target(Manager *m, HttpCall *call, const HttpRequest *req, CtlVm *vm, const char *id) {
+        char err[512];
+        if (!method_is(req, "PUT"))
+                return reply_method(call, "PUT");
+        if (!need_write(call, req))
+                return;
+        uint64_t t;
+        if (api_parse_target(req->body, req->body_len, &t, err, sizeof err) < 0)
+                return http_call_reply_error(call, 400, "bad_request", "%s", err);
+        CtlVmView v;
+        ctl_vm_view(vm, &v);
+        uint64_t floor = MAX(v.spec->floor, v.last.floor);
+        if (t > v.spec->assigned || t < floor)
+                return http_call_reply_error(call, 400, "bad_request",
+                                             "field \"target_bytes\" must be between the floor (%" PRIu64
+                                             ") and assigned_bytes (%" PRIu64 ")",
+                                             floor, v.spec->assigned);
+        int r = ctl_vm_set_target(m->ctl, vm, t);
+        if (r == -EBUSY)
+                return http_call_reply_error(call, 409, "conflict",
+                                             "VM %s is parked (or being parked): unpark it first", id);
+        if (r < 0)
+                return http_call_reply_error(call, 503, "unavailable", "VM %s: its actual size is not known yet (%s)",
+                                             id, v.last_error[0] ? v.last_error : "connecting");
+        return http_call_reply_json(call, 200, vm_json(vm));
+}
+
+/* GET /v1/vms/{id}/stats: a driver call through the controller, answered in on_stats(). */
+static void vm_stats(Manager *m, HttpCall *call, const HttpRequest *req, CtlVm *vm, const char *id) {
+        if (!method_is(req, "GET"))
+                return reply_method(call, "GET");
+        StatsCall *sc = calloc(1, sizeof *sc);
+        if (!sc)
+                return http_call_reply_error(call, 500, "internal", "out of memory");
+        sc->call = call;
+        strscpy(sc->id, sizeof sc->id, id);
+        int r = ctl_vm_stats(m->ctl, vm, on_stats, sc);
+        if (r < 0) {
+                free(sc);
+                /* Refused at once because the driver has none (Cloud Hypervisor): 501, as
+                 * when the hypervisor itself says so. */
+                if (r == -EOPNOTSUPP || r == -ENOTSUP)
+                        return http_call_reply_error(call, 501, "not_implemented",
+                                                     "VM %s: the driver has no guest statistics", id);
+                return http_call_reply_error(call, 503, "unavailable", "VM %s: %s", id, strerror(-r));
+        }
+        return;
+}
+
+/* POST /v1/vms/{id}/park and /unpark, answered in on_park(). */
+static void vm_park(Manager *m, HttpCall *call, const HttpRequest *req, CtlVm *vm, const char *id, const char *sub) {
+        char err[512];
+        if (!method_is(req, "POST"))
+                return reply_method(call, "POST");
+        if (!need_write(call, req))
+                return;
+        bool unpark = sub[0] == 'u';
+        ApiPark p;
+        if (api_parse_park(req->body, req->body_len, unpark, &p, err, sizeof err) < 0)
+                return http_call_reply_error(call, 400, "bad_request", "%s", err);
+        ParkCall *pc = calloc(1, sizeof *pc);
+        if (!pc)
+                return http_call_reply_error(call, 500, "internal", "out of memory");
+        pc->call = call;
+        pc->started = now_mono();
+        int r = unpark ? ctl_vm_unpark(m->ctl, vm, p.size_bytes, p.wait, p.timeout, on_park, pc)
+                       : ctl_vm_park(m->ctl, vm, p.size_bytes ? p.size_bytes : m->cfg->park.size, p.timeout, on_park,
+                                     pc);
+        if (r < 0) {
+                free(pc);
+                if (r == -EALREADY)
+                        return http_call_reply_error(call, 409, "conflict", "VM %s is %s", id,
+                                                     unpark ? "not parked" : "already parked");
+                if (r == -EBUSY)
+                        return http_call_reply_error(call, 409, "conflict", "VM %s: a park or unpark is in progress",
+                                                     id);
+                if (r == -EAGAIN)
+                        return http_call_reply_error(call, 503, "unavailable",
+                                                     "VM %s: its actual size is not known yet", id);
+                return http_call_reply_error(call, 503, "unavailable", "VM %s: the driver refused: %s", id,
+                                             strerror(-r));
+        }
+        return;
+}
+
+static void route_vm(Manager *m, HttpCall *call, const HttpRequest *req, const char *id, const char *sub) {
         CtlVm *vm = ctl_vm_find(m->ctl, id);
         if (!vm)
                 return http_call_reply_error(call, 404, "not_found", "no VM \"%.64s\"", id);
         if (!sub) {
                 if (method_is(req, "GET"))
                         return http_call_reply_json(call, 200, vm_json(vm));
-                if (method_is(req, "PATCH")) {
-                        if (!need_write(call, req))
-                                return;
-                        ApiVmPatch p;
-                        if (api_parse_vm_patch(req->body, req->body_len, &p, err, sizeof err) < 0)
-                                return http_call_reply_error(call, 400, "bad_request", "%s", err);
-                        CtlVmView v;
-                        ctl_vm_view(vm, &v);
-                        uint64_t assigned = p.has_assigned ? p.assigned : v.spec->assigned;
-                        uint64_t floor = p.has_floor ? p.floor : v.spec->floor;
-                        uint32_t shares = p.has_shares ? p.shares : v.spec->shares;
-                        if (floor > assigned)
-                                return http_call_reply_error(
-                                        call, 400, "bad_request",
-                                        "field \"floor_bytes\" must not exceed \"assigned_bytes\"");
-                        int r = manager_vm_update(m, vm, assigned, floor, shares, err, sizeof err);
-                        if (r < 0)
-                                return reply_errno(call, r, err);
-                        return http_call_reply_json(call, 200, vm_json(vm));
-                }
-                if (method_is(req, "DELETE")) {
-                        if (!need_write(call, req))
-                                return;
-                        char idc[CTL_ID_MAX + 1];
-                        strscpy(idc, sizeof idc, id);
-                        int r = manager_vm_delete(m, idc, err, sizeof err);
-                        if (r < 0)
-                                return reply_errno(call, r, err);
-                        return http_call_reply_json(call, 200, json_pack("{s:s}", "deleted", idc));
-                }
+                if (method_is(req, "PATCH"))
+                        return vm_patch(m, call, req, vm);
+                if (method_is(req, "DELETE"))
+                        return vm_delete(m, call, req, id);
                 return reply_method(call, "GET, PATCH, DELETE");
         }
-        if (strcmp(sub, "target") == 0) {
-                if (!method_is(req, "PUT"))
-                        return reply_method(call, "PUT");
-                if (!need_write(call, req))
-                        return;
-                uint64_t t;
-                if (api_parse_target(req->body, req->body_len, &t, err, sizeof err) < 0)
-                        return http_call_reply_error(call, 400, "bad_request", "%s", err);
-                CtlVmView v;
-                ctl_vm_view(vm, &v);
-                uint64_t floor = MAX(v.spec->floor, v.last.floor);
-                if (t > v.spec->assigned || t < floor)
-                        return http_call_reply_error(call, 400, "bad_request",
-                                                     "field \"target_bytes\" must be between the floor (%" PRIu64
-                                                     ") and assigned_bytes (%" PRIu64 ")",
-                                                     floor, v.spec->assigned);
-                int r = ctl_vm_set_target(m->ctl, vm, t);
-                if (r == -EBUSY)
-                        return http_call_reply_error(call, 409, "conflict",
-                                                     "VM %s is parked (or being parked): unpark it first", id);
-                if (r < 0)
-                        return http_call_reply_error(call, 503, "unavailable",
-                                                     "VM %s: its actual size is not known yet (%s)", id,
-                                                     v.last_error[0] ? v.last_error : "connecting");
-                return http_call_reply_json(call, 200, vm_json(vm));
-        }
-        if (strcmp(sub, "stats") == 0) {
-                if (!method_is(req, "GET"))
-                        return reply_method(call, "GET");
-                StatsCall *sc = calloc(1, sizeof *sc);
-                if (!sc)
-                        return http_call_reply_error(call, 500, "internal", "out of memory");
-                sc->call = call;
-                strscpy(sc->id, sizeof sc->id, id);
-                int r = ctl_vm_stats(m->ctl, vm, on_stats, sc);
-                if (r < 0) {
-                        free(sc);
-                        /* Refused at once because the driver has none (Cloud Hypervisor): 501, as
-                         * when the hypervisor itself says so. */
-                        if (r == -EOPNOTSUPP || r == -ENOTSUP)
-                                return http_call_reply_error(call, 501, "not_implemented",
-                                                             "VM %s: the driver has no guest statistics", id);
-                        return http_call_reply_error(call, 503, "unavailable", "VM %s: %s", id, strerror(-r));
-                }
-                return;
-        }
-        if (strcmp(sub, "park") == 0 || strcmp(sub, "unpark") == 0) {
-                if (!method_is(req, "POST"))
-                        return reply_method(call, "POST");
-                if (!need_write(call, req))
-                        return;
-                bool unpark = sub[0] == 'u';
-                ApiPark p;
-                if (api_parse_park(req->body, req->body_len, unpark, &p, err, sizeof err) < 0)
-                        return http_call_reply_error(call, 400, "bad_request", "%s", err);
-                ParkCall *pc = calloc(1, sizeof *pc);
-                if (!pc)
-                        return http_call_reply_error(call, 500, "internal", "out of memory");
-                pc->call = call;
-                pc->started = now_mono();
-                int r = unpark ? ctl_vm_unpark(m->ctl, vm, p.size_bytes, p.wait, p.timeout, on_park, pc)
-                               : ctl_vm_park(m->ctl, vm, p.size_bytes ? p.size_bytes : m->cfg->park.size, p.timeout,
-                                             on_park, pc);
-                if (r < 0) {
-                        free(pc);
-                        if (r == -EALREADY)
-                                return http_call_reply_error(call, 409, "conflict", "VM %s is %s", id,
-                                                             unpark ? "not parked" : "already parked");
-                        if (r == -EBUSY)
-                                return http_call_reply_error(call, 409, "conflict",
-                                                             "VM %s: a park or unpark is in progress", id);
-                        if (r == -EAGAIN)
-                                return http_call_reply_error(call, 503, "unavailable",
-                                                             "VM %s: its actual size is not known yet", id);
-                        return http_call_reply_error(call, 503, "unavailable", "VM %s: the driver refused: %s", id,
-                                                     strerror(-r));
-                }
-                return;
-        }
+        if (strcmp(sub, "target") == 0)
+                return vm_target(m, call, req, vm, id);
+        if (strcmp(sub, "stats") == 0)
+                return vm_stats(m, call, req, vm, id);
+        if (strcmp(sub, "park") == 0 || strcmp(sub, "unpark") == 0)
+                return vm_park(m, call, req, vm, id, sub);
         http_call_reply_error(call, 404, "not_found", "no route %s", req->path);
 }
 

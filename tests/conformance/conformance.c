@@ -1000,8 +1000,9 @@ static void case_wait_deadline(Ctx *c) {
         Hv *hv = new_hv(c);
         char a[FORMAT_SIZE_MAX], b[FORMAT_SIZE_MAX];
         /* A real guest under TCG inflates ~1.4 GiB/s (docs/benchmarks.md): 30 ms cannot take 3/4
-         * of it. The slow peer moves 50 MiB/s: 400 ms takes about 20 MiB of 768. */
-        usec_t timeout = c->real ? 30 * MS : 400 * MS;
+         * of it. The slow peer moves 50 MiB/s: 1 s takes about 50 MiB of 768 (long enough that a
+         * loaded machine still lets it move before the deadline). */
+        usec_t timeout = c->real ? 30 * MS : 1000 * MS;
         HvWaitOptions o = wait_options(timeout);
         uint64_t t = c->ram / 4;
         usec_t el;
