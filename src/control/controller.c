@@ -527,6 +527,7 @@ int ctl_vm_remove(Controller *c, const char *id) {
         c->n_vms--;
         vm_batch_done(vm, -ECANCELED);
         vm_stats_cancel(vm);
+        park_cancel(vm); /* its caller hears at once, not when the call in flight ends */
         vm->removing = true;
         vm->next_removing = c->removing;
         c->removing = vm;

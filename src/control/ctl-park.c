@@ -306,6 +306,8 @@ void park_cancel(CtlVm *vm) {
         hv_wait_free(vm->park_wait);
         hv_wait_free(vm->park_done);
         ev_timer_free(vm->park_timer);
+        vm->park_wait = vm->park_done = NULL;
+        vm->park_timer = NULL;
         if (vm->park_cb) {
                 CtlParkOutcome o = { .error = -ECANCELED, .result = "error" };
                 snprintf(o.message, sizeof o.message, "VM %s was removed", vm->spec.id);

@@ -940,6 +940,104 @@ static void test_stats_on_demand_cancelled_by_remove(void **state) {
         assert_int_equal(a[1].n, 1);
 }
 
+typedef struct ParkAnswer {
+        unsigned n;
+        int error;
+        char result[16];
+        uint64_t target, reached;
+} ParkAnswer;
+
+static void on_park_answer(Controller *c, CtlVm *vm, const CtlParkOutcome *o, void *userdata) {
+        ParkAnswer *a = userdata;
+        (void) c, (void) vm;
+        a->n++;
+        a->error = o->error;
+        snprintf(a->result, sizeof a->result, "%s", o->result ? o->result : "");
+        a->target = o->target;
+        a->reached = o->reached;
+}
+
+static bool park_answered(Fixture *f, void *arg) {
+        (void) f;
+        return ((ParkAnswer *) arg)->n > 0;
+}
+
+/* Park: the VM goes to the park size (or above it, where its guest needs it), is marked parked,
+ * and stays there while the host is healthy (no give-back of a parked VM); a second park and an
+ * unpark of a VM not parked are refused; unpark with wait brings it back to full size. */
+static void test_park_and_unpark(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 6 * GiB);
+        spawn_peer(f, "p1", PEER_NORMAL, GiB, 0);
+        start(f, 10 * USEC_PER_SEC);
+        CtlVm *vm = add(f, "p1", GiB, 0);
+        assert_true(run_until(f, all_known, (void *) (uintptr_t) 1, 10 * USEC_PER_SEC));
+
+        ParkAnswer pa = { 0 };
+        assert_int_equal(ctl_vm_unpark(f->c, vm, 0, false, 0, on_park_answer, &pa), -EALREADY);
+        assert_int_equal(ctl_vm_park(f->c, vm, 256 * MiB, 20 * USEC_PER_SEC, on_park_answer, &pa), 0);
+        assert_int_equal(ctl_vm_park(f->c, vm, 256 * MiB, 20 * USEC_PER_SEC, on_park_answer, &pa), -EBUSY);
+        assert_true(run_until(f, park_answered, &pa, 30 * USEC_PER_SEC));
+        assert_int_equal(pa.n, 1);
+        assert_int_equal(pa.error, 0);
+        assert_string_equal(pa.result, "reached");
+        assert_true(pa.target >= 256 * MiB && pa.target < GiB);
+        CtlVmView v;
+        ctl_vm_view(vm, &v);
+        assert_true(v.parked);
+        assert_false(v.parking);
+        assert_int_equal(v.status, CTL_VM_PARKED);
+        assert_int_equal(v.park_previous, GiB);
+        uint64_t parked_at = v.target;
+        assert_true(v.actual <= parked_at + 16 * MiB);
+
+        /* A healthy host for a second (20 samples): the parked VM is not given its memory back. */
+        usec_t until = now_mono() + USEC_PER_SEC;
+        while (now_mono() < until)
+                assert_true(ev_run_once(f->ev, until) >= 0);
+        ctl_vm_view(vm, &v);
+        assert_int_equal(v.target, parked_at);
+        assert_int_equal(v.last.reason, PLAN_REASON_PARKED);
+        assert_int_equal(ctl_vm_park(f->c, vm, 256 * MiB, 0, on_park_answer, &pa), -EALREADY);
+
+        ParkAnswer ua = { 0 };
+        assert_int_equal(ctl_vm_unpark(f->c, vm, 0, true, 20 * USEC_PER_SEC, on_park_answer, &ua), 0);
+        assert_true(run_until(f, park_answered, &ua, 30 * USEC_PER_SEC));
+        assert_int_equal(ua.error, 0);
+        assert_string_equal(ua.result, "reached");
+        assert_int_equal(ua.target, GiB);
+        ctl_vm_view(vm, &v);
+        assert_false(v.parked);
+        assert_true(v.unparked_until > now_mono()); /* protected for a while after the unpark */
+        assert_true(vm_back_full(f, vm));
+}
+
+/* A VM removed in the middle of its park: the caller hears -ECANCELED at once, exactly once. */
+static void test_park_cancelled_by_remove(void **state) {
+        Fixture *f = *state;
+        write_meminfo(f, 8 * GiB, 6 * GiB);
+        peer_stats_delay = 3 * USEC_PER_SEC; /* the park's first step (fresh statistics) waits */
+        spawn_peer(f, "p2", PEER_NORMAL, GiB, 0);
+        peer_stats_delay = 0;
+        start(f, 10 * USEC_PER_SEC);
+        CtlVm *vm = add(f, "p2", GiB, 0);
+        assert_true(run_until(f, all_known, (void *) (uintptr_t) 1, 10 * USEC_PER_SEC));
+        ParkAnswer pa = { 0 };
+        assert_int_equal(ctl_vm_park(f->c, vm, 256 * MiB, 20 * USEC_PER_SEC, on_park_answer, &pa), 0);
+        usec_t t = now_mono() + 200 * USEC_PER_MSEC;
+        while (now_mono() < t)
+                assert_true(ev_run_once(f->ev, t) >= 0);
+        assert_int_equal(pa.n, 0);
+        assert_int_equal(ctl_vm_remove(f->c, "p2"), 0);
+        assert_int_equal(pa.n, 1);
+        assert_int_equal(pa.error, -ECANCELED);
+        /* The statistics read still in flight comes back later: no second answer. */
+        t = now_mono() + 4 * USEC_PER_SEC;
+        while (now_mono() < t)
+                assert_true(ev_run_once(f->ev, t) >= 0);
+        assert_int_equal(pa.n, 1);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_reclaim_and_give_back, setup, teardown),
@@ -954,6 +1052,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_give_back_stall_commands_no_reclaim, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_reaction_counts_queued_reclaim, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_stats_on_demand_cancelled_by_remove, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_park_and_unpark, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_park_cancelled_by_remove, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
