@@ -15,7 +15,7 @@
 #include "shared/strutil.h"
 
 #define CHV_PAGE        ((uint64_t) 4096)
-#define CHV_BALLOON_MAX ((uint64_t) 1 << 44) /* 2^32 pages: Cloud Hypervisor wraps beyond (docs/protocols.md §4.3) */
+#define CHV_BALLOON_MAX ((uint64_t) 1 << 44) /* 2^32 pages: vm.resize has no range check and wraps beyond */
 #define CHV_SIZE_MAX    ((uint64_t) 1 << 62)
 
 typedef enum ChvStep {
@@ -127,7 +127,7 @@ static void op_on_info(ChvOp *o, json_t *j) {
         case HV_OP_GET_CAPS:
                 q->reply.caps.ram_bytes = o->ram;
                 q->reply.caps.balloon = has_balloon;
-                q->reply.caps.stats = false; /* no statistics virtqueue (docs/protocols.md §4.8) */
+                q->reply.caps.stats = false; /* Cloud Hypervisor's balloon has no statistics virtqueue */
                 q->reply.caps.deflate_on_oom = has_balloon && json_is_true(json_object_get(balloon, "deflate_on_oom"));
                 q->reply.caps.free_page_reporting =
                         has_balloon && json_is_true(json_object_get(balloon, "free_page_reporting"));

@@ -10,7 +10,7 @@
  * vm.info's memory_actual_size (guest bytes). set_target reads vm.info every time because
  * desired_ram resizes change R.
  *
- * Cloud Hypervisor has no balloon statistics (docs/protocols.md §4.8): get_stats and set_stats_period return
+ * Cloud Hypervisor has no balloon statistics (no statistics virtqueue): get_stats and set_stats_period return
  * -EOPNOTSUPP at once (no callback). Errors carry Cloud Hypervisor's own words: the JSON array of
  * the error chain (v47 and later) joined with ": ", or the plain-text body of older versions. */
 

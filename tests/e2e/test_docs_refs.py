@@ -3,12 +3,12 @@
 
 - A B-number (`B5.4`) anywhere in the sources, tests, docs, benchmarks or scripts must have a
   heading of its own in docs/spec.md (`## B5.` or `### B5.4 …`).
-- A § number (`docs/protocols.md §4.8`, or `§4.8` in a driver) must have a heading in
-  docs/protocols.md (`### 4.8 …`, or `## 4.` for a whole section). `RFC 1234 §5` is not ours and
-  is left alone.
+- A section sign with a number, where the code cites the wire-protocol notes, must have a
+  heading of that number in the wire-protocol notes of docs/ (`### 4.8 …`, or `## 4.` for a whole
+  section). One after an RFC number is not ours and is left alone.
 - Nothing may point at files that are not in the repository: the product specification,
   architecture proposal and style guide the project started from, or a reference directory
-  beside it. docs/spec.md and docs/protocols.md restate what the code relies on.
+  beside it. The spec and the wire-protocol notes in docs/ restate what the code relies on.
 """
 
 import os

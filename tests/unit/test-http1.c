@@ -71,7 +71,7 @@ static const Valid valid[] = {
         { "fc-deprecation",
           "HTTP/1.1 204 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\nDeprecation: true\r\n\r\n", 204, "",
           "", true, "" },
-        /* docs/protocols.md §4.6: Cloud Hypervisor. */
+        /* Cloud Hypervisor's answers, as its API sends them. */
         { "chv-204", "HTTP/1.1 204 \r\n" CHV_HDR "\r\n", 204, "", "", true, "" },
         { "chv-no-balloon",
           "HTTP/1.1 500 \r\n" CHV_HDR JSON_CL "128\r\n\r\n"
@@ -362,7 +362,7 @@ static void test_format_request(void **state) {
         assert_string_equal(s, get);
         free(s);
 
-        /* docs/protocols.md §4.6: Cloud Hypervisor's resize. */
+        /* Cloud Hypervisor's resize request. */
         const char *resize = "PUT /api/v1/vm.resize HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n"
                              "Content-Type: application/json\r\nContent-Length: 30\r\n\r\n"
                              "{\"desired_balloon\":1073741824}";
