@@ -142,6 +142,11 @@ int vmmem_smaps_parse(const char *buf, size_t len, uint64_t assigned, uint64_t *
                 total += m[i].size;
                 rss += m[i].rss;
         }
+        /* Guest RAM keeps its whole size mapped however far the balloon is inflated: mappings that
+         * cover much less than the guest's size are some other large allocation (an allocator's
+         * arena, a sanitizer's region in a test peer), not its RAM. */
+        if (total + 64 * MiB < assigned)
+                return -ENODATA;
         *ret_ram_rss = rss;
         return 0;
 }

@@ -303,6 +303,10 @@ static void test_vm_smaps(void **state) {
         /* A 256 MiB guest has no 512 MiB mapping; the 64 MiB minimum and the size cap leave none. */
         assert_int_equal(vmmem_smaps_parse(buf, len, 256 * MiB, &ram), -ENODATA);
         assert_int_equal(vmmem_smaps_parse(buf, len, 0, &ram), -EINVAL);
+        /* A 2 GiB guest: the 512 MiB mapping covers a quarter of it, so it is not the guest's RAM
+         * (as a sanitizer's 1 GiB region in a test peer was taken for a 1 GiB guest's). */
+        assert_int_equal(vmmem_smaps_parse(buf, len, 2 * GiB, &ram), -ENODATA);
+        assert_int_equal(vmmem_smaps_parse(buf, len, 512 * MiB + 64 * MiB, &ram), 0);
         /* Cut anywhere: never a read past the end, never a crash. */
         for (size_t cut = 0; cut < len; cut += 97)
                 (void) vmmem_smaps_parse(buf, cut, 512 * MiB, &ram);
