@@ -320,11 +320,14 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
                 for (size_t i = 0; i < c->n_vms; i++)
                         c->vms[i]->last_stats = c->vms[i]->last_read = c->vms[i]->mem.next_rss = 0;
         }
-        /* Reaction latency starts when the need first appears in a sample. */
-        /* A pressure episode starts when host pressure first asks for reclaim after asking for
-         * none (manual holds are answered synchronously by the API and not counted here). */
-        bool needs = res.automatic > 0 && c->last.automatic == 0;
-        if (needs) {
+        /* A pressure episode starts with the sample that takes the host out of the healthy state;
+         * its reaction runs from that sample to the first reclaim command. Not when the plan's
+         * automatic reclaim rises from zero: a VM held below its size (unparked small, or given
+         * back slowly) keeps it above zero on a healthy host, and later episodes then went
+         * unmeasured or were measured from a stale start. Manual holds are answered by the API
+         * and not counted here. */
+        bool pressured = res.ctl.state != PLAN_STATE_HEALTHY;
+        if (pressured && c->ctl.state == PLAN_STATE_HEALTHY) {
                 c->reaction_start = c->sample_at;
                 c->episode++;
         }
@@ -334,7 +337,7 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
         for (size_t i = 0; i < c->n_vms; i++)
                 changed = ctl_apply_decision(c, i, now) || changed;
         /* The episode is over: a reclaim of it still queued is no reaction to a later one. */
-        if (res.automatic == 0)
+        if (!pressured)
                 c->reaction_start = 0;
         for (size_t i = 0; i < c->n_vms; i++)
                 vm_poll(c->vms[i], now);
