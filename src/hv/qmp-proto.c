@@ -24,6 +24,59 @@ int qmp_next_line(const char *buf, size_t len, size_t max, size_t *ret_line_len,
         return 1;
 }
 
+/* The end of the JSON string starting at s[i] ('"'), or len when it does not end; *escaped says
+ * whether it holds a backslash. */
+static size_t string_end(const char *s, size_t len, size_t i, bool *escaped) {
+        for (i++; i < len; i++) {
+                if (s[i] == '\\') {
+                        *escaped = true;
+                        i++;
+                } else if (s[i] == '"')
+                        return i;
+        }
+        return len;
+}
+
+static bool key_is(const char *s, size_t a, size_t b, const char *k) {
+        size_t n = strlen(k);
+        return b - a - 1 == n && memcmp(s + a + 1, k, n) == 0;
+}
+
+bool qmp_line_is_event(const char *s, size_t len) {
+        size_t i = 0, depth = 0;
+        bool event = false, key_next = false;
+
+        while (i < len && (s[i] == ' ' || s[i] == '\t'))
+                i++;
+        if (i >= len || s[i] != '{')
+                return false;
+        for (; i < len; i++) {
+                char c = s[i];
+                if (c == '"') {
+                        bool escaped = false;
+                        size_t e = string_end(s, len, i, &escaped);
+                        if (e >= len)
+                                return false;
+                        if (depth == 1 && key_next) {
+                                if (escaped || key_is(s, i, e, "QMP") || key_is(s, i, e, "return") ||
+                                    key_is(s, i, e, "error"))
+                                        return false;
+                                event = event || key_is(s, i, e, "event");
+                                key_next = false;
+                        }
+                        i = e;
+                } else if (c == '{' || c == '[') {
+                        depth++;
+                        key_next = depth == 1;
+                } else if (c == '}' || c == ']') {
+                        if (depth == 0 || --depth == 0)
+                                return event && depth == 0 && c == '}';
+                } else if (c == ',' && depth == 1)
+                        key_next = true;
+        }
+        return false;
+}
+
 size_t qmp_clamp_big_ints(char *buf, size_t len) {
         static const char int64_max[] = "9223372036854775807";
         static const char int64_min_magnitude[] = "9223372036854775808";

@@ -49,6 +49,12 @@ int qmp_next_line(const char *buf, size_t len, size_t max, size_t *ret_line_len,
  * int64 JSON parser keeps working. Returns how many were rewritten. */
 size_t qmp_clamp_big_ints(char *buf, size_t len);
 
+/* Whether a line is a QMP event, from one pass over its bytes without parsing it: true only for
+ * an object whose top-level keys include "event" and none of "QMP", "return" and "error", written
+ * without escapes (so qmp_msg_parse, when it accepts the line, calls it an event too). For
+ * dropping events over the rate cheaply; a line this does not call an event is parsed as usual. */
+bool qmp_line_is_event(const char *line, size_t len);
+
 /* Parses one line into *ret (owned by the caller, release with qmp_msg_done). Returns 0, or
  * -EBADMSG with a reason in err for anything that is not one QMP message. */
 int qmp_msg_parse(const char *line, size_t len, QmpMsg *ret, char *err, size_t errlen);

@@ -471,6 +471,38 @@ static void test_format_command(void **state) {
         json_decref(j);
 }
 
+/* The cheap event classifier: events as QEMU writes them, and never a reply, a greeting, an
+ * escaped key or an unfinished line. */
+static void test_line_is_event(void **state) {
+        (void) state;
+        static const struct {
+                const char *line;
+                bool event;
+        } cases[] = {
+                { "{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"BALLOON_CHANGE\", "
+                  "\"data\": {\"actual\": 1073741824}}",
+                  true },
+                { "  {\"event\":\"X\"}", true },
+                { "{\"data\": {\"return\": 1, \"event\": 2}, \"event\": \"X\"}", true },
+                { "{\"data\": [\"}\", {\"a\": \"\\\"\"}], \"event\": \"X\"}", true },
+                { "{\"return\": {}, \"id\": \"ballast-1\"}", false },
+                { "{\"event\": \"X\", \"return\": {}}", false },
+                { "{\"event\": \"X\", \"error\": {}}", false },
+                { "{\"QMP\": {}, \"event\": \"X\"}", false },
+                { "{\"data\": {\"event\": \"X\"}}", false },
+                { "{\"ev\\u0065nt\": \"X\"}", false },
+                { "{\"event\": \"X\", \"r\\u0065turn\": 1}", false },
+                { "{\"event\": \"X\"", false },
+                { "{\"event\": \"X}", false },
+                { "[{\"event\": \"X\"}]", false },
+                { "{\"event\": \"X\"]", false },
+                { "", false },
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+                if (qmp_line_is_event(cases[i].line, strlen(cases[i].line)) != cases[i].event)
+                        fail_msg("case %zu (%s): want %d", i, cases[i].line, cases[i].event);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_next_line),        cmocka_unit_test(test_clamp_big_ints),
@@ -478,6 +510,7 @@ int main(void) {
                 cmocka_unit_test(test_parse_errors),     cmocka_unit_test(test_parse_events),
                 cmocka_unit_test(test_parse_invalid),    cmocka_unit_test(test_guest_stats_unset),
                 cmocka_unit_test(test_guest_stats_real), cmocka_unit_test(test_format_command),
+                cmocka_unit_test(test_line_is_event),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
