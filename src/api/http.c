@@ -313,9 +313,11 @@ void http_call_reply_json(HttpCall *call, unsigned status, json_t *body) {
                 log_debug("http: reply with status %u, sending 500 instead", status);
                 status = 500;
         }
-        size_t n = body ? json_dumpb(body, NULL, 0, flags) : 0;
-        char *buf = n > 0 ? malloc(n + 1) : NULL;
-        if (buf && json_dumpb(body, buf, n, flags) == n) {
+        /* One pass (json_dumpb sized first and then wrote: every answer serialised twice). The
+         * string's NUL becomes the final newline. */
+        char *buf = body ? json_dumps(body, flags) : NULL;
+        size_t n = buf ? strlen(buf) : 0;
+        if (n > 0) {
                 buf[n] = '\n';
                 resp = MHD_create_response_from_buffer(n + 1, buf, MHD_RESPMEM_MUST_FREE);
                 if (resp)
