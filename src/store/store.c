@@ -147,6 +147,7 @@ struct Store {
         char *db_path; /* the same through the directory's real path: for SQLite */
         int lock_fd;
         uint64_t journal_max;
+        uint64_t journal_gen; /* store_journal_generation() */
         sqlite3_stmt *stmt[_STMT_MAX];
 
         /* The checkpointer. ckpt_db is the thread's own connection: opened before the thread
@@ -1245,6 +1246,7 @@ const char *store_path(const Store *s) {
 
 static int journal_trim(Store *s, char *err, size_t errlen) {
         _cleanup_stmt_ sqlite3_stmt *st = s->stmt[STMT_JOURNAL_TRIM];
+        s->journal_gen++;
         int rc = bind_u64(st, 1, s->journal_max);
         if (rc != SQLITE_OK)
                 return sql_fail(s, rc, "bind", err, errlen);
@@ -1584,7 +1586,12 @@ int store_journal_append(Store *s, const StoreJournalEntry *e, char *err, size_t
                 r = tx_commit(s, err, errlen);
         if (r < 0)
                 tx_rollback(s);
+        s->journal_gen++; /* even on failure: what a reader saw may be gone */
         return r;
+}
+
+uint64_t store_journal_generation(const Store *s) {
+        return s ? s->journal_gen : 0;
 }
 
 static int journal_from_row(Store *s, sqlite3_stmt *st, StoreJournalEntry *ret, char *err, size_t errlen) {

@@ -201,6 +201,10 @@ int store_hold_get(Store *s, StoreHold *ret, char *err, size_t errlen);
  * VM ids to integers in 0 … STORE_U64_MAX, at most STORE_TARGETS_MAX bytes (NULL counts as {}).
  * Returns 0; -EINVAL (a malformed field); -ERANGE (a value > STORE_U64_MAX). */
 int store_journal_append(Store *s, const StoreJournalEntry *entry, char *err, size_t errlen);
+/* Changes with every store_journal_append() and store_set_journal_max() on this handle (the only
+ * writer of the journal): a listing read at one generation is still the listing while the
+ * generation is the same. */
+uint64_t store_journal_generation(const Store *s);
 
 /* Reads at most `limit` entries, newest (last appended) first, into a new array of *ret_n
  * elements (NULL when 0) owned by the caller: store_journal_free_array(*ret, *ret_n). Returns 0;

@@ -297,6 +297,25 @@ static void test_schema_version(void **state) {
 }
 
 /* A version 1 store (no journal reasons) is migrated on open; its entries read with no reasons. */
+/* The journal's generation moves with every append and every change of its bound, and only then
+ * (the API serves its cached history while it stays). */
+static void test_journal_generation(void **state) {
+        Fx *f = *state;
+        fx_open(f);
+        uint64_t g0 = store_journal_generation(f->s);
+        assert_int_equal(store_journal_generation(f->s), g0);
+        StoreJournalEntry *es;
+        size_t n;
+        assert_int_equal(store_journal_list(f->s, 10, &es, &n, f->err, sizeof(f->err)), 0);
+        es = store_journal_free_array(es, n);
+        assert_int_equal(store_journal_generation(f->s), g0);
+        journal_append_n(f, 1, 1);
+        uint64_t g1 = store_journal_generation(f->s);
+        assert_true(g1 != g0);
+        assert_int_equal(store_set_journal_max(f->s, 5, f->err, sizeof(f->err)), 0);
+        assert_true(store_journal_generation(f->s) != g1);
+}
+
 static void test_migration_1_to_2(void **state) {
         Fx *f = *state;
         fx_open(f);
@@ -1380,6 +1399,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 T(test_open_creates_private_dir),
                 T(test_schema_version),
+                T(test_journal_generation),
                 T(test_migration_1_to_2),
                 T(test_vm_round_trip),
                 T(test_vm_exists_and_missing),
