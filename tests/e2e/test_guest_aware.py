@@ -10,14 +10,13 @@ cgroup's from its files. Figures are printed (run pytest with -s to see them).""
 
 import json
 import os
-import socket
 import threading
 import time
 
 import pytest
 
 from conftest import CTL, MiB, wait_until
-from conftest_daemon import VmPool, ballastd, daemons, hogs, mem_cgroup  # noqa: F401 (fixtures)
+from conftest_daemon import Qmp, VmPool, ballastd, daemons, hogs, mem_cgroup, qmp_ctl, with_qmp  # noqa: F401 (fixtures)
 from daemon import parse_time
 
 ASSIGNED = 512 * MiB
@@ -53,64 +52,6 @@ def cg_pool(image, ballastd, mem_cgroup):  # noqa: F811
         yield p
     finally:
         p.close()
-
-
-# --- our own QMP client on qmp-ctl.sock (QEMU serves one client per socket) -------------------
-
-
-class Qmp:
-    def __init__(self, path, timeout=10):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(timeout)
-        self.s.connect(path)
-        self.buf = b""
-        self.n = 0
-        assert "QMP" in self._read()
-        self.cmd("qmp_capabilities")
-
-    def _read(self):
-        while b"\n" not in self.buf:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise ConnectionError("QMP socket closed")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def cmd(self, name, **args):
-        self.n += 1
-        msg = {"execute": name, "id": self.n}
-        if args:
-            msg["arguments"] = args
-        self.s.sendall(json.dumps(msg).encode() + b"\n")
-        while True:
-            r = self._read()
-            if r.get("id") != self.n:
-                continue
-            if "error" in r:
-                raise AssertionError(f"QMP {name}: {r['error']}")
-            return r["return"]
-
-    def actual(self):
-        return self.cmd("query-balloon")["actual"]
-
-    def guest_stats(self):
-        return self.cmd("qom-get", path="/machine/peripheral/balloon0", property="guest-stats")
-
-    def close(self):
-        self.s.close()
-
-
-def qmp_ctl(pool, name):
-    return os.path.join(pool.vms[name]["dir"], "qmp-ctl.sock")
-
-
-def with_qmp(pool, name, fn):
-    q = Qmp(qmp_ctl(pool, name))
-    try:
-        return fn(q)
-    finally:
-        q.close()
 
 
 # --- helpers ---------------------------------------------------------------------------------
