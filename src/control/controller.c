@@ -199,8 +199,8 @@ static void ctl_update_calm(Controller *c, usec_t now) {
         c->calm = calm;
 }
 
-/* Applies the plan's decision for the VM at i: a changed target is recorded, reported and sent.
- * Returns whether its target changed. */
+/* Applies the plan's decision for the VM at i. Returns whether its target changed: the caller
+ * then records it (ctl_record_targets) and sends it. */
 static bool ctl_apply_decision(Controller *c, size_t i, usec_t now) {
         CtlVm *vm = c->vms[i];
         const PlanDecision *d = &c->dec[i];
@@ -247,10 +247,23 @@ static bool ctl_apply_decision(Controller *c, size_t i, usec_t now) {
                 vm->last_dir = d->dir;
                 vm->last_move = now;
         }
-        if (c->hooks.target_changed)
-                c->hooks.target_changed(c, vm, vm->target, c->hooks.userdata);
-        vm_send(vm);
         return true;
+}
+
+/* Records the targets a plan changed, in one go where the owner can (one store transaction for a
+ * plan that moves a thousand VMs, instead of one each), and only then sends them: a target is
+ * stored before it is commanded, so a restart resumes from what was sent or from what was about
+ * to be. */
+static void ctl_record_and_send(Controller *c, CtlVm *const *moved, size_t n) {
+        if (n == 0)
+                return;
+        if (c->hooks.targets_changed)
+                c->hooks.targets_changed(c, moved, n, c->hooks.userdata);
+        else if (c->hooks.target_changed)
+                for (size_t i = 0; i < n; i++)
+                        c->hooks.target_changed(c, moved[i], moved[i]->target, c->hooks.userdata);
+        for (size_t i = 0; i < n; i++)
+                vm_send(moved[i]);
 }
 
 /* Nothing to decide on a healthy host above the low watermark with every VM at full size and no
@@ -334,8 +347,19 @@ static void ctl_tick(Controller *c, CtlTrigger trigger) {
         c->ctl = res.ctl;
         c->last = res;
 
-        for (size_t i = 0; i < c->n_vms; i++)
-                changed = ctl_apply_decision(c, i, now) || changed;
+        CtlVm **moved = c->n_vms ? malloc(c->n_vms * sizeof *moved) : NULL;
+        size_t n_moved = 0;
+        for (size_t i = 0; i < c->n_vms; i++) {
+                if (!ctl_apply_decision(c, i, now))
+                        continue;
+                changed = true;
+                if (moved)
+                        moved[n_moved++] = c->vms[i];
+                else /* out of memory: one at a time */
+                        ctl_record_and_send(c, &c->vms[i], 1);
+        }
+        ctl_record_and_send(c, moved, n_moved);
+        free(moved);
         /* The episode is over: a reclaim of it still queued is no reaction to a later one. */
         if (!pressured)
                 c->reaction_start = 0;
@@ -557,6 +581,9 @@ CtlVm *ctl_vm_at(Controller *c, size_t i) {
 }
 const char *ctl_vm_id(const CtlVm *vm) {
         return vm->spec.id;
+}
+uint64_t ctl_vm_target(const CtlVm *vm) {
+        return vm->target;
 }
 Hv *ctl_vm_hv(CtlVm *vm) {
         return vm->hv;

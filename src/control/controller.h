@@ -77,6 +77,9 @@ typedef struct CtlConfig {
 typedef struct CtlHooks {
         /* A target was commanded (persist it so a restart resumes from decisions, B7). */
         void (*target_changed)(Controller *c, CtlVm *vm, uint64_t target, void *userdata);
+        /* A plan changed the targets of these VMs (each VM's target is the new one): persist them
+         * together, before any is sent. Optional: without it, target_changed is called for each. */
+        void (*targets_changed)(Controller *c, CtlVm *const *vms, size_t n, void *userdata);
         /* The parking state changed (persist it, B4/B7): until_mono is the end of the
          * post-unpark protection (0: none). */
         void (*park_changed)(Controller *c, CtlVm *vm, bool parked, uint64_t previous, usec_t until_mono,
@@ -171,6 +174,7 @@ typedef struct CtlVmView {
 } CtlVmView;
 void ctl_vm_view(const CtlVm *vm, CtlVmView *ret);
 const char *ctl_vm_id(const CtlVm *vm);
+uint64_t ctl_vm_target(const CtlVm *vm); /* the target last decided (what target_changed reported) */
 Hv *ctl_vm_hv(CtlVm *vm);
 
 /* Manual hold (B5.8): until is monotonic. bytes 0 clears it. */

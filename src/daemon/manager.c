@@ -82,6 +82,25 @@ static void hook_target_changed(Controller *c, CtlVm *vm, uint64_t target, void 
         }
 }
 
+static void hook_targets_changed(Controller *c, CtlVm *const *vms, size_t n, void *userdata) {
+        Manager *m = userdata;
+        char err[256];
+        (void) c;
+        StoreTarget *t = malloc(n * sizeof *t);
+        if (!t) {
+                for (size_t i = 0; i < n; i++)
+                        hook_target_changed(c, vms[i], ctl_vm_target(vms[i]), m);
+                return;
+        }
+        for (size_t i = 0; i < n; i++)
+                t[i] = (StoreTarget){ .id = ctl_vm_id(vms[i]), .target = ctl_vm_target(vms[i]) };
+        if (store_vm_set_targets(m->store, t, n, err, sizeof err) < 0) {
+                m->store_errors++;
+                log_warning("Failed to record the targets of %zu VMs: %s, continuing", n, err);
+        }
+        free(t);
+}
+
 static void hook_journal(Controller *c, CtlTrigger trigger, const PlanResult *r, void *userdata) {
         Manager *m = userdata;
         char err[256];
@@ -465,6 +484,7 @@ int manager_new(DaemonConfig *cfg, Manager **ret, char *err, size_t errlen) {
         cc.stats_period_s = (uint32_t) (cfg->driver.stats_period / USEC_PER_SEC);
         cc.park_protect = cfg->park.protect_for;
         CtlHooks hooks = { .target_changed = hook_target_changed,
+                           .targets_changed = hook_targets_changed,
                            .park_changed = hook_park_changed,
                            .journal = hook_journal,
                            .userdata = m };

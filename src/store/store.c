@@ -1383,6 +1383,37 @@ int store_vm_set_target(Store *s, const char *id, uint64_t target, char *err, si
         return r < 0 ? r : changed_one(s, id, err, errlen);
 }
 
+int store_vm_set_targets(Store *s, const StoreTarget *t, size_t n, char *err, size_t errlen) {
+        if (!s || (!t && n))
+                return -EINVAL;
+        if (n == 0)
+                return 0;
+        int r = tx_begin(s, err, errlen);
+        if (r < 0)
+                return r;
+        int first = 0;
+        for (size_t i = 0; i < n; i++) {
+                char e[256] = "";
+                int k = store_vm_set_target(s, t[i].id, t[i].target, e, sizeof e);
+                if (k == -ENOENT || k == -ERANGE || k == -EINVAL) {
+                        if (first == 0) {
+                                first = k;
+                                seterr(err, errlen, "%s", e);
+                        }
+                } else if (k < 0) {
+                        seterr(err, errlen, "%s", e);
+                        tx_rollback(s);
+                        return k;
+                }
+        }
+        r = tx_commit(s, err, errlen);
+        if (r < 0) {
+                tx_rollback(s);
+                return r;
+        }
+        return first;
+}
+
 int store_vm_set_park(Store *s, const char *id, bool parked, uint64_t park_prev, uint64_t unparked_until, char *err,
                       size_t errlen) {
         if (!s)

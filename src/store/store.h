@@ -161,6 +161,15 @@ int store_vm_update(Store *s, const StoreVm *vm, char *err, size_t errlen);
 /* Records the target last commanded to VM id: one indexed UPDATE, cheap enough to call at every
  * command. Returns 0; -ENOENT if no such VM; -ERANGE if target > STORE_U64_MAX. */
 int store_vm_set_target(Store *s, const char *id, uint64_t target, char *err, size_t errlen);
+/* Records many targets in one transaction (a plan that moves every VM at once). Each is checked as
+ * by store_vm_set_target; one that fails that (-ENOENT, -ERANGE, -EINVAL) is skipped and the rest
+ * are recorded. Returns 0, the first such error with its message in err (the others recorded), or
+ * a database error with nothing recorded. */
+typedef struct StoreTarget {
+        const char *id;
+        uint64_t target;
+} StoreTarget;
+int store_vm_set_targets(Store *s, const StoreTarget *t, size_t n, char *err, size_t errlen);
 
 /* Records the parking state of VM id (B4): parked, the size before parking, and the end of the
  * post-unpark protection (realtime usec, 0: none). Returns 0; -ENOENT; -ERANGE. */

@@ -35,6 +35,7 @@ typedef struct Fixture {
         Ev *ev;
         Controller *c;
         unsigned targets_changed, journalled;
+        unsigned batches, batched_already_sent; /* targets_changed (the plan's batch) calls */
 } Fixture;
 
 static void write_meminfo(Fixture *f, uint64_t total, uint64_t avail) {
@@ -691,6 +692,18 @@ static const HvOps fake_ops = {
 
 static usec_t fake_stats_delay;
 
+/* The plan's batch: stored before any of it is sent (the fake's last command is not yet it). */
+static void on_targets(Controller *c, CtlVm *const *vms, size_t n, void *userdata) {
+        Fixture *f = userdata;
+        (void) c;
+        f->batches++;
+        for (size_t i = 0; i < n; i++) {
+                f->targets_changed++;
+                if (the_fake && the_fake->n_cmd > 0 && the_fake->cmd[the_fake->n_cmd - 1] == ctl_vm_target(vms[i]))
+                        f->batched_already_sent++;
+        }
+}
+
 static int fake_factory(Ev *ev, const CtlVmSpec *spec, Hv **ret, char *err, size_t errlen) {
         (void) err, (void) errlen;
         FakeHv *f = calloc(1, sizeof *f);
@@ -722,7 +735,9 @@ static void start_fake(Fixture *f, uint32_t stats_period_s, usec_t stats_delay) 
         cc.stats_period_s = stats_period_s;
         cc.plan.dwell = 0;
         fake_stats_delay = stats_delay;
-        CtlHooks h = { .target_changed = on_target, .journal = on_journal, .userdata = f };
+        CtlHooks h = {
+                .target_changed = on_target, .targets_changed = on_targets, .journal = on_journal, .userdata = f
+        };
         char err[256];
         if (ctl_new(f->ev, &cc, fake_factory, &h, &f->c, err, sizeof err) < 0)
                 fail_msg("ctl_new: %s", err);
@@ -768,6 +783,9 @@ static size_t reclaim_then_give_back(Fixture *f, CtlVm *vm) {
         write_meminfo(f, 8 * GiB, 6 * GiB);
         uint64_t full = 1 * GiB;
         assert_true(run_until(f, fake_commanded, &full, 10 * USEC_PER_SEC));
+        /* The plan's targets went through the batch hook, each stored before it was sent. */
+        assert_true(f->batches >= 2);
+        assert_int_equal(f->batched_already_sent, 0);
         return the_fake->n_cmd - 1;
 }
 

@@ -397,6 +397,21 @@ static void test_vm_round_trip(void **state) {
         assert_int_equal(store_vm_set_target(f->s, "vm-q.1", 768 * MiB, f->err, sizeof(f->err)), 0);
         q2.last_target = 768 * MiB;
         assert_vm_stored(f, &q2);
+        /* Many at once: a VM that is not there (or a bad target) is skipped and named, the others
+         * recorded; none at all is no transaction. */
+        StoreTarget ts[] = { { "ghost", MiB }, { "vm-q.1", 700 * MiB }, { "vm-q.1", UINT64_MAX } };
+        f->err[0] = 0;
+        assert_int_equal(store_vm_set_targets(f->s, ts, 3, f->err, sizeof(f->err)), -ENOENT);
+        assert_non_null(strstr(f->err, "ghost"));
+        q2.last_target = 700 * MiB;
+        assert_vm_stored(f, &q2);
+        assert_int_equal(store_vm_set_targets(f->s, ts + 1, 1, f->err, sizeof(f->err)), 0);
+        assert_int_equal(store_vm_set_targets(f->s, NULL, 0, f->err, sizeof(f->err)), 0);
+        assert_int_equal(store_vm_set_targets(f->s, NULL, 1, f->err, sizeof(f->err)), -EINVAL);
+        ts[1].target = 768 * MiB;
+        assert_int_equal(store_vm_set_targets(f->s, ts + 1, 1, f->err, sizeof(f->err)), 0);
+        q2.last_target = 768 * MiB;
+        assert_vm_stored(f, &q2);
         assert_int_equal(store_vm_set_park(f->s, "vm-q.1", true, 768 * MiB, 0, f->err, sizeof(f->err)), 0);
         q2.parked = true;
         q2.park_prev = 768 * MiB;
