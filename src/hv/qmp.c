@@ -86,6 +86,9 @@ struct Qmp {
         uint64_t old_conn_yields; /* read yields of connections already closed */
         usec_t event_credit;      /* token bucket of the event rate, in usec of refill time */
         usec_t event_credit_at;
+        int64_t storm_bytes; /* bytes of dropped events still allowed (QMP_STORM_BYTES_PER_SEC) */
+        usec_t storm_bytes_at;
+        EvTimer *storm_timer; /* resumes the paused connection */
 };
 
 /* One event costs this much credit; the bucket holds QMP_EVENTS_BURST of them. */
@@ -392,6 +395,37 @@ static bool qmp_event_admit(Qmp *q) {
         return true;
 }
 
+static void qmp_storm_resume(EvTimer *t, void *userdata) {
+        Qmp *q = userdata;
+        (void) t;
+        if (q->conn)
+                conn_resume(q->conn);
+}
+
+/* Charges a dropped event's bytes to the storm budget; when it is spent, the connection is paused
+ * until 64 KiB of it are back. Returns whether reading goes on now. */
+static bool qmp_storm_charge(Qmp *q, size_t bytes) {
+        const int64_t rate = QMP_STORM_BYTES_PER_SEC;
+        usec_t now = ev_now(q->hv.ev);
+        if (now > q->storm_bytes_at) {
+                usec_t dt = MIN(now - q->storm_bytes_at, USEC_PER_SEC);
+                q->storm_bytes = MIN(q->storm_bytes + (int64_t) (dt * (uint64_t) rate / USEC_PER_SEC), rate);
+                q->storm_bytes_at = now;
+        }
+        q->storm_bytes -= (int64_t) bytes;
+        if (q->storm_bytes > 0)
+                return true;
+        usec_t wait = (usec_t) ((64 * 1024 - q->storm_bytes) * (int64_t) USEC_PER_SEC / rate);
+        if (!q->storm_timer) {
+                if (ev_timer_add(q->hv.ev, usec_add(now, wait), qmp_storm_resume, q, &q->storm_timer) < 0)
+                        return true; /* no timer: go on reading rather than stay paused */
+        } else
+                ev_timer_set(q->storm_timer, usec_add(now, wait));
+        q->counters.storm_pauses++;
+        conn_pause(q->conn);
+        return false;
+}
+
 static void qmp_on_event(Qmp *q, const QmpMsg *m) {
         q->counters.events++;
         if (!qmp_event_admit(q)) {
@@ -436,6 +470,8 @@ static ssize_t qmp_on_data(Conn *c, const char *buf, size_t len, void *userdata)
                 if (q->state != QMP_AWAIT_GREETING && !qmp_event_credit(q) && qmp_line_is_event(line, line_len)) {
                         q->counters.events++;
                         q->counters.events_dropped++;
+                        if (!qmp_storm_charge(q, consumed))
+                                break;
                         continue;
                 }
 
@@ -700,6 +736,7 @@ static void qmp_free_now(Hv *hv) {
                 cmd_free(c);
         }
         conn_free(q->conn);
+        ev_timer_free(q->storm_timer);
         free(q->path);
         free(q->balloon_path);
         free(q);

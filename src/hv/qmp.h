@@ -23,11 +23,16 @@ int qmp_hv_new(Ev *ev, const QmpConfig *cfg, Hv **ret);
  * sends BALLOON_CHANGE at most once a second. */
 #define QMP_EVENTS_PER_SEC      100
 #define QMP_EVENTS_BURST        100
+/* Over its event rate, a QEMU's connection is read at no more than this many bytes a second of
+ * dropped events (then paused until the budget refills): a storm costs a bounded share of the
+ * loop, not as much as the peer can write. Its own replies wait behind the events it sent first. */
+#define QMP_STORM_BYTES_PER_SEC (2u << 20)
 
 /* Counters for tests and metrics (hv_counters() has the driver-independent part). */
 typedef struct QmpCounters {
         uint64_t connects, commands, replies, events, stale_replies, timeouts, protocol_errors;
         uint64_t events_dropped; /* over the event rate: not passed to listeners */
+        uint64_t storm_pauses;   /* reading paused at QMP_STORM_BYTES_PER_SEC */
         uint64_t read_yields;    /* reads stopped at a per-wakeup budget (messages or bytes) */
 } QmpCounters;
 void qmp_hv_counters(Hv *hv, QmpCounters *ret);

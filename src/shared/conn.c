@@ -30,8 +30,13 @@ struct Conn {
         bool busy; /* inside conn_on_io: conn_free() then only marks it dead */
         bool dead;
         bool yielded; /* on_data asked to stop for this wakeup (conn_yield) */
+        bool paused;  /* not reading until conn_resume() */
         uint64_t yields;
 };
+
+static uint32_t conn_events(const Conn *c) {
+        return (c->paused ? 0 : EPOLLIN | EPOLLRDHUP) | (c->wlen > c->woff ? EPOLLOUT : 0);
+}
 
 static void conn_on_io(EvIo *io, int fd, uint32_t revents, void *userdata);
 
@@ -103,7 +108,7 @@ static int conn_flush(Conn *c) {
         }
         if (c->woff == c->wlen)
                 c->woff = c->wlen = 0;
-        return ev_io_set_events(c->io, EPOLLIN | EPOLLRDHUP | (c->wlen > c->woff ? EPOLLOUT : 0));
+        return ev_io_set_events(c->io, conn_events(c));
 }
 
 int conn_write(Conn *c, const void *data, size_t len) {
@@ -133,6 +138,24 @@ void conn_yield(Conn *c) {
         c->yielded = true;
 }
 
+void conn_pause(Conn *c) {
+        if (c->paused || c->dead)
+                return;
+        c->paused = true;
+        (void) ev_io_set_events(c->io, conn_events(c));
+}
+
+void conn_resume(Conn *c) {
+        if (!c->paused || c->dead)
+                return;
+        c->paused = false;
+        (void) ev_io_set_events(c->io, conn_events(c));
+        if (c->rlen > 0) { /* what the owner left buffered comes first, at the next iteration */
+                c->yielded = true;
+                ev_io_set_pending(c->io);
+        }
+}
+
 /* Hands the buffered bytes to on_data and drops what it consumed. Returns 1 when the owner yielded
  * (stop reading for this wakeup), 0 to go on, or -1 when the connection failed or was freed. */
 static int conn_deliver(Conn *c) {
@@ -149,6 +172,8 @@ static int conn_deliver(Conn *c) {
                 c->rlen -= (size_t) k;
                 c->rbuf[c->rlen] = '\0';
         }
+        if (c->paused)
+                return 1; /* the rest waits for conn_resume() */
         if (c->yielded) {
                 c->yields++;
                 ev_io_set_pending(c->io);
@@ -187,6 +212,11 @@ static void conn_on_io(EvIo *io, int fd, uint32_t revents, void *userdata) {
                         conn_fail(c, r, "write failed");
                         goto out;
                 }
+        }
+        if (c->paused) {
+                if (!(revents & (EPOLLHUP | EPOLLERR)))
+                        goto out;
+                conn_resume(c); /* the peer is gone: what is left is read and the end reported */
         }
         if (c->yielded) {
                 /* Called again for input the owner left buffered when it yielded: finish that first,
@@ -245,6 +275,7 @@ int conn_inject(Conn *c, const void *buf, size_t len) {
 
         c->busy = true;
         while (len > 0 || c->yielded) {
+                conn_resume(c); /* at once, where the owner's timer would resume it later */
                 if (c->yielded) {
                         /* As the next iteration would: finish what the owner left, then go on. */
                         size_t before = c->rlen;

@@ -40,6 +40,12 @@ size_t conn_pending_write(const Conn *c);
  * is called again on the next loop iteration with the bytes it did not consume, even if nothing
  * new arrives. */
 void conn_yield(Conn *c);
+/* Stops reading until conn_resume() (from on_data or at any time): on_data is not called, what is
+ * buffered stays, and the socket's bytes stay in the kernel, so a peer that floods blocks on its
+ * writes. Writes go on. A hang-up or error on the socket ends the pause (the rest is read and the
+ * end reported). conn_resume() delivers what was left buffered at the next iteration. */
+void conn_pause(Conn *c);
+void conn_resume(Conn *c);
 /* Hands buf to the connection as if it had just been read from the socket (same buffer bound, same
  * on_data and on_close calls), for fuzz targets that drive an owner's protocol code without a peer
  * process. Returns 0, or -ESHUTDOWN when the connection failed (on_close was called) or was freed

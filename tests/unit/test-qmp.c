@@ -659,6 +659,17 @@ static void test_event_storm_does_not_starve(void **state) {
         QmpCounters qc;
         qmp_hv_counters(storm, &qc);
         assert_true(qc.events == hc.events);
+        /* Over the rate, the storm is read at a bounded byte rate, not as fast as the peer writes:
+         * its events (each line well over 64 bytes) number at most what that rate lets through. */
+        uint64_t secs = stormed / USEC_PER_SEC + 1;
+        uint64_t most = QMP_EVENTS_BURST + secs * (QMP_EVENTS_PER_SEC + QMP_STORM_BYTES_PER_SEC / 64);
+        fprintf(stderr, "storm: %llu events read in %llu ms, %llu pauses (at most %llu events allowed)\n",
+                (unsigned long long) qc.events, (unsigned long long) (stormed / 1000),
+                (unsigned long long) qc.storm_pauses, (unsigned long long) most);
+        assert_true(qc.storm_pauses > 0);
+        if (qc.events > most)
+                fail_msg("%llu events read in %llu s, more than the storm byte rate allows (%llu)",
+                         (unsigned long long) qc.events, (unsigned long long) secs, (unsigned long long) most);
 
         ev_timer_free(k.t);
         hv_remove_listener(storm, on_actual, l);
