@@ -2,6 +2,7 @@
 /* ballastd: the host daemon. ballastd --config FILE [--check-config] */
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,6 +142,11 @@ int main(int argc, char **argv) {
                 return r;
         log_set_prefix("ballastd");
         (void) service_log_to_journal();
+        /* Big answers (the VM list, /metrics, history: 0.5-0.7 MB at 1,000 VMs) in mappings of their
+         * own, given back when freed. glibc otherwise raises this threshold after the first such
+         * free and serves the next ones from the heap, whose top is then not trimmed: the soak's
+         * RSS went up and down by 10 MiB with the answers. Setting it turns that adjustment off. */
+        (void) mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 
         DaemonConfig cfg;
         char err[CONFIG_ERR_MAX];

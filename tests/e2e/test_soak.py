@@ -7,8 +7,8 @@ pytest's temporary directory.
 
 Two tests on one run:
 - what does not depend on how much CPU the machine gives: ballastd alive, RSS not above its
-  first-minute level by more than 10 %, no fd growth, every churn operation answered as the API
-  documents (no wrong status);
+  first-minute level by more than 10 % or 3 MiB (below), no fd growth, every churn operation
+  answered as the API documents (no wrong status);
 - the time limits and what follows from them (API p99 and reaction p99 within 10 ms, no request
   or churn operation left unanswered, no healthy VM taken for stalled): checked only when the
   machine had the CPU for it (median load average during the run at most twice its CPU count, and
@@ -72,8 +72,16 @@ def test_soak_holds_memory_and_fds(soak):
     # fitted 1 in 120 s, a quiet one 3-4), not on ballastd.
     assert r["episodes"] >= 1, f"no pressure episode ran\n{r['summary']}"
     held = r["held"]
-    for k in ("ballastd alive", "RSS within 10% of the first-minute level", "no fd growth"):
+    for k in ("ballastd alive", "no fd growth"):
         assert held[k], f"not held: {k}\n{r['summary']}"
+    # RSS: bench/soak's rule is 10 % over the first minute's median. At about 19 MiB that is 1.9 MiB,
+    # and in two minutes the second minute's median moves by 1-2 MiB with where the pressure
+    # episodes and the big answers fall (18.7-23.7 MiB in one run), so here the limit is 10 % or
+    # 3 MiB, whichever is larger: a leak of that size in two minutes is still caught. The hour-long
+    # run is where the 10 % rule is measured (docs/benchmarks.md).
+    level, later = r["rss_level_kib"], r["rss_minute_max_kib"]
+    assert level and later, f"not enough RSS samples\n{r['summary']}"
+    assert later <= max(level * 1.10, level + 3 * 1024), f"RSS grew: {level} -> {later} KiB\n{r['summary']}"
     wrong = [e for e in r["churn_errors"] if "Error(" not in e]
     assert not wrong, f"churn operations answered wrongly: {wrong[:10]}\n{r['summary']}"
 
