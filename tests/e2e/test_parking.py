@@ -9,7 +9,6 @@ and dmesg through the agent. Figures are printed (run pytest with -s to see them
 
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -17,7 +16,7 @@ import time
 import pytest
 
 from conftest import CTL, MiB, rss_bytes, settled_rss, wait_until
-from conftest_daemon import ballastd, daemons  # noqa: F401 (fixtures)
+from conftest_daemon import Qmp, ballastd, daemons  # noqa: F401 (fixtures)
 
 ASSIGNED = 512 * MiB
 PARK = 128 * MiB
@@ -31,50 +30,6 @@ def ballastctl_built():
         if os.environ.get("BALLAST_REQUIRE_VM"):
             pytest.fail(msg)
         pytest.skip(msg)
-
-
-# --- our own QMP client (QEMU serves one client per socket: never used alongside ballastctl's) ---
-
-
-class Qmp:
-    def __init__(self, path, timeout=10):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(timeout)
-        self.s.connect(path)
-        self.buf = b""
-        self.n = 0
-        greeting = self._read()
-        assert "QMP" in greeting, greeting
-        self.cmd("qmp_capabilities")
-
-    def _read(self):
-        while b"\n" not in self.buf:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise ConnectionError("QMP socket closed")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def cmd(self, name, **args):
-        self.n += 1
-        msg = {"execute": name, "id": self.n}
-        if args:
-            msg["arguments"] = args
-        self.s.sendall(json.dumps(msg).encode() + b"\n")
-        while True:
-            r = self._read()
-            if r.get("id") != self.n:
-                continue  # an event
-            if "error" in r:
-                raise AssertionError(f"QMP {name}: {r['error']}")
-            return r["return"]
-
-    def actual(self):
-        return self.cmd("query-balloon")["actual"]
-
-    def close(self):
-        self.s.close()
 
 
 def qmp_ctl(ctl, name):
