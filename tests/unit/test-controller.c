@@ -538,8 +538,9 @@ typedef struct FakeHv {
         size_t n_steps;
         bool cannot_grow;   /* a guest whose balloon does not deflate */
         usec_t stats_delay; /* get-stats is answered this long after the request */
-        unsigned stats_pending;
-        uint64_t cmd[FAKE_CMDS]; /* every target commanded, and when (monotonic) */
+        unsigned stats_pending, stats_asked;
+        uint64_t guest_available; /* reported with the guest's size as its total; 0: no figures */
+        uint64_t cmd[FAKE_CMDS];  /* every target commanded, and when (monotonic) */
         usec_t cmd_at[FAKE_CMDS];
         size_t n_cmd;
 } FakeHv;
@@ -587,6 +588,10 @@ static void fake_on_timer(EvTimer *t, void *userdata) {
                 if (m.op == HV_OP_GET_STATS) {
                         f->stats_pending--;
                         r.stats.last_update = (m.due + f->rt_offset) / USEC_PER_SEC;
+                        if (f->guest_available) {
+                                r.stats.total = fake_guest_at(f, m.due);
+                                r.stats.available = r.stats.free = f->guest_available;
+                        }
                 }
                 m.cb(&f->hv, &r, m.ud);
                 if (the_fake != f)
@@ -648,6 +653,7 @@ static int fake_get_stats(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
         FakeHv *f = (FakeHv *) hv;
         (void) timeout;
         f->stats_pending++;
+        f->stats_asked++;
         return fake_reply(f, HV_OP_GET_STATS, now_mono() + f->stats_delay, 0, cb, ud);
 }
 
@@ -1098,6 +1104,49 @@ static void test_reaction_when_pressure_follows_a_held_vm(void **state) {
         assert_true(run_until(f, vm_reached_below, rb, 10 * USEC_PER_SEC));
 }
 
+static bool vm_guest_pressure(Fixture *f, void *arg) {
+        CtlVmView v;
+        ctl_vm_view(arg, &v);
+        (void) f;
+        return v.guest_pressure;
+}
+
+static bool vm_guest_relaxed(Fixture *f, void *arg) {
+        return !vm_guest_pressure(f, arg);
+}
+
+/* Defect 8 of the density run: a full-size VM on a healthy host that is not calm has its guest
+ * statistics read every 20-30 s, and one idle VM showed "pressure, used 506 MiB" for 28 s after
+ * its job ended. A guest under pressure is read at the normal period (2 s) until it is not; then
+ * the idle pace comes back. */
+static void test_guest_pressure_is_rechecked_at_the_normal_period(void **state) {
+        Fixture *f = *state;
+        /* Healthy, not calm: 25 % available (high watermark 15 %, calm from 37.5 %). */
+        write_meminfo(f, 8 * GiB, 2 * GiB);
+        start_fake(f, 2, 0);
+        CtlVm *a = add(f, "a", GiB, 0);
+        FakeHv *fk = the_fake;
+        /* A job has taken the guest nearly out of memory when it first reports. */
+        fk->guest_available = 16 * MiB;
+        assert_true(run_until(f, vm_guest_pressure, a, 20 * USEC_PER_SEC));
+        CtlVmView v;
+        ctl_vm_view(a, &v);
+        assert_int_equal(v.target, GiB);
+        /* The job ends: seen at the next read, one period later, not 20-30 s later. */
+        fk->guest_available = 600 * MiB;
+        usec_t ended = now_mono();
+        if (!run_until(f, vm_guest_relaxed, a, 8 * USEC_PER_SEC))
+                fail_msg("the guest still shows pressure %.1f s after its job ended",
+                         (double) (now_mono() - ended) / USEC_PER_SEC);
+        /* Relaxed again: back to the idle pace, at most one more read in 8 s. */
+        unsigned asked = fk->stats_asked;
+        usec_t t = now_mono() + 8 * USEC_PER_SEC;
+        while (now_mono() < t)
+                assert_true(ev_run_once(f->ev, t) >= 0);
+        if (fk->stats_asked > asked + 1)
+                fail_msg("an idle full-size VM was read %u times in 8 s", fk->stats_asked - asked);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_reclaim_and_give_back, setup, teardown),
@@ -1115,6 +1164,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_park_and_unpark, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_park_cancelled_by_remove, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_reaction_when_pressure_follows_a_held_vm, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_guest_pressure_is_rechecked_at_the_normal_period, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
