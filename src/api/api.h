@@ -53,9 +53,9 @@ int api_parse_park(const char *body, size_t len, bool unpark, ApiPark *ret, char
 /* The http_handler: userdata is the Manager. */
 void api_handle(HttpCall *call, const HttpRequest *req, void *userdata);
 
-/* GET /v1/vms keeps each VM's serialised object until its facts change, and GET /v1/history its
- * last answer until the journal changes (api.c). Frees these caches when they were not used for a
- * while, or at once with all (the manager's periodic trim and its end). */
+/* GET /v1/vms keeps each VM's serialised object until its facts change, and GET /v1/history each
+ * journal entry it serialised (api.c). Frees these caches when they were not used for a while, or
+ * at once with all (the manager's periodic trim and its end). */
 void api_vm_cache_trim(bool all);
 /* VM objects (re)built for lists since the start, for tests. */
 uint64_t api_vm_cache_builds(void);

@@ -109,6 +109,8 @@ enum {
         STMT_JOURNAL_INSERT,
         STMT_JOURNAL_TRIM,
         STMT_JOURNAL_LIST,
+        STMT_JOURNAL_KEYS,
+        STMT_JOURNAL_GET,
         _STMT_MAX,
 };
 
@@ -138,6 +140,10 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_JOURNAL_LIST] = "SELECT time_usec, trigger_name, state, available, requested, planned, targets, "
                               "reasons, seq "
                               "FROM journal ORDER BY seq DESC LIMIT ?1",
+        [STMT_JOURNAL_KEYS] = "SELECT seq, time_usec FROM journal ORDER BY seq DESC LIMIT ?1",
+        [STMT_JOURNAL_GET] = "SELECT time_usec, trigger_name, state, available, requested, planned, targets, "
+                             "reasons, seq "
+                             "FROM journal WHERE seq = ?1",
 };
 
 struct Store {
@@ -147,7 +153,6 @@ struct Store {
         char *db_path; /* the same through the directory's real path: for SQLite */
         int lock_fd;
         uint64_t journal_max;
-        uint64_t journal_gen; /* store_journal_generation() */
         sqlite3_stmt *stmt[_STMT_MAX];
 
         /* The checkpointer. ckpt_db is the thread's own connection: opened before the thread
@@ -1246,7 +1251,6 @@ const char *store_path(const Store *s) {
 
 static int journal_trim(Store *s, char *err, size_t errlen) {
         _cleanup_stmt_ sqlite3_stmt *st = s->stmt[STMT_JOURNAL_TRIM];
-        s->journal_gen++;
         int rc = bind_u64(st, 1, s->journal_max);
         if (rc != SQLITE_OK)
                 return sql_fail(s, rc, "bind", err, errlen);
@@ -1617,12 +1621,7 @@ int store_journal_append(Store *s, const StoreJournalEntry *e, char *err, size_t
                 r = tx_commit(s, err, errlen);
         if (r < 0)
                 tx_rollback(s);
-        s->journal_gen++; /* even on failure: what a reader saw may be gone */
         return r;
-}
-
-uint64_t store_journal_generation(const Store *s) {
-        return s ? s->journal_gen : 0;
 }
 
 static int journal_from_row(Store *s, sqlite3_stmt *st, StoreJournalEntry *ret, char *err, size_t errlen) {
@@ -1654,6 +1653,7 @@ static int journal_from_row(Store *s, sqlite3_stmt *st, StoreJournalEntry *ret, 
         }
         memcpy(e.trigger, trigger, nt + 1);
         memcpy(e.state, state, ns + 1);
+        e.seq = (uint64_t) sqlite3_column_int64(st, 8);
         e.targets = strndup(targets, n);
         e.reasons = strndup(reasons, nr);
         if (!e.targets || !e.reasons) {
@@ -1682,4 +1682,43 @@ int store_journal_list(Store *s, size_t limit, StoreJournalEntry **ret, size_t *
                 return sql_fail(s, rc, "bind", err, errlen);
         return read_rows(s, st, sizeof(StoreJournalEntry), journal_row, journal_array_free, "read journal",
                          (void **) ret, ret_n, err, errlen);
+}
+
+int store_journal_keys(Store *s, size_t limit, StoreJournalKey *ret, size_t *ret_n, char *err, size_t errlen) {
+        if (!s || !ret || !ret_n)
+                return -EINVAL;
+        _cleanup_stmt_ sqlite3_stmt *st = s->stmt[STMT_JOURNAL_KEYS];
+        int rc = sqlite3_bind_int64(st, 1, (sqlite3_int64) MIN(limit, (size_t) INT64_MAX));
+        if (rc != SQLITE_OK)
+                return sql_fail(s, rc, "bind", err, errlen);
+        size_t n = 0;
+        while (n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+                if (!col_u64(st, 0, &ret[n].seq) || !col_u64(st, 1, &ret[n].time)) {
+                        char row[48];
+                        snprintf(row, sizeof(row), "journal #%lld", (long long) sqlite3_column_int64(st, 0));
+                        return bad_row(s, st, 1, row, "time", err, errlen);
+                }
+                n++;
+        }
+        if (n < limit && rc != SQLITE_DONE)
+                return sql_fail(s, rc, "read journal", err, errlen);
+        *ret_n = n;
+        return 0;
+}
+
+int store_journal_get(Store *s, uint64_t seq, StoreJournalEntry *ret, char *err, size_t errlen) {
+        if (!s || !ret || seq > STORE_U64_MAX)
+                return -EINVAL;
+        _cleanup_stmt_ sqlite3_stmt *st = s->stmt[STMT_JOURNAL_GET];
+        int rc = sqlite3_bind_int64(st, 1, (sqlite3_int64) seq);
+        if (rc != SQLITE_OK)
+                return sql_fail(s, rc, "bind", err, errlen);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE) {
+                seterr(err, errlen, "journal entry #%" PRIu64 " is gone", seq);
+                return -ENOENT;
+        }
+        if (rc != SQLITE_ROW)
+                return sql_fail(s, rc, "read journal", err, errlen);
+        return journal_from_row(s, st, ret, err, errlen);
 }

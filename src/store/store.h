@@ -93,6 +93,7 @@ typedef struct StoreHold {
  * are owned by the array (store_journal_free_array() frees them); in the argument of
  * store_journal_append() they are only read. */
 typedef struct StoreJournalEntry {
+        uint64_t seq;                           /* read: its sequence number (ignored by append) */
         uint64_t time;                          /* realtime usec */
         char trigger[STORE_WORD_MAX + 1];       /* timer | psi | api | driver | start | … */
         char state[STORE_WORD_MAX + 1];         /* healthy | pressure | critical | … */
@@ -210,15 +211,24 @@ int store_hold_get(Store *s, StoreHold *ret, char *err, size_t errlen);
  * VM ids to integers in 0 … STORE_U64_MAX, at most STORE_TARGETS_MAX bytes (NULL counts as {}).
  * Returns 0; -EINVAL (a malformed field); -ERANGE (a value > STORE_U64_MAX). */
 int store_journal_append(Store *s, const StoreJournalEntry *entry, char *err, size_t errlen);
-/* Changes with every store_journal_append() and store_set_journal_max() on this handle (the only
- * writer of the journal): a listing read at one generation is still the listing while the
- * generation is the same. */
-uint64_t store_journal_generation(const Store *s);
 
 /* Reads at most `limit` entries, newest (last appended) first, into a new array of *ret_n
  * elements (NULL when 0) owned by the caller: store_journal_free_array(*ret, *ret_n). Returns 0;
  * -EBADMSG if a row is not valid (then nothing is returned). */
 int store_journal_list(Store *s, size_t limit, StoreJournalEntry **ret, size_t *ret_n, char *err, size_t errlen);
+
+/* An entry's identity: its sequence number grows with every append and is never reused while
+ * the database lives; with its time it names one entry for good (a reader may keep what it made of
+ * an entry under this key). */
+typedef struct StoreJournalKey {
+        uint64_t seq, time;
+} StoreJournalKey;
+
+/* The keys of at most `limit` entries, newest first, into ret (room for `limit`). Returns 0. */
+int store_journal_keys(Store *s, size_t limit, StoreJournalKey *ret, size_t *ret_n, char *err, size_t errlen);
+/* Reads entry `seq` into *ret; ret->targets and ret->reasons are then the caller's to free.
+ * Returns 0; -ENOENT (trimmed meanwhile); -EBADMSG (a bad row). */
+int store_journal_get(Store *s, uint64_t seq, StoreJournalEntry *ret, char *err, size_t errlen);
 
 /* Frees an array from store_journal_list(). Accepts NULL; returns NULL. */
 StoreJournalEntry *store_journal_free_array(StoreJournalEntry *entries, size_t n);

@@ -297,23 +297,48 @@ static void test_schema_version(void **state) {
 }
 
 /* A version 1 store (no journal reasons) is migrated on open; its entries read with no reasons. */
-/* The journal's generation moves with every append and every change of its bound, and only then
- * (the API serves its cached history while it stays). */
-static void test_journal_generation(void **state) {
+/* An entry's key names it for good: keys come newest first, an entry read by its sequence number
+ * is the one listed, a trimmed one is gone (-ENOENT), and a sequence number is never reused (the
+ * API keeps what it serialised of an entry under its key). */
+static void test_journal_keys_and_get(void **state) {
         Fx *f = *state;
         fx_open(f);
-        uint64_t g0 = store_journal_generation(f->s);
-        assert_int_equal(store_journal_generation(f->s), g0);
+        StoreJournalKey keys[8];
+        size_t n = 99;
+        assert_int_equal(store_journal_keys(f->s, 8, keys, &n, f->err, sizeof(f->err)), 0);
+        assert_int_equal(n, 0);
+        journal_append_n(f, 1, 5);
+        assert_int_equal(store_journal_keys(f->s, 3, keys, &n, f->err, sizeof(f->err)), 0);
+        assert_int_equal(n, 3);
         StoreJournalEntry *es;
-        size_t n;
-        assert_int_equal(store_journal_list(f->s, 10, &es, &n, f->err, sizeof(f->err)), 0);
-        es = store_journal_free_array(es, n);
-        assert_int_equal(store_journal_generation(f->s), g0);
-        journal_append_n(f, 1, 1);
-        uint64_t g1 = store_journal_generation(f->s);
-        assert_true(g1 != g0);
-        assert_int_equal(store_set_journal_max(f->s, 5, f->err, sizeof(f->err)), 0);
-        assert_true(store_journal_generation(f->s) != g1);
+        size_t ne;
+        assert_int_equal(store_journal_list(f->s, 3, &es, &ne, f->err, sizeof(f->err)), 0);
+        assert_int_equal(ne, 3);
+        for (size_t i = 0; i < n; i++) {
+                assert_int_equal(keys[i].seq, es[i].seq);
+                assert_int_equal(keys[i].time, es[i].time);
+                if (i > 0)
+                        assert_true(keys[i].seq < keys[i - 1].seq);
+                StoreJournalEntry e;
+                assert_int_equal(store_journal_get(f->s, keys[i].seq, &e, f->err, sizeof(f->err)), 0);
+                assert_int_equal(e.seq, keys[i].seq);
+                assert_int_equal(e.time, es[i].time);
+                assert_string_equal(e.trigger, es[i].trigger);
+                assert_string_equal(e.targets, es[i].targets);
+                assert_string_equal(e.reasons, es[i].reasons);
+                free(e.targets);
+                free(e.reasons);
+        }
+        es = store_journal_free_array(es, ne);
+        uint64_t newest = keys[0].seq, oldest_kept = keys[2].seq;
+        assert_int_equal(store_set_journal_max(f->s, 2, f->err, sizeof(f->err)), 0);
+        StoreJournalEntry e;
+        assert_int_equal(store_journal_get(f->s, oldest_kept, &e, f->err, sizeof(f->err)), -ENOENT);
+        journal_append_n(f, 6, 6);
+        assert_int_equal(store_journal_keys(f->s, 8, keys, &n, f->err, sizeof(f->err)), 0);
+        assert_int_equal(n, 2);
+        assert_true(keys[0].seq > newest);
+        assert_int_equal(keys[1].seq, newest);
 }
 
 static void test_migration_1_to_2(void **state) {
@@ -1414,7 +1439,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 T(test_open_creates_private_dir),
                 T(test_schema_version),
-                T(test_journal_generation),
+                T(test_journal_keys_and_get),
                 T(test_migration_1_to_2),
                 T(test_vm_round_trip),
                 T(test_vm_exists_and_missing),
