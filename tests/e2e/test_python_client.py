@@ -18,6 +18,7 @@
 The client is imported from clients/python by path: nothing needs installing."""
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -519,6 +520,28 @@ def test_async_client_every_route(world):
             await AsyncClient(world.tcp, token="nope").host()
 
     asyncio.run(run())
+
+
+def test_pip_install_into_a_venv(world, tmp_path):
+    """`pip install ./clients/python` as its README gives it for a machine without network access
+    (a venv over Debian's setuptools and wheel, no index, no isolated build): the installed copy,
+    not the checkout, answers from a real ballastd."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True,
+                   capture_output=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "--no-index", "--no-build-isolation",
+                          os.path.join(SRC, "clients", "python")], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, f"pip install failed:\n{pip.stdout}\n{pip.stderr}"
+    code = ("import ballast, json, sys; c = ballast.Client(sys.argv[1]); "
+            "print(json.dumps([ballast.__file__, c.health()['status'], sorted(v['id'] for v in c.vms())]))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", code, world.d.socket], capture_output=True, text=True,
+                         timeout=60, cwd=str(tmp_path), env=env)
+    assert out.returncode == 0, out.stderr
+    path, status, ids = json.loads(out.stdout)
+    assert path.startswith(str(venv)) and "site-packages" in path, f"imported {path}, not the installed copy"
+    assert status == "ok"
+    assert ids == sorted(["vm-ok", "vm-floor", "vm-fc", "vm-err"])
 
 
 def test_response_parser_framing():
