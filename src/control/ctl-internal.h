@@ -196,11 +196,15 @@ static inline uint64_t absdiff(uint64_t a, uint64_t b) {
 /* controller.c */
 void hist_observe(CtlHistogram *h, usec_t d);
 int ctl_sample(Controller *c, usec_t now);
+void vm_batch_done(CtlVm *vm, int result);
 
 /* ctl-plan.c */
 int ctl_grow(Controller *c, size_t n);
 int ctl_run_plan(Controller *c, const PlanHold *hold, usec_t now, PlanResult *ret);
-void vm_batch_done(CtlVm *vm, int result);
+/* The tick applies the decision c->dec[i] to the VM at i; true when its target changed. */
+bool ctl_apply_decision(Controller *c, size_t i, usec_t now);
+/* Records the n changed targets through the owner's hooks, then sends them. */
+void ctl_record_and_send(Controller *c, CtlVm *const *moved, size_t n);
 
 /* ctl-vm.c: the call cycle. */
 usec_t vm_jitter(CtlVm *vm, usec_t period);

@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: MIT */
-/* What the plan sees of the fleet (ctl_fill_plan) and the plan runs that apply nothing: the
- * tick's, a dry run (ctl_plan_preview) and the admission hint (ctl_capacity). */
+/* What the plan sees of the fleet (ctl_fill_plan), the plan runs that apply nothing: the tick's,
+ * a dry run (ctl_plan_preview) and the admission hint (ctl_capacity), and how the tick applies
+ * what a plan decided (ctl_apply_decision, ctl_record_and_send). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "control/ctl-internal.h"
+#include "sense/vm-mem.h"
+#include "shared/log.h"
 
 int ctl_grow(Controller *c, size_t n) {
         if (n <= c->cap_plan)
@@ -139,4 +142,71 @@ int ctl_capacity(Controller *c, uint64_t size, PlanCapacity *ret, PlanResult *re
         if (r >= 0 && ret_plan)
                 *ret_plan = res;
         return r;
+}
+
+/* Applies the plan's decision for the VM at i. Returns whether its target changed: the caller
+ * then records it and sends it (ctl_record_and_send). */
+bool ctl_apply_decision(Controller *c, size_t i, usec_t now) {
+        CtlVm *vm = c->vms[i];
+        const PlanDecision *d = &c->dec[i];
+        vm->last = *d;
+        if (!vm->actual_known || vm->status == CTL_VM_ERROR)
+                vm->last.reason = PLAN_REASON_UNREACHABLE;
+        vm->changed = false;
+        if (c->pvms[i].parked || vm->plan_fixed)
+                return false;
+        uint64_t t = d->target;
+        bool stall_follow = d->reason == PLAN_REASON_STALLED;
+        if (stall_follow) {
+                /* The plan keeps a stalled VM where it is; the re-sync's bounds hold as well:
+                 * never below the target decided before the stall, never above where that
+                 * move started. */
+                t = MIN(MAX(t, vm->stall_lo), vm->stall_hi);
+                vm->last.target = vm->last.desired = t;
+        }
+        if (t == vm->target)
+                return false;
+        if (t < vm->target && vm->target >= vm->spec.assigned && vm->hv->peer_pid > 0 &&
+            vm->actual + c->cfg.tolerance >= vm->spec.assigned) {
+                /* Leaving full size: the baseline for what the host gets back is now. */
+                vmmem_track_baseline(&vm->mem, "", vm->hv->peer_pid);
+        }
+        if (t < vm->target)
+                c->stats.reclaimed_commanded_bytes += vm->target - t;
+        else
+                c->stats.given_back_commanded_bytes += t - vm->target;
+        log_debug("VM %s: target %llu → %llu MiB (%s, desired %llu MiB)", vm->spec.id,
+                  (unsigned long long) (vm->target / MiB), (unsigned long long) (t / MiB),
+                  plan_reason_to_string(d->reason), (unsigned long long) (d->desired / MiB));
+        if (stall_follow)
+                vm->target = t;
+        else {
+                if (t < vm->target && c->reaction_start)
+                        vm->reaction_episode = c->episode;
+                vm_decide(vm, t);
+        }
+        vm->changed = true;
+        vm->progress_at = now; /* a new target: the stall clock restarts */
+        vm->progress_actual = vm->actual;
+        if (d->dir != 0) {
+                vm->last_dir = d->dir;
+                vm->last_move = now;
+        }
+        return true;
+}
+
+/* Records the targets a plan changed, in one go where the owner can (one store transaction for a
+ * plan that moves a thousand VMs, instead of one each), and only then sends them: a target is
+ * stored before it is commanded, so a restart resumes from what was sent or from what was about
+ * to be. */
+void ctl_record_and_send(Controller *c, CtlVm *const *moved, size_t n) {
+        if (n == 0)
+                return;
+        if (c->hooks.targets_changed)
+                c->hooks.targets_changed(c, moved, n, c->hooks.userdata);
+        else if (c->hooks.target_changed)
+                for (size_t i = 0; i < n; i++)
+                        c->hooks.target_changed(c, moved[i], moved[i]->target, c->hooks.userdata);
+        for (size_t i = 0; i < n; i++)
+                vm_send(moved[i]);
 }

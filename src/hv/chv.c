@@ -220,62 +220,17 @@ static int chv_build(HvRestOp *base, HvRestRequest *req) {
 }
 
 static const HvRestOps chv_rest_ops = {
+        .hv = { .name = "cloud-hypervisor", HV_REST_CALLS },
         .product = "Cloud Hypervisor",
+        .size = sizeof(Chv),
         .op_size = sizeof(ChvOp),
+        .stats_period_max = 0, /* no statistics virtqueue */
         .build = chv_build,
         .response = chv_response,
 };
 
-static int chv_get_actual(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
-        return hv_rest_submit(hv, HV_OP_GET_ACTUAL, 0, timeout, cb, ud);
-}
-
-static int chv_set_target(Hv *hv, uint64_t bytes, usec_t timeout, hv_reply_cb cb, void *ud) {
-        if (bytes == 0 || bytes > CHV_SIZE_MAX)
-                return -EINVAL;
-        return hv_rest_submit(hv, HV_OP_SET_TARGET, bytes, timeout, cb, ud);
-}
-
-static int chv_get_stats(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
-        (void) hv, (void) timeout, (void) cb, (void) ud;
-        return -EOPNOTSUPP;
-}
-
-static int chv_set_stats_period(Hv *hv, uint32_t seconds, usec_t timeout, hv_reply_cb cb, void *ud) {
-        (void) hv, (void) seconds, (void) timeout, (void) cb, (void) ud;
-        return -EOPNOTSUPP;
-}
-
-static int chv_get_caps(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
-        return hv_rest_submit(hv, HV_OP_GET_CAPS, 0, timeout, cb, ud);
-}
-
-static const HvOps chv_ops = {
-        .name = "cloud-hypervisor",
-        .get_actual = chv_get_actual,
-        .set_target = chv_set_target,
-        .get_stats = chv_get_stats,
-        .set_stats_period = chv_set_stats_period,
-        .get_caps = chv_get_caps,
-        .cancel = hv_rest_cancel,
-        .free = hv_rest_free,
-        .counters = hv_rest_counters,
-};
-
 int chv_hv_new(Ev *ev, const ChvConfig *cfg, Hv **ret) {
-        if (!cfg->socket_path)
-                return -EINVAL;
-        Chv *chv = calloc(1, sizeof(Chv));
-        if (!chv)
-                return -ENOMEM;
-        int r = hv_rest_init(&chv->rest, ev, &chv_ops, &chv_rest_ops, cfg->socket_path, cfg->expected_uid,
-                             cfg->max_body);
-        if (r < 0) {
-                free(chv);
-                return r;
-        }
-        *ret = &chv->rest.hv;
-        return 0;
+        return hv_rest_new(ev, &chv_rest_ops, cfg->socket_path, cfg->expected_uid, cfg->max_body, ret);
 }
 
 void chv_hv_counters(Hv *hv, ChvCounters *ret) {

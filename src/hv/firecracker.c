@@ -373,63 +373,19 @@ static int fc_build(HvRestOp *base, HvRestRequest *req) {
 }
 
 static const HvRestOps fc_rest_ops = {
+        .hv = { .name = "firecracker", HV_REST_CALLS },
         .product = "Firecracker",
+        .size = sizeof(Fc),
         .op_size = sizeof(FcOp),
+        .stats_period_max = UINT16_MAX, /* stats_polling_interval_s is a u16 */
         .build = fc_build,
         .response = fc_response,
         .release = fc_release,
 };
 
-static int fc_get_actual(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
-        return hv_rest_submit(hv, HV_OP_GET_ACTUAL, 0, timeout, cb, ud);
-}
-
-static int fc_set_target(Hv *hv, uint64_t bytes, usec_t timeout, hv_reply_cb cb, void *ud) {
-        if (bytes == 0 || bytes > (UINT64_C(1) << 62))
-                return -EINVAL;
-        return hv_rest_submit(hv, HV_OP_SET_TARGET, bytes, timeout, cb, ud);
-}
-
-static int fc_get_stats(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
-        return hv_rest_submit(hv, HV_OP_GET_STATS, 0, timeout, cb, ud);
-}
-
-static int fc_set_stats_period(Hv *hv, uint32_t seconds, usec_t timeout, hv_reply_cb cb, void *ud) {
-        if (seconds > UINT16_MAX) /* stats_polling_interval_s is a u16 */
-                return -ERANGE;
-        return hv_rest_submit(hv, HV_OP_SET_STATS_PERIOD, seconds, timeout, cb, ud);
-}
-
-static int fc_get_caps(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
-        return hv_rest_submit(hv, HV_OP_GET_CAPS, 0, timeout, cb, ud);
-}
-
-static const HvOps fc_ops = {
-        .name = "firecracker",
-        .get_actual = fc_get_actual,
-        .set_target = fc_set_target,
-        .get_stats = fc_get_stats,
-        .set_stats_period = fc_set_stats_period,
-        .get_caps = fc_get_caps,
-        .cancel = hv_rest_cancel,
-        .free = hv_rest_free,
-        .counters = hv_rest_counters,
-};
-
 int fc_hv_new(Ev *ev, const FcConfig *cfg, Hv **ret) {
-        if (!cfg->socket_path)
-                return -EINVAL;
-        Fc *fc = calloc(1, sizeof(Fc));
-        if (!fc)
-                return -ENOMEM;
-        int r = hv_rest_init(&fc->rest, ev, &fc_ops, &fc_rest_ops, cfg->socket_path, cfg->expected_uid,
-                             cfg->max_body ?: FC_BODY_DEFAULT);
-        if (r < 0) {
-                free(fc);
-                return r;
-        }
-        *ret = &fc->rest.hv;
-        return 0;
+        return hv_rest_new(ev, &fc_rest_ops, cfg->socket_path, cfg->expected_uid, cfg->max_body ?: FC_BODY_DEFAULT,
+                           ret);
 }
 
 void fc_hv_counters(Hv *hv, FcCounters *ret) {

@@ -26,7 +26,10 @@ struct HvReq {
         HvReply reply; /* reply.op is op, statistics unset */
         uint64_t arg;
         usec_t timeout;
-        EvTimer *timer; /* fires at once with the driver's start callback; the driver may re-arm it */
+        /* Fires at once with the driver's start callback; the driver may re-arm it. (The libvirt
+         * driver re-arms it to the deadline as soon as it is submitted: its worker thread starts
+         * the request, and the callback is the timeout.) */
+        EvTimer *timer;
         HvReq *next;
 };
 

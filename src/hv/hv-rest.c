@@ -34,24 +34,30 @@ static void rest_free_now(Hv *hv) {
         free(r); /* the driver's struct starts with r */
 }
 
-int hv_rest_init(HvRest *r, Ev *ev, const HvOps *hv_ops, const HvRestOps *ops, const char *socket_path,
-                 uid_t expected_uid, size_t max_body) {
+int hv_rest_new(Ev *ev, const HvRestOps *ops, const char *socket_path, uid_t expected_uid, size_t max_body, Hv **ret) {
         if (!socket_path)
                 return -EINVAL;
-        r->hv.ops = hv_ops;
+        HvRest *r = calloc(1, ops->size);
+        if (!r)
+                return -ENOMEM;
+        r->hv.ops = &ops->hv;
         r->hv.ev = ev;
         r->ops = ops;
         hv_reqs_init(&r->reqs, &r->hv, op_release, rest_free_now);
         r->path = strdup(socket_path);
-        if (!r->path)
+        if (!r->path) {
+                free(r);
                 return -ENOMEM;
+        }
         Http1ClientConfig hc = { .socket_path = socket_path, .expected_uid = expected_uid, .max_body = max_body };
         int k = http1_client_new(ev, &hc, &r->http);
         if (k < 0) {
                 free(r->path);
-                r->path = NULL;
+                free(r);
+                return k;
         }
-        return k;
+        *ret = &r->hv;
+        return 0;
 }
 
 void hv_rest_fail_deadline(HvRestOp *o, const char *what) {
@@ -140,7 +146,7 @@ static void on_timer(EvTimer *t, void *userdata) {
         hv_reqs_leave(&r->reqs);
 }
 
-int hv_rest_submit(Hv *hv, HvOp op, uint64_t arg, usec_t timeout, hv_reply_cb cb, void *userdata) {
+static int rest_submit(Hv *hv, HvOp op, uint64_t arg, usec_t timeout, hv_reply_cb cb, void *userdata) {
         HvRest *r = rest_of(hv);
         usec_t deadline = usec_add(now_mono(), timeout);
         HvReq *q;
@@ -151,6 +157,35 @@ int hv_rest_submit(Hv *hv, HvOp op, uint64_t arg, usec_t timeout, hv_reply_cb cb
         o->rest = r;
         o->deadline = deadline;
         return 0;
+}
+
+int hv_rest_get_actual(Hv *hv, usec_t timeout, hv_reply_cb cb, void *userdata) {
+        return rest_submit(hv, HV_OP_GET_ACTUAL, 0, timeout, cb, userdata);
+}
+
+int hv_rest_set_target(Hv *hv, uint64_t bytes, usec_t timeout, hv_reply_cb cb, void *userdata) {
+        if (bytes == 0 || bytes > HV_REST_TARGET_MAX)
+                return -EINVAL;
+        return rest_submit(hv, HV_OP_SET_TARGET, bytes, timeout, cb, userdata);
+}
+
+int hv_rest_get_stats(Hv *hv, usec_t timeout, hv_reply_cb cb, void *userdata) {
+        if (rest_of(hv)->ops->stats_period_max == 0)
+                return -EOPNOTSUPP;
+        return rest_submit(hv, HV_OP_GET_STATS, 0, timeout, cb, userdata);
+}
+
+int hv_rest_set_stats_period(Hv *hv, uint32_t seconds, usec_t timeout, hv_reply_cb cb, void *userdata) {
+        uint32_t max = rest_of(hv)->ops->stats_period_max;
+        if (max == 0)
+                return -EOPNOTSUPP;
+        if (seconds > max)
+                return -ERANGE;
+        return rest_submit(hv, HV_OP_SET_STATS_PERIOD, seconds, timeout, cb, userdata);
+}
+
+int hv_rest_get_caps(Hv *hv, usec_t timeout, hv_reply_cb cb, void *userdata) {
+        return rest_submit(hv, HV_OP_GET_CAPS, 0, timeout, cb, userdata);
 }
 
 void hv_rest_cancel(Hv *hv, void *userdata) {

@@ -6,7 +6,8 @@
  * ("steps") under one deadline; the base runs the sequence, the driver says what each step sends
  * (build) and what its answer means (response). The base owns the connection, the requests in
  * flight (hv/hv-req.h), the deadline and its messages, the retry delay, and the deferred free of
- * a driver freed from inside one of its own callbacks. Exact texts: docs/drivers.md. */
+ * a driver freed from inside one of its own callbacks; HvOps' calls and the constructor are the
+ * base's too, so a driver is its HvRestOps table. Exact texts: docs/drivers.md. */
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -46,8 +47,14 @@ typedef struct HvRestRequest {
 
 typedef struct HvRestOps HvRestOps;
 struct HvRestOps {
+        HvOps hv;            /* the driver's Hv.ops: its name, and the base's calls (HV_REST_CALLS) */
         const char *product; /* "Firecracker": the start of every message */
+        size_t size;         /* sizeof the driver's state (starts with HvRest) */
         size_t op_size;      /* sizeof the driver's operation (starts with HvRestOp) */
+        /* The longest statistics period set_stats_period takes (a longer one: -ERANGE); 0 when
+         * the hypervisor has no balloon statistics: get_stats and set_stats_period return
+         * -EOPNOTSUPP at once. */
+        uint32_t stats_period_max;
         /* The request of the operation's current step; the driver may skip steps (o->step++).
          * Returns 1 to send *req, 0 when no step is left (the base finishes the operation), or a
          * negative errno after failing the operation itself. */
@@ -69,15 +76,30 @@ struct HvRest {
         HvReqs reqs;
 };
 
-/* Sets up r (zeroed by the caller, inside the driver's own struct of which it is the start):
- * hv->ops, the connection to socket_path (the peer must have expected_uid, as in
- * http1_client_new), answers up to max_body bytes. Returns 0 or a negative errno (nothing left
- * to free then). */
-int hv_rest_init(HvRest *r, Ev *ev, const HvOps *hv_ops, const HvRestOps *ops, const char *socket_path,
-                 uid_t expected_uid, size_t max_body);
+/* Creates a driver: ops->size bytes (zeroed beyond the HvRest), Hv.ops &ops->hv, the connection
+ * to socket_path (the peer must have expected_uid, as in http1_client_new), answers up to
+ * max_body bytes. Nothing is connected until the first operation. Returns 0 and the driver in
+ * *ret, or a negative errno. */
+int hv_rest_new(Ev *ev, const HvRestOps *ops, const char *socket_path, uid_t expected_uid, size_t max_body, Hv **ret);
 
-/* Starts an operation (HvOps' calls go here): its steps start from the loop. */
-int hv_rest_submit(Hv *hv, HvOp op, uint64_t arg, usec_t timeout, hv_reply_cb cb, void *userdata);
+/* HvOps' calls. Each starts an operation (its steps start from the loop) after checking its
+ * argument: a target of 0 or above HV_REST_TARGET_MAX is -EINVAL, statistics as in
+ * HvRestOps.stats_period_max. */
+#define HV_REST_TARGET_MAX ((uint64_t) 1 << 62)
+int hv_rest_get_actual(Hv *hv, usec_t timeout, hv_reply_cb cb, void *userdata);
+int hv_rest_set_target(Hv *hv, uint64_t bytes, usec_t timeout, hv_reply_cb cb, void *userdata);
+int hv_rest_get_stats(Hv *hv, usec_t timeout, hv_reply_cb cb, void *userdata);
+int hv_rest_set_stats_period(Hv *hv, uint32_t seconds, usec_t timeout, hv_reply_cb cb, void *userdata);
+int hv_rest_get_caps(Hv *hv, usec_t timeout, hv_reply_cb cb, void *userdata);
+void hv_rest_cancel(Hv *hv, void *userdata);
+void hv_rest_free(Hv *hv);
+void hv_rest_counters(Hv *hv, HvCounters *ret);
+
+/* Every call of a REST driver's HvOps is the base's: .hv = { .name = "firecracker", HV_REST_CALLS }. */
+#define HV_REST_CALLS                                                                                                  \
+        .get_actual = hv_rest_get_actual, .set_target = hv_rest_set_target, .get_stats = hv_rest_get_stats,            \
+        .set_stats_period = hv_rest_set_stats_period, .get_caps = hv_rest_get_caps, .cancel = hv_rest_cancel,          \
+        .free = hv_rest_free, .counters = hv_rest_counters
 
 /* Sends the request of the operation's current step (or finishes it when none is left). */
 void hv_rest_step(HvRestOp *o);
@@ -93,11 +115,6 @@ bool hv_rest_retry_later(HvRestOp *o, const char *fault);
 /* Fails the operation with -ETIMEDOUT: "PRODUCT OP on PATH: WHAT within D", or, after retries,
  * "PRODUCT OP: LABEL still refused when the D deadline passed (N attempts): FAULT". */
 void hv_rest_fail_deadline(HvRestOp *o, const char *what);
-
-/* HvOps' cancel, free and counters. */
-void hv_rest_cancel(Hv *hv, void *userdata);
-void hv_rest_free(Hv *hv);
-void hv_rest_counters(Hv *hv, HvCounters *ret);
 
 /* A JSON body (strict: duplicate keys refused, flags added); integers beyond int64 (a guest can
  * report any u64) become -1. NULL when it is not JSON. */

@@ -3,7 +3,9 @@
  * libvirt call is made by one worker thread per driver: the loop queues a job, the worker runs it
  * and puts the result on a "done" list, an eventfd wakes the loop, which matches the result to its
  * request by sequence number. Deadlines live on the loop side (one EvTimer per request); a result
- * that comes after its request's deadline finds no request and is dropped.
+ * that comes after its request's deadline finds no request and is dropped. The loop side keeps its
+ * requests as every driver does (hv/hv-req.h: cancel, one callback at most, the deferred free of
+ * a driver freed from inside its own callback).
  *
  * Ownership: the loop side (Lv) and the worker share LvShared under its mutex. Whoever leaves last
  * frees it: normally the loop side, after joining an idle worker; but when the driver is freed
@@ -27,6 +29,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "hv/hv-req.h"
 #include "shared/log.h"
 #include "shared/macro.h"
 #include "shared/strutil.h"
@@ -64,30 +67,22 @@ typedef struct LvShared {
         virDomainPtr dom;
 } LvShared;
 
-typedef struct Lv Lv;
-
+/* A request on the loop side. The worker, not the loop, starts its job, at once: the request's
+ * timer (hv/hv-req.h) is re-armed when it is submitted, to its deadline. */
 typedef struct LvReq {
-        Lv *l;
-        uint64_t seq;
-        HvOp op;
-        hv_reply_cb cb;
-        void *userdata;
-        usec_t timeout;
-        EvTimer *timer;
-        struct LvReq *next;
+        HvReq req;    /* first: HvReq* and LvReq* convert */
+        uint64_t seq; /* of its job */
 } LvReq;
 
-struct Lv {
+typedef struct Lv {
         Hv hv; /* first: Hv* and Lv* convert */
         LvShared *s;
         pthread_t thread;
         bool thread_started;
         EvIo *io;
-        LvReq *reqs;
+        HvReqs reqs; /* the requests, the busy count and the deferred free */
         uint64_t next_seq;
-        unsigned busy;
-        bool dead;
-};
+} Lv;
 
 static Lv *lv_of(Hv *hv) {
         return (Lv *) hv;
@@ -594,31 +589,6 @@ static void *lv_worker(void *p) {
 
 /* --- the loop side --- */
 
-static void lv_free_now(Lv *l);
-
-static void lv_enter(Lv *l) {
-        l->busy++;
-}
-
-static void lv_leave(Lv *l) {
-        if (--l->busy == 0 && l->dead)
-                lv_free_now(l);
-}
-
-static void lv_req_unlink(Lv *l, LvReq *r) {
-        for (LvReq **p = &l->reqs; *p; p = &(*p)->next)
-                if (*p == r) {
-                        *p = r->next;
-                        return;
-                }
-}
-
-static void lv_req_free(LvReq *r) {
-        lv_req_unlink(r->l, r);
-        ev_timer_free(r->timer);
-        free(r);
-}
-
 /* Removes the job of a request from the worker's queue, if it has not started. Called with the
  * lock held. Returns true when it was removed. */
 static bool lv_unqueue_locked(LvShared *s, uint64_t seq) {
@@ -635,18 +605,22 @@ static bool lv_unqueue_locked(LvShared *s, uint64_t seq) {
         return false;
 }
 
-static void lv_req_finish(LvReq *r, const HvReply *reply) {
-        Lv *l = r->l;
-        hv_reply_cb cb = r->cb;
-        void *ud = r->userdata;
-        lv_req_free(r);
-        if (cb && !l->dead)
-                cb(&l->hv, reply, ud);
+/* A request's job goes with it if the worker has not started it (a cancelled request; a timeout
+ * has taken it out already, a result has left the queue). Not while the driver is freed:
+ * lv_stop_worker() drops the whole queue then. */
+static void lv_req_release(HvReq *q) {
+        LvShared *s = lv_of(q->reqs->hv)->s;
+        if (q->reqs->dead)
+                return;
+        pthread_mutex_lock(&s->lock);
+        (void) lv_unqueue_locked(s, ((LvReq *) q)->seq);
+        pthread_mutex_unlock(&s->lock);
 }
 
 static void lv_on_timeout(EvTimer *t, void *userdata) {
         LvReq *r = userdata;
-        Lv *l = r->l;
+        HvReq *q = &r->req;
+        Lv *l = lv_of(q->reqs->hv);
         LvShared *s = l->s;
         char d[32];
         (void) t;
@@ -656,20 +630,27 @@ static void lv_on_timeout(EvTimer *t, void *userdata) {
         s->counters.timeouts++;
         pthread_mutex_unlock(&s->lock);
 
-        HvReply reply = { .op = r->op, .error = -ETIMEDOUT };
-        hv_stats_init(&reply.stats);
-        format_duration(d, sizeof(d), r->timeout);
+        q->reply.error = -ETIMEDOUT;
+        format_duration(d, sizeof(d), q->timeout);
         if (skipped)
-                snprintf(reply.message, sizeof(reply.message),
+                snprintf(q->reply.message, sizeof(q->reply.message),
                          "libvirt %s on domain '%s' (%s) did not start within %s: an earlier libvirt call is still "
                          "running",
-                         hv_op_to_string(r->op), s->domain, s->uri, d);
+                         hv_op_to_string(q->op), s->domain, s->uri, d);
         else
-                snprintf(reply.message, sizeof(reply.message), "libvirt %s on domain '%s' (%s) got no answer within %s",
-                         hv_op_to_string(r->op), s->domain, s->uri, d);
-        lv_enter(l);
-        lv_req_finish(r, &reply);
-        lv_leave(l);
+                snprintf(q->reply.message, sizeof(q->reply.message),
+                         "libvirt %s on domain '%s' (%s) got no answer within %s", hv_op_to_string(q->op), s->domain,
+                         s->uri, d);
+        hv_reqs_enter(&l->reqs);
+        hv_req_finish(q);
+        hv_reqs_leave(&l->reqs);
+}
+
+static LvReq *lv_find(Lv *l, uint64_t seq) {
+        for (HvReq *q = l->reqs.head; q; q = q->next)
+                if (((LvReq *) q)->seq == seq)
+                        return (LvReq *) q;
+        return NULL;
 }
 
 static void lv_on_done(EvIo *io, int fd, uint32_t revents, void *userdata) {
@@ -686,20 +667,15 @@ static void lv_on_done(EvIo *io, int fd, uint32_t revents, void *userdata) {
         s->done_tail = &s->done;
         pthread_mutex_unlock(&s->lock);
 
-        lv_enter(l);
+        hv_reqs_enter(&l->reqs);
         while (done) {
                 LvJob *j = done;
                 done = j->next;
-                LvReq *r = NULL;
-                if (!l->dead)
-                        for (LvReq *i = l->reqs; i; i = i->next)
-                                if (i->seq == j->seq) {
-                                        r = i;
-                                        break;
-                                }
-                if (r)
-                        lv_req_finish(r, &j->reply);
-                else if (!l->dead) {
+                LvReq *r = l->reqs.dead ? NULL : lv_find(l, j->seq);
+                if (r) {
+                        r->req.reply = j->reply;
+                        hv_req_finish(&r->req);
+                } else if (!l->reqs.dead) {
                         /* Its deadline passed (or it was cancelled): nobody waits for it. */
                         log_debug("libvirt: dropping the late result of %s on '%s'", hv_op_to_string(j->op), s->domain);
                         pthread_mutex_lock(&s->lock);
@@ -708,33 +684,28 @@ static void lv_on_done(EvIo *io, int fd, uint32_t revents, void *userdata) {
                 }
                 free(j);
         }
-        lv_leave(l);
+        hv_reqs_leave(&l->reqs);
 }
 
 static int lv_submit(Hv *hv, HvOp op, uint64_t arg, usec_t timeout, hv_reply_cb cb, void *userdata) {
         Lv *l = lv_of(hv);
         LvShared *s = l->s;
 
-        LvReq *r = calloc(1, sizeof(LvReq));
         LvJob *j = calloc(1, sizeof(LvJob));
-        if (!r || !j) {
-                free(r);
-                free(j);
+        if (!j)
                 return -ENOMEM;
-        }
-        uint64_t seq = ++l->next_seq;
-        *r = (LvReq){ .l = l, .seq = seq, .op = op, .cb = cb, .userdata = userdata, .timeout = timeout };
-        *j = (LvJob){ .seq = seq, .op = op, .arg = arg };
-        lv_reset_reply(j);
-        /* now_mono(), not the loop's cached time: the caller may have run long since it woke. */
-        int k = ev_timer_add(hv->ev, usec_add(now_mono(), timeout), lv_on_timeout, r, &r->timer);
+        HvReq *q;
+        int k = hv_req_submit(&l->reqs, sizeof(LvReq), op, arg, timeout, cb, userdata, lv_on_timeout, &q);
         if (k < 0) {
-                free(r);
                 free(j);
                 return k;
         }
-        r->next = l->reqs;
-        l->reqs = r;
+        /* now_mono(), not the loop's cached time: the caller may have run long since it woke. */
+        ev_timer_set(q->timer, usec_add(now_mono(), timeout));
+        LvReq *r = (LvReq *) q;
+        r->seq = ++l->next_seq;
+        *j = (LvJob){ .seq = r->seq, .op = op, .arg = arg };
+        lv_reset_reply(j);
 
         pthread_mutex_lock(&s->lock);
         *s->queue_tail = j;
@@ -771,16 +742,7 @@ static int lv_get_caps(Hv *hv, usec_t timeout, hv_reply_cb cb, void *ud) {
 }
 
 static void lv_cancel(Hv *hv, void *userdata) {
-        Lv *l = lv_of(hv);
-        for (LvReq *r = l->reqs, *n; r; r = n) {
-                n = r->next;
-                if (r->userdata != userdata)
-                        continue;
-                pthread_mutex_lock(&l->s->lock);
-                (void) lv_unqueue_locked(l->s, r->seq);
-                pthread_mutex_unlock(&l->s->lock);
-                lv_req_free(r);
-        }
+        hv_reqs_cancel(&lv_of(hv)->reqs, userdata);
 }
 
 static void lv_shared_free(LvShared *s) {
@@ -848,9 +810,9 @@ static void lv_stop_worker(Lv *l) {
         log_debug("libvirt: closing the connection to %s takes long, the worker will finish on its own", s->uri);
 }
 
-static void lv_free_now(Lv *l) {
-        while (l->reqs)
-                lv_req_free(l->reqs);
+static void lv_free_now(Hv *hv) {
+        Lv *l = lv_of(hv);
+        hv_reqs_clear(&l->reqs);
         l->io = ev_io_free(l->io);
         if (l->thread_started)
                 lv_stop_worker(l);
@@ -860,10 +822,7 @@ static void lv_free_now(Lv *l) {
 }
 
 static void lv_free(Hv *hv) {
-        Lv *l = lv_of(hv);
-        l->dead = true;
-        if (l->busy == 0)
-                lv_free_now(l);
+        hv_reqs_kill(&lv_of(hv)->reqs);
 }
 
 static const HvOps lv_ops = {
@@ -894,6 +853,7 @@ static int lv_hv_new(Ev *ev, const LibvirtConfig *cfg, Hv **ret) {
         }
         l->hv.ops = &lv_ops;
         l->hv.ev = ev;
+        hv_reqs_init(&l->reqs, &l->hv, lv_req_release, lv_free_now);
         l->s = s;
         s->efd = -EBADF;
         s->queue_tail = &s->queue;
@@ -929,7 +889,7 @@ static int lv_hv_new(Ev *ev, const LibvirtConfig *cfg, Hv **ret) {
         return 0;
 
 fail:
-        lv_free_now(l);
+        lv_free_now(&l->hv);
         return r;
 }
 
