@@ -1311,7 +1311,8 @@ static void test_rate_limit_window(void **state) {
         } t[] = {
                 { 0, 512 * MiB },                           /* never moved: a full window */
                 { 250 * USEC_PER_MSEC, 128 * MiB },         /* one tick */
-                { 10 * USEC_PER_MSEC, 5 * MiB + 125829 },   /* below the band, but the host needs it now */
+                { 10 * USEC_PER_MSEC, 0 },                  /* 5 MiB: below the band, waits (a command per plan) */
+                { 70 * USEC_PER_MSEC, 35 * MiB + 880803 },  /* past the band: 512 MiB/s × 0.07 s */
                 { 10 * SEC, 512 * MiB },                    /* capped at rate_window_max */
                 { 100 * USEC_PER_MSEC, 51 * MiB + 209715 }, /* 512 MiB/s × 0.1 s, floored */
         };
@@ -1320,6 +1321,30 @@ static void test_rate_limit_window(void **state) {
                 pressure_gap(4 * GiB);
                 V[0].last_dir = -1;
                 V[0].last_move = t[k].ago ? NOW - t[k].ago : 0;
+                run();
+                if (16 * GiB - D[0].target != t[k].step)
+                        fail_msg("row %zu: step %" PRIu64 ", want %" PRIu64, k, 16 * GiB - D[0].target, t[k].step);
+                assert_int_equal(D[0].reason, PLAN_REASON_RATE_LIMITED);
+        }
+}
+
+/* A rate that allows less than the dead band even over a full window still moves, a full
+ * window's worth at a time (the band would otherwise stop it for good). */
+static void test_slow_rate_below_the_band(void **state) {
+        (void) state;
+        static const struct {
+                usec_t ago;
+                uint64_t step;
+        } t[] = {
+                { 500 * USEC_PER_MSEC, 0 }, /* 8 MiB: less than a full window's 16, waits */
+                { 2 * SEC, 16 * MiB },      /* a full window: 16 MiB, below the 32 MiB band */
+        };
+        for (size_t k = 0; k < sizeof(t) / sizeof(t[0]); k++) {
+                fx(1, 16 * GiB);
+                C.rate_take = 16 * MiB;
+                pressure_gap(4 * GiB);
+                V[0].last_dir = -1;
+                V[0].last_move = NOW - t[k].ago;
                 run();
                 if (16 * GiB - D[0].target != t[k].step)
                         fail_msg("row %zu: step %" PRIu64 ", want %" PRIu64, k, 16 * GiB - D[0].target, t[k].step);
@@ -1593,6 +1618,7 @@ int main(void) {
                 cmocka_unit_test(test_dead_band),
                 cmocka_unit_test(test_dead_band_exact_ends),
                 cmocka_unit_test(test_rate_limit_window),
+                cmocka_unit_test(test_slow_rate_below_the_band),
                 cmocka_unit_test(test_step_gain),
                 cmocka_unit_test(test_dwell),
                 cmocka_unit_test(test_dwell_exemptions),
